@@ -1,0 +1,16 @@
+//! The public API: group `gpufleet.io`, version `v1alpha1`, both kinds
+//! cluster-scoped. Doc comments here become `kubectl explain` text.
+
+mod batch;
+mod common;
+mod pool;
+
+pub use batch::{RolloutBatch, RolloutBatchSpec, RolloutBatchStatus, Wave, WaveStatus};
+pub use common::{
+    ConditionMatch, ConditionStatus, DomainCounts, GROUP, GpuCounts, NodeCounts, TaintEffect,
+    TaintSpec, VERSION,
+};
+pub use pool::{
+    BreakerStatus, CircuitBreaker, GpuPool, GpuPoolSpec, GpuPoolStatus, Hardware, HealthChecks,
+    Onboarding, Probe, Topology,
+};

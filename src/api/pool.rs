@@ -1,0 +1,275 @@
+//! `GpuPool`: what a healthy node of a pool looks like, and how to prove it.
+
+// Each `printcolumn(...)` repeats `type_`, which clippy reads as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    ConditionMatch, DOTTED_VERSION, DURATION, DomainCounts, GpuCounts, NodeCounts, TaintEffect,
+    TaintSpec, conditions_schema, pod_template_schema,
+};
+
+/// A pool of GPU nodes that share one definition of healthy: the hardware they
+/// must report, how they group into NVLink domains, the taint that holds them
+/// back until admitted, the checks that prove them, and the circuit breaker
+/// that halts every rollout of the pool when too many fail.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gpufleet.io",
+    version = "v1alpha1",
+    kind = "GpuPool",
+    plural = "gpupools",
+    shortname = "gpool",
+    category = "gpufleet",
+    status = "GpuPoolStatus",
+    derive = "PartialEq",
+    doc = "GpuPool says what a healthy node of a pool looks like and how to prove it. RolloutBatches bring nodes of the pool online in waves.",
+    printcolumn(
+        name = "GPUs-Ready",
+        type_ = "integer",
+        json_path = ".status.gpus.ready"
+    ),
+    printcolumn(name = "GPUs", type_ = "integer", json_path = ".status.gpus.total"),
+    printcolumn(
+        name = "Domains-Ready",
+        type_ = "integer",
+        json_path = ".status.domains.complete"
+    ),
+    printcolumn(
+        name = "Domains",
+        type_ = "integer",
+        json_path = ".status.domains.total"
+    ),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.nodes.failed"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPoolSpec {
+    /// Selects the nodes of this pool by label. A node selected by two pools is
+    /// never touched; gpufleet reports it instead.
+    pub node_selector: LabelSelector,
+    /// The hardware every node of the pool must report.
+    pub hardware: Hardware,
+    /// How nodes group into NVLink domains (racks), which are admitted whole.
+    #[serde(default)]
+    pub topology: Topology,
+    /// The taint that keeps workloads off a node until gpufleet admits it.
+    #[serde(default)]
+    pub onboarding: Onboarding,
+    /// The checks a node must pass before it is admitted.
+    #[serde(default)]
+    pub health_checks: HealthChecks,
+    /// Halts every rollout of the pool when too many of its nodes fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// The hardware facts a node must report, read from the labels of GPU Feature
+/// Discovery and the device plugin's allocatable resources.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hardware {
+    /// Accepted values of the node label `nvidia.com/gpu.product`, for example
+    /// `NVIDIA-GB200` and `NVIDIA-GB300`.
+    #[schemars(length(min = 1, max = 32))]
+    pub gpu_product: Vec<String>,
+    /// GPUs each node must have: both the label `nvidia.com/gpu.count` and the
+    /// allocatable resource `nvidia.com/gpu` must equal it (4 on a GB200 tray).
+    #[schemars(range(min = 1, max = 1024))]
+    pub gpus_per_node: u32,
+    /// The lowest accepted driver, from the label
+    /// `nvidia.com/cuda.driver-version.full`, compared as a dotted version
+    /// (570.133.20 is newer than 570.86.15). Unset: any driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DOTTED_VERSION))]
+    pub min_driver_version: Option<String>,
+}
+
+/// How nodes group into NVLink domains. A domain (an NVL72 rack: 18 trays of
+/// 4 GPUs) is only useful whole, so waves never split one and its nodes are
+/// admitted together.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minHealthyNodesPerDomain) || self.minHealthyNodesPerDomain <= self.nodesPerDomain").message("minHealthyNodesPerDomain must not exceed nodesPerDomain").field_path(".minHealthyNodesPerDomain"))]
+pub struct Topology {
+    /// The node label whose value names the domain; nodes sharing a value form
+    /// one domain. Empty: every node is a domain of its own.
+    #[serde(default = "default_domain_label")]
+    #[schemars(length(max = 316))]
+    pub domain_label: String,
+    /// Nodes in a complete domain (18 for GB200/GB300 NVL72).
+    #[serde(default = "default_nodes_per_domain")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub nodes_per_domain: u32,
+    /// Admit a domain once at least this many of its nodes passed; the healthy
+    /// nodes of a domain below it are `held`. Unset: `nodesPerDomain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub min_healthy_nodes_per_domain: Option<u32>,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            domain_label: default_domain_label(),
+            nodes_per_domain: default_nodes_per_domain(),
+            min_healthy_nodes_per_domain: None,
+        }
+    }
+}
+
+fn default_domain_label() -> String {
+    "nvidia.com/gpu.clique".into()
+}
+
+fn default_nodes_per_domain() -> u32 {
+    18
+}
+
+/// How gpufleet holds a node back until it is admitted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Onboarding {
+    /// The taint held on a node until it is admitted. gpufleet adds it when a
+    /// node enters validation and removes only this taint, only when admitting.
+    #[serde(default = "default_onboarding_taint")]
+    pub taint: TaintSpec,
+}
+
+impl Default for Onboarding {
+    fn default() -> Self {
+        Onboarding {
+            taint: default_onboarding_taint(),
+        }
+    }
+}
+
+fn default_onboarding_taint() -> TaintSpec {
+    TaintSpec {
+        key: "gpufleet.io/onboarding".into(),
+        value: None,
+        effect: TaintEffect::NoSchedule,
+    }
+}
+
+/// The checks a node must pass: static facts (Ready, hardware, conditions),
+/// then an optional burn-in probe, then a soak.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthChecks {
+    /// Node conditions that fail the node when any of them matches, such as
+    /// `{type: GpuXidError, status: "True"}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub unhealthy_conditions: Vec<ConditionMatch>,
+    /// An active burn-in: one pod per node, bound to it. Unset: nodes go
+    /// straight from the static checks to soaking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// How long a node must stay healthy after its probe passed before it is
+    /// admitted. 0 (the default) admits at once.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 604800))]
+    pub soak_seconds: u32,
+}
+
+/// The burn-in probe run on each node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// The probe pod. Exit code 0 passes the node; any other result fails it,
+    /// with the container's termination message as the reason.
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+    /// Seconds a probe may take from its creation before it counts as failed.
+    #[serde(default = "default_probe_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: u32,
+    /// Extra attempts after a failed or timed-out probe before the node fails.
+    #[serde(default = "default_probe_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: u32,
+}
+
+fn default_probe_timeout() -> u32 {
+    900
+}
+
+fn default_probe_retries() -> u32 {
+    1
+}
+
+/// Halts every rollout of the pool when more than `maxFailedPercent` of the
+/// pool's nodes failed within `window`. It clears by itself once the window
+/// passes or the failed nodes are retried.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Percent of the pool's nodes that may fail within the window (0-100).
+    #[schemars(range(min = 0, max = 100))]
+    pub max_failed_percent: u32,
+    /// How far back failures count, such as `30m` or `1h` (the default).
+    #[serde(default = "default_window")]
+    #[schemars(regex(pattern = DURATION))]
+    pub window: String,
+}
+
+fn default_window() -> String {
+    "1h".into()
+}
+
+/// What gpufleet observed of the pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPoolStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes of the pool by gpufleet state.
+    #[serde(default)]
+    pub nodes: NodeCounts,
+    /// GPUs online against GPUs in the pool.
+    #[serde(default)]
+    pub gpus: GpuCounts,
+    /// Whole domains online against domains in the pool.
+    #[serde(default)]
+    pub domains: DomainCounts,
+    /// The circuit breaker's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerStatus>,
+    /// `Ready`, `Stalled` and `CircuitBreakerTripped`, keyed by type.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The circuit breaker's view of recent failures.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerStatus {
+    /// True while every rollout of the pool is halted.
+    #[serde(default)]
+    pub tripped: bool,
+    /// Nodes of the pool that failed within the window.
+    #[serde(default)]
+    pub failed_in_window: u32,
+    /// Failures the window tolerates before tripping.
+    #[serde(default)]
+    pub limit: u32,
+    /// When the breaker last tripped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tripped_at: Option<Time>,
+}

@@ -1,0 +1,120 @@
+//! The one renderer of the CustomResourceDefinitions: `gpufleet crds`, the
+//! committed `crds/` folder and (later) the Helm chart all come from here.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use crate::api::{GpuPool, RolloutBatch};
+
+/// One rendered CRD: the file it is committed as and its YAML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedCrd {
+    /// File name under `crds/`, such as `gpupools.gpufleet.io.yaml`.
+    pub file_name: String,
+    /// The manifest, a single YAML document.
+    pub yaml: String,
+}
+
+/// Every CRD gpufleet owns, in a fixed order.
+pub fn definitions() -> Vec<CustomResourceDefinition> {
+    vec![GpuPool::crd(), RolloutBatch::crd()]
+}
+
+/// Renders every CRD as YAML, one document per CRD.
+pub fn render() -> Result<Vec<RenderedCrd>, serde_norway::Error> {
+    definitions()
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            Ok(RenderedCrd {
+                file_name: format!("{name}.yaml"),
+                yaml: serde_norway::to_string(&crd)?,
+            })
+        })
+        .collect()
+}
+
+/// All CRDs as one multi-document YAML stream, as `gpufleet crds` prints it.
+pub fn render_all() -> Result<String, serde_norway::Error> {
+    Ok(render()?
+        .into_iter()
+        .map(|crd| format!("---\n{}", crd.yaml))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REGENERATE: &str = "run `cargo run -- crds --out-dir crds` and commit the result";
+
+    /// The committed `crds/` folder is exactly what the renderer prints.
+    #[test]
+    fn committed_crds_match_the_renderer() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let rendered = render().expect("CRDs render");
+        for crd in &rendered {
+            let path = dir.join(&crd.file_name);
+            let committed = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{} is missing ({e}): {REGENERATE}", path.display()));
+            if committed != crd.yaml {
+                let line = committed
+                    .lines()
+                    .zip(crd.yaml.lines())
+                    .position(|(a, b)| a != b)
+                    .map_or_else(
+                        || committed.lines().count().min(crd.yaml.lines().count()) + 1,
+                        |i| i + 1,
+                    );
+                panic!(
+                    "{} is stale (first difference at line {line}): {REGENERATE}",
+                    path.display()
+                );
+            }
+        }
+        let mut extra: Vec<_> = std::fs::read_dir(&dir)
+            .expect("crds/ exists")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| !rendered.iter().any(|crd| &crd.file_name == name))
+            .collect();
+        extra.sort();
+        assert!(
+            extra.is_empty(),
+            "crds/ holds files the renderer does not make: {extra:?}"
+        );
+    }
+
+    /// Client-side `kubectl apply` stores the whole object in an annotation
+    /// capped at 256 KiB; stay well under it.
+    #[test]
+    fn each_crd_fits_client_side_apply() {
+        for crd in definitions() {
+            let json = serde_json::to_vec(&crd).expect("serializes");
+            assert!(
+                json.len() < 128 * 1024,
+                "{:?} is {} bytes",
+                crd.metadata.name,
+                json.len()
+            );
+        }
+    }
+
+    #[test]
+    fn both_kinds_are_cluster_scoped_with_status_and_category() {
+        for crd in definitions() {
+            assert_eq!(crd.spec.scope, "Cluster");
+            assert_eq!(
+                crd.spec.names.categories.as_deref(),
+                Some(&["gpufleet".to_string()][..])
+            );
+            let version = &crd.spec.versions[0];
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some()
+            );
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! gpufleet brings new NVIDIA GB200/GB300 nodes online in staged waves while
+//! health-checking them: a Kubernetes operator for AI factories.
+//!
+//! The crate is a library with a thin binary on top: [`api`] holds the custom
+//! resources, [`crds`] renders their definitions.
+
+pub mod api;
+pub mod crds;
