@@ -17,7 +17,32 @@ pub struct RenderedCrd {
 
 /// Every CRD gpufleet owns, in a fixed order.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![GpuPool::crd(), RolloutBatch::crd()]
+    vec![tidy(GpuPool::crd()), tidy(RolloutBatch::crd())]
+}
+
+/// Drops the integer formats schemars derives from Rust types (`uint32`),
+/// which the API server does not know and warns about on every request that
+/// writes the object. Ranges in the schema already bound those fields.
+fn tidy(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let unknown = map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.starts_with("uint"));
+                if unknown && map.get("type").and_then(|t| t.as_str()) == Some("integer") {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("a tidied CRD deserializes")
 }
 
 /// Renders every CRD as YAML, one document per CRD.

@@ -1,0 +1,7 @@
+//! Integration tests against a real kube-apiserver and etcd (the test bed).
+//! Every test of this binary shares one control plane; see `support`.
+
+mod support;
+
+mod crds;
+mod validation;

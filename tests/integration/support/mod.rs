@@ -1,0 +1,199 @@
+//! The shared control plane of the integration tests, and a kubectl runner.
+//!
+//! One control plane serves every test of this binary: the first test to ask
+//! starts it through `tests/testbed/controlplane.py up --watch-pid`, which
+//! stops it and removes its folder when this process exits, however it exits.
+//! Set `GPUFLEET_TEST_KUBECONFIG` to run against an existing (disposable)
+//! cluster instead; `GPUFLEET_TEST_KUBECTL` then names the kubectl to use
+//! (default: the test bed's, else `kubectl` on the PATH).
+//!
+//! Tests share the cluster, so each uses its own object names.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+/// A running cluster the tests may use.
+pub struct Testbed {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    /// The watcher that owns the control plane; never waited on, it exits
+    /// after this process does.
+    _watcher: Mutex<Option<Child>>,
+}
+
+static TESTBED: OnceLock<Testbed> = OnceLock::new();
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared cluster, with gpufleet's CRDs installed and Established.
+pub fn testbed() -> &'static Testbed {
+    TESTBED.get_or_init(|| {
+        let testbed = match std::env::var_os("GPUFLEET_TEST_KUBECONFIG") {
+            Some(kubeconfig) => Testbed {
+                kubeconfig: kubeconfig.into(),
+                kubectl: std::env::var_os("GPUFLEET_TEST_KUBECTL")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(cached_kubectl),
+                _watcher: Mutex::new(None),
+            },
+            None => start_control_plane(),
+        };
+        testbed.install_crds();
+        testbed
+    })
+}
+
+fn cached_kubectl() -> PathBuf {
+    let out = Command::new(repo().join("tests/testbed/build.sh"))
+        .arg("--print")
+        .output()
+        .expect("running tests/testbed/build.sh --print");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|dir| Path::new(dir).join("kubectl"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+fn start_control_plane() -> Testbed {
+    let script = repo().join("tests/testbed/controlplane.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args(["up", "--kwok", "--json", "--watch-pid"])
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", script.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("reading the control plane's JSON line");
+    let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!(
+            "{} up did not print its JSON line ({e}); got {line:?}. \
+             Its diagnostics are above; run it by hand to see more.",
+            script.display()
+        )
+    });
+    let field = |name: &str| -> PathBuf {
+        info[name]
+            .as_str()
+            .unwrap_or_else(|| panic!("control plane JSON lacks {name}: {info}"))
+            .into()
+    };
+    Testbed {
+        kubeconfig: field("kubeconfig"),
+        kubectl: field("kubectl"),
+        _watcher: Mutex::new(Some(child)),
+    }
+}
+
+impl Testbed {
+    /// `kubectl apply -f crds/` and wait until both CRDs are Established.
+    fn install_crds(&self) {
+        self.kubectl(&["apply", "-f"])
+            .arg(repo().join("crds"))
+            .succeeds();
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/gpupools.gpufleet.io",
+            "crd/rolloutbatches.gpufleet.io",
+        ])
+        .succeeds();
+    }
+
+    /// A kubectl command against this cluster.
+    pub fn kubectl(&self, args: &[&str]) -> Kubectl {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        Kubectl { cmd, stdin: None }
+    }
+}
+
+/// A kubectl invocation being built.
+pub struct Kubectl {
+    cmd: Command,
+    stdin: Option<String>,
+}
+
+/// What a kubectl invocation did.
+pub struct Ran {
+    pub what: String,
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Kubectl {
+    pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Feed this text on stdin (for `-f -`).
+    pub fn stdin(mut self, text: impl Into<String>) -> Self {
+        self.stdin = Some(text.into());
+        self
+    }
+
+    pub fn run(mut self) -> Ran {
+        let what = format!("{:?}", self.cmd);
+        self.cmd
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+        if let Some(text) = self.stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(text.as_bytes())
+                .expect("writing kubectl stdin");
+        }
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        Ran {
+            what,
+            ok: status.success(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
+    /// Runs and panics with kubectl's output unless it succeeded.
+    pub fn succeeds(self) -> Ran {
+        let ran = self.run();
+        assert!(ran.ok, "{} failed:\n{}{}", ran.what, ran.stdout, ran.stderr);
+        ran
+    }
+
+    /// Runs and panics unless it failed; returns what it printed.
+    pub fn fails(self) -> Ran {
+        let ran = self.run();
+        assert!(
+            !ran.ok,
+            "{} succeeded but should have failed:\n{}",
+            ran.what, ran.stdout
+        );
+        ran
+    }
+}
