@@ -6,3 +6,5 @@
 
 pub mod api;
 pub mod crds;
+pub mod keys;
+pub mod planner;

@@ -1,0 +1,35 @@
+//! The labels and annotations gpufleet reads and writes on Nodes and pods.
+//! Per-node state lives on the Node itself, never in a status list: 137,500
+//! nodes do not fit in one etcd object.
+
+/// Node label: `pending`, `validating`, `soaking`, `ready`, `failed` or `held`.
+pub const STATE: &str = "gpufleet.io/state";
+/// Node annotation: the RolloutBatch that owns the node's rollout.
+pub const BATCH: &str = "gpufleet.io/batch";
+/// Node annotation: the wave (from 1) the node belongs to.
+pub const WAVE: &str = "gpufleet.io/wave";
+/// Node annotation: when the node entered its current state (RFC 3339).
+pub const SINCE: &str = "gpufleet.io/since";
+/// Node annotation: why the node failed or is held, in words a person can act on.
+pub const REASON: &str = "gpufleet.io/reason";
+/// Node and probe-pod annotation: the probe attempt, from 1.
+pub const ATTEMPT: &str = "gpufleet.io/attempt";
+/// Node annotation set by a person (any value) to send a failed or held node
+/// through validation again; gpufleet removes it.
+pub const RETRY: &str = "gpufleet.io/retry";
+
+/// GPU Feature Discovery: the GPU product, such as `NVIDIA-GB200`.
+pub const GPU_PRODUCT: &str = "nvidia.com/gpu.product";
+/// GPU Feature Discovery: the number of GPUs.
+pub const GPU_COUNT: &str = "nvidia.com/gpu.count";
+/// GPU Feature Discovery: the full driver version, such as `570.133.20`.
+pub const DRIVER_VERSION: &str = "nvidia.com/cuda.driver-version.full";
+/// The device plugin's extended resource.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// Label on probe pods: gpufleet made them.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY`] on gpufleet's probe pods.
+pub const MANAGER: &str = "gpufleet";
+/// Field manager and user agent of every write gpufleet makes.
+pub const FIELD_MANAGER: &str = "gpufleet";

@@ -1,0 +1,322 @@
+//! The planner's view of the cluster: small, owned copies of what it needs
+//! from Nodes and probe pods, built once per observation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::keys;
+
+/// A node's place in the rollout, as the `gpufleet.io/state` label says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeState {
+    /// Waiting for its wave; also every node without the label.
+    Pending,
+    /// Running the burn-in probe.
+    Validating,
+    /// Passed the probe; staying healthy for `soakSeconds`, then waiting for
+    /// the rest of its domain.
+    Soaking,
+    /// Admitted: the onboarding taint is gone. Never demoted by gpufleet.
+    Ready,
+    /// Failed a check; waits for a person (`gpufleet.io/retry`).
+    Failed,
+    /// Healthy, but its domain has too few healthy nodes to be admitted.
+    Held,
+}
+
+impl NodeState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [NodeState; 6] = [
+        NodeState::Pending,
+        NodeState::Validating,
+        NodeState::Soaking,
+        NodeState::Ready,
+        NodeState::Failed,
+        NodeState::Held,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Pending => "pending",
+            NodeState::Validating => "validating",
+            NodeState::Soaking => "soaking",
+            NodeState::Ready => "ready",
+            NodeState::Failed => "failed",
+            NodeState::Held => "held",
+        }
+    }
+
+    /// A final verdict for wave progress: ready, failed or held.
+    pub fn is_verdict(self) -> bool {
+        matches!(self, NodeState::Ready | NodeState::Failed | NodeState::Held)
+    }
+
+    /// Started and not yet decided: validating or soaking.
+    pub fn in_progress(self) -> bool {
+        matches!(self, NodeState::Validating | NodeState::Soaking)
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for NodeState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown gpufleet state {s:?}"))
+    }
+}
+
+/// A taint as it sits on a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaintView {
+    pub key: String,
+    pub value: Option<String>,
+    pub effect: String,
+}
+
+/// What the planner knows of one Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    /// Every label (selectors need them all).
+    pub labels: BTreeMap<String, String>,
+    /// Parsed `gpufleet.io/state`; `None` when absent or unknown.
+    pub state: Option<NodeState>,
+    /// `gpufleet.io/batch`.
+    pub batch: Option<String>,
+    /// `gpufleet.io/wave`.
+    pub wave: Option<u32>,
+    /// `gpufleet.io/since`.
+    pub since: Option<Timestamp>,
+    /// `gpufleet.io/reason`.
+    pub reason: Option<String>,
+    /// `gpufleet.io/attempt` (0 when absent).
+    pub attempt: u32,
+    /// A person asked for a retry (`gpufleet.io/retry` is present).
+    pub retry: bool,
+    /// The Ready condition's status: `Some(true)` only for "True".
+    pub ready: Option<bool>,
+    /// Every condition type with its status ("True", "False", "Unknown").
+    pub conditions: BTreeMap<String, String>,
+    /// `status.allocatable["nvidia.com/gpu"]`, when it parses as a count.
+    pub allocatable_gpus: Option<u32>,
+    /// The raw allocatable value, for messages when it does not parse.
+    pub allocatable_gpus_raw: Option<String>,
+    pub taints: Vec<TaintView>,
+    /// `spec.unschedulable`: cordoned (gpufleet never cordons).
+    pub unschedulable: bool,
+    /// The Node is being deleted.
+    pub deleting: bool,
+}
+
+impl NodeView {
+    /// A node with just a name and labels; the rest is empty. For tests and
+    /// tools that build views by hand.
+    pub fn named(name: impl Into<String>) -> Self {
+        NodeView {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            state: None,
+            batch: None,
+            wave: None,
+            since: None,
+            reason: None,
+            attempt: 0,
+            retry: false,
+            ready: None,
+            conditions: BTreeMap::new(),
+            allocatable_gpus: None,
+            allocatable_gpus_raw: None,
+            taints: Vec::new(),
+            unschedulable: false,
+            deleting: false,
+        }
+    }
+
+    /// The gpufleet state; a node without one is pending.
+    pub fn state(&self) -> NodeState {
+        self.state.unwrap_or(NodeState::Pending)
+    }
+
+    /// Does the node carry a taint with this key and effect?
+    pub fn has_taint(&self, key: &str, effect: &str) -> bool {
+        self.taints
+            .iter()
+            .any(|t| t.key == key && t.effect == effect)
+    }
+
+    /// GPUs this node reports: allocatable, else the GFD count label.
+    pub fn gpus(&self) -> u32 {
+        self.allocatable_gpus
+            .or_else(|| {
+                self.labels
+                    .get(keys::GPU_COUNT)
+                    .and_then(|c| c.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl From<&Node> for NodeView {
+    fn from(node: &Node) -> Self {
+        let meta = &node.metadata;
+        let annotations = meta.annotations.as_ref();
+        let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
+        let status = node.status.as_ref();
+        let conditions: BTreeMap<String, String> = status
+            .and_then(|s| s.conditions.as_ref())
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| (c.type_.clone(), c.status.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let allocatable_gpus_raw = status
+            .and_then(|s| s.allocatable.as_ref())
+            .and_then(|a| a.get(keys::GPU_RESOURCE))
+            .map(|q| q.0.clone());
+        let spec = node.spec.as_ref();
+        NodeView {
+            name: meta.name.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            state: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(keys::STATE))
+                .and_then(|s| s.parse().ok()),
+            batch: annotation(keys::BATCH),
+            wave: annotation(keys::WAVE).and_then(|w| w.parse().ok()),
+            since: annotation(keys::SINCE).and_then(|s| s.parse().ok()),
+            reason: annotation(keys::REASON),
+            attempt: annotation(keys::ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            retry: annotation(keys::RETRY).is_some(),
+            ready: conditions.get("Ready").map(|s| s == "True"),
+            conditions,
+            allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
+            allocatable_gpus_raw,
+            taints: spec
+                .and_then(|s| s.taints.as_ref())
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| TaintView {
+                            key: t.key.clone(),
+                            value: t.value.clone(),
+                            effect: t.effect.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            deleting: meta.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// The phase of a probe pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbePhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+/// What the planner knows of one probe pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeView {
+    /// The pod's name.
+    pub name: String,
+    /// The node it is bound to.
+    pub node: String,
+    /// The attempt it runs (its `gpufleet.io/attempt` annotation).
+    pub attempt: u32,
+    pub phase: ProbePhase,
+    /// The first terminated container's exit code, if any.
+    pub exit_code: Option<i32>,
+    /// The first terminated container's termination message, if any.
+    pub message: Option<String>,
+    /// When the pod was created.
+    pub created: Option<Timestamp>,
+    /// The pod is being deleted.
+    pub deleting: bool,
+}
+
+impl From<&Pod> for ProbeView {
+    fn from(pod: &Pod) -> Self {
+        let meta = &pod.metadata;
+        let status = pod.status.as_ref();
+        let phase = match status.and_then(|s| s.phase.as_deref()) {
+            Some("Pending") | None => ProbePhase::Pending,
+            Some("Running") => ProbePhase::Running,
+            Some("Succeeded") => ProbePhase::Succeeded,
+            Some("Failed") => ProbePhase::Failed,
+            Some(_) => ProbePhase::Unknown,
+        };
+        let terminated = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()));
+        ProbeView {
+            name: meta.name.clone().unwrap_or_default(),
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            attempt: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(keys::ATTEMPT))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            phase,
+            exit_code: terminated.map(|t| t.exit_code),
+            message: terminated
+                .and_then(|t| t.message.clone().or_else(|| t.reason.clone()))
+                .filter(|m| !m.trim().is_empty()),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            deleting: meta.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// Another pool or batch that may claim the same nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claim {
+    /// Its name.
+    pub name: String,
+    /// For a batch, the pool it belongs to; for a pool, `None`.
+    pub pool: Option<String>,
+    pub selector: LabelSelector,
+}
+
+/// Everything the planner observes for one batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Every node the pool's selector matches (of any batch): the planner
+    /// needs the whole pool for the concurrency budget, domains and breaker.
+    pub nodes: Vec<NodeView>,
+    /// The batch's probe pods.
+    pub probes: Vec<ProbeView>,
+    /// The other pools (their selectors), to find nodes two pools claim.
+    pub other_pools: Vec<Claim>,
+    /// The other batches of any pool, to find nodes two batches claim.
+    pub other_batches: Vec<Claim>,
+}

@@ -1,0 +1,7 @@
+//! The planner's rules, one table test each, and its invariants as property
+//! tests. No cluster: the planner is pure, and `Sim` applies its plans the
+//! way the operator applies them to the API server.
+
+mod fixtures;
+mod properties;
+mod rules;

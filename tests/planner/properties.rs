@@ -1,0 +1,429 @@
+//! The planner's invariants over random fleets, batches and event orders.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gpufleet::api::{GpuPool, RolloutBatch};
+use gpufleet::keys;
+use gpufleet::planner::sim::{Outcome, Sim, healthy_node};
+use gpufleet::planner::{NodeState, NodeView, Snapshot, plan};
+use proptest::prelude::*;
+
+use crate::fixtures::{t0, with_batch, with_pool};
+
+/// A node's fate in a generated fleet.
+#[derive(Clone, Debug)]
+enum Fault {
+    None,
+    Static(u8),
+    ProbeFails,
+    ProbeHangs,
+    FirstProbeFails,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    domains: Vec<Vec<Fault>>,
+    per_domain: u32,
+    min_healthy: u32,
+    waves: Vec<(bool, u32)>,
+    max_concurrent: u32,
+    budget: u32,
+    probe: bool,
+    soak: u32,
+    approved: Option<u32>,
+    paused: bool,
+    ops: Vec<Op>,
+    order_seed: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Step,
+    FinishProbes,
+    Advance(i64),
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        6 => Just(Fault::None),
+        1 => (0u8..6).prop_map(Fault::Static),
+        1 => Just(Fault::ProbeFails),
+        1 => Just(Fault::ProbeHangs),
+        1 => Just(Fault::FirstProbeFails),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1u32..6)
+        .prop_flat_map(|per_domain| {
+            (
+                prop::collection::vec(
+                    prop::collection::vec(fault(), 1..=per_domain as usize),
+                    1..7,
+                ),
+                Just(per_domain),
+                1..=per_domain,
+                prop::collection::vec((any::<bool>(), 1u32..100), 1..4),
+                1u32..12,
+                0u32..3,
+                any::<bool>(),
+                prop_oneof![Just(0u32), 1u32..120],
+                prop::option::of(0u32..4),
+                prop::bool::weighted(0.15),
+                prop::collection::vec(
+                    prop_oneof![
+                        3 => Just(Op::Step),
+                        2 => Just(Op::FinishProbes),
+                        1 => (1i64..700).prop_map(Op::Advance),
+                    ],
+                    1..40,
+                ),
+                any::<u64>(),
+            )
+        })
+        .prop_map(
+            |(
+                domains,
+                per_domain,
+                min_healthy,
+                waves,
+                max_concurrent,
+                budget,
+                probe,
+                soak,
+                approved,
+                paused,
+                ops,
+                order_seed,
+            )| Case {
+                domains,
+                per_domain,
+                min_healthy,
+                waves,
+                max_concurrent,
+                budget,
+                probe,
+                soak,
+                approved,
+                paused,
+                ops,
+                order_seed,
+            },
+        )
+}
+
+/// Increasing wave targets from the random draws: node targets first, then
+/// percents, as the CRD's rules require.
+fn waves_yaml(draws: &[(bool, u32)]) -> String {
+    let mut nodes: Vec<u32> = draws.iter().filter(|(n, _)| *n).map(|(_, v)| *v).collect();
+    let mut pct: Vec<u32> = draws.iter().filter(|(n, _)| !*n).map(|(_, v)| *v).collect();
+    nodes.sort();
+    nodes.dedup();
+    pct.sort();
+    pct.dedup();
+    let items: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("{{nodes: {n}}}"))
+        .chain(pct.iter().map(|p| format!("{{percent: {p}}}")))
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
+    let probe = if case.probe {
+        "{timeoutSeconds: 300, retries: 1, template: {spec: {containers: [{name: p, image: busybox}]}}}"
+    } else {
+        "null"
+    };
+    let pool: GpuPool = with_pool(&format!(
+        "spec: {{topology: {{nodesPerDomain: {}, minHealthyNodesPerDomain: {}}}, healthChecks: {{probe: {probe}, soakSeconds: {}}}}}",
+        case.per_domain, case.min_healthy, case.soak
+    ));
+    let approved = case.approved.map_or("null".to_string(), |a| a.to_string());
+    let batch: RolloutBatch = with_batch(&format!(
+        "spec: {{waves: {}, maxConcurrent: {}, maxFailuresPerWave: {}, approvedWaves: {approved}, paused: {}}}",
+        waves_yaml(&case.waves),
+        case.max_concurrent,
+        case.budget,
+        case.paused
+    ));
+    let mut nodes = Vec::new();
+    let mut faults = BTreeMap::new();
+    for (d, domain) in case.domains.iter().enumerate() {
+        for (i, fault) in domain.iter().enumerate() {
+            let name = format!("n{d}-{i}");
+            let mut node = healthy_node(&name, &format!("clique-{d}"), "east", "row1");
+            if let Fault::Static(kind) = fault {
+                match kind {
+                    0 => drop(node.conditions.insert("Ready".into(), "False".into())),
+                    1 => drop(node.conditions.insert("GpuXidError".into(), "True".into())),
+                    2 => node.allocatable_gpus = Some(3),
+                    3 => drop(
+                        node.labels
+                            .insert(keys::DRIVER_VERSION.into(), "570.86.15".into()),
+                    ),
+                    4 => node.unschedulable = true,
+                    _ => drop(
+                        node.labels
+                            .insert(keys::GPU_PRODUCT.into(), "NVIDIA-H100".into()),
+                    ),
+                }
+            }
+            faults.insert(name, fault.clone());
+            nodes.push(node);
+        }
+    }
+    shuffle(&mut nodes, case.order_seed);
+    let outcomes = faults.clone();
+    let sim = Sim::new(
+        pool,
+        batch,
+        Snapshot {
+            nodes,
+            ..Default::default()
+        },
+        t0(),
+        move |node, attempt| match outcomes.get(node) {
+            Some(Fault::ProbeFails) => Outcome::Fail {
+                exit_code: 1,
+                message: "bad".into(),
+            },
+            Some(Fault::ProbeHangs) => Outcome::Hang,
+            Some(Fault::FirstProbeFails) if attempt == 1 => Outcome::Fail {
+                exit_code: 1,
+                message: "flaky".into(),
+            },
+            _ => Outcome::Pass,
+        },
+    );
+    (sim, faults)
+}
+
+fn shuffle<T>(items: &mut [T], mut seed: u64) {
+    for i in (1..items.len()).rev() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let j = (seed >> 33) as usize % (i + 1);
+        items.swap(i, j);
+    }
+}
+
+fn domain_of(node: &NodeView) -> String {
+    node.labels
+        .get("nvidia.com/gpu.clique")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Checks every invariant on the simulated cluster after a step.
+fn check(
+    sim: &Sim,
+    case: &Case,
+    faults: &BTreeMap<String, Fault>,
+    ever_failed: &BTreeSet<String>,
+) -> Result<(), TestCaseError> {
+    let nodes = &sim.snapshot.nodes;
+    let validating = nodes
+        .iter()
+        .filter(|n| n.state() == NodeState::Validating)
+        .count() as u32;
+    prop_assert!(
+        validating <= case.max_concurrent,
+        "{validating} validating > maxConcurrent {}",
+        case.max_concurrent
+    );
+
+    for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
+        let fault = &faults[&node.name];
+        let probe_fault = case.probe && matches!(fault, Fault::ProbeFails | Fault::ProbeHangs);
+        prop_assert!(
+            !matches!(fault, Fault::Static(_)) && !probe_fault,
+            "node {} with {fault:?} was admitted",
+            node.name
+        );
+        prop_assert!(
+            !ever_failed.contains(&node.name),
+            "failed node {} was admitted",
+            node.name
+        );
+        prop_assert!(
+            !node.has_taint("gpufleet.io/onboarding", "NoSchedule"),
+            "ready node {} kept its taint",
+            node.name
+        );
+    }
+    for node in nodes
+        .iter()
+        .filter(|n| n.state().in_progress() || n.state() == NodeState::Held)
+    {
+        prop_assert!(
+            node.has_taint("gpufleet.io/onboarding", "NoSchedule"),
+            "{} is {} without the taint",
+            node.name,
+            node.state()
+        );
+    }
+
+    let mut by_domain: BTreeMap<String, Vec<&NodeView>> = BTreeMap::new();
+    for node in nodes {
+        by_domain.entry(domain_of(node)).or_default().push(node);
+    }
+    for (domain, members) in &by_domain {
+        let waves: BTreeSet<u32> = members
+            .iter()
+            .filter(|n| n.state() != NodeState::Pending)
+            .filter_map(|n| n.wave)
+            .collect();
+        prop_assert!(
+            waves.len() <= 1,
+            "domain {domain} split across waves {waves:?}"
+        );
+        let ready = members
+            .iter()
+            .filter(|n| n.state() == NodeState::Ready)
+            .count() as u32;
+        prop_assert!(
+            ready == 0 || ready >= case.min_healthy,
+            "domain {domain} partly admitted: {ready} < {}",
+            case.min_healthy
+        );
+    }
+
+    // A started node's earlier waves are all decided.
+    let plan = sim.plan();
+    let wave_of: BTreeMap<&str, u32> = nodes
+        .iter()
+        .filter_map(|n| n.wave.map(|w| (n.name.as_str(), w)))
+        .collect();
+    for node in nodes
+        .iter()
+        .filter(|n| n.state() != NodeState::Pending && n.wave.is_some())
+    {
+        let w = node.wave.unwrap_or(0);
+        for other in nodes
+            .iter()
+            .filter(|o| o.state() == NodeState::Pending || o.state().in_progress())
+        {
+            if let Some(&ow) = wave_of.get(other.name.as_str()) {
+                prop_assert!(
+                    ow >= w || other.state() == NodeState::Pending,
+                    "{} (wave {w}) started while {} (wave {ow}) is {}",
+                    node.name,
+                    other.name,
+                    other.state()
+                );
+            }
+        }
+    }
+    // ...and the status agrees: every wave before a started node's wave is complete.
+    if let Some(status) = &sim.batch.status {
+        for node in nodes.iter().filter(|n| n.state() != NodeState::Pending) {
+            let w = node.wave.unwrap_or(1) as usize;
+            for earlier in status.waves.iter().take(w.saturating_sub(1)) {
+                prop_assert!(
+                    earlier.completed_at.is_some(),
+                    "{} (wave {w}) started before wave {} completed",
+                    node.name,
+                    earlier.index
+                );
+            }
+        }
+    }
+    if case.paused {
+        prop_assert!(
+            plan.node_patches().all(|p| {
+                let before = nodes.iter().find(|n| n.name == p.node).map(|n| n.state());
+                before != Some(NodeState::Pending)
+                    || p.state.is_none_or(|s| s == NodeState::Pending)
+            }),
+            "paused, yet a pending node started"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_under_any_event_order(case in case()) {
+        let (mut sim, faults) = build(&case);
+        let mut ever_failed = BTreeSet::new();
+        for op in case.ops.iter().chain(std::iter::repeat_n(&Op::Step, 1)) {
+            match op {
+                Op::Step => { sim.step(); }
+                Op::FinishProbes => sim.finish_probes(),
+                Op::Advance(s) => sim.advance(*s),
+            }
+            ever_failed.extend(sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Failed).map(|n| n.name.clone()));
+            check(&sim, &case, &faults, &ever_failed)?;
+        }
+        // And to the end.
+        sim.run(500);
+        ever_failed.extend(sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Failed).map(|n| n.name.clone()));
+        check(&sim, &case, &faults, &ever_failed)?;
+        if !case.paused && case.approved.is_none() {
+            // Unless halted by failures, every node reaches a verdict.
+            let plan = sim.plan();
+            let stalled = plan.status.conditions.iter().any(|c| c.type_ == "Stalled" && c.status == "True");
+            if !stalled {
+                prop_assert!(sim.snapshot.nodes.iter().all(|n| n.state().is_verdict()), "rollout did not finish: {:?}", plan.status.nodes);
+            }
+        }
+        // At most three writes per node from pending to ready (probe retries
+        // and holds are extra, and only on the failure path).
+        for node in sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Ready) {
+            // (A probe may also time out when the clock jumps past it: a retry.)
+            if matches!(faults[&node.name], Fault::None) && node.attempt <= 1 {
+                prop_assert!(sim.node_writes.get(&node.name).copied().unwrap_or(0) <= 3, "{} took {:?} writes", node.name, sim.node_writes.get(&node.name));
+            }
+        }
+    }
+
+    #[test]
+    fn planning_again_after_applying_yields_no_new_actions(case in case()) {
+        let (mut sim, _) = build(&case);
+        for op in &case.ops {
+            match op {
+                Op::Step => {
+                    let first = sim.step();
+                    let again = sim.plan();
+                    prop_assert_eq!(again.changes().count(), 0, "after {:?}\nagain: {:?}", first.changes().collect::<Vec<_>>(), again.changes().collect::<Vec<_>>());
+                    prop_assert_eq!(&again.status, &first.status);
+                }
+                Op::FinishProbes => sim.finish_probes(),
+                Op::Advance(s) => sim.advance(*s),
+            }
+        }
+    }
+
+    #[test]
+    fn input_order_does_not_change_the_plan(case in case(), seed in any::<u64>()) {
+        let (mut sim, _) = build(&case);
+        for op in &case.ops {
+            match op {
+                Op::Step => {
+                    let mut shuffled = sim.snapshot.clone();
+                    shuffle(&mut shuffled.nodes, seed);
+                    shuffle(&mut shuffled.probes, seed ^ 1);
+                    let a = plan(&sim.pool, &sim.batch, &sim.snapshot, sim.now);
+                    let b = plan(&sim.pool, &sim.batch, &shuffled, sim.now);
+                    prop_assert_eq!(&a, &b);
+                    sim.apply(&a);
+                }
+                Op::FinishProbes => sim.finish_probes(),
+                Op::Advance(s) => sim.advance(*s),
+            }
+        }
+    }
+
+    #[test]
+    fn paused_starts_nothing(mut case in case()) {
+        case.paused = true;
+        let (mut sim, _) = build(&case);
+        sim.run(300);
+        prop_assert!(sim.snapshot.nodes.iter().all(|n| n.state() == NodeState::Pending));
+        prop_assert_eq!(sim.probes_created, 0);
+    }
+}
