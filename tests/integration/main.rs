@@ -3,5 +3,7 @@
 
 mod support;
 
+mod chart;
 mod crds;
+mod gitops;
 mod validation;

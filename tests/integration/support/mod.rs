@@ -9,6 +9,7 @@
 //!
 //! Tests share the cluster, so each uses its own object names.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -119,6 +120,127 @@ impl Testbed {
     }
 }
 
+impl Testbed {
+    /// kubectl against this cluster with another kubeconfig, such as one
+    /// from [`Testbed::service_account_kubeconfig`].
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str]) -> Kubectl {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+        Kubectl { cmd, stdin: None }
+    }
+
+    /// The test bed's helm against this cluster (see [`helm`]).
+    pub fn helm(&self, args: &[&str]) -> Kubectl {
+        helm(args).arg("--kubeconfig").arg(&self.kubeconfig)
+    }
+
+    /// Writes a kubeconfig that signs in as the ServiceAccount `name` of
+    /// `namespace`, with a token from `kubectl create token` (valid for an
+    /// hour), and returns its path. Whatever runs with it (kubectl, or
+    /// `gpufleet run --kubeconfig`) has exactly the rights RBAC grants that
+    /// account, as a pod running under it would.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self
+            .kubectl(&["create", "token", name, "--namespace", namespace])
+            .arg("--duration=1h")
+            .succeeds()
+            .stdout
+            .trim()
+            .to_string();
+        assert!(!token.is_empty(), "kubectl create token printed no token");
+        // The admin kubeconfig's cluster: server address and CA, no credentials.
+        let admin = self
+            .kubectl(&[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "--flatten",
+                "-o",
+                "json",
+            ])
+            .succeeds();
+        let admin: serde_json::Value =
+            serde_json::from_str(&admin.stdout).expect("kubectl config view prints JSON");
+        let cluster = admin["clusters"][0]["cluster"].clone();
+        assert!(cluster["server"].is_string(), "no server in {admin}");
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let config = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "testbed", "cluster": cluster}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {
+                "cluster": "testbed", "user": user, "namespace": namespace}}],
+            "current-context": user,
+        });
+        let path = scratch_dir().join(format!("{namespace}.{name}.kubeconfig"));
+        // It holds a token: readable by its owner only.
+        std::fs::write(&path, config.to_string())
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            })
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    }
+}
+
+/// A folder under the target directory for files that tests write
+/// (kubeconfigs, helm's config and cache); each run overwrites the last's.
+pub fn scratch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("integration");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        dir
+    })
+}
+
+/// A binary the test bed builds (`helm`, `kstatus`): the first of the
+/// folders `tests/testbed/build.sh --print` names that holds it.
+pub fn testbed_tool(name: &str) -> PathBuf {
+    static BINS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    let bins = BINS.get_or_init(|| {
+        let out = Command::new(repo().join("tests/testbed/build.sh"))
+            .arg("--print")
+            .output()
+            .expect("running tests/testbed/build.sh --print");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .collect()
+    });
+    bins.iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("{name} is in none of {bins:?}: run tests/testbed/build.sh to build it")
+        })
+}
+
+/// Any program, run like kubectl is: `.run()`, `.succeeds()`, `.fails()`.
+pub fn command(program: impl AsRef<OsStr>, args: &[&str]) -> Kubectl {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    Kubectl { cmd, stdin: None }
+}
+
+/// The test bed's helm, with config, cache and data folders of the tests'
+/// own (nothing read from or written to the home folder) and no cluster: for
+/// `helm template` and `helm lint`. [`Testbed::helm`] adds the cluster.
+pub fn helm(args: &[&str]) -> Kubectl {
+    let home = scratch_dir().join("helm");
+    let mut ran = command(testbed_tool("helm"), args);
+    for (var, dir) in [
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_DATA_HOME", "data"),
+    ] {
+        ran.cmd.env(var, home.join(dir));
+    }
+    ran
+}
+
 /// A kubectl invocation being built.
 pub struct Kubectl {
     cmd: Command,
@@ -136,6 +258,12 @@ pub struct Ran {
 impl Kubectl {
     pub fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
         self.cmd.arg(arg);
+        self
+    }
+
+    /// More arguments at once.
+    pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.cmd.args(args);
         self
     }
 

@@ -1,0 +1,891 @@
+//! The Helm chart (`charts/gpufleet`) and `install.yaml`: they come from the
+//! one CRD renderer, pass `helm lint --strict`, reject bad values, install,
+//! upgrade and uninstall on the real API server, and grant the operator only
+//! what it uses. Each test that installs uses a namespace and release of its
+//! own, with the chart's CRDs off, except the one that owns the CRDs.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::support::{Testbed, helm, repo, testbed};
+
+const REGENERATE: &str = "run charts/render.sh and commit the result";
+
+fn chart() -> PathBuf {
+    repo().join("charts/gpufleet")
+}
+
+/// Every document of a YAML stream, empty ones left out.
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(yaml)
+        .map(|doc| Value::deserialize(doc).expect("a YAML document"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// `helm template RELEASE charts/gpufleet --namespace NAMESPACE ARGS...`.
+fn template(release: &str, namespace: &str, args: &[&str]) -> Vec<Value> {
+    let ran = helm(&["template", release])
+        .arg(chart())
+        .args(["--namespace", namespace])
+        .args(args)
+        .succeeds();
+    documents(&ran.stdout)
+}
+
+/// The one object of this kind and name.
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<_> = docs
+        .iter()
+        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(found.len(), 1, "expected one {kind} {name}");
+    found[0]
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"]))
+        .collect()
+}
+
+fn container(docs: &[Value], deployment: &str) -> Value {
+    find(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+fn run_args(container: &Value) -> Vec<String> {
+    serde_json::from_value(container["args"].clone()).expect("args are strings")
+}
+
+/// Makes a fresh namespace (with no controller manager, tests never delete one).
+fn namespace(tb: &Testbed, name: &str) {
+    tb.kubectl(&["create", "namespace", name]).succeeds();
+}
+
+/// `helm install` into a fresh namespace, the CRDs left to the test bed.
+fn install(tb: &Testbed, release: &str, args: &[&str]) {
+    namespace(tb, release);
+    tb.helm(&["install", release])
+        .arg(chart())
+        .args(["--namespace", release, "--set", "crds.enabled=false"])
+        .args(args)
+        .succeeds();
+}
+
+// ------------------------------------------------------------ generated files
+
+/// `files/crds/` holds exactly what the renderer prints.
+#[test]
+fn chart_crds_are_the_renderers_output() {
+    let dir = chart().join("files/crds");
+    let rendered = gpufleet::crds::render().expect("CRDs render");
+    for crd in &rendered {
+        let path = dir.join(&crd.file_name);
+        let committed = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{} is missing ({e}): {REGENERATE}", path.display()));
+        assert!(
+            committed == crd.yaml,
+            "{} differs from `gpufleet crds`: {REGENERATE}",
+            path.display()
+        );
+    }
+    let mut extra: Vec<_> = std::fs::read_dir(&dir)
+        .expect("files/crds exists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| !rendered.iter().any(|crd| &crd.file_name == name))
+        .collect();
+    extra.sort();
+    assert!(
+        extra.is_empty(),
+        "{} holds files the renderer does not make: {extra:?}: {REGENERATE}",
+        dir.display()
+    );
+}
+
+/// The CRD template passes the files through unchanged, adding only labels
+/// and, unless `crds.keep` is off, the keep policy.
+#[test]
+fn chart_renders_the_crds_unchanged_with_the_keep_policy() {
+    let strip = |mut crd: Value| {
+        let meta = crd["metadata"].as_object_mut().expect("metadata");
+        meta.remove("labels");
+        meta.remove("annotations");
+        crd
+    };
+    let expected: Vec<Value> = gpufleet::crds::render()
+        .expect("CRDs render")
+        .iter()
+        .map(|crd| strip(documents(&crd.yaml).remove(0)))
+        .collect();
+    let docs = template("gpufleet", "gpufleet-system", &[]);
+    let crds: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(crds.len(), expected.len(), "{:?}", kinds(&docs));
+    for want in &expected {
+        let name = &want["metadata"]["name"];
+        let got = crds
+            .iter()
+            .find(|crd| &crd["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart lacks CRD {name}"));
+        assert_eq!(
+            got["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{name}"
+        );
+        assert_eq!(
+            got["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "gpufleet"
+        );
+        assert!(
+            &strip((*got).clone()) == want,
+            "the chart's CRD {name} differs from the renderer's"
+        );
+    }
+
+    let docs = template("gpufleet", "gpufleet-system", &["--set", "crds.keep=false"]);
+    let crd = find(&docs, "CustomResourceDefinition", "gpupools.gpufleet.io");
+    assert!(crd["metadata"]["annotations"].is_null(), "{crd}");
+
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &["--set", "crds.enabled=false"],
+    );
+    assert!(
+        docs.iter().all(|d| d["kind"] != "CustomResourceDefinition"),
+        "{:?}",
+        kinds(&docs)
+    );
+}
+
+/// install.yaml is a Namespace followed by exactly `helm template` of the
+/// chart's defaults into it.
+#[test]
+fn install_yaml_is_the_charts_defaults() {
+    let path = repo().join("install.yaml");
+    let committed = std::fs::read_to_string(&path).expect("install.yaml exists");
+    let rendered = helm(&["template", "gpufleet"])
+        .arg(chart())
+        .args(["--namespace", "gpufleet-system"])
+        .succeeds()
+        .stdout;
+    let Some(head) = committed.strip_suffix(rendered.as_str()) else {
+        panic!("install.yaml is stale: {REGENERATE}");
+    };
+    let head = documents(head);
+    assert_eq!(
+        head,
+        [json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "gpufleet-system"}})],
+        "install.yaml must start with the gpufleet-system Namespace: {REGENERATE}"
+    );
+    // Namespaced objects name their namespace, so `kubectl apply -f` puts
+    // them there whatever the current context's namespace is.
+    for doc in documents(&rendered) {
+        let cluster_scoped = [
+            "CustomResourceDefinition",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ];
+        if !cluster_scoped.contains(&doc["kind"].as_str().unwrap()) {
+            assert_eq!(
+                doc["metadata"]["namespace"], "gpufleet-system",
+                "{} {}",
+                doc["kind"], doc["metadata"]["name"]
+            );
+        }
+    }
+}
+
+/// The chart's README lists every value of values.yaml with its default,
+/// and nothing that values.yaml lacks.
+#[test]
+fn chart_readme_lists_every_value_with_its_default() {
+    let values_text = std::fs::read_to_string(chart().join("values.yaml")).expect("values.yaml");
+    let values: Value = serde_norway::from_str(&values_text).expect("values.yaml parses");
+    let readme = std::fs::read_to_string(chart().join("README.md")).expect("README.md");
+    // Rows of the values table: | `key` | `default` | description |
+    let rows: Vec<(String, Value)> = readme
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let key = cells.first()?.strip_prefix("| `")?.strip_suffix('`')?;
+            let default = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let default = serde_json::from_str(default)
+                .unwrap_or_else(|e| panic!("README default of {key} is not JSON ({e})"));
+            Some((key.to_string(), default))
+        })
+        .collect();
+    assert!(!rows.is_empty(), "README.md has no values table");
+    let lookup = |key: &str| {
+        key.split('.')
+            .try_fold(&values, |at, part| at.get(part))
+            .cloned()
+    };
+    for (key, default) in &rows {
+        let value = lookup(key)
+            .unwrap_or_else(|| panic!("README.md lists `{key}`, which values.yaml lacks"));
+        assert_eq!(&value, default, "README.md's default of `{key}`");
+    }
+    // Every value is in a row: itself, or an object above it documented whole.
+    fn leaves(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, inner) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(&path, inner, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut all = Vec::new();
+    leaves("", &values, &mut all);
+    for leaf in all {
+        let covered = rows
+            .iter()
+            .any(|(key, _)| leaf == *key || leaf.starts_with(&format!("{key}.")));
+        assert!(covered, "README.md does not list `{leaf}` of values.yaml");
+    }
+}
+
+// -------------------------------------------------------------- helm itself
+
+#[test]
+fn helm_lint_strict_passes() {
+    let ran = helm(&["lint", "--strict"]).arg(chart()).succeeds();
+    assert!(ran.stdout.contains("0 chart(s) failed"), "{}", ran.stdout);
+    // With every optional part on, too.
+    helm(&["lint", "--strict"])
+        .arg(chart())
+        .args([
+            "--set",
+            "metrics.serviceMonitor.enabled=true,replicaCount=1,leaderElection.enabled=false",
+        ])
+        .succeeds();
+}
+
+/// values.schema.json turns typos and wrong types into errors that name them.
+#[test]
+fn values_schema_rejects_typos_and_wrong_types() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "replicaCount=abc"], "replicaCount"),
+        (&["--set", "logLevl=debug"], "logLevl"),
+        (&["--set", "image.tagg=v1"], "tagg"),
+        (&["--set", "logFormat=xml"], "logFormat"),
+        (&["--set", "metrics.port=70000"], "metrics/port"),
+        (&["--set", "crds.enabled=yes"], "crds/enabled"),
+        (
+            &["--set", "securityContext.capabilites.drop={ALL}"],
+            "capabilites",
+        ),
+        (&["--set-json", r#"tolerations=[{"keyy":"a"}]"#], "keyy"),
+        (&["--set", "image.digest=latest"], "digest"),
+    ];
+    for (args, named) in cases {
+        let ran = helm(&["template", "typo"]).arg(chart()).args(*args).fails();
+        assert!(
+            ran.stderr.contains(named),
+            "helm template {args:?} failed without naming {named}:\n{}",
+            ran.stderr
+        );
+    }
+    // Replicas without a leader would all act at once.
+    let ran = helm(&["template", "typo"])
+        .arg(chart())
+        .args(["--set", "leaderElection.enabled=false"])
+        .fails();
+    assert!(ran.stderr.contains("leaderElection"), "{}", ran.stderr);
+}
+
+/// Every value lands where it belongs in the rendered objects.
+#[test]
+fn chart_renders_values_into_the_deployment() {
+    let docs = template("gpufleet", "gpufleet-system", &[]);
+    let pod = &find(&docs, "Deployment", "gpufleet")["spec"]["template"]["spec"];
+    let c = container(&docs, "gpufleet");
+    assert_eq!(find(&docs, "Deployment", "gpufleet")["spec"]["replicas"], 2);
+    assert_eq!(c["image"], "ghcr.io/gpufleet/gpufleet:0.1.0");
+    assert_eq!(
+        run_args(&c),
+        [
+            "run",
+            "--log-level=info",
+            "--log-format=json",
+            "--metrics-addr=0.0.0.0:8080",
+            "--health-addr=0.0.0.0:8081",
+            "--leader-elect",
+            "--lease-name=gpufleet"
+        ]
+    );
+    assert_eq!(
+        c["env"][0],
+        json!({"name": "POD_NAMESPACE",
+               "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http-health");
+    assert_eq!(
+        c["ports"][1],
+        json!({"name": "http-health", "containerPort": 8081, "protocol": "TCP"})
+    );
+    // Pod Security "restricted".
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(pod["serviceAccountName"], "gpufleet");
+    let service = find(&docs, "Service", "gpufleet-metrics");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http-metrics");
+    assert!(docs.iter().all(|d| d["kind"] != "ServiceMonitor"));
+    find(&docs, "PodDisruptionBudget", "gpufleet");
+
+    let docs = template(
+        "fleet",
+        "ops",
+        &[
+            "--set",
+            "logLevel=debug,logFormat=text,image.tag=v9,priorityClassName=system-cluster-critical",
+            "--set",
+            "kubeClient.qps=50,kubeClient.burst=100,concurrency=8,metrics.port=9090,health.port=9091",
+            "--set",
+            "nodeSelector.role=control,replicaCount=1,leaderElection.enabled=false",
+            "--set",
+            "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom",
+            "--set",
+            "resources.limits.memory=2Gi,podAnnotations.a=b,podLabels.c=d,commonLabels.team=gpu",
+            "--set-json",
+            r#"tolerations=[{"key":"ops","operator":"Exists","effect":"NoSchedule"}]"#,
+            "--set-json",
+            r#"affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"k","operator":"Exists"}]}]}}}"#,
+            "--set-json",
+            r#"extraArgs=["--extra"]"#,
+            "--set-json",
+            r#"extraEnv=[{"name":"RUST_BACKTRACE","value":"1"}]"#,
+        ],
+    );
+    let deployment = find(&docs, "Deployment", "fleet-gpufleet");
+    let pod = &deployment["spec"]["template"];
+    let c = container(&docs, "fleet-gpufleet");
+    assert_eq!(deployment["metadata"]["namespace"], "ops");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(c["image"], "ghcr.io/gpufleet/gpufleet:v9");
+    assert_eq!(
+        run_args(&c),
+        [
+            "run",
+            "--log-level=debug",
+            "--log-format=text",
+            "--metrics-addr=0.0.0.0:9090",
+            "--health-addr=0.0.0.0:9091",
+            "--qps=50",
+            "--burst=100",
+            "--concurrency=8",
+            "--extra"
+        ]
+    );
+    assert_eq!(c["env"][1], json!({"name": "RUST_BACKTRACE", "value": "1"}));
+    assert_eq!(c["ports"][0]["containerPort"], 9090);
+    assert_eq!(c["resources"]["limits"]["memory"], "2Gi");
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["spec"]["nodeSelector"], json!({"role": "control"}));
+    assert_eq!(pod["spec"]["tolerations"][0]["key"], "ops");
+    assert!(pod["spec"]["affinity"]["nodeAffinity"].is_object());
+    assert_eq!(pod["metadata"]["annotations"]["a"], "b");
+    assert_eq!(pod["metadata"]["labels"]["c"], "d");
+    assert_eq!(deployment["metadata"]["labels"]["team"], "gpu");
+    // One replica: no disruption budget, no leader election.
+    assert!(docs.iter().all(|d| d["kind"] != "PodDisruptionBudget"));
+    let monitor = find(&docs, "ServiceMonitor", "fleet-gpufleet");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        find(&docs, "Service", "fleet-gpufleet-metrics")["metadata"]["labels"]
+            .as_object()
+            .map(|labels| {
+                let keys = [
+                    "app.kubernetes.io/name",
+                    "app.kubernetes.io/instance",
+                    "app.kubernetes.io/component",
+                ];
+                Value::Object(
+                    labels
+                        .iter()
+                        .filter(|(k, _)| keys.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            })
+            .expect("service labels")
+    );
+
+    // A digest wins over the tag.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &["--set", &format!("image.tag=v9,image.digest={digest}")],
+    );
+    assert_eq!(
+        container(&docs, "gpufleet")["image"],
+        format!("ghcr.io/gpufleet/gpufleet@{digest}")
+    );
+}
+
+/// The roles hold exactly gpufleet's verbs: no wildcards, no secrets, pods
+/// and leases only in the release namespace.
+#[test]
+fn chart_rbac_rules_are_least_privilege() {
+    let docs = template("gpufleet", "gpufleet-system", &[]);
+    for doc in &docs {
+        if !["ClusterRole", "Role"].contains(&doc["kind"].as_str().unwrap()) {
+            continue;
+        }
+        for rule in doc["rules"].as_array().expect("rules") {
+            for field in ["apiGroups", "resources", "verbs"] {
+                let items = rule[field].as_array().expect(field);
+                assert!(
+                    items.iter().all(|i| !i.as_str().unwrap().contains('*')),
+                    "wildcard in {}: {rule}",
+                    doc["metadata"]["name"]
+                );
+            }
+            let resources = rule["resources"].as_array().unwrap();
+            assert!(
+                !resources.iter().any(|r| r == "secrets"),
+                "{}: {rule}",
+                doc["metadata"]["name"]
+            );
+            if doc["kind"] == "ClusterRole" {
+                assert!(
+                    !resources.iter().any(|r| r == "pods" || r == "leases"),
+                    "pods and leases belong in the namespaced Role: {rule}"
+                );
+            }
+        }
+    }
+    let role = find(&docs, "Role", "gpufleet");
+    assert_eq!(role["metadata"]["namespace"], "gpufleet-system");
+    let view = find(&docs, "ClusterRole", "gpufleet-view");
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let edit = find(&docs, "ClusterRole", "gpufleet-edit");
+    assert_eq!(
+        edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"],
+        "true"
+    );
+    assert_eq!(
+        edit["rules"],
+        json!([{"apiGroups": ["gpufleet.io"], "resources": ["rolloutbatches"],
+                "verbs": ["create", "update", "patch", "delete"]}]),
+        "edit writes batches only; pools are for cluster admins"
+    );
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &["--set", "rbac.aggregateToDefaultRoles=false"],
+    );
+    assert!(
+        docs.iter().all(|d| d["metadata"]["name"] != "gpufleet-view"
+            && d["metadata"]["name"] != "gpufleet-edit")
+    );
+}
+
+// ---------------------------------------------------- against the API server
+
+/// `helm template` output, defaults and with options, passes the API
+/// server's own validation (`kubectl apply --dry-run=server`).
+#[test]
+fn chart_output_is_accepted_by_the_api_server() {
+    let tb = testbed();
+    namespace(tb, "chart-dry-run");
+    for options in [
+        &[][..],
+        &[
+            "--set",
+            "replicaCount=3,priorityClassName=system-cluster-critical,logFormat=text",
+            "--set-json",
+            r#"tolerations=[{"key":"ops","operator":"Exists","effect":"NoSchedule"}]"#,
+            "--set-json",
+            r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"ScheduleAnyway"}]"#,
+        ][..],
+    ] {
+        let rendered = helm(&["template", "chart-dry-run"])
+            .arg(chart())
+            .args(["--namespace", "chart-dry-run"])
+            .args(options)
+            .succeeds()
+            .stdout;
+        let ran = tb
+            .kubectl(&["apply", "--dry-run=server", "-f", "-"])
+            .stdin(rendered)
+            .succeeds();
+        assert!(
+            ran.stdout
+                .contains("deployment.apps/chart-dry-run-gpufleet"),
+            "{}",
+            ran.stdout
+        );
+        assert!(
+            !ran.stderr.contains("Warning"),
+            "the API server warned: {}",
+            ran.stderr
+        );
+    }
+}
+
+/// install, upgrade with a changed value, uninstall: the whole life of a
+/// release, CRDs included. The test bed installed the CRDs already, so the
+/// release takes them over (`--take-ownership`), as it would a cluster's
+/// CRDs kept from an earlier release.
+#[test]
+fn helm_install_upgrade_and_uninstall() {
+    let tb = testbed();
+    let release = "chart-lifecycle";
+    let deployment = "chart-lifecycle-gpufleet";
+    namespace(tb, release);
+    let ran = tb
+        .helm(&["install", release])
+        .arg(chart())
+        .args(["--namespace", release, "--take-ownership"])
+        .succeeds();
+    assert!(ran.stdout.contains("STATUS: deployed"), "{}", ran.stdout);
+    let get = |what: &[&str]| -> Value {
+        let ran = tb
+            .kubectl(&["get", "--namespace", release, "-o", "json"])
+            .args(what)
+            .succeeds();
+        serde_json::from_str(&ran.stdout).expect("json")
+    };
+    let installed = get(&["deployment", deployment]);
+    let c = &installed["spec"]["template"]["spec"]["containers"][0];
+    assert!(run_args(c).contains(&"--log-level=info".to_string()), "{c}");
+    for what in [
+        ["serviceaccount", deployment],
+        ["role", deployment],
+        ["rolebinding", deployment],
+        ["service", "chart-lifecycle-gpufleet-metrics"],
+        ["poddisruptionbudget", deployment],
+        ["clusterrole", deployment],
+        ["clusterrolebinding", deployment],
+        ["clusterrole", "chart-lifecycle-gpufleet-view"],
+    ] {
+        get(&what);
+    }
+    let crd = get(&["crd", "rolloutbatches.gpufleet.io"]);
+    assert_eq!(
+        crd["metadata"]["annotations"]["meta.helm.sh/release-name"],
+        release
+    );
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+
+    // Upgrade: the changed value reaches the Deployment, and the CRDs are
+    // upgraded with the release (here: a label added to every object).
+    tb.helm(&["upgrade", release])
+        .arg(chart())
+        .args([
+            "--namespace",
+            release,
+            "--reuse-values",
+            "--set",
+            "logLevel=debug,commonLabels.gpufleet-test=upgraded",
+        ])
+        .succeeds();
+    let upgraded = get(&["deployment", deployment]);
+    let c = &upgraded["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        run_args(c).contains(&"--log-level=debug".to_string()),
+        "{c}"
+    );
+    assert!(
+        !run_args(c).contains(&"--log-level=info".to_string()),
+        "{c}"
+    );
+    assert_eq!(
+        get(&["crd", "gpupools.gpufleet.io"])["metadata"]["labels"]["gpufleet-test"],
+        "upgraded"
+    );
+    let history = tb
+        .helm(&["history", release, "--namespace", release, "-o", "json"])
+        .succeeds();
+    let history: Value = serde_json::from_str(&history.stdout).expect("json");
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+
+    // Uninstall: everything goes but the CRDs (and every pool and batch).
+    let ran = tb
+        .helm(&["uninstall", release, "--namespace", release])
+        .succeeds();
+    assert!(
+        ran.stdout.contains("kept due to the resource policy"),
+        "{}",
+        ran.stdout
+    );
+    for what in [
+        vec!["deployment", deployment],
+        vec!["serviceaccount", deployment],
+        vec!["clusterrole", deployment],
+        vec!["clusterrolebinding", deployment],
+        vec!["clusterrole", "chart-lifecycle-gpufleet-edit"],
+    ] {
+        let ran = tb
+            .kubectl(&["get", "--namespace", release])
+            .args(&what)
+            .fails();
+        assert!(ran.stderr.contains("NotFound"), "{what:?}: {}", ran.stderr);
+    }
+    for crd in ["gpupools.gpufleet.io", "rolloutbatches.gpufleet.io"] {
+        let ran = tb
+            .kubectl(&["get", "crd", crd, "-o"])
+            .arg("jsonpath={.status.conditions[?(@.type==\"Established\")].status}")
+            .succeeds();
+        assert_eq!(ran.stdout, "True", "{crd} after uninstall");
+    }
+}
+
+/// `kubectl auth can-i` as the chart's service account (impersonated):
+/// exactly what gpufleet does, nothing more.
+#[test]
+fn chart_service_account_can_do_what_gpufleet_does_and_no_more() {
+    let tb = testbed();
+    let ns = "chart-rbac";
+    install(tb, ns, &[]);
+    let account = format!("system:serviceaccount:{ns}:chart-rbac-gpufleet");
+    let can = |args: &[&str]| -> bool {
+        let ran = tb
+            .kubectl(&["auth", "can-i"])
+            .args(args)
+            .arg(format!("--as={account}"))
+            .run();
+        match ran.stdout.trim() {
+            "yes" => true,
+            "no" => false,
+            other => panic!("{}: {other}{}", ran.what, ran.stderr),
+        }
+    };
+    let may = [
+        &["get", "nodes"][..],
+        &["list", "nodes"],
+        &["watch", "nodes"],
+        &["patch", "nodes"],
+        &["create", "pods", "-n", ns],
+        &["get", "pods", "-n", ns],
+        &["list", "pods", "-n", ns],
+        &["watch", "pods", "-n", ns],
+        &["delete", "pods", "-n", ns],
+        &["create", "leases.coordination.k8s.io", "-n", ns],
+        &[
+            "get",
+            "leases.coordination.k8s.io/chart-rbac-gpufleet",
+            "-n",
+            ns,
+        ],
+        &[
+            "update",
+            "leases.coordination.k8s.io/chart-rbac-gpufleet",
+            "-n",
+            ns,
+        ],
+        &["list", "gpupools.gpufleet.io"],
+        &["watch", "rolloutbatches.gpufleet.io"],
+        &["patch", "rolloutbatches.gpufleet.io"],
+        &["update", "gpupools.gpufleet.io"],
+        &[
+            "patch",
+            "rolloutbatches.gpufleet.io",
+            "--subresource=status",
+        ],
+        &["update", "gpupools.gpufleet.io", "--subresource=status"],
+        &[
+            "update",
+            "rolloutbatches.gpufleet.io",
+            "--subresource=finalizers",
+        ],
+        &["create", "events", "-n", "default"],
+        &["patch", "events.events.k8s.io", "-n", "default"],
+        &["create", "events.events.k8s.io", "-n", ns],
+    ];
+    let may_not = [
+        &["get", "secrets", "--all-namespaces"][..],
+        &["list", "secrets", "-n", ns],
+        &["get", "secrets", "-n", "kube-system"],
+        &["create", "pods", "-n", "default"],
+        &["delete", "pods", "-n", "default"],
+        &["list", "pods", "--all-namespaces"],
+        &["create", "pods", "--subresource=exec", "-n", ns],
+        &["update", "nodes"],
+        &["delete", "nodes"],
+        &["create", "nodes"],
+        &["patch", "nodes", "--subresource=status"],
+        &["create", "gpupools.gpufleet.io"],
+        &["delete", "rolloutbatches.gpufleet.io"],
+        &["get", "leases.coordination.k8s.io", "-n", "default"],
+        &[
+            "update",
+            "leases.coordination.k8s.io/someone-else",
+            "-n",
+            ns,
+        ],
+        &["get", "configmaps", "-n", ns],
+        &["delete", "events", "-n", "default"],
+        &["create", "clusterrolebindings"],
+        &["*", "*"],
+    ];
+    for args in may {
+        assert!(can(args), "{account} cannot {args:?}");
+    }
+    for args in may_not {
+        assert!(!can(args), "{account} can {args:?}");
+    }
+
+    // The aggregated roles, bound to a user of their own (the test bed has no
+    // controller manager to aggregate them into `view` and `edit`).
+    let user = "chart-rbac-batch-operator";
+    let bindings: Vec<Value> = ["view", "edit"]
+        .iter()
+        .map(|role| {
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": format!("{user}-{role}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": format!("chart-rbac-gpufleet-{role}")},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+            })
+        })
+        .collect();
+    let binding = json!({"apiVersion": "v1", "kind": "List", "items": bindings});
+    tb.kubectl(&["apply", "-f", "-"])
+        .stdin(binding.to_string())
+        .succeeds();
+    let user_can = |args: &[&str]| -> bool {
+        let ran = tb
+            .kubectl(&["auth", "can-i"])
+            .args(args)
+            .arg(format!("--as={user}"))
+            .run();
+        ran.stdout.trim() == "yes"
+    };
+    for args in [
+        &["get", "gpupools.gpufleet.io"][..],
+        &["list", "rolloutbatches.gpufleet.io"],
+        &["create", "rolloutbatches.gpufleet.io"],
+        &["patch", "rolloutbatches.gpufleet.io"],
+        &["delete", "rolloutbatches.gpufleet.io"],
+    ] {
+        assert!(user_can(args), "view+edit cannot {args:?}");
+    }
+    for args in [
+        &["create", "gpupools.gpufleet.io"][..],
+        &["patch", "gpupools.gpufleet.io"],
+        &["delete", "gpupools.gpufleet.io"],
+        &[
+            "patch",
+            "rolloutbatches.gpufleet.io",
+            "--subresource=status",
+        ],
+    ] {
+        assert!(!user_can(args), "view+edit can {args:?}");
+    }
+    tb.kubectl(&["delete", "-f", "-"])
+        .stdin(binding.to_string())
+        .succeeds();
+}
+
+/// A kubeconfig with a token of the chart's service account signs in as
+/// that account: what a later test needs to run `gpufleet run` with the
+/// chart's rights and no more.
+#[test]
+fn service_account_kubeconfig_signs_in_as_the_chart_account() {
+    let tb = testbed();
+    let ns = "chart-token";
+    install(tb, ns, &[]);
+    let kubeconfig = tb.service_account_kubeconfig(ns, "chart-token-gpufleet");
+    let whoami = tb
+        .kubectl_with(&kubeconfig, &["auth", "whoami", "-o"])
+        .arg("jsonpath={.status.userInfo.username}")
+        .succeeds();
+    assert_eq!(
+        whoami.stdout,
+        "system:serviceaccount:chart-token:chart-token-gpufleet"
+    );
+    tb.kubectl_with(&kubeconfig, &["get", "nodes"]).succeeds();
+    tb.kubectl_with(&kubeconfig, &["get", "rolloutbatches"])
+        .succeeds();
+    // The context's namespace is the account's.
+    tb.kubectl_with(&kubeconfig, &["get", "pods"]).succeeds();
+    for forbidden in [
+        &["get", "secrets"][..],
+        &["get", "pods", "-n", "default"],
+        &["get", "configmaps"],
+    ] {
+        let ran = tb.kubectl_with(&kubeconfig, forbidden).fails();
+        assert!(
+            ran.stderr.contains("Forbidden"),
+            "{forbidden:?}: {}",
+            ran.stderr
+        );
+    }
+}
+
+/// The operator's pod meets the "restricted" Pod Security Standard: the
+/// API server's PodSecurity admission admits it into a namespace that
+/// enforces it (a server-side dry run: nothing runs), and refuses it once a
+/// value weakens it.
+#[test]
+fn chart_pod_meets_the_restricted_pod_security_standard() {
+    let tb = testbed();
+    let ns = "chart-pss";
+    namespace(tb, ns);
+    tb.kubectl(&[
+        "label",
+        "namespace",
+        ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])
+    .succeeds();
+    tb.kubectl(&["create", "serviceaccount", "chart-pss-gpufleet", "-n", ns])
+        .succeeds();
+    let pod = |options: &[&str]| -> String {
+        let docs = template(ns, ns, options);
+        let template = &find(&docs, "Deployment", "chart-pss-gpufleet")["spec"]["template"];
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "chart-pss", "namespace": ns,
+                            "labels": template["metadata"]["labels"]},
+               "spec": template["spec"]})
+        .to_string()
+    };
+    let ran = tb
+        .kubectl(&["create", "--dry-run=server", "-f", "-"])
+        .stdin(pod(&[]))
+        .succeeds();
+    assert!(!ran.stderr.contains("Warning"), "{}", ran.stderr);
+    let ran = tb
+        .kubectl(&["create", "--dry-run=server", "-f", "-"])
+        .stdin(pod(&[
+            "--set",
+            "securityContext.allowPrivilegeEscalation=true",
+        ]))
+        .fails();
+    assert!(
+        ran.stderr.contains("violates PodSecurity"),
+        "{}",
+        ran.stderr
+    );
+}
