@@ -10,6 +10,9 @@ pub const BATCH: &str = "gpufleet.io/batch";
 pub const WAVE: &str = "gpufleet.io/wave";
 /// Node annotation: when the node entered its current state (RFC 3339).
 pub const SINCE: &str = "gpufleet.io/since";
+/// Node annotation: when the node started its rollout (entered validation,
+/// or soaking without a probe), for the time-to-admission metric.
+pub const STARTED: &str = "gpufleet.io/started";
 /// Node annotation: why the node failed or is held, in words a person can act on.
 pub const REASON: &str = "gpufleet.io/reason";
 /// Node and probe-pod annotation: the probe attempt, from 1.

@@ -7,4 +7,6 @@
 pub mod api;
 pub mod crds;
 pub mod keys;
+pub mod operator;
 pub mod planner;
+pub mod simulate;

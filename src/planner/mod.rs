@@ -12,11 +12,13 @@
 mod conditions;
 mod health;
 mod pool;
+pub mod preview;
 mod selector;
 pub mod sim;
 mod snapshot;
 mod waves;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -32,6 +34,7 @@ pub use pool::{Breaker, PoolPlan, breaker, plan_pool};
 pub use selector::{matches, to_query};
 pub use snapshot::{Claim, NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView};
 pub use waves::{domain_key, failure_budget};
+use waves::domain_key_ref;
 
 /// Condition types on a RolloutBatch.
 pub mod condition_types {
@@ -167,7 +170,9 @@ struct Member<'a> {
     state: NodeState,
     /// Soaking and its soak is over (or held): passed, waiting for its domain.
     passed: bool,
-    patch: Option<NodePatch>,
+    /// Boxed: most members have none, and the planner makes several passes
+    /// over all members, which a small `Member` keeps fast.
+    patch: Option<Box<NodePatch>>,
 }
 
 struct Domain {
@@ -183,6 +188,8 @@ struct Planner<'a> {
     snapshot: &'a Snapshot,
     now: Timestamp,
     members: Vec<Member<'a>>,
+    /// By place in `snapshot.nodes`: is that node a member?
+    is_member: Vec<bool>,
     domains: Vec<Domain>,
     wave_count: usize,
     /// Nodes claimed twice: name, and who else claims them.
@@ -206,16 +213,19 @@ impl<'a> Planner<'a> {
     ) -> Self {
         let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
         let pool_spec = &pool.spec;
-        let pool_nodes: Vec<&NodeView> = snapshot
-            .nodes
-            .iter()
-            .filter(|n| !n.deleting && matches(&pool_spec.node_selector, &n.labels))
-            .collect();
-
-        // Membership: batch selector AND pool selector, claimed by nobody else.
+        // Membership: batch selector AND pool selector, claimed by nobody
+        // else. `is_member` marks members by their place in the snapshot:
+        // node names are unique (the API server's key), so this is
+        // membership by name without hashing every member's name.
+        let mut pool_nodes: Vec<&NodeView> = Vec::new();
+        let mut is_member = vec![false; snapshot.nodes.len()];
         let mut conflicts = Vec::new();
         let mut chosen: Vec<&NodeView> = Vec::new();
-        for node in &pool_nodes {
+        for (i, node) in snapshot.nodes.iter().enumerate() {
+            if node.deleting || !matches(&pool_spec.node_selector, &node.labels) {
+                continue;
+            }
+            pool_nodes.push(node);
             if !matches(&batch.spec.node_selector, &node.labels) {
                 continue;
             }
@@ -236,6 +246,7 @@ impl<'a> Planner<'a> {
             );
             if claimants.is_empty() {
                 chosen.push(node);
+                is_member[i] = true;
             } else {
                 claimants.sort();
                 conflicts.push((node.name.clone(), claimants.join(", ")));
@@ -243,41 +254,43 @@ impl<'a> Planner<'a> {
         }
         conflicts.sort();
 
-        // Domains, ordered by key; members by (domain key, name).
+        // Domains, ordered by key; members by (domain key, name). Grouping by
+        // key, then sorting the keys and each domain's few nodes, gives the
+        // order of one stable sort by (key, name) with far fewer string
+        // comparisons over a large pool.
         let domain_label = &pool_spec.topology.domain_label;
-        let mut keyed: Vec<(String, &NodeView)> = chosen
-            .into_iter()
-            .map(|n| (domain_key(domain_label, &n.name, &n.labels), n))
-            .collect();
-        keyed.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
-        let mut domains: Vec<Domain> = Vec::new();
-        let mut members: Vec<Member> = Vec::with_capacity(keyed.len());
-        for (key, view) in keyed {
-            if domains.last().is_none_or(|d| d.key != key) {
-                domains.push(Domain {
-                    key,
-                    members: Vec::new(),
-                    ready_in_pool: 0,
-                });
-            }
-            let last = domains.len() - 1;
-            domains[last].members.push(members.len());
-            members.push(Member {
+        let mut by_key: HashMap<Cow<str>, Vec<&NodeView>> = HashMap::new();
+        for n in chosen {
+            by_key
+                .entry(domain_key_ref(domain_label, &n.name, &n.labels))
+                .or_default()
+                .push(n);
+        }
+        let mut grouped: Vec<(Cow<str>, Vec<&NodeView>)> = by_key.into_iter().collect();
+        grouped.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut ready_by_key: HashMap<Cow<str>, u32> = HashMap::new();
+        for node in pool_nodes.iter().filter(|n| n.state() == NodeState::Ready) {
+            *ready_by_key
+                .entry(domain_key_ref(domain_label, &node.name, &node.labels))
+                .or_default() += 1;
+        }
+        let mut domains: Vec<Domain> = Vec::with_capacity(grouped.len());
+        let mut members: Vec<Member> = Vec::with_capacity(pool_nodes.len());
+        for (key, mut views) in grouped {
+            // Stable: nodes of the same name keep their input order.
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            domains.push(Domain {
+                ready_in_pool: ready_by_key.get(&key).copied().unwrap_or(0),
+                key: key.into_owned(),
+                members: (members.len()..members.len() + views.len()).collect(),
+            });
+            members.extend(views.into_iter().map(|view| Member {
                 view,
                 wave: 0,
                 state: view.state(),
                 passed: false,
                 patch: None,
-            });
-        }
-        let mut ready_by_key: HashMap<String, u32> = HashMap::new();
-        for node in pool_nodes.iter().filter(|n| n.state() == NodeState::Ready) {
-            *ready_by_key
-                .entry(domain_key(domain_label, &node.name, &node.labels))
-                .or_default() += 1;
-        }
-        for domain in &mut domains {
-            domain.ready_in_pool = ready_by_key.get(&domain.key).copied().unwrap_or(0);
+            }));
         }
 
         // Waves: natural assignment, then domains already started stay put.
@@ -318,11 +331,15 @@ impl<'a> Planner<'a> {
         for probe in &snapshot.probes {
             probes.entry(probe.node.as_str()).or_default().push(probe);
         }
-        let member_names: BTreeSet<&str> = members.iter().map(|m| m.view.name.as_str()).collect();
-        let validating_elsewhere = pool_nodes
+        let validating_elsewhere = snapshot
+            .nodes
             .iter()
-            .filter(|n| {
-                n.state() == NodeState::Validating && !member_names.contains(n.name.as_str())
+            .zip(&is_member)
+            .filter(|(n, member)| {
+                !**member
+                    && n.state() == NodeState::Validating
+                    && !n.deleting
+                    && matches(&pool_spec.node_selector, &n.labels)
             })
             .count() as u32;
         let breaker = breaker(pool_spec, &pool_nodes, now);
@@ -333,6 +350,7 @@ impl<'a> Planner<'a> {
             snapshot,
             now,
             members,
+            is_member,
             domains,
             wave_count,
             conflicts,
@@ -395,7 +413,6 @@ impl<'a> Planner<'a> {
     /// them up.
     fn departed(&self) -> Vec<NodePatch> {
         let batch_name = self.batch_name();
-        let members: BTreeSet<&str> = self.members.iter().map(|m| m.view.name.as_str()).collect();
         let conflicted: BTreeSet<&str> = self
             .conflicts
             .iter()
@@ -404,9 +421,12 @@ impl<'a> Planner<'a> {
         self.snapshot
             .nodes
             .iter()
+            .zip(&self.is_member)
+            .filter(|(_, member)| !**member)
+            .map(|(n, _)| n)
             .filter(|n| n.batch.as_deref() == Some(batch_name) && n.state.is_some())
             .filter(|n| n.state() != NodeState::Ready && !n.deleting)
-            .filter(|n| !members.contains(n.name.as_str()) && !conflicted.contains(n.name.as_str()))
+            .filter(|n| !conflicted.contains(n.name.as_str()))
             .map(|n| release(&n.name))
             .collect()
     }
@@ -435,12 +455,14 @@ impl<'a> Planner<'a> {
         let since = self.stamp();
         let member = &mut self.members[m];
         member.state = state;
-        let patch = member.patch.get_or_insert_with(|| NodePatch {
-            node: member.view.name.clone(),
-            state: None,
-            annotations: BTreeMap::new(),
-            taint: TaintChange::Keep,
-            failure: None,
+        let patch = member.patch.get_or_insert_with(|| {
+            Box::new(NodePatch {
+                node: member.view.name.clone(),
+                state: None,
+                annotations: BTreeMap::new(),
+                taint: TaintChange::Keep,
+                failure: None,
+            })
         });
         patch.state = (state != NodeState::Pending).then_some(state);
         patch.annotations.insert(keys::SINCE, Some(since));
@@ -523,7 +545,7 @@ impl<'a> Planner<'a> {
                     taint: TaintChange::Keep,
                     failure: None,
                 };
-                self.members[m].patch = Some(patch);
+                self.members[m].patch = Some(Box::new(patch));
             }
         }
     }
@@ -1170,7 +1192,7 @@ impl<'a> Planner<'a> {
         let mut actions: Vec<Action> = self
             .members
             .iter_mut()
-            .filter_map(|m| m.patch.take())
+            .filter_map(|m| m.patch.take().map(|p| *p))
             .filter(|p| !patch_is_noop(p))
             .map(Action::PatchNode)
             .collect();

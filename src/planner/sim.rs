@@ -195,6 +195,7 @@ pub fn apply_patch(
             keys::BATCH => node.batch = value.map(String::from),
             keys::WAVE => node.wave = value.and_then(|v| v.parse().ok()),
             keys::SINCE => node.since = value.and_then(|v| v.parse().ok()),
+            keys::STARTED => node.started = value.and_then(|v| v.parse().ok()),
             keys::REASON => node.reason = value.map(String::from),
             keys::ATTEMPT => node.attempt = value.and_then(|v| v.parse().ok()).unwrap_or(0),
             keys::RETRY => node.retry = value.is_some(),

@@ -101,6 +101,8 @@ pub struct NodeView {
     pub wave: Option<u32>,
     /// `gpufleet.io/since`.
     pub since: Option<Timestamp>,
+    /// `gpufleet.io/started`.
+    pub started: Option<Timestamp>,
     /// `gpufleet.io/reason`.
     pub reason: Option<String>,
     /// `gpufleet.io/attempt` (0 when absent).
@@ -133,6 +135,7 @@ impl NodeView {
             batch: None,
             wave: None,
             since: None,
+            started: None,
             reason: None,
             attempt: 0,
             retry: false,
@@ -200,6 +203,7 @@ impl From<&Node> for NodeView {
             batch: annotation(keys::BATCH),
             wave: annotation(keys::WAVE).and_then(|w| w.parse().ok()),
             since: annotation(keys::SINCE).and_then(|s| s.parse().ok()),
+            started: annotation(keys::STARTED).and_then(|s| s.parse().ok()),
             reason: annotation(keys::REASON),
             attempt: annotation(keys::ATTEMPT)
                 .and_then(|a| a.parse().ok())

@@ -5,6 +5,7 @@
 //! agree. Wave targets are cumulative and rounded up to whole domains; the
 //! last wave covers every member; a domain is never split.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -18,9 +19,18 @@ pub fn domain_key(
     node_name: &str,
     labels: &BTreeMap<String, String>,
 ) -> String {
+    domain_key_ref(domain_label, node_name, labels).into_owned()
+}
+
+/// [`domain_key`], borrowing the label's value instead of copying it.
+pub fn domain_key_ref<'a>(
+    domain_label: &str,
+    node_name: &str,
+    labels: &'a BTreeMap<String, String>,
+) -> Cow<'a, str> {
     match (domain_label.is_empty(), labels.get(domain_label)) {
-        (false, Some(value)) => value.clone(),
-        _ => format!("/{node_name}"),
+        (false, Some(value)) => Cow::Borrowed(value),
+        _ => Cow::Owned(format!("/{node_name}")),
     }
 }
 

@@ -6,4 +6,6 @@ mod support;
 mod chart;
 mod crds;
 mod gitops;
+mod operations;
+mod rollout;
 mod validation;

@@ -9,6 +9,8 @@
 //!
 //! Tests share the cluster, so each uses its own object names.
 
+pub mod scenario;
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ use std::sync::{Mutex, OnceLock};
 pub struct Testbed {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
+    /// The API server's audit log (JSON lines), when the test bed runs it.
+    pub audit_log: Option<PathBuf>,
     /// The watcher that owns the control plane; never waited on, it exits
     /// after this process does.
     _watcher: Mutex<Option<Child>>,
@@ -40,6 +44,7 @@ pub fn testbed() -> &'static Testbed {
                 kubectl: std::env::var_os("GPUFLEET_TEST_KUBECTL")
                     .map(PathBuf::from)
                     .unwrap_or_else(cached_kubectl),
+                audit_log: None,
                 _watcher: Mutex::new(None),
             },
             None => start_control_plane(),
@@ -92,6 +97,7 @@ fn start_control_plane() -> Testbed {
     Testbed {
         kubeconfig: field("kubeconfig"),
         kubectl: field("kubectl"),
+        audit_log: info["audit_log"].as_str().map(PathBuf::from),
         _watcher: Mutex::new(Some(child)),
     }
 }

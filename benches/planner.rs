@@ -1,0 +1,254 @@
+//! How long one plan takes over a pool of 1,000, 10,000 and 137,500 nodes
+//! (Colossus 2) in the middle of a rollout. DESIGN.md's target: under 50 ms
+//! per plan at 137,500 nodes. BENCHMARKS.md has the figures.
+//!
+//! The scenario, built once outside the timed loop: one batch covering the
+//! whole pool, three waves (10 %, 40 %, 100 %), wave 2 in flight. Wave 1 is
+//! ready but for three failed nodes; of wave 2's domains, the first 40 % are
+//! ready, the next 20 % soaking, the next 10 % validating with a running
+//! probe pod each (2 % of those probes just passed), the rest pending, with
+//! one domain's worth of free validation slots; wave 3 is pending. So each
+//! plan checks every probe and soak, moves the passed probes on, starts a
+//! domain and writes the status, as a reconcile in the middle of a big
+//! rollout does. The nodes come in a fixed shuffled order, as the operator's
+//! cache hands them over in no particular order, and are copied in that
+//! order, as the operator builds its views afresh for each reconcile.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use gpufleet::api::{GpuPool, RolloutBatch};
+use gpufleet::planner::preview::preview;
+use gpufleet::planner::sim::healthy_node;
+use gpufleet::planner::{
+    NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView, plan, probe_pod_name,
+};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+const NODES_PER_DOMAIN: usize = 18;
+
+const POOL: &str = r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: GpuPool
+metadata: {name: colossus, generation: 1}
+spec:
+  nodeSelector: {matchLabels: {gpufleet.io/pool: colossus}}
+  hardware: {gpuProduct: [NVIDIA-GB200, NVIDIA-GB300], gpusPerNode: 4, minDriverVersion: "570.133.20"}
+  topology: {domainLabel: nvidia.com/gpu.clique, nodesPerDomain: 18, minHealthyNodesPerDomain: 16}
+  onboarding: {taint: {key: gpufleet.io/onboarding, effect: NoSchedule}}
+  healthChecks:
+    unhealthyConditions: [{type: GpuXidError, status: "True"}, {type: NVLinkDown, status: "True"}]
+    probe:
+      timeoutSeconds: 900
+      retries: 1
+      template: {spec: {containers: [{name: burn-in, image: dcgm}]}}
+    soakSeconds: 600
+  circuitBreaker: {maxFailedPercent: 10, window: 1h}
+"#;
+
+const BATCH: &str = r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: RolloutBatch
+metadata: {name: delivery, generation: 1}
+spec:
+  poolRef: colossus
+  nodeSelector: {matchLabels: {gpufleet.io/batch: delivery}}
+  waves: [{percent: 10}, {percent: 40}, {percent: 100}]
+  maxFailuresPerWave: "5%"
+"#;
+
+struct Scenario {
+    pool: GpuPool,
+    batch: RolloutBatch,
+    snapshot: Snapshot,
+    now: Timestamp,
+}
+
+/// Marks a node as started by the batch in `wave`, in `state`, since `ago`.
+fn start(node: &mut NodeView, state: NodeState, wave: u32, now: Timestamp, ago: i64) {
+    node.state = Some(state);
+    node.labels
+        .insert("gpufleet.io/state".into(), state.as_str().into());
+    node.batch = Some("delivery".into());
+    node.wave = Some(wave);
+    node.since = Some(now - SignedDuration::from_secs(ago));
+    if state != NodeState::Ready {
+        node.taints.push(TaintView {
+            key: "gpufleet.io/onboarding".into(),
+            value: None,
+            effect: "NoSchedule".into(),
+        });
+    }
+}
+
+/// `total` nodes in domains of 18 (the last one smaller when 18 does not
+/// divide `total`), mid-rollout as the module's doc says.
+fn scenario(total: usize) -> Scenario {
+    let now: Timestamp = "2026-11-27T12:00:00Z".parse().unwrap();
+    let pool: GpuPool = serde_norway::from_str(POOL).unwrap();
+    let mut batch: RolloutBatch = serde_norway::from_str(BATCH).unwrap();
+    let mut nodes: Vec<NodeView> = (0..total)
+        .map(|i| {
+            let (d, n) = (i / NODES_PER_DOMAIN, i % NODES_PER_DOMAIN);
+            healthy_node(
+                &format!("gb200-r{d:05}-t{n:02}"),
+                &format!("7f25f72c-175a-41c0-81be-{d:012x}.1"),
+                "colossus",
+                "delivery",
+            )
+        })
+        .collect();
+
+    // The planner's own wave assignment, by domain.
+    let waves = preview(&pool, &batch, &nodes).waves;
+    let index: std::collections::HashMap<String, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.clone(), i))
+        .collect();
+    let domains_of = |wave: usize| -> Vec<Vec<usize>> {
+        let mut domains: Vec<Vec<usize>> = Vec::new();
+        let mut last = None;
+        for name in &waves[wave].nodes {
+            let i = index[name];
+            let clique = nodes[i].labels["nvidia.com/gpu.clique"].clone();
+            if last.as_ref() != Some(&clique) {
+                domains.push(Vec::new());
+                last = Some(clique);
+            }
+            domains.last_mut().unwrap().push(i);
+        }
+        domains
+    };
+    let (wave1, wave2) = (domains_of(0), domains_of(1));
+
+    for (d, domain) in wave1.iter().enumerate() {
+        for (k, &i) in domain.iter().enumerate() {
+            if d < 3 && k == 0 {
+                start(&mut nodes[i], NodeState::Failed, 1, now, 1800);
+                nodes[i].reason = Some("probe failed (exit 1): dcgmi diag: GPU 2 failed".into());
+            } else {
+                start(&mut nodes[i], NodeState::Ready, 1, now, 7200);
+            }
+        }
+    }
+    let count = wave2.len();
+    let ready_until = count * 4 / 10;
+    let soaking_until = ready_until + count * 2 / 10;
+    let validating_until = (soaking_until + (count / 10).max(1)).min(count.saturating_sub(1));
+    let mut probes = Vec::new();
+    let mut validating = 0u32;
+    for (d, domain) in wave2.iter().enumerate() {
+        for &i in domain {
+            if d < ready_until {
+                start(&mut nodes[i], NodeState::Ready, 2, now, 1800);
+            } else if d < soaking_until {
+                start(&mut nodes[i], NodeState::Soaking, 2, now, 300);
+            } else if d < validating_until {
+                start(&mut nodes[i], NodeState::Validating, 2, now, 120);
+                nodes[i].attempt = 1;
+                let passed = validating % 50 == 0;
+                probes.push(ProbeView {
+                    name: probe_pod_name(&nodes[i].name, 1),
+                    node: nodes[i].name.clone(),
+                    attempt: 1,
+                    phase: if passed {
+                        ProbePhase::Succeeded
+                    } else {
+                        ProbePhase::Running
+                    },
+                    exit_code: passed.then_some(0),
+                    message: None,
+                    created: Some(now - SignedDuration::from_secs(115)),
+                    deleting: false,
+                });
+                validating += 1;
+            }
+        }
+    }
+    batch.spec.max_concurrent = validating + NODES_PER_DOMAIN as u32;
+    // The operator's cache hands nodes over in no particular order, and the
+    // operator builds its views afresh for each reconcile, in that order.
+    shuffle(&mut nodes);
+    let nodes: Vec<NodeView> = nodes.iter().cloned().collect();
+    let snapshot = Snapshot {
+        nodes,
+        probes,
+        ..Default::default()
+    };
+    // The status the previous reconcile wrote.
+    batch.status = Some(plan(&pool, &batch, &snapshot, now).status);
+    Scenario {
+        pool,
+        batch,
+        snapshot,
+        now,
+    }
+}
+
+/// A fixed shuffle (xorshift64, Fisher-Yates): the same order every run.
+fn shuffle<T>(items: &mut [T]) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        items.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+}
+
+fn oncpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/self/schedstat").unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn bench_plan(c: &mut Criterion) {
+    if let Ok(n) = std::env::var("TMP_PLAN_LOOP") {
+        let n: u32 = n.parse().unwrap();
+        for total in [10_000usize, 137_500] {
+            let s = scenario(total);
+            let mut cpu = Vec::new();
+            for _ in 0..n {
+                let (t, c) = (std::time::Instant::now(), oncpu_ns());
+                black_box(plan(&s.pool, &s.batch, black_box(&s.snapshot), s.now));
+                cpu.push(((oncpu_ns() - c) as f64 / 1e6, t.elapsed().as_secs_f64() * 1e3));
+            }
+            cpu.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            eprintln!("TMP {total}: cpu min {:.2} med {:.2} ms; wall of those {:.2} {:.2}", cpu[0].0, cpu[cpu.len()/2].0, cpu[0].1, cpu[cpu.len()/2].1);
+        }
+        std::process::exit(0);
+    }
+    let mut group = c.benchmark_group("plan");
+    for total in [1_000usize, 10_000, 137_500] {
+        let s = scenario(total);
+        let once = plan(&s.pool, &s.batch, &s.snapshot, s.now);
+        let n = &once.status.nodes;
+        eprintln!(
+            "{total} nodes: {} pending, {} validating, {} soaking, {} ready, {} failed; {} probes; plan: {} actions, wave {}/{}",
+            n.pending,
+            n.validating,
+            n.soaking,
+            n.ready,
+            n.failed,
+            s.snapshot.probes.len(),
+            once.actions.len(),
+            once.status.current_wave,
+            once.status.total_waves,
+        );
+        group.throughput(Throughput::Elements(total as u64));
+        if total > 10_000 {
+            group.sample_size(20);
+            group.measurement_time(Duration::from_secs(20));
+        } else {
+            group.sample_size(50);
+            group.measurement_time(Duration::from_secs(10));
+        }
+        group.bench_with_input(BenchmarkId::new("nodes", total), &s, |b, s| {
+            b.iter(|| plan(&s.pool, &s.batch, black_box(&s.snapshot), s.now))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_plan);
+criterion_main!(benches);

@@ -1,0 +1,171 @@
+//! `gpufleet run`: the operator, in or out of a cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use gpufleet::operator;
+use gpufleet::operator::leader::LeaseConfig;
+use gpufleet::operator::metrics::Metrics;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Kubeconfig to use out of cluster; in a cluster the service account is used.
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: its current context).
+    #[arg(long, env = "GPUFLEET_CONTEXT")]
+    context: Option<String>,
+    /// Namespace of the probe pods.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gpufleet-system")]
+    namespace: String,
+    /// Reconciles in flight at once, per kind.
+    #[arg(long, env = "GPUFLEET_CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+    /// Watch only nodes with these labels (`kubectl -l` syntax), to save
+    /// memory when every pool selects by a common label.
+    #[arg(long, env = "GPUFLEET_NODE_SELECTOR")]
+    node_selector: Option<String>,
+    /// Handle only pools and batches with these labels (`kubectl -l`
+    /// syntax), to run several operators side by side, each on its shard.
+    #[arg(long, env = "GPUFLEET_SELECTOR")]
+    selector: Option<String>,
+    /// Elect a leader among replicas on a Lease in --namespace; only the
+    /// leader writes.
+    #[arg(long, env = "GPUFLEET_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "GPUFLEET_LEASE_NAME", default_value = "gpufleet")]
+    lease_name: String,
+    /// Seconds a lease holds without renewal: a standby takes over after it.
+    #[arg(long, env = "GPUFLEET_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity in the election (default: POD_NAME, else the
+    /// host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Serve /metrics here (empty: nowhere).
+    #[arg(long, env = "GPUFLEET_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: String,
+    /// Serve /healthz and /readyz here (empty: nowhere).
+    #[arg(long, env = "GPUFLEET_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: String,
+    /// Write requests per second to the API server (client-side limit).
+    #[arg(long, env = "GPUFLEET_QPS", default_value_t = 50.0)]
+    qps: f64,
+    /// Writes allowed in a burst above --qps.
+    #[arg(long, env = "GPUFLEET_BURST", default_value_t = 100.0)]
+    burst: f64,
+    /// Events recorded per second at most (bursts of five times that).
+    #[arg(long, env = "GPUFLEET_EVENTS_PER_SECOND", default_value_t = 5.0)]
+    events_per_second: f64,
+    #[command(flatten)]
+    log: super::logging::LogArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    args.log.init()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let metrics = Arc::new(Metrics::new());
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "gpufleet".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let client =
+            counted_client(args.kubeconfig.as_deref(), args.context.as_deref(), &identity, metrics.clone()).await?;
+        let config = operator::Config {
+            lease: args.leader_elect.then(|| {
+                let mut lease = LeaseConfig::new(&args.namespace, &args.lease_name, &identity);
+                lease.duration = std::time::Duration::from_secs(args.lease_seconds.max(3));
+                lease.retry = lease.duration / 5;
+                lease
+            }),
+            namespace: args.namespace,
+            concurrency: args.concurrency.max(1),
+            node_selector: args.node_selector,
+            events_per_second: args.events_per_second,
+            selector: args.selector,
+            metrics_addr: address("--metrics-addr", &args.metrics_addr)?,
+            health_addr: address("--health-addr", &args.health_addr)?,
+            qps: args.qps.max(0.1),
+            burst: args.burst.max(1.0),
+            metrics,
+        };
+        operator::run(client, config, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn address(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|e| anyhow::anyhow!("{flag} {value:?}: {e}"))
+}
+
+/// A client like [`client`] that also counts every request in `metrics`.
+pub async fn counted_client(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    identity: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<kube::Client> {
+    let mut config = config(kubeconfig, context).await?;
+    // The replica's identity in the user agent tells replicas apart in the
+    // API server's audit log.
+    let agent = format!("gpufleet/{} ({identity})", env!("CARGO_PKG_VERSION"));
+    let value = http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static("gpufleet"));
+    config.headers.push((http::header::USER_AGENT, value));
+    let counter = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.observe_request(req.method(), req.uri());
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&counter).build())
+}
+
+/// A client from the kubeconfig when one is given, else the usual inference
+/// (in-cluster service account, then `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(with_user_agent(config(kubeconfig, context).await?))?)
+}
+
+async fn config(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> anyhow::Result<kube::Config> {
+    let options = KubeConfigOptions { context: context.map(String::from), ..Default::default() };
+    Ok(match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options).await?
+        }
+        None => kube::Config::infer().await?,
+    })
+}
+
+/// Every request names gpufleet, so the API server's audit log and metrics
+/// can tell its traffic apart.
+pub fn with_user_agent(mut config: kube::Config) -> kube::Config {
+    let agent = concat!("gpufleet/", env!("CARGO_PKG_VERSION"));
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(agent)));
+    config
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,217 @@
+//! Act: turns a plan's actions into API calls, and nothing clever. Every
+//! write is idempotent, so a restart at any instant repeats nothing harmful:
+//! patches set absolute values, a probe that exists is not made twice, a
+//! probe that is gone is not an error.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::{Map, Value, json};
+use tracing::{debug, warn};
+
+use crate::api::{GpuPool, RolloutBatch};
+use crate::keys;
+use crate::planner::{Action, NodePatch, Plan, TaintChange};
+
+use super::Context;
+use super::error::{Error, is_conflict, is_not_found};
+use super::probe::probe_pod;
+
+/// Node patches and probe calls in flight at once.
+const PARALLEL_WRITES: usize = 16;
+
+/// What acting did, for the reconcile's log line.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub node_patches: usize,
+    pub probes_created: usize,
+    pub probes_deleted: usize,
+    pub events: usize,
+}
+
+/// Applies a plan's node and probe actions, in the plan's order: node patches
+/// first (a node carries its taint before its probe exists), then probe
+/// creations, then deletions. Waits until the node cache shows the patched
+/// nodes, so the next plan never works from older state than this one wrote.
+pub async fn apply(ctx: &Context, pool: &GpuPool, batch: &RolloutBatch, plan: &Plan) -> Result<Report, Error> {
+    let mut report = Report::default();
+    let patches: Vec<NodePatch> = plan.node_patches().cloned().collect();
+    report.node_patches = patches.len();
+    let written: Vec<Node> = stream::iter(patches)
+        .map(|p| async move { patch_node(ctx, pool, &p).await })
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_filter_map(|n| async move { Ok(n) })
+        .try_collect()
+        .await?;
+    wait_for_cache(ctx, &written).await;
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let creates: Vec<Pod> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateProbe(req) => probe_pod(pool, batch, req, &ctx.config.namespace),
+            _ => None,
+        })
+        .collect();
+    report.probes_created = creates.len();
+    stream::iter(creates)
+        .map(|pod| {
+            let pods = pods.clone();
+            async move {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                may_write(ctx, &format!("creating probe pod {name}")).await?;
+                match pods.create(&PostParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() }, &pod).await {
+                    Ok(_) => Ok(()),
+                    Err(err) if is_conflict(&err) => {
+                        debug!(pod = %name, "probe exists already");
+                        Ok(())
+                    }
+                    Err(err) => Err(Error::kube(format!("creating probe pod {}/{name}", ctx.config.namespace))(err)),
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let deletes: Vec<String> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeleteProbe { pod_name } => Some(pod_name.clone()),
+            _ => None,
+        })
+        .collect();
+    report.probes_deleted = deletes.len();
+    let pods = &pods;
+    stream::iter(deletes)
+        .map(|name| async move { delete_probe(ctx, pods, &name).await })
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_collect::<Vec<()>>()
+        .await?;
+    report.events = plan.actions.iter().filter(|a| matches!(a, Action::Event(_))).count();
+    Ok(report)
+}
+
+/// Before every write: this replica must still lead, and the client-side
+/// rate limit must allow it.
+pub async fn may_write(ctx: &Context, what: &str) -> Result<(), Error> {
+    ctx.write_limiter.acquire().await;
+    if ctx.leadership.is_leader() {
+        Ok(())
+    } else {
+        Err(Error::NotLeader(what.to_string()))
+    }
+}
+
+/// Deletes a probe pod; one already gone is fine.
+pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<(), Error> {
+    may_write(ctx, &format!("deleting probe pod {name}")).await?;
+    match pods.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(err) => Err(Error::kube(format!("deleting probe pod {}/{name}", ctx.config.namespace))(err)),
+    }
+}
+
+/// One patch to one node: the state label, the annotations, and when asked
+/// the onboarding taint. Labels and annotations are a merge patch; a taint
+/// change replaces the taint list, so it carries the resourceVersion it was
+/// computed from and is recomputed from a fresh read on conflict, leaving
+/// every other taint as it is. Returns the node as written, or `None` if it
+/// is gone.
+pub async fn patch_node(ctx: &Context, pool: &GpuPool, patch: &NodePatch) -> Result<Option<Node>, Error> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let what = || format!("patching node {}", patch.node);
+    let params = PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+    let mut metadata = Map::new();
+    metadata.insert(
+        "labels".into(),
+        json!({ keys::STATE: patch.state.map(|s| s.as_str()) }),
+    );
+    let annotations: Map<String, Value> = patch
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_ref().map_or(Value::Null, |v| Value::String(v.clone()))))
+        .collect();
+    metadata.insert("annotations".into(), Value::Object(annotations));
+
+    may_write(ctx, &what()).await?;
+    if patch.taint == TaintChange::Keep {
+        let body = json!({ "metadata": metadata });
+        return match nodes.patch(&patch.node, &params, &Patch::Merge(&body)).await {
+            Ok(node) => Ok(Some(node)),
+            Err(err) if is_not_found(&err) => Ok(None),
+            Err(err) => Err(Error::kube(what())(err)),
+        };
+    }
+
+    let taint = &pool.spec.onboarding.taint;
+    let cached = ctx.stores.nodes.get(&ObjectRef::new(&patch.node));
+    let mut current: Option<Node> = cached.map(|n| (*n).clone());
+    for attempt in 0..5 {
+        let node = match current.take() {
+            Some(node) => node,
+            None => match nodes.get_opt(&patch.node).await.map_err(Error::kube(what()))? {
+                Some(node) => node,
+                None => return Ok(None),
+            },
+        };
+        let mut taints: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let ours = |t: &Taint| t.key == taint.key && t.effect == taint.effect.as_str();
+        match patch.taint {
+            TaintChange::Add if !taints.iter().any(ours) => taints.push(Taint {
+                key: taint.key.clone(),
+                value: taint.value.clone(),
+                effect: taint.effect.as_str().into(),
+                time_added: None,
+            }),
+            TaintChange::Remove => taints.retain(|t| !ours(t)),
+            _ => {}
+        }
+        if attempt > 0 {
+            may_write(ctx, &what()).await?;
+        }
+        let mut meta = metadata.clone();
+        meta.insert("resourceVersion".into(), json!(node.metadata.resource_version));
+        let body = json!({ "metadata": meta, "spec": { "taints": taints } });
+        match nodes.patch(&patch.node, &params, &Patch::Merge(&body)).await {
+            Ok(node) => return Ok(Some(node)),
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) if is_conflict(&err) => {
+                debug!(node = %patch.node, attempt, "node changed under us; re-reading it");
+            }
+            Err(err) => return Err(Error::kube(what())(err)),
+        }
+    }
+    Err(Error::kube(what())(kube::Error::Api(
+        kube::core::Status::failure("node kept changing during five attempts to patch it", "Conflict")
+            .with_code(409)
+            .boxed(),
+    )))
+}
+
+/// Waits (briefly) until the node cache holds at least what was written.
+async fn wait_for_cache(ctx: &Context, written: &[Node]) {
+    let version = |n: &Node| n.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for node in written {
+        let Some(want) = version(node) else { continue };
+        let key = ObjectRef::new(node.metadata.name.as_deref().unwrap_or_default());
+        loop {
+            let have = ctx.stores.nodes.get(&key).and_then(|n| version(&n));
+            if have.is_none_or(|h| h >= want) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(node = ?node.metadata.name, "node cache lags behind our own write; planning on");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Reconciling one RolloutBatch: dereference its pool, observe, plan, act,
+//! write status. The finalizer leaves every node it touched in a safe state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::{RolloutBatch, RolloutBatchStatus};
+use crate::keys;
+use crate::planner::{self, condition, condition_types};
+
+use super::error::Error;
+use super::{Context, act, events, observe};
+
+/// The finalizer gpufleet puts on every batch.
+pub const FINALIZER: &str = "gpufleet.io/cleanup";
+
+/// Look again at least this often, even when nothing seems to change.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// ...and this often while probes run.
+const IN_FLIGHT_RESYNC: Duration = Duration::from_secs(5);
+
+pub async fn reconcile(guard: Arc<DeserializeGuard<RolloutBatch>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.stores.ready().await.map_err(Error::Cache)?;
+    let batch = match &guard.0 {
+        Ok(batch) => Arc::new(batch.clone()),
+        Err(invalid) => {
+            // It slipped past admission (an older CRD, or a direct etcd write):
+            // say so on the object and wait for it to change.
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            warn!(batch = %name, error = %invalid.error, "batch is invalid");
+            if !ctx.leadership.is_leader() {
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            stall(&ctx, &name, invalid.metadata.generation, "InvalidSpec", &format!("the batch cannot be read: {}", invalid.error)).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    if !ctx.leadership.is_leader() {
+        // A standby watches but writes nothing; the new leader reconciles
+        // everything when it takes over.
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    let _timer = ReconcileTimer::start(&ctx, "rolloutbatch");
+    let api: Api<RolloutBatch> = Api::all(ctx.client.clone());
+    let name = batch.name_any();
+    finalizer(&api, FINALIZER, batch, |event| async {
+        match event {
+            Finalizer::Apply(batch) => apply(&batch, &ctx).await,
+            Finalizer::Cleanup(batch) => cleanup(&batch, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer { what: format!("batch {name}"), source: Box::new(e) })
+}
+
+async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
+    let name = batch.name_any();
+    let pool_name = &batch.spec.pool_ref;
+    // One batch of a pool at a time: they share the concurrency budget.
+    let lock = ctx.pool_lock(pool_name);
+    let _guard = lock.lock().await;
+    let pool = match ctx.stores.pool(pool_name) {
+        Ok(Some(pool)) => pool,
+        Ok(None) => {
+            stall(ctx, &name, batch.metadata.generation, "PoolNotFound", &format!("GpuPool {pool_name} does not exist")).await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+        Err(error) => {
+            stall(ctx, &name, batch.metadata.generation, "PoolInvalid", &format!("GpuPool {pool_name} cannot be read: {error}"))
+                .await?;
+            return Ok(Action::requeue(RESYNC));
+        }
+    };
+    let snapshot = observe::snapshot(&ctx.stores, &pool, batch);
+    let now = Timestamp::now();
+    let plan = planner::plan(&pool, batch, &snapshot, now);
+    let report = act::apply(ctx, &pool, batch, &plan).await?;
+    record(ctx, &pool, batch, &snapshot, &plan, now);
+    let status_changed = batch.status.as_ref() != Some(&plan.status);
+    if status_changed {
+        write_status(ctx, &name, &plan.status).await?;
+    }
+    let batch_ref = batch.object_ref(&());
+    events::publish(&ctx.recorder, &ctx.event_limiter, &batch_ref, plan.actions.iter().filter_map(|a| match a {
+        planner::Action::Event(e) => Some(e),
+        _ => None,
+    }).collect())
+    .await;
+    let ready = plan.status.conditions.iter().find(|c| c.type_ == condition_types::READY);
+    info!(
+        batch = %name,
+        pool = %pool_name,
+        wave = %plan.status.wave_progress.as_deref().unwrap_or("-"),
+        decision = ready.map_or("-", |c| c.reason.as_str()),
+        nodes = plan.status.nodes.total,
+        ready = plan.status.nodes.ready,
+        failed = plan.status.nodes.failed,
+        node_patches = report.node_patches,
+        probes_created = report.probes_created,
+        probes_deleted = report.probes_deleted,
+        events = report.events,
+        status_written = status_changed,
+        requeue_s = plan.requeue_after.map(|d| d.as_secs_f64()),
+        "reconciled batch"
+    );
+    tracing::debug!(batch = %name, nodes = snapshot.nodes.len(), probes = snapshot.probes.len(), "snapshot");
+    // Probe results arrive by watch; should one be missed, look again soon
+    // rather than at the probe's deadline.
+    let ceiling = if plan.status.nodes.validating > 0 { IN_FLIGHT_RESYNC } else { RESYNC };
+    Ok(Action::requeue(plan.requeue_after.map_or(ceiling, |d| d.min(ceiling) + Duration::from_millis(50))))
+}
+
+/// Deleting a batch: its probes go; nodes it was still onboarding keep the
+/// onboarding taint and lose the gpufleet state, so a new batch can pick them
+/// up; ready nodes stay ready.
+async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
+    let name = batch.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let probes: Vec<String> = ctx
+        .stores
+        .probes
+        .state()
+        .iter()
+        .filter(|p| p.metadata.annotations.as_ref().and_then(|a| a.get(keys::BATCH)) == Some(&name))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    for probe in &probes {
+        act::delete_probe(ctx, &pods, probe).await?;
+    }
+    let pool = ctx.stores.pool(&batch.spec.pool_ref).ok().flatten();
+    let mut released = 0;
+    for node in ctx.stores.nodes.state() {
+        let annotations = node.metadata.annotations.as_ref();
+        let ours = annotations.and_then(|a| a.get(keys::BATCH)) == Some(&name);
+        let state = node.metadata.labels.as_ref().and_then(|l| l.get(keys::STATE));
+        if !ours || state.is_none() || state.map(String::as_str) == Some("ready") {
+            continue;
+        }
+        let patch = planner::release(&node.name_any());
+        if let Some(pool) = &pool {
+            act::patch_node(ctx, pool, &patch).await?;
+        } else {
+            // Without the pool there is no taint to touch: labels only.
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
+            let annotations: serde_json::Map<String, serde_json::Value> =
+                patch.annotations.keys().map(|k| (k.to_string(), serde_json::Value::Null)).collect();
+            let body = json!({"metadata": {"labels": {keys::STATE: null}, "annotations": annotations}});
+            act::may_write(ctx, &format!("releasing node {}", patch.node)).await?;
+            nodes
+                .patch(&patch.node, &PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&body))
+                .await
+                .map_err(Error::kube(format!("releasing node {}", patch.node)))?;
+        }
+        released += 1;
+    }
+    let waves = batch.status.as_ref().map_or(0, |s| s.total_waves);
+    ctx.metrics.forget_batch(&batch.spec.pool_ref, &name, waves);
+    info!(batch = %name, probes_deleted = probes.len(), nodes_released = released, "cleaned up deleted batch");
+    Ok(Action::await_change())
+}
+
+async fn write_status(ctx: &Context, name: &str, status: &RolloutBatchStatus) -> Result<(), Error> {
+    act::may_write(ctx, &format!("writing status of batch {name}")).await?;
+    let api: Api<RolloutBatch> = Api::all(ctx.client.clone());
+    let params = PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+    api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
+        .await
+        .map_err(Error::kube(format!("writing status of batch {name}")))?;
+    Ok(())
+}
+
+/// Times a reconcile into the duration histogram when dropped.
+pub struct ReconcileTimer<'a> {
+    ctx: &'a Context,
+    kind: &'static str,
+    start: std::time::Instant,
+}
+
+impl<'a> ReconcileTimer<'a> {
+    pub fn start(ctx: &'a Context, kind: &'static str) -> Self {
+        ReconcileTimer { ctx, kind, start: std::time::Instant::now() }
+    }
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .metrics
+            .reconcile_seconds
+            .get_or_create(&super::metrics::KindLabels { kind: self.kind.into() })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// Metrics from a plan that was carried out: admissions, failures by
+/// category, time to admission, and the batch's gauges.
+fn record(ctx: &Context, pool: &crate::api::GpuPool, batch: &RolloutBatch, snapshot: &planner::Snapshot, plan: &planner::Plan, now: Timestamp) {
+    let pool_name = pool.name_any();
+    let batch_name = batch.name_any();
+    let labels = super::metrics::BatchLabels { pool: pool_name.clone(), batch: batch_name.clone() };
+    let mut moved = false;
+    for patch in plan.node_patches() {
+        moved = true;
+        if patch.state == Some(planner::NodeState::Ready) {
+            ctx.metrics.admissions.get_or_create(&labels).inc();
+            let started = snapshot.nodes.iter().find(|n| n.name == patch.node).and_then(|n| n.started);
+            if let Some(started) = started {
+                let seconds = now.duration_since(started).as_secs_f64().max(0.0);
+                ctx.metrics
+                    .onboarding_seconds
+                    .get_or_create(&super::metrics::PoolLabels { pool: pool_name.clone() })
+                    .observe(seconds);
+            }
+        }
+        if let Some(category) = patch.failure {
+            ctx.metrics
+                .failures
+                .get_or_create(&super::metrics::FailureLabels {
+                    pool: pool_name.clone(),
+                    batch: batch_name.clone(),
+                    reason: category.as_str().into(),
+                })
+                .inc();
+        }
+    }
+    if moved {
+        ctx.metrics.last_progress.get_or_create(&labels).set(now.as_second());
+    }
+    ctx.metrics.observe_batch(&pool_name, &batch_name, &plan.status);
+}
+
+/// Marks a batch Stalled with a reason, for problems planning cannot fix.
+async fn stall(ctx: &Context, name: &str, generation: Option<i64>, reason: &str, message: &str) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let previous = ctx
+        .stores
+        .batches
+        .state()
+        .into_iter()
+        .find_map(|b| b.0.as_ref().ok().filter(|b| b.metadata.name.as_deref() == Some(name)).and_then(|b| b.status.clone()))
+        .unwrap_or_default();
+    let prev = &previous.conditions;
+    let conditions = vec![
+        condition(prev, condition_types::READY, false, reason, message.to_string(), generation, now),
+        condition(prev, condition_types::RECONCILING, false, reason, "no work in progress".into(), generation, now),
+        condition(prev, condition_types::STALLED, true, reason, message.to_string(), generation, now),
+    ];
+    if previous.conditions == conditions && previous.observed_generation == generation {
+        return Ok(());
+    }
+    warn!(batch = %name, reason, message, "batch stalled");
+    let status = RolloutBatchStatus { observed_generation: generation, conditions, ..previous };
+    write_status(ctx, name, &status).await
+}

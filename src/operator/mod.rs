@@ -1,0 +1,377 @@
+//! `gpufleet run`: the controller. It watches pools, batches, nodes and its
+//! probe pods, asks the planner what to do, and does it. Thin and
+//! idempotent: every decision stays in the planner.
+//!
+//! Each reconcile is a pipeline: dereference the pool and observe the caches
+//! (no client required), plan (pure), act and write status (client required).
+
+mod act;
+mod batch;
+mod error;
+mod events;
+mod http;
+pub mod leader;
+pub mod metrics;
+mod observe;
+mod pool;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
+use kube::{Client, ResourceExt};
+use tracing::{error, info, warn};
+
+use crate::api::{GpuPool, RolloutBatch};
+use crate::keys;
+use crate::planner::matches;
+
+pub use batch::FINALIZER;
+pub use error::Error;
+use observe::Stores;
+
+/// How `gpufleet run` behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where probe pods live.
+    pub namespace: String,
+    /// Reconciles in flight at once, per kind.
+    pub concurrency: u16,
+    /// Only nodes with these labels are watched (`kubectl -l` syntax); none:
+    /// every node. Narrow it where the pools allow, to save memory.
+    pub node_selector: Option<String>,
+    /// Events per second across the process (bursts of 5× that).
+    pub events_per_second: f64,
+    /// Only pools and batches with these labels are handled (`kubectl -l`
+    /// syntax): to run several operators side by side, each on its shard.
+    pub selector: Option<String>,
+    /// Leader election; `None`: this replica always leads.
+    pub lease: Option<leader::LeaseConfig>,
+    /// Where to serve `/metrics`; `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to serve `/healthz` and `/readyz`; `None`: nowhere.
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// Writes per second to the API server, and the burst above that.
+    pub qps: f64,
+    pub burst: f64,
+    /// The metrics registry (shared with the client, which counts requests).
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "gpufleet-system".into(),
+            concurrency: 4,
+            node_selector: None,
+            events_per_second: 5.0,
+            selector: None,
+            lease: None,
+            metrics_addr: None,
+            health_addr: None,
+            qps: 50.0,
+            burst: 100.0,
+            metrics: Arc::new(metrics::Metrics::new()),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    stores: Stores,
+    recorder: Recorder,
+    event_limiter: events::Limiter,
+    /// Client-side rate limit on writes.
+    write_limiter: events::Limiter,
+    /// Whether this replica may write.
+    leadership: leader::Leadership,
+    metrics: Arc<metrics::Metrics>,
+    pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Context {
+    /// The lock that serialises the batches of one pool.
+    fn pool_lock(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.pool_locks.lock().expect("pool lock map");
+        locks.entry(pool.to_string()).or_default().clone()
+    }
+}
+
+/// Runs the controllers until `shutdown` resolves.
+pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let watch = watcher::Config::default();
+    let buffer = 1024;
+
+    let (pool_store, pool_writer) = reflector::store_shared::<DeserializeGuard<GpuPool>>(buffer);
+    let (batch_store, batch_writer) = reflector::store_shared::<DeserializeGuard<RolloutBatch>>(buffer);
+    let (node_store, node_writer) = reflector::store_shared::<Node>(buffer);
+    let (probe_store, probe_writer) = reflector::store_shared::<Pod>(buffer);
+
+    let subscribe = |what: &str| anyhow::anyhow!("cannot subscribe to the {what} watch");
+    let pools_for_batches = pool_writer.subscribe().ok_or_else(|| subscribe("pool"))?;
+    let pools_for_pools = pool_writer.subscribe().ok_or_else(|| subscribe("pool"))?;
+    let batches_for_batches = batch_writer.subscribe().ok_or_else(|| subscribe("batch"))?;
+    let nodes_for_batches = node_writer.subscribe().ok_or_else(|| subscribe("node"))?;
+    let nodes_for_pools = node_writer.subscribe().ok_or_else(|| subscribe("node"))?;
+    let probes_for_batches = probe_writer.subscribe().ok_or_else(|| subscribe("probe"))?;
+
+    let node_watch = match &config.node_selector {
+        Some(selector) => watch.clone().labels(selector),
+        None => watch.clone(),
+    };
+    let probe_watch = watch.clone().labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
+    let object_watch = match &config.selector {
+        Some(selector) => watch.clone().labels(selector),
+        None => watch.clone(),
+    };
+    let pools_api: Api<DeserializeGuard<GpuPool>> = Api::all(client.clone());
+    let batches_api: Api<DeserializeGuard<RolloutBatch>> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let probes_api: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
+
+    // The watches feed the caches; the controllers read them. Each counts
+    // itself synced at its first full list.
+    let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
+    let synced_tx = Arc::new(synced_tx);
+    let pool_watch = watcher(pools_api, object_watch.clone()).default_backoff().reflect_shared(pool_writer).for_each(drive("gpupools", synced_tx.clone()));
+    let batch_watch =
+        watcher(batches_api, object_watch).default_backoff().reflect_shared(batch_writer).for_each(drive("rolloutbatches", synced_tx.clone()));
+    let node_watcher = watcher(nodes_api, node_watch)
+        .default_backoff()
+        .modify(observe::strip_node)
+        .reflect_shared(node_writer)
+        .for_each(drive("nodes", synced_tx.clone()));
+    let probe_watcher = watcher(probes_api, probe_watch)
+        .default_backoff()
+        .modify(observe::strip_pod)
+        .reflect_shared(probe_writer)
+        .for_each(drive("probe pods", synced_tx.clone()));
+
+    // Leader election: every replica watches; only the leader writes.
+    let (leadership, election, releaser) = match &config.lease {
+        Some(lease) => {
+            let (l, task, r) = leader::elect(client.clone(), lease.clone());
+            (l, Some(task), Some(r))
+        }
+        None => (leader::Leadership::always(), None, None),
+    };
+    let stores = Stores {
+        pools: pool_store.clone(),
+        batches: batch_store.clone(),
+        nodes: node_store.clone(),
+        probes: probe_store.clone(),
+        synced,
+    };
+    let reporter = Reporter { controller: "gpufleet".into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        event_limiter: events::Limiter::new(config.events_per_second, config.events_per_second * 5.0),
+        write_limiter: events::Limiter::new(config.qps, config.burst),
+        leadership: leadership.clone(),
+        metrics: config.metrics.clone(),
+        config: config.clone(),
+        stores: stores.clone(),
+        pool_locks: Mutex::new(HashMap::new()),
+    });
+
+    let controller_config = controller::Config::default().concurrency(config.concurrency);
+
+    // Batches: their own changes, their pool's, their nodes', their probes'.
+    let batch_controller = {
+        let s1 = stores.clone();
+        let s2 = stores.clone();
+        Controller::for_shared_stream(batches_for_batches, batch_store.clone())
+            .with_config(controller_config.clone())
+            .watches_shared_stream(pools_for_batches, move |pool| batches_of_pool(&s1, &pool.name_any()))
+            .watches_shared_stream(nodes_for_batches, move |node| batches_of_node(&s2, &node))
+            .watches_shared_stream(probes_for_batches, |pod: Arc<Pod>| {
+                pod.annotations().get(keys::BATCH).map(|b| ObjectRef::new(b))
+            })
+            .reconcile_all_on(acquisitions(leadership.clone()))
+            .run(batch::reconcile, error_policy_batch, ctx.clone())
+            .for_each(|result| {
+                if let Err(err) = result {
+                    log_controller_error("rolloutbatch", &err);
+                }
+                future::ready(())
+            })
+    };
+    // Pools: their own changes and their nodes'.
+    let pool_controller = {
+        let s = stores.clone();
+        Controller::for_shared_stream(pools_for_pools, pool_store.clone())
+            .with_config(controller_config)
+            .reconcile_all_on(acquisitions(leadership.clone()))
+            .watches_shared_stream(nodes_for_pools, move |node| pools_of_node(&s, &node))
+            .run(pool::reconcile, error_policy_pool, ctx.clone())
+            .for_each(|result| {
+                if let Err(err) = result {
+                    log_controller_error("gpupool", &err);
+                }
+                future::ready(())
+            })
+    };
+
+    let probes = http::Probes { metrics: config.metrics.clone(), synced: stores.synced.clone(), watches: observe::WATCHES };
+    // The endpoints run for as long as the operator; with none configured,
+    // this never resolves.
+    let endpoints = async move {
+        http::serve(config.metrics_addr, config.health_addr, probes).await?;
+        future::pending::<anyhow::Result<()>>().await
+    };
+    let election = async move {
+        match election {
+            Some(task) => {
+                let _ = task.await;
+            }
+            None => future::pending::<()>().await,
+        }
+    };
+    let leader_gauge = {
+        let l = leadership.clone();
+        let metrics = config.metrics.clone();
+        async move {
+            loop {
+                metrics.leader.set(i64::from(l.is_leader()));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+
+    info!(namespace = %config.namespace, concurrency = config.concurrency, node_selector = ?config.node_selector, selector = ?config.selector, election = config.lease.is_some(), "gpufleet is running");
+    tokio::select! {
+        result = endpoints => {
+            let err = result.err().unwrap_or_else(|| anyhow::anyhow!("the HTTP endpoints stopped"));
+            error!(%err, "the HTTP endpoints stopped");
+            return Err(err);
+        }
+        _ = election => error!("the leader election ended"),
+        _ = leader_gauge => {},
+        _ = pool_watch => error!("the pool watch ended"),
+        _ = batch_watch => error!("the batch watch ended"),
+        _ = node_watcher => error!("the node watch ended"),
+        _ = probe_watcher => error!("the probe watch ended"),
+        _ = batch_controller => error!("the batch controller ended"),
+        _ = pool_controller => error!("the pool controller ended"),
+        _ = shutdown => info!("shutting down"),
+    }
+    if let Some(releaser) = releaser {
+        releaser.release().await;
+    }
+    Ok(())
+}
+
+/// Drives one watch: counts it synced at its first full list, and logs
+/// errors (the watcher retries by itself, with backoff).
+fn drive<T>(
+    name: &'static str,
+    synced: Arc<tokio::sync::watch::Sender<usize>>,
+) -> impl FnMut(Result<watcher::Event<T>, watcher::Error>) -> future::Ready<()> {
+    let mut listed = false;
+    move |event| {
+        match event {
+            Ok(watcher::Event::InitDone) if !listed => {
+                listed = true;
+                synced.send_modify(|n| *n += 1);
+                info!(watch = name, "watch synced");
+            }
+            Ok(_) => {}
+            Err(err) => warn!(watch = name, %err, "watch error; retrying with backoff"),
+        }
+        future::ready(())
+    }
+}
+
+/// A stream that yields each time this replica becomes leader, so that
+/// everything is reconciled at once by the new leader.
+fn acquisitions(leadership: leader::Leadership) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(leadership, |mut l| async move {
+        l.acquired().await;
+        Some(((), l))
+    })
+}
+
+/// Every batch of a pool.
+fn batches_of_pool(stores: &Stores, pool: &str) -> Vec<ObjectRef<DeserializeGuard<RolloutBatch>>> {
+    stores
+        .batches()
+        .into_iter()
+        .filter(|b| b.spec.pool_ref == pool)
+        .map(|b| ObjectRef::new(&b.name_any()))
+        .collect()
+}
+
+/// A node concerns every batch of every pool that selects it (they share the
+/// concurrency budget and the breaker), and the batch that last touched it.
+fn batches_of_node(stores: &Stores, node: &Node) -> Vec<ObjectRef<DeserializeGuard<RolloutBatch>>> {
+    let labels = observe::labels_of(node);
+    let mut refs: Vec<_> = stores
+        .pools()
+        .into_iter()
+        .filter(|p| matches(&p.spec.node_selector, labels))
+        .flat_map(|p| batches_of_pool(stores, &p.name_any()))
+        .collect();
+    if let Some(batch) = node.annotations().get(keys::BATCH) {
+        refs.push(ObjectRef::new(batch));
+    }
+    refs
+}
+
+fn pools_of_node(stores: &Stores, node: &Node) -> Vec<ObjectRef<DeserializeGuard<GpuPool>>> {
+    let labels = observe::labels_of(node);
+    stores
+        .pools()
+        .into_iter()
+        .filter(|p| matches(&p.spec.node_selector, labels))
+        .map(|p| ObjectRef::new(&p.name_any()))
+        .collect()
+}
+
+fn error_policy_batch(batch: Arc<DeserializeGuard<RolloutBatch>>, err: &Error, ctx: Arc<Context>) -> controller::Action {
+    ctx.metrics.reconcile_errors.get_or_create(&metrics::ErrorLabels { kind: "rolloutbatch".into(), category: err.category().into() }).inc();
+    let name = match &batch.0 {
+        Ok(b) => b.name_any(),
+        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+    };
+    warn!(batch = %name, category = err.category(), error = %err, "reconcile failed; retrying");
+    controller::Action::requeue(backoff(err))
+}
+
+fn error_policy_pool(pool: Arc<DeserializeGuard<GpuPool>>, err: &Error, ctx: Arc<Context>) -> controller::Action {
+    ctx.metrics.reconcile_errors.get_or_create(&metrics::ErrorLabels { kind: "gpupool".into(), category: err.category().into() }).inc();
+    let name = match &pool.0 {
+        Ok(p) => p.name_any(),
+        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+    };
+    warn!(pool = %name, category = err.category(), error = %err, "reconcile failed; retrying");
+    controller::Action::requeue(backoff(err))
+}
+
+/// Conflicts retry at once with fresh caches; other errors back off.
+fn backoff(err: &Error) -> Duration {
+    match err.category() {
+        "conflict" => Duration::from_millis(200),
+        "not_leader" => Duration::from_secs(30),
+        "transport" | "api" | "cache" => Duration::from_secs(5),
+        _ => Duration::from_secs(15),
+    }
+}
+
+fn log_controller_error<Q: std::error::Error + 'static>(kind: &str, err: &controller::Error<Error, Q>) {
+    match err {
+        // Already logged with the object by the error policy.
+        controller::Error::ReconcilerFailed(..) => {}
+        other => warn!(kind, error = %other, "controller error"),
+    }
+}

@@ -1,0 +1,78 @@
+//! Reconciling one GpuPool: its capacity online and its circuit breaker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::api::{GpuPool, GpuPoolStatus};
+use crate::keys;
+use crate::planner::{self, condition};
+
+use super::error::Error;
+use super::{Context, events, observe};
+
+const RESYNC: Duration = Duration::from_secs(300);
+
+pub async fn reconcile(guard: Arc<DeserializeGuard<GpuPool>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.stores.ready().await.map_err(Error::Cache)?;
+    if !ctx.leadership.is_leader() {
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    let _timer = super::batch::ReconcileTimer::start(&ctx, "gpupool");
+    let pool = match &guard.0 {
+        Ok(pool) => pool,
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            warn!(pool = %name, error = %invalid.error, "pool is invalid");
+            let now = Timestamp::now();
+            let status = GpuPoolStatus {
+                observed_generation: invalid.metadata.generation,
+                conditions: vec![
+                    condition(&[], "Ready", false, "InvalidSpec", format!("the pool cannot be read: {}", invalid.error), invalid.metadata.generation, now),
+                    condition(&[], "Stalled", true, "InvalidSpec", format!("the pool cannot be read: {}", invalid.error), invalid.metadata.generation, now),
+                ],
+                ..Default::default()
+            };
+            write_status(&ctx, &name, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let name = pool.name_any();
+    let nodes = observe::pool_nodes(&ctx.stores, pool);
+    let plan = planner::plan_pool(pool, &nodes, Timestamp::now());
+    ctx.metrics.observe_pool(&name, &plan.status);
+    let changed = pool.status.as_ref() != Some(&plan.status);
+    if changed {
+        write_status(&ctx, &name, &plan.status).await?;
+    }
+    events::publish(&ctx.recorder, &ctx.event_limiter, &pool.object_ref(&()), plan.events.iter().collect()).await;
+    if changed {
+        info!(
+            pool = %name,
+            gpus_ready = plan.status.gpus.ready,
+            gpus = plan.status.gpus.total,
+            domains_complete = plan.status.domains.complete,
+            domains = plan.status.domains.total,
+            breaker_tripped = plan.breaker.tripped,
+            "reconciled pool"
+        );
+    }
+    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| d.min(RESYNC) + Duration::from_millis(50))))
+}
+
+async fn write_status(ctx: &Context, name: &str, status: &GpuPoolStatus) -> Result<(), Error> {
+    super::act::may_write(ctx, &format!("writing status of pool {name}")).await?;
+    let api: Api<GpuPool> = Api::all(ctx.client.clone());
+    let params = PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+    api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
+        .await
+        .map_err(Error::kube(format!("writing status of pool {name}")))?;
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Builds a probe pod from the pool's template: bound to its node, tolerating
+//! the onboarding taint, owned by the batch, named deterministically.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+
+use crate::api::{GpuPool, RolloutBatch};
+use crate::keys;
+use crate::planner::ProbeRequest;
+
+/// Label on probe pods naming their batch (a hash when the name is too long
+/// for a label value).
+pub const BATCH_LABEL: &str = "gpufleet.io/batch";
+
+/// The value of [`BATCH_LABEL`] for a batch name.
+pub fn batch_label_value(batch: &str) -> String {
+    if batch.len() <= 63 {
+        return batch.to_string();
+    }
+    let hash = batch.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}-{hash:016x}", &batch[..40])
+}
+
+/// The probe pod for `request`, in `namespace`. `None` when the pool has no
+/// probe (the planner never asks for one then).
+pub fn probe_pod(pool: &GpuPool, batch: &RolloutBatch, request: &ProbeRequest, namespace: &str) -> Option<Pod> {
+    let probe = pool.spec.health_checks.probe.as_ref()?;
+    let template = &probe.template;
+    let batch_name = batch.metadata.name.clone().unwrap_or_default();
+    let mut meta: ObjectMeta = template.metadata.clone().unwrap_or_default();
+    let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert(keys::MANAGED_BY.into(), keys::MANAGER.into());
+    labels.insert(BATCH_LABEL.into(), batch_label_value(&batch_name));
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(keys::ATTEMPT.into(), request.attempt.to_string());
+    annotations.insert(keys::BATCH.into(), batch_name.clone());
+    annotations.insert("gpufleet.io/node".into(), request.node.clone());
+    meta.name = Some(request.pod_name.clone());
+    meta.generate_name = None;
+    meta.namespace = Some(namespace.to_string());
+    meta.owner_references = batch.controller_owner_ref(&()).map(|owner| {
+        vec![OwnerReference { block_owner_deletion: Some(false), ..owner }]
+    });
+
+    let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
+    spec.node_name = Some(request.node.clone());
+    // A probe runs once: its exit code is the verdict.
+    spec.restart_policy = Some("Never".into());
+    // The kubelet stops a probe that overruns; the planner times it out too.
+    spec.active_deadline_seconds = Some(i64::from(probe.timeout_seconds));
+    let taint = &pool.spec.onboarding.taint;
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    let tolerated = tolerations.iter().any(|t| {
+        t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
+            || t.key.as_deref() == Some(taint.key.as_str())
+                && t.effect.as_deref().is_none_or(|e| e == taint.effect.as_str())
+    });
+    if !tolerated {
+        tolerations.push(Toleration {
+            key: Some(taint.key.clone()),
+            operator: Some("Exists".into()),
+            effect: Some(taint.effect.as_str().into()),
+            ..Default::default()
+        });
+    }
+    Some(Pod { metadata: meta, spec: Some(spec), status: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> (GpuPool, RolloutBatch) {
+        let pool: GpuPool = serde_norway::from_str(
+            r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: GpuPool
+metadata: {name: east}
+spec:
+  nodeSelector: {}
+  hardware: {gpuProduct: [NVIDIA-GB200], gpusPerNode: 4}
+  healthChecks:
+    probe:
+      timeoutSeconds: 120
+      template:
+        metadata: {labels: {app: burn-in}}
+        spec:
+          restartPolicy: Always
+          tolerations: [{key: other, operator: Exists}]
+          containers: [{name: burn-in, image: busybox, command: [sh, -c, "exit 0"]}]
+"#,
+        )
+        .unwrap();
+        let batch: RolloutBatch = serde_norway::from_str(
+            r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: RolloutBatch
+metadata: {name: row12, uid: 0b0e8c5a-1111-2222-3333-444455556666}
+spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
+"#,
+        )
+        .unwrap();
+        (pool, batch)
+    }
+
+    #[test]
+    fn the_probe_is_bound_tolerant_owned_and_named() {
+        let (pool, batch) = fixtures();
+        let req = ProbeRequest { pod_name: "gpufleet-probe-n1-2".into(), node: "n1".into(), attempt: 2 };
+        let pod = probe_pod(&pool, &batch, &req, "gpufleet-system").unwrap();
+        let meta = &pod.metadata;
+        assert_eq!(meta.name.as_deref(), Some("gpufleet-probe-n1-2"));
+        assert_eq!(meta.namespace.as_deref(), Some("gpufleet-system"));
+        let labels = meta.labels.as_ref().unwrap();
+        assert_eq!(labels["app"], "burn-in");
+        assert_eq!(labels[keys::MANAGED_BY], "gpufleet");
+        assert_eq!(labels[BATCH_LABEL], "row12");
+        assert_eq!(meta.annotations.as_ref().unwrap()[keys::ATTEMPT], "2");
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("RolloutBatch", "row12"));
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.active_deadline_seconds, Some(120));
+        let tolerations = spec.tolerations.unwrap();
+        assert_eq!(tolerations.len(), 2, "the template's own toleration is kept");
+        assert!(tolerations.iter().any(|t| t.key.as_deref() == Some("gpufleet.io/onboarding")
+            && t.effect.as_deref() == Some("NoSchedule")));
+    }
+
+    #[test]
+    fn long_batch_names_fit_a_label() {
+        let long = "b".repeat(200);
+        let v = batch_label_value(&long);
+        assert!(v.len() <= 63);
+        assert_ne!(v, batch_label_value(&"c".repeat(200)));
+    }
+}

@@ -1,0 +1,197 @@
+//! A simulated GB200/GB300 fleet for the test bed, the demo and the
+//! benchmarks: kwok Nodes labelled as GPU Feature Discovery labels real
+//! ones, and a stand-in for the burn-in that decides each probe's outcome.
+//!
+//! kwok plays the kubelet: it makes the Nodes Ready and runs pods bound to
+//! them. A probe pod ends when it carries `gpufleet.io/probe-result`
+//! (`pass` or `fail`; see `tests/testbed/kwok-stages.yaml`). [`burn_in`]
+//! gives every new probe pod that annotation, taken from its node: a node
+//! annotated `sim.gpufleet.io/probe-result: fail` fails its probes, with the
+//! message in `sim.gpufleet.io/probe-message`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::keys;
+
+/// Node annotation: the outcome of this node's probes, `pass` (default) or `fail`.
+pub const SIM_PROBE_RESULT: &str = "sim.gpufleet.io/probe-result";
+/// Node annotation: the termination message of this node's probes.
+pub const SIM_PROBE_MESSAGE: &str = "sim.gpufleet.io/probe-message";
+/// Node label on every simulated node, so a real cluster's nodes are never
+/// mistaken for simulated ones.
+pub const SIMULATED: &str = "sim.gpufleet.io/simulated";
+
+/// Pod annotations kwok's stages read.
+pub const PROBE_RESULT: &str = "gpufleet.io/probe-result";
+pub const PROBE_DELAY: &str = "gpufleet.io/probe-delay";
+pub const PROBE_MESSAGE: &str = "gpufleet.io/probe-message";
+
+/// One simulated compute tray.
+#[derive(Clone, Debug)]
+pub struct SimNode {
+    pub name: String,
+    /// The NVLink domain (clique) it belongs to.
+    pub clique: String,
+    /// `NVIDIA-GB200` or `NVIDIA-GB300`.
+    pub product: String,
+    /// GPUs the device plugin reports (4 on a healthy tray).
+    pub gpus: u32,
+    pub driver: String,
+    /// Extra labels (pool and batch selectors).
+    pub labels: BTreeMap<String, String>,
+    /// The probe fails with this message.
+    pub probe_failure: Option<String>,
+}
+
+impl SimNode {
+    /// A healthy GB200 tray in `clique`.
+    pub fn gb200(name: impl Into<String>, clique: impl Into<String>) -> Self {
+        SimNode {
+            name: name.into(),
+            clique: clique.into(),
+            product: "NVIDIA-GB200".into(),
+            gpus: 4,
+            driver: "570.133.20".into(),
+            labels: BTreeMap::new(),
+            probe_failure: None,
+        }
+    }
+
+    /// The same tray as a GB300.
+    pub fn gb300(name: impl Into<String>, clique: impl Into<String>) -> Self {
+        SimNode { product: "NVIDIA-GB300".into(), ..SimNode::gb200(name, clique) }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// The Node object, for kwok to manage.
+    pub fn to_node(&self) -> Node {
+        let mut labels = self.labels.clone();
+        for (k, v) in [
+            (keys::GPU_PRODUCT, self.product.as_str()),
+            (keys::DRIVER_VERSION, self.driver.as_str()),
+            ("nvidia.com/gpu.clique", self.clique.as_str()),
+            ("nvidia.com/gpu.memory", if self.product == "NVIDIA-GB300" { "288000" } else { "192000" }),
+            ("kubernetes.io/hostname", self.name.as_str()),
+            ("kubernetes.io/os", "linux"),
+            ("kubernetes.io/arch", "arm64"),
+            ("type", "kwok"),
+            (SIMULATED, "true"),
+        ] {
+            labels.insert(k.into(), v.into());
+        }
+        labels.insert(keys::GPU_COUNT.into(), self.gpus.to_string());
+        let mut annotations = BTreeMap::from([("kwok.x-k8s.io/node".to_string(), "fake".to_string())]);
+        if let Some(message) = &self.probe_failure {
+            annotations.insert(SIM_PROBE_RESULT.into(), "fail".into());
+            annotations.insert(SIM_PROBE_MESSAGE.into(), message.clone());
+        }
+        let resources: BTreeMap<String, Quantity> = [
+            ("cpu", "72".to_string()),
+            ("memory", "480Gi".to_string()),
+            ("pods", "110".to_string()),
+            (keys::GPU_RESOURCE, self.gpus.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v)))
+        .collect();
+        Node {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(labels),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                allocatable: Some(resources.clone()),
+                capacity: Some(resources),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// Creates the nodes, `parallel` requests at a time.
+pub async fn create_nodes(client: &kube::Client, nodes: &[SimNode], parallel: usize) -> kube::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    futures::stream::iter(nodes.iter().map(|n| n.to_node()))
+        .map(|node| {
+            let api = api.clone();
+            async move { api.create(&Default::default(), &node).await.map(|_| ()) }
+        })
+        .buffer_unordered(parallel.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Sets a condition on a node's status (as a fault detector would), e.g.
+/// `GpuXidError=True`. Other conditions stay.
+pub async fn set_condition(client: &kube::Client, node: &str, type_: &str, status: &str, reason: &str) -> kube::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let body = json!({"status": {"conditions": [{
+        "type": type_, "status": status, "reason": reason,
+        "message": format!("simulated {type_}"),
+        "lastHeartbeatTime": now, "lastTransitionTime": now,
+    }]}});
+    api.patch_status(node, &PatchParams::default(), &Patch::Strategic(body)).await?;
+    Ok(())
+}
+
+/// The burn-in stand-in: until the returned future is dropped, every probe
+/// pod gpufleet makes in `namespace` gets its outcome from its node after
+/// `delay`.
+pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let config = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
+    let stream = watcher(pods.clone(), config).default_backoff().applied_objects();
+    futures::pin_mut!(stream);
+    let delay = format!("{}ms", delay.as_millis());
+    while let Some(event) = stream.next().await {
+        let pod = match event {
+            Ok(pod) => pod,
+            Err(err) => {
+                debug!(%err, "burn-in watch error");
+                continue;
+            }
+        };
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        if annotations.contains_key(PROBE_RESULT) || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let (Some(name), Some(node)) = (pod.metadata.name.clone(), pod.spec.as_ref().and_then(|s| s.node_name.clone())) else {
+            continue;
+        };
+        let node_annotations = match nodes.get_opt(&node).await {
+            Ok(Some(n)) => n.metadata.annotations.unwrap_or_default(),
+            _ => BTreeMap::new(),
+        };
+        let result = node_annotations.get(SIM_PROBE_RESULT).cloned().unwrap_or_else(|| "pass".into());
+        let message = node_annotations
+            .get(SIM_PROBE_MESSAGE)
+            .cloned()
+            .unwrap_or_else(|| if result == "pass" { "burn-in passed".into() } else { "burn-in failed".into() });
+        let body = json!({"metadata": {"annotations": {
+            PROBE_RESULT: result, PROBE_MESSAGE: message, PROBE_DELAY: delay,
+        }}});
+        if let Err(err) = pods.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+            warn!(pod = %name, %err, "burn-in stand-in could not annotate a probe");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The operator against the real control plane: `gpufleet run` processes
+//! rolling out kwok nodes, one scenario per test (see `support::scenario`).
+
+use std::time::{Duration, Instant};
+
+use crate::support::scenario::Scenario;
+
+const ROLLOUT: Duration = Duration::from_secs(120);
+
+/// 1. A healthy rollout of three domains in three waves: every node ready,
+///    taints gone, probes gone, at most three node writes per node.
+#[test]
+fn a_healthy_fleet_rolls_out_in_waves() {
+    let mut s = Scenario::new("ro-happy");
+    let batch = "ro-happy-b";
+    let nodes = s.fleet(batch, 3, 18);
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml(""));
+    s.start_operator();
+    let start = Instant::now();
+    s.apply(&s.batch_yaml(batch, ""));
+    s.wait_ready(batch, ROLLOUT);
+    let wall = start.elapsed();
+
+    let seen = s.seen();
+    assert_eq!(seen.len(), 54);
+    for (name, node) in &seen {
+        assert_eq!(node.state.as_deref(), Some("ready"), "{name}: {node:?}");
+        assert!(!node.tainted, "{name} kept the onboarding taint");
+    }
+    // Waves: one domain, then half (rounded up to whole domains), then the rest.
+    let wave_of = |d: usize| seen[&format!("ro-happy-d{d}-n00")].wave.clone();
+    assert_eq!([wave_of(0), wave_of(1), wave_of(2)], [Some("1".into()), Some("2".into()), Some("3".into())]);
+    let status = s.batch(batch).status.expect("status");
+    assert_eq!(status.wave_progress.as_deref(), Some("3/3"));
+    assert_eq!(status.waves.iter().map(|w| w.target_nodes).collect::<Vec<_>>(), [18, 36, 54]);
+    assert!(status.waves.iter().all(|w| w.completed_at.is_some()));
+    s.wait_until("probe pods are deleted once read", Duration::from_secs(10), |s| s.probe_pods().is_empty());
+    // The pool reports the capacity online.
+    s.wait_until("the pool counts 216 GPUs ready", Duration::from_secs(10), |s| {
+        s.pool().status.is_some_and(|st| st.gpus.ready == 216 && st.domains.complete == 3)
+    });
+
+    if let Some(writes) = s.node_writes() {
+        let total: u32 = writes.values().sum();
+        let max = writes.values().copied().max().unwrap_or(0);
+        println!(
+            "ro-happy: {} nodes, {total} node writes ({:.2} per admitted node, max {max}); wall {:.1}s for 3 waves with 0.5 s probes and 1 s soaks",
+            seen.len(),
+            f64::from(total) / seen.len() as f64,
+            wall.as_secs_f64()
+        );
+        assert!(max <= 3, "a node took {max} writes: {writes:?}");
+        assert_eq!(writes.len(), 54, "every node was written");
+    }
+}
+
+/// 2. A node whose probe fails in wave 2 (budget 1): failed with the probe's
+///    message, keeps its taint; its domain (17 of 18 healthy, 16 needed) is
+///    admitted; the rollout completes.
+#[test]
+fn a_failed_probe_fails_its_node_and_the_rollout_goes_on() {
+    let mut s = Scenario::new("ro-probe");
+    let batch = "ro-probe-b";
+    let mut nodes = s.fleet(batch, 3, 18);
+    let bad = "ro-probe-d1-n05";
+    nodes.iter_mut().find(|n| n.name == bad).unwrap().probe_failure =
+        Some("dcgmi diag: NVLink CRC errors on GPU 2\nlevel 3 failed".into());
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml(""));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {maxFailuresPerWave: 1}"));
+    s.wait_ready(batch, ROLLOUT);
+    let seen = s.seen();
+    let node = &seen[bad];
+    assert_eq!(node.state.as_deref(), Some("failed"));
+    assert_eq!(
+        node.reason.as_deref(),
+        Some("probe failed (exit 1): dcgmi diag: NVLink CRC errors on GPU 2 / level 3 failed")
+    );
+    assert!(node.tainted, "a failed node keeps its taint");
+    assert_eq!(s.count("ready"), 53);
+    assert_eq!(seen[bad].wave.as_deref(), Some("2"));
+}
+
+/// 3. Two failures in a wave with a budget of one halt the batch; raising the
+///    budget resumes it.
+#[test]
+fn too_many_failures_halt_the_batch_until_the_budget_is_raised() {
+    let mut s = Scenario::new("ro-budget");
+    let batch = "ro-budget-b";
+    let mut nodes = s.fleet(batch, 3, 18);
+    for bad in ["ro-budget-d1-n01", "ro-budget-d1-n02"] {
+        nodes.iter_mut().find(|n| n.name == bad).unwrap().probe_failure = Some("ECC errors".into());
+    }
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml(""));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {maxFailuresPerWave: 1}"));
+    s.wait_until("the batch stalls", ROLLOUT, |s| {
+        s.condition(batch, "Stalled").is_some_and(|(status, _, _)| status == "True")
+    });
+    let (_, reason, message) = s.condition(batch, "Stalled").unwrap();
+    assert_eq!(reason, "FailureBudgetExceeded");
+    assert!(message.contains("ro-budget-d1-n01") && message.contains("ro-budget-d1-n02"), "{message}");
+    // Nothing of wave 3 starts while halted.
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = s.seen();
+    assert!(
+        seen.iter().filter(|(n, _)| n.starts_with("ro-budget-d2")).all(|(_, node)| node.state.is_none()),
+        "wave 3 started while halted: {seen:?}"
+    );
+    assert_eq!(s.condition(batch, "Ready").unwrap().0, "False");
+    // A person raises the budget; the rollout resumes.
+    s.apply(&s.batch_yaml(batch, "spec: {maxFailuresPerWave: 2}"));
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 52);
+    assert_eq!(s.count("failed"), 2);
+    assert_eq!(s.condition(batch, "Stalled").unwrap().0, "False");
+}
+
+/// 4. `approvedWaves: 1` stops after wave 1; raising it with `kubectl apply`
+///    (the GitOps path) finishes the rollout.
+#[test]
+fn approved_waves_gate_promotion_through_kubectl_apply() {
+    let mut s = Scenario::new("ro-approve");
+    let batch = "ro-approve-b";
+    s.create_nodes(&s.fleet(batch, 3, 18));
+    s.apply(&s.pool_yaml(""));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {approvedWaves: 1}"));
+    s.wait_until("wave 1 is admitted and wave 2 waits for approval", ROLLOUT, |s| {
+        s.condition(batch, "Ready").is_some_and(|(_, reason, _)| reason == "WaitingForApproval")
+    });
+    assert_eq!(s.count("ready"), 18);
+    let (_, _, message) = s.condition(batch, "Ready").unwrap();
+    assert!(message.contains("wave 2 of 3 waits for approval"), "{message}");
+    s.apply(&s.batch_yaml(batch, "spec: {approvedWaves: 3}"));
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 54);
+}
+
+/// 5. SIGKILL mid-wave and a restart: the same final state, no duplicate
+///    probes, no node without its taint before its verdict.
+#[test]
+fn the_operator_survives_being_killed_mid_wave() {
+    let mut s = Scenario::new("ro-kill");
+    let batch = "ro-kill-b";
+    s.create_nodes(&s.fleet(batch, 3, 18));
+    // Longer probes and soak so the kill lands mid-wave.
+    s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 3}}"));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, ""));
+    s.wait_until("wave 2 is in flight", ROLLOUT, |s| {
+        s.seen().values().any(|n| n.wave.as_deref() == Some("2") && n.state.as_deref() == Some("validating"))
+    });
+    s.kill_operator();
+    // While no operator runs, every node between start and verdict keeps its taint.
+    let check_taints = |s: &Scenario| {
+        for (name, node) in s.seen() {
+            if matches!(node.state.as_deref(), Some("validating" | "soaking" | "held")) {
+                assert!(node.tainted, "{name} is {:?} without its taint", node.state);
+            }
+        }
+    };
+    check_taints(&s);
+    std::thread::sleep(Duration::from_secs(2));
+    s.start_operator();
+    let start = Instant::now();
+    while start.elapsed() < ROLLOUT {
+        check_taints(&s);
+        if s.condition(batch, "Ready").is_some_and(|(status, _, _)| status == "True") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.wait_ready(batch, Duration::from_secs(1));
+    assert_eq!(s.count("ready"), 54);
+    if let Some(creates) = s.probe_creates() {
+        let twice: Vec<_> = creates.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "probe pods created twice: {twice:?}");
+        assert_eq!(creates.len(), 54, "one probe per node");
+    }
+    if let Some(writes) = s.node_writes() {
+        let max = writes.values().copied().max().unwrap_or(0);
+        assert!(max <= 3, "a node was written {max} times across the restart: {writes:?}");
+    }
+}
+
+/// 6. A node with a wrong GPU count, one with GpuXidError=True and one that
+///    someone else cordoned are not admitted, each with the right reason.
+#[test]
+fn unhealthy_nodes_are_not_admitted() {
+    let mut s = Scenario::new("ro-faults");
+    let batch = "ro-faults-b";
+    let mut nodes = s.fleet(batch, 1, 18);
+    nodes[3].gpus = 3;
+    s.create_nodes(&nodes);
+    s.rt.block_on(gpufleet::simulate::set_condition(&s.client, "ro-faults-d0-n07", "GpuXidError", "True", "Xid79"))
+        .expect("setting the XID condition");
+    crate::support::testbed().kubectl(&["cordon", "ro-faults-d0-n11"]).succeeds();
+    s.apply(&s.pool_yaml("spec: {topology: {minHealthyNodesPerDomain: 15}}"));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}], maxFailuresPerWave: 3}"));
+    s.wait_ready(batch, ROLLOUT);
+    let seen = s.seen();
+    let reason = |n: &str| seen[n].reason.clone().unwrap_or_default();
+    assert_eq!(seen["ro-faults-d0-n03"].state.as_deref(), Some("failed"));
+    assert!(reason("ro-faults-d0-n03").contains("nvidia.com/gpu.count is 3, pool expects 4"), "{}", reason("ro-faults-d0-n03"));
+    assert_eq!(seen["ro-faults-d0-n07"].state.as_deref(), Some("failed"));
+    assert_eq!(reason("ro-faults-d0-n07"), "condition GpuXidError is True");
+    assert_eq!(seen["ro-faults-d0-n11"].state.as_deref(), Some("failed"));
+    assert!(reason("ro-faults-d0-n11").contains("cordoned"), "{}", reason("ro-faults-d0-n11"));
+    assert_eq!(s.count("ready"), 15);
+    // The cordon is someone else's: gpufleet leaves it.
+    let cordoned = crate::support::testbed()
+        .kubectl(&["get", "node", "ro-faults-d0-n11", "-o", "jsonpath={.spec.unschedulable}"])
+        .succeeds();
+    assert_eq!(cordoned.stdout.trim(), "true");
+}
+
+/// 7. Deleting a batch mid-rollout: its probes go, ready nodes stay ready,
+///    nodes in progress keep the taint and lose the state label.
+#[test]
+fn deleting_a_batch_leaves_its_nodes_safe() {
+    let mut s = Scenario::new("ro-delete");
+    let batch = "ro-delete-b";
+    s.create_nodes(&s.fleet(batch, 2, 18));
+    // A long soak keeps wave 2 in flight.
+    s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 600}}"));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{nodes: 18}, {percent: 100}]}"));
+    s.wait_until("wave 1 soaks", ROLLOUT, |s| s.count("soaking") == 18);
+    // Shorten the soak so wave 1 is admitted, then lengthen it for wave 2.
+    s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 1}}"));
+    s.wait_until("wave 1 is admitted", ROLLOUT, |s| s.count("ready") == 18);
+    s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 600}}"));
+    s.wait_until("wave 2 is in flight", ROLLOUT, |s| s.count("validating") + s.count("soaking") > 0);
+    crate::support::testbed().kubectl(&["delete", "rolloutbatch", batch, "--wait=true", "--timeout=60s"]).succeeds();
+    let seen = s.seen();
+    let ready = seen.values().filter(|n| n.state.as_deref() == Some("ready")).count();
+    assert_eq!(ready, 18, "ready nodes stay ready");
+    for (name, node) in seen.iter().filter(|(n, _)| n.starts_with("ro-delete-d1")) {
+        assert_eq!(node.state, None, "{name} keeps a gpufleet state");
+        if node.wave.is_some() {
+            panic!("{name} keeps its rollout annotations: {node:?}");
+        }
+    }
+    // Wave 2 started all 18 at once (maxConcurrent 18): all keep the taint.
+    assert!(seen.iter().filter(|(n, _)| n.starts_with("ro-delete-d1")).all(|(_, n)| n.tainted), "{seen:?}");
+    s.wait_until("no probe pods are left", Duration::from_secs(20), |s| s.probe_pods().is_empty());
+}
