@@ -367,6 +367,7 @@ impl<'a> Planner<'a> {
     fn run(mut self) -> Plan {
         let departed = self.departed();
         self.handle_retries();
+        self.restore_taints();
         for m in 0..self.members.len() {
             match self.members[m].state {
                 NodeState::Validating => self.check_validating(m),
@@ -514,6 +515,39 @@ impl<'a> Planner<'a> {
     }
 
     /// `gpufleet.io/retry`: a failed or held node goes back to pending.
+    /// A node between start and verdict keeps the onboarding taint: if
+    /// someone removed it, put it back and say so.
+    fn restore_taints(&mut self) {
+        let taint = &self.pool.spec.onboarding.taint;
+        let (key, effect) = (taint.key.clone(), taint.effect.as_str());
+        for m in 0..self.members.len() {
+            let view = self.members[m].view;
+            let held_back = matches!(view.state(), NodeState::Validating | NodeState::Soaking | NodeState::Held);
+            if !held_back || view.has_taint(&key, effect) || view.retry {
+                continue;
+            }
+            self.members[m].patch.get_or_insert_with(|| {
+                Box::new(NodePatch {
+                    node: view.name.clone(),
+                    state: view.state,
+                    annotations: BTreeMap::new(),
+                    taint: TaintChange::Keep,
+                    failure: None,
+                })
+            });
+            self.set_taint(m, true);
+            self.events.push(Event {
+                target: EventTarget::Node(view.name.clone()),
+                warning: true,
+                reason: "TaintRestored",
+                message: format!(
+                    "the onboarding taint {key}:{effect} was removed while the node was {}; gpufleet put it back: workloads may land only once the node is admitted",
+                    view.state()
+                ),
+            });
+        }
+    }
+
     fn handle_retries(&mut self) {
         for m in 0..self.members.len() {
             let view = self.members[m].view;
@@ -771,6 +805,7 @@ impl<'a> Planner<'a> {
             let annotations = [
                 (keys::BATCH, Some(batch_name.clone())),
                 (keys::WAVE, Some((wave + 1).to_string())),
+                (keys::STARTED, Some(self.stamp())),
                 (keys::REASON, None),
                 (keys::ATTEMPT, probe.then(|| "1".to_string())),
             ];
@@ -1252,6 +1287,7 @@ pub fn release(node: &str) -> NodePatch {
             keys::BATCH,
             keys::WAVE,
             keys::SINCE,
+            keys::STARTED,
             keys::ATTEMPT,
             keys::REASON,
         ]

@@ -357,6 +357,22 @@ fn a_deleted_probe_is_recreated_without_counting_a_failure() {
 }
 
 #[test]
+fn a_removed_onboarding_taint_is_put_back_while_the_node_is_in_progress() {
+    let mut s = sim(pool(), batch(), nodes(1));
+    s.step();
+    node_mut(&mut s.snapshot.nodes, "n-d000-n02").taints.clear();
+    let plan = s.step();
+    let patch = plan.node_patches().find(|p| p.node == "n-d000-n02").expect("a patch");
+    assert_eq!(patch.taint, TaintChange::Add);
+    assert_eq!(patch.state, Some(Validating), "the state stays");
+    assert!(plan.actions.iter().any(|a| matches!(a, Action::Event(e) if e.reason == "TaintRestored")));
+    assert_eq!(s.step().changes().count(), 0, "restored once");
+    // A ready node's taint is gone on purpose: nothing to restore.
+    s.run(50);
+    assert!(s.snapshot.nodes.iter().all(|n| n.taints.is_empty()));
+}
+
+#[test]
 fn a_node_that_turns_unhealthy_while_soaking_fails() {
     let mut s = sim(
         pool(),
