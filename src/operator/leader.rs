@@ -123,12 +123,10 @@ pub fn elect(client: kube::Client, config: LeaseConfig) -> (Leadership, tokio::t
                 }
                 Err(err) => {
                     warn!(lease = %config.name, %err, "could not reach the lease; will retry");
-                    if let Some(at) = last_renewal {
-                        if at.elapsed() >= valid_for {
-                            warn!(lease = %config.name, "lease not renewed in time; stopped writing");
-                            last_renewal = None;
-                            tx.send_replace(None);
-                        }
+                    if last_renewal.is_some_and(|at| at.elapsed() >= valid_for) {
+                        warn!(lease = %config.name, "lease not renewed in time; stopped writing");
+                        last_renewal = None;
+                        tx.send_replace(None);
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! what it uses. Each test that installs uses a namespace and release of its
 //! own, with the chart's CRDs off, except the one that owns the CRDs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -396,7 +397,8 @@ fn chart_renders_values_into_the_deployment() {
             "--extra"
         ]
     );
-    assert_eq!(c["env"][1], json!({"name": "RUST_BACKTRACE", "value": "1"}));
+    // extraEnv comes after the chart's own (POD_NAMESPACE, POD_NAME).
+    assert_eq!(c["env"][2], json!({"name": "RUST_BACKTRACE", "value": "1"}));
     assert_eq!(c["ports"][0]["containerPort"], 9090);
     assert_eq!(c["resources"]["limits"]["memory"], "2Gi");
     assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
@@ -886,6 +888,699 @@ fn chart_pod_meets_the_restricted_pod_security_standard() {
     assert!(
         ran.stderr.contains("violates PodSecurity"),
         "{}",
+        ran.stderr
+    );
+}
+
+// ------------------------------------------- monitoring: dashboard and alerts
+
+/// What the operator exports on `/metrics`, as Prometheus stores it.
+struct Exported {
+    /// Each series name (counters with `_total`, histograms as `_bucket`,
+    /// `_sum` and `_count`) and the labels its samples carry.
+    series: BTreeMap<String, BTreeSet<String>>,
+    /// Each family of a `# TYPE` line and its series names.
+    families: BTreeMap<String, Vec<String>>,
+}
+
+/// `Metrics::encode()` with every family given one sample, so that the
+/// samples show each series' labels.
+fn exported() -> Exported {
+    use gpufleet::api::{GpuPoolStatus, RolloutBatchStatus, WaveStatus};
+    use gpufleet::operator::metrics::{
+        BatchLabels, ErrorLabels, FailureLabels, KindLabels, Metrics, PoolLabels,
+    };
+    let m = Metrics::new();
+    m.observe_pool("p", &GpuPoolStatus::default());
+    let status = RolloutBatchStatus {
+        waves: vec![WaveStatus {
+            index: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    m.observe_batch("p", "b", &status);
+    let batch = BatchLabels {
+        pool: "p".into(),
+        batch: "b".into(),
+    };
+    m.admissions.get_or_create(&batch).inc();
+    m.last_progress.get_or_create(&batch).set(1);
+    m.failures
+        .get_or_create(&FailureLabels {
+            pool: "p".into(),
+            batch: "b".into(),
+            reason: "probe_failed".into(),
+        })
+        .inc();
+    m.onboarding_seconds
+        .get_or_create(&PoolLabels { pool: "p".into() })
+        .observe(60.0);
+    m.reconcile_seconds
+        .get_or_create(&KindLabels {
+            kind: "gpupool".into(),
+        })
+        .observe(0.01);
+    m.reconcile_errors
+        .get_or_create(&ErrorLabels {
+            kind: "gpupool".into(),
+            category: "api".into(),
+        })
+        .inc();
+    m.observe_request(&http::Method::GET, &"/api/v1/nodes".parse().expect("a URI"));
+    m.leader.set(1);
+    let text = m.encode();
+
+    // The series of each family, from its TYPE line: prometheus-client names
+    // a counter family without `_total` there and adds it to the samples.
+    let mut families = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (family, kind) = rest.split_once(' ').expect("# TYPE NAME KIND");
+        let names = match kind {
+            "counter" if family.ends_with("_total") => vec![family.to_string()],
+            "counter" => vec![format!("{family}_total")],
+            "histogram" => ["_bucket", "_sum", "_count"]
+                .iter()
+                .map(|suffix| format!("{family}{suffix}"))
+                .collect(),
+            "gauge" => vec![family.to_string()],
+            other => panic!("{family} is a {other}: teach this test its series names"),
+        };
+        families.insert(family.to_string(), names);
+    }
+    // The labels of each series, from its samples.
+    let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let end = line.find(['{', ' ']).expect("a sample line");
+        let labels = series.entry(line[..end].to_string()).or_default();
+        if line[end..].starts_with('{') {
+            let close = line.rfind('}').expect("a closing brace");
+            labels.extend(matchers(&line[end + 1..close]));
+        }
+    }
+    let typed: BTreeSet<&String> = families.values().flatten().collect();
+    let sampled: BTreeSet<&String> = series.keys().collect();
+    assert_eq!(
+        typed, sampled,
+        "each family needs a sample above, named as its TYPE line says:\n{text}"
+    );
+    Exported { series, families }
+}
+
+/// The label names of `a="x", b=~"y", c!="z"` (the inside of a selector).
+fn matchers(body: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in body.chars().chain([',']) {
+        if quoted {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            current.push(c);
+        } else if c == '"' {
+            quoted = true;
+            current.push(c);
+        } else if c == ',' {
+            let name = current
+                .split(['=', '!', '~'])
+                .next()
+                .unwrap_or_default()
+                .trim();
+            if !name.is_empty() {
+                names.push(name.to_string());
+            }
+            current.clear();
+        } else {
+            current.push(c);
+        }
+    }
+    names
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// The `gpufleet_*` selectors of a PromQL expression: each metric name and
+/// the labels its matchers name.
+fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    for (start, _) in expr.match_indices("gpufleet_") {
+        if expr[..start].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let rest = &expr[start..];
+        let end = rest.find(|c: char| !is_ident(c)).unwrap_or(rest.len());
+        let after = rest[end..].trim_start();
+        let labels = match after.strip_prefix('{') {
+            Some(inner) => matchers(&inner[..inner.find('}').expect("a closing brace")]),
+            None => Vec::new(),
+        };
+        found.push((rest[..end].to_string(), labels));
+    }
+    found
+}
+
+/// The label lists of every `by (...)` of a PromQL expression.
+fn by_clauses(expr: &str) -> Vec<Vec<String>> {
+    let mut found = Vec::new();
+    for (start, _) in expr.match_indices("by") {
+        if expr[..start].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let Some(inner) = expr[start + 2..].trim_start().strip_prefix('(') else {
+            continue;
+        };
+        let inner = &inner[..inner.find(')').expect("a closing parenthesis")];
+        found.push(
+            inner
+                .split(',')
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+        );
+    }
+    found
+}
+
+/// The labels a text shows: `{{pool}}` (Grafana legends) or
+/// `{{ $labels.pool }}` (Prometheus annotations).
+fn shown_labels(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for piece in text.split("{{").skip(1) {
+        let inner = piece.split("}}").next().unwrap_or_default().trim();
+        let inner = inner.strip_prefix("$labels.").unwrap_or(inner);
+        if !inner.is_empty() && inner.chars().all(is_ident) {
+            found.insert(inner.to_string());
+        }
+    }
+    found
+}
+
+/// Checks one query: every `gpufleet_*` series it reads is exported, with
+/// the labels its matchers and `by` clauses name, and the labels it shows
+/// (`shown`) survive its aggregations. Returns the series it reads.
+fn check_query(
+    what: &str,
+    expr: &str,
+    shown: &BTreeSet<String>,
+    exported: &Exported,
+) -> BTreeSet<String> {
+    let refs = selectors(expr);
+    assert!(!refs.is_empty(), "{what} reads no gpufleet series: {expr}");
+    // `instance`: the scrape target, which joins a gauge to its replica's
+    // gpufleet_leader.
+    let mut available = BTreeSet::from(["instance".to_string()]);
+    for (name, labels) in &refs {
+        let Some(has) = exported.series.get(name) else {
+            panic!(
+                "{what} reads {name}, which gpufleet does not export; it exports {:?}\n{expr}",
+                exported.series.keys().collect::<Vec<_>>()
+            );
+        };
+        for label in labels {
+            assert!(
+                has.contains(label),
+                "{what}: {name} has no label {label:?} (it has {has:?})\n{expr}"
+            );
+        }
+        available.extend(has.iter().cloned());
+    }
+    let clauses = by_clauses(expr);
+    for clause in &clauses {
+        for label in clause {
+            assert!(
+                available.contains(label),
+                "{what} aggregates by {label:?}, a label none of its series has\n{expr}"
+            );
+        }
+    }
+    for label in shown {
+        assert!(
+            available.contains(label) && clauses.iter().all(|c| c.contains(label)),
+            "{what} shows label {label:?}, which its query does not keep\n{expr}"
+        );
+    }
+    refs.into_iter().map(|(name, _)| name).collect()
+}
+
+fn dashboard() -> Value {
+    let path = chart().join("files/dashboards/gpufleet.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard exists");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// The dashboard is JSON that Grafana loads, with a data source variable
+/// and pool and batch variables, and its queries read only series gpufleet
+/// exports, with their labels; it shows every family.
+#[test]
+fn grafana_dashboard_reads_only_what_gpufleet_exports() {
+    let exported = exported();
+    let dashboard = dashboard();
+    assert!(
+        dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 39),
+        "schemaVersion {}",
+        dashboard["schemaVersion"]
+    );
+    assert_eq!(dashboard["uid"], "gpufleet");
+
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list");
+    let variable = |name: &str| -> &Value {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("the dashboard has no ${name} variable"))
+    };
+    let source = variable("datasource");
+    assert_eq!(source["type"], "datasource");
+    assert_eq!(source["query"], "prometheus");
+    for name in ["pool", "batch"] {
+        let v = variable(name);
+        assert_eq!(v["type"], "query", "${name}");
+        assert_eq!(v["datasource"]["uid"], "${datasource}", "${name}");
+        let definition = v["definition"].as_str().expect("definition");
+        assert_eq!(
+            v["query"]["query"], definition,
+            "${name}: query and definition"
+        );
+        let inner = definition
+            .strip_prefix("label_values(")
+            .and_then(|d| d.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("${name} is not label_values(...): {definition}"));
+        let (selector, label) = inner.rsplit_once(',').expect("label_values(SERIES, LABEL)");
+        assert_eq!(label.trim(), name);
+        let used = check_query(
+            &format!("variable ${name}"),
+            selector,
+            &BTreeSet::from([name.to_string()]),
+            &exported,
+        );
+        assert_eq!(used.len(), 1, "${name}: {definition}");
+    }
+
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut cells: Vec<(String, [u64; 4])> = Vec::new();
+    let mut used = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().expect("every panel has a title");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("a numeric id")),
+            "panel {title:?}: its id is taken"
+        );
+        let grid = ["x", "y", "w", "h"].map(|k| {
+            panel["gridPos"][k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("panel {title:?}: gridPos.{k}"))
+        });
+        assert!(
+            grid[0] + grid[2] <= 24,
+            "panel {title:?} is wider than the grid"
+        );
+        for (other, cell) in &cells {
+            let apart = grid[0] + grid[2] <= cell[0]
+                || cell[0] + cell[2] <= grid[0]
+                || grid[1] + grid[3] <= cell[1]
+                || cell[1] + cell[3] <= grid[1];
+            assert!(apart, "panels {title:?} and {other:?} overlap");
+        }
+        cells.push((title.to_string(), grid));
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {title:?}"
+        );
+        let targets = panel["targets"]
+            .as_array()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| panic!("panel {title:?} has no query"));
+        for target in targets {
+            assert_eq!(
+                target["datasource"]["uid"], "${datasource}",
+                "panel {title:?}"
+            );
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            let legend = target["legendFormat"].as_str().unwrap_or_default();
+            used.extend(check_query(
+                &format!("panel {title:?}"),
+                expr,
+                &shown_labels(legend),
+                &exported,
+            ));
+        }
+    }
+    for (family, names) in &exported.families {
+        assert!(
+            names.iter().any(|n| used.contains(n)),
+            "the dashboard shows nothing of {family}: give it a panel"
+        );
+    }
+    // Onboarding time p50/p95 and reconcile p99 come from the histograms.
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    for (quantile, series) in [
+        ("0.5", "gpufleet_node_onboarding_seconds_bucket"),
+        ("0.95", "gpufleet_node_onboarding_seconds_bucket"),
+        ("0.99", "gpufleet_reconcile_duration_seconds_bucket"),
+    ] {
+        assert!(
+            exprs
+                .iter()
+                .any(|e| e.contains(&format!("histogram_quantile({quantile},"))
+                    && e.contains(series)),
+            "no histogram_quantile({quantile}) of {series}"
+        );
+    }
+}
+
+/// `grafanaDashboard.enabled` ships the dashboard file, unchanged, in a
+/// ConfigMap the Grafana sidecar finds by its label; off by default.
+#[test]
+fn chart_ships_the_grafana_dashboard_in_a_configmap() {
+    let docs = template("gpufleet", "gpufleet-system", &[]);
+    assert!(
+        docs.iter()
+            .all(|d| d["kind"] != "ConfigMap" && d["kind"] != "PrometheusRule"),
+        "{:?}",
+        kinds(&docs)
+    );
+
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &["--set", "grafanaDashboard.enabled=true"],
+    );
+    let map = find(&docs, "ConfigMap", "gpufleet-dashboard");
+    assert_eq!(map["metadata"]["namespace"], "gpufleet-system");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        map["metadata"]["labels"]["app.kubernetes.io/part-of"],
+        "gpufleet"
+    );
+    let shipped: Value = serde_json::from_str(
+        map["data"]["gpufleet.json"]
+            .as_str()
+            .expect("data gpufleet.json"),
+    )
+    .expect("the shipped dashboard is JSON");
+    assert!(
+        shipped == dashboard(),
+        "the ConfigMap changes the dashboard"
+    );
+
+    let docs = template(
+        "fleet",
+        "ops",
+        &[
+            "--set",
+            "grafanaDashboard.enabled=true,grafanaDashboard.namespace=monitoring",
+            "--set",
+            "grafanaDashboard.labels.team=gpu,grafanaDashboard.annotations.grafana_folder=GPU",
+        ],
+    );
+    let map = find(&docs, "ConfigMap", "fleet-gpufleet-dashboard");
+    assert_eq!(map["metadata"]["namespace"], "monitoring");
+    assert_eq!(map["metadata"]["labels"]["team"], "gpu");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(map["metadata"]["annotations"]["grafana_folder"], "GPU");
+}
+
+/// The alerts: each reads only what gpufleet exports, carries a severity,
+/// and tells the on-call person what to look at and what to do.
+#[test]
+fn prometheus_rule_alerts_read_what_gpufleet_exports_and_say_what_to_do() {
+    let exported = exported();
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set",
+            "prometheusRule.enabled=true,prometheusRule.labels.release=prom",
+        ],
+    );
+    let rule = find(&docs, "PrometheusRule", "gpufleet");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "gpufleet-system");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prom");
+    let rules = |rule: &Value| -> Vec<Value> {
+        rule["spec"]["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .flat_map(|g| g["rules"].as_array().expect("rules").clone())
+            .collect()
+    };
+    let alerts = rules(rule);
+    let names: Vec<&str> = alerts
+        .iter()
+        .map(|r| r["alert"].as_str().expect("alert rules only"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "GpufleetRolloutStalled",
+            "GpufleetCircuitBreakerTripped",
+            "GpufleetNoProgress",
+            "GpufleetReconcileErrors",
+            "GpufleetNoLeader"
+        ]
+    );
+    let mut by_name = BTreeMap::new();
+    for alert in &alerts {
+        let name = alert["alert"].as_str().unwrap();
+        let expr = alert["expr"].as_str().expect("expr");
+        let severity = &alert["labels"]["severity"];
+        assert!(
+            severity == "warning" || severity == "critical",
+            "{name}: severity {severity}"
+        );
+        let duration = alert["for"].as_str().expect("for");
+        assert!(
+            duration.ends_with('m') && duration[..duration.len() - 1].parse::<u32>().is_ok(),
+            "{name}: for {duration}"
+        );
+        let summary = alert["annotations"]["summary"].as_str().expect("summary");
+        let description = alert["annotations"]["description"]
+            .as_str()
+            .expect("description");
+        assert!(!summary.is_empty(), "{name}");
+        assert!(
+            description.contains("kubectl "),
+            "{name}'s description gives no command to run: {description}"
+        );
+        let mut shown = shown_labels(summary);
+        shown.extend(shown_labels(description));
+        check_query(&format!("alert {name}"), expr, &shown, &exported);
+        by_name.insert(name, (expr, description));
+    }
+    let has = |name: &str, parts: &[&str], text: &str| {
+        for part in parts {
+            assert!(text.contains(part), "{name}: {part:?} missing from {text}");
+        }
+    };
+    let (expr, description) = by_name["GpufleetRolloutStalled"];
+    has(
+        "GpufleetRolloutStalled",
+        &["gpufleet_batch_stalled", "== 1"],
+        expr,
+    );
+    has(
+        "GpufleetRolloutStalled",
+        &[
+            "kubectl gpufleet why NODE",
+            "kubectl get rbatch",
+            "maxFailuresPerWave",
+            "gpufleet.io/retry",
+        ],
+        description,
+    );
+    let (expr, _) = by_name["GpufleetCircuitBreakerTripped"];
+    has(
+        "GpufleetCircuitBreakerTripped",
+        &["gpufleet_pool_breaker_tripped", "== 1"],
+        expr,
+    );
+    let (expr, _) = by_name["GpufleetNoProgress"];
+    has(
+        "GpufleetNoProgress",
+        &[
+            "gpufleet_batch_ready",
+            "== 0",
+            "time() - ",
+            "gpufleet_batch_last_progress_timestamp_seconds",
+            "> 1800",
+        ],
+        expr,
+    );
+    let (expr, _) = by_name["GpufleetReconcileErrors"];
+    has(
+        "GpufleetReconcileErrors",
+        &["rate(gpufleet_reconcile_errors_total"],
+        expr,
+    );
+    let (expr, _) = by_name["GpufleetNoLeader"];
+    has("GpufleetNoLeader", &["gpufleet_leader", "< 1"], expr);
+
+    // noProgressMinutes sets the threshold, in seconds.
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set",
+            "prometheusRule.enabled=true,prometheusRule.noProgressMinutes=45",
+        ],
+    );
+    let alerts = rules(find(&docs, "PrometheusRule", "gpufleet"));
+    let stalled = alerts
+        .iter()
+        .find(|r| r["alert"] == "GpufleetNoProgress")
+        .expect("GpufleetNoProgress");
+    let expr = stalled["expr"].as_str().unwrap();
+    assert!(
+        expr.contains("> 2700") && !expr.contains("> 1800"),
+        "{expr}"
+    );
+    assert!(
+        stalled["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("45 minutes")
+    );
+
+    // Without leader election the one replica always leads: no such alert.
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set",
+            "prometheusRule.enabled=true,replicaCount=1,leaderElection.enabled=false",
+        ],
+    );
+    let alerts = rules(find(&docs, "PrometheusRule", "gpufleet"));
+    assert_eq!(alerts.len(), 4);
+    assert!(alerts.iter().all(|r| r["alert"] != "GpufleetNoLeader"));
+}
+
+/// Each replica is named by its pod, in the Lease and its user agent.
+#[test]
+fn chart_names_each_replica_by_its_pod() {
+    let docs = template("gpufleet", "gpufleet-system", &[]);
+    let c = container(&docs, "gpufleet");
+    assert_eq!(
+        c["env"][1],
+        json!({"name": "POD_NAME",
+               "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    );
+}
+
+#[test]
+fn helm_lint_strict_passes_with_the_dashboard_and_alerts() {
+    let ran = helm(&["lint", "--strict"])
+        .arg(chart())
+        .args([
+            "--set",
+            "grafanaDashboard.enabled=true,prometheusRule.enabled=true,metrics.serviceMonitor.enabled=true",
+        ])
+        .succeeds();
+    assert!(ran.stdout.contains("0 chart(s) failed"), "{}", ran.stdout);
+}
+
+/// The schema checks the monitoring values too.
+#[test]
+fn values_schema_checks_the_monitoring_values() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--set", "prometheusRule.noProgressMinutes=0"],
+            "noProgressMinutes",
+        ),
+        (
+            &["--set", "prometheusRule.noProgressMinutes=abc"],
+            "noProgressMinutes",
+        ),
+        (&["--set", "prometheusRule.enable=true"], "enable"),
+        (
+            &["--set", "grafanaDashboard.enabled=yes"],
+            "grafanaDashboard/enabled",
+        ),
+        (
+            &["--set", "grafanaDashboard.namespace=Not_A_Namespace"],
+            "namespace",
+        ),
+        (
+            &["--set-json", r#"grafanaDashboard.labels={"a":1}"#],
+            "labels",
+        ),
+    ];
+    for (args, named) in cases {
+        let ran = helm(&["template", "typo"]).arg(chart()).args(*args).fails();
+        assert!(
+            ran.stderr.contains(named),
+            "helm template {args:?} failed without naming {named}:\n{}",
+            ran.stderr
+        );
+    }
+}
+
+/// With the dashboard and alerts on, the API server accepts the output
+/// (`kubectl apply --dry-run=server`), all but the PrometheusRule: the test
+/// bed has no Prometheus Operator CRDs, so that one is checked by the tests
+/// above, from `helm template`.
+#[test]
+fn chart_monitoring_output_is_accepted_by_the_api_server() {
+    let tb = testbed();
+    let ns = "chart-monitoring";
+    namespace(tb, ns);
+    let docs = template(
+        ns,
+        ns,
+        &[
+            "--set",
+            "grafanaDashboard.enabled=true,prometheusRule.enabled=true",
+        ],
+    );
+    let (rules, rest): (Vec<Value>, Vec<Value>) = docs
+        .into_iter()
+        .partition(|d| d["kind"] == "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": rest});
+    let ran = tb
+        .kubectl(&["apply", "--dry-run=server", "-f", "-"])
+        .stdin(list.to_string())
+        .succeeds();
+    assert!(
+        ran.stdout
+            .contains("configmap/chart-monitoring-gpufleet-dashboard"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout
+            .contains("deployment.apps/chart-monitoring-gpufleet"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        !ran.stderr.contains("Warning"),
+        "the API server warned: {}",
         ran.stderr
     );
 }

@@ -186,10 +186,10 @@ spec:
             .args(["--selector", &format!("{TEST_LABEL}={}", self.name)])
             .args(["--node-selector", &format!("{TEST_LABEL}={}", self.name)])
             .args(["--log-level", "info"]);
-        if !extra.iter().any(|a| *a == "--metrics-addr") {
+        if !extra.contains(&"--metrics-addr") {
             cmd.args(["--metrics-addr", ""]);
         }
-        if !extra.iter().any(|a| *a == "--health-addr") {
+        if !extra.contains(&"--health-addr") {
             cmd.args(["--health-addr", ""]);
         }
         cmd.args(extra)
