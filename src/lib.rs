@@ -10,3 +10,4 @@ pub mod keys;
 pub mod operator;
 pub mod planner;
 pub mod simulate;
+pub mod view;

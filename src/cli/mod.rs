@@ -5,9 +5,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crds;
-mod plan;
+mod demo;
 mod logging;
+mod plan;
+mod plugin;
 mod run;
+mod status;
 
 /// gpufleet brings new NVIDIA GB200/GB300 nodes online in staged waves while
 /// health-checking them.
@@ -27,6 +30,21 @@ enum Command {
     /// Preview, without a cluster, the waves a batch would run over a set of
     /// nodes, and which nodes would fail the static checks and why.
     Plan(plan::Args),
+    /// See it work: a simulated GB200/GB300 fleet rolled out on a local
+    /// control plane, live, then summed up.
+    Demo(demo::Args),
+    /// Where rollouts stand: every pool and batch, or one batch wave by wave.
+    Status(status::Args),
+    /// Let a batch start more waves (raises spec.approvedWaves).
+    Approve(plugin::ApproveArgs),
+    /// Start no more nodes of a batch; probes in flight finish.
+    Pause(plugin::BatchArgs),
+    /// Undo `pause`.
+    Resume(plugin::BatchArgs),
+    /// Send failed or held nodes through validation again, once fixed.
+    Retry(plugin::RetryArgs),
+    /// Why a node is in its state: reason, batch, wave, since, events.
+    Why(plugin::WhyArgs),
 }
 
 /// Runs the chosen subcommand.
@@ -35,6 +53,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Approve(args) => plugin::approve(args),
+        Command::Pause(args) => plugin::pause(args),
+        Command::Resume(args) => plugin::resume(args),
+        Command::Retry(args) => plugin::retry(args),
+        Command::Why(args) => plugin::why(args),
     }
 }
 

@@ -5,7 +5,9 @@ mod support;
 
 mod chart;
 mod crds;
+mod demo;
 mod gitops;
 mod operations;
+mod plugin;
 mod rollout;
 mod validation;

@@ -1,0 +1,1209 @@
+//! What a rollout looks like to a person: the live view of a batch (one bar
+//! per wave and the gate it waits on), the one-line progress for logs, the
+//! summary at the end, the overview of every pool and batch, and a node's
+//! story. Pure text from the objects, no client: `gpufleet demo`,
+//! `gpufleet status` and the kubectl plugin print these, and the tests here
+//! check that they read well at 80 columns.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{GpuPool, RolloutBatch};
+use crate::planner::{NodeState, NodeView, failure_budget};
+
+/// The width every view fits in.
+pub const WIDTH: usize = 80;
+
+/// Cells of a wave's bar.
+const BAR: usize = 20;
+
+/// How to draw: colours only on a terminal that wants them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Style {
+    /// ANSI colours in the bars.
+    pub color: bool,
+}
+
+/// One wave as the live view and the summary show it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WaveRow {
+    /// From 1.
+    pub index: u32,
+    /// Nodes in this wave (not cumulative).
+    pub size: u32,
+    pub ready: u32,
+    pub failed: u32,
+    pub held: u32,
+    /// Validating or soaking.
+    pub in_progress: u32,
+    /// Not started yet.
+    pub pending: u32,
+    pub started: bool,
+    pub done: bool,
+    /// From start to the last verdict, once done.
+    pub seconds: Option<i64>,
+    /// Failures this wave may have before the rollout halts.
+    pub budget: u32,
+}
+
+/// The waves of a batch, from its status.
+pub fn wave_rows(batch: &RolloutBatch) -> Vec<WaveRow> {
+    let Some(status) = &batch.status else {
+        return Vec::new();
+    };
+    let mut previous = 0u32;
+    status
+        .waves
+        .iter()
+        .map(|w| {
+            let seen = w.admitted + w.failed + w.held + w.in_progress;
+            let size = w.target_nodes.saturating_sub(previous).max(seen);
+            previous = previous.max(w.target_nodes);
+            WaveRow {
+                index: w.index,
+                size,
+                ready: w.admitted,
+                failed: w.failed,
+                held: w.held,
+                in_progress: w.in_progress,
+                pending: size - seen,
+                started: w.started_at.is_some(),
+                done: w.completed_at.is_some(),
+                seconds: seconds_between(w.started_at.as_ref(), w.completed_at.as_ref()),
+                budget: failure_budget(batch.spec.max_failures_per_wave.as_ref(), size),
+            }
+        })
+        .collect()
+}
+
+fn seconds_between(from: Option<&Time>, to: Option<&Time>) -> Option<i64> {
+    Some((to?.0.as_second() - from?.0.as_second()).max(0))
+}
+
+/// What a batch waits on, read from its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// No status yet: the operator has not seen the batch.
+    Starting,
+    /// Nodes are running their burn-in probes.
+    Probes {
+        wave: u32,
+        validating: u32,
+        soaking: u32,
+        pending: u32,
+    },
+    /// Every started node passed its probe and stays healthy for the soak.
+    Soak { wave: u32, soaking: u32 },
+    /// The next wave is past `approvedWaves`.
+    Approval { wave: u32, message: String },
+    /// `spec.paused`.
+    Paused { message: String },
+    /// A wave failed more nodes than its budget: halted until a person acts.
+    FailureBudget { message: String },
+    /// Too many of the pool's nodes failed recently: every rollout halted.
+    CircuitBreaker { message: String },
+    /// Every wave is done.
+    Complete { message: String },
+    /// No node matches the batch and its pool yet.
+    NoNodes { message: String },
+    /// Anything else, as the Ready or Stalled condition says it.
+    Other { reason: String, message: String },
+}
+
+fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The gate a batch waits on.
+pub fn gate(batch: &RolloutBatch) -> Gate {
+    let Some(status) = &batch.status else {
+        return Gate::Starting;
+    };
+    let stalled = condition(&status.conditions, "Stalled").filter(|c| c.status == "True");
+    if let Some(c) = stalled {
+        let message = c.message.clone();
+        return match c.reason.as_str() {
+            "FailureBudgetExceeded" => Gate::FailureBudget { message },
+            "CircuitBreakerTripped" => Gate::CircuitBreaker { message },
+            reason => Gate::Other {
+                reason: reason.into(),
+                message,
+            },
+        };
+    }
+    let Some(ready) = condition(&status.conditions, "Ready") else {
+        return Gate::Starting;
+    };
+    let message = ready.message.clone();
+    let rows = wave_rows(batch);
+    let open = rows.iter().find(|w| !w.done);
+    match ready.reason.as_str() {
+        "RolloutComplete" if ready.status == "True" => Gate::Complete { message },
+        "WaitingForApproval" => Gate::Approval {
+            wave: rows
+                .iter()
+                .find(|w| !w.started)
+                .map_or(status.current_wave + 1, |w| w.index),
+            message,
+        },
+        "Paused" => Gate::Paused { message },
+        "NoNodes" => Gate::NoNodes { message },
+        "WaveInProgress" => {
+            let n = &status.nodes;
+            let wave = open.map_or(status.current_wave.max(1), |w| w.index);
+            if n.validating > 0 || n.soaking == 0 {
+                Gate::Probes {
+                    wave,
+                    validating: n.validating,
+                    soaking: n.soaking,
+                    pending: n.pending,
+                }
+            } else {
+                Gate::Soak {
+                    wave,
+                    soaking: n.soaking,
+                }
+            }
+        }
+        reason => Gate::Other {
+            reason: reason.into(),
+            message,
+        },
+    }
+}
+
+impl Gate {
+    /// One line for a person: what the rollout waits on.
+    pub fn describe(&self) -> String {
+        match self {
+            Gate::Starting => "starting: the operator has not reported on the batch yet".into(),
+            Gate::Probes {
+                wave,
+                validating,
+                soaking,
+                pending,
+            } => {
+                let mut parts = vec![format!("{validating} validating")];
+                if *soaking > 0 {
+                    parts.push(format!("{soaking} soaking"));
+                }
+                if *validating == 0 && *soaking == 0 {
+                    parts = vec![format!("starting, {pending} pending")];
+                }
+                format!("wave {wave} waits on probes: {}", parts.join(", "))
+            }
+            Gate::Soak { wave, soaking } => {
+                format!("wave {wave} waits on the soak: {soaking} soaking")
+            }
+            Gate::Approval { message, .. } => format!("waits for approval: {message}"),
+            Gate::Paused { message } => format!("paused: {message}"),
+            Gate::FailureBudget { message } => {
+                format!("halted, failure budget exceeded: {message}")
+            }
+            Gate::CircuitBreaker { message } => {
+                format!("halted, circuit breaker tripped: {message}")
+            }
+            Gate::Complete { message } => format!("complete: {message}"),
+            Gate::NoNodes { message } => format!("no nodes: {message}"),
+            Gate::Other { reason, message } => format!("{reason}: {message}"),
+        }
+    }
+
+    /// The command that moves the rollout on, if a person must act; `cmd` is
+    /// how the user runs gpufleet (`gpufleet` or `kubectl gpufleet`).
+    pub fn hint(&self, cmd: &str, batch: &str) -> Option<String> {
+        match self {
+            Gate::Approval { wave, .. } => {
+                Some(format!("`{cmd} approve {batch}` starts wave {wave}"))
+            }
+            Gate::Paused { .. } => Some(format!("`{cmd} resume {batch}` continues")),
+            Gate::FailureBudget { .. } => Some(format!(
+                "`{cmd} why NODE` explains a failure; `{cmd} retry NODE` retries one once fixed"
+            )),
+            _ => None,
+        }
+    }
+
+    /// The rollout is over: complete, or halted until a person acts.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Gate::Complete { .. } | Gate::FailureBudget { .. } | Gate::CircuitBreaker { .. }
+        )
+    }
+
+    /// A few words for the one-line progress.
+    pub fn short(&self) -> &'static str {
+        match self {
+            Gate::Starting => "starting",
+            Gate::Probes { .. } => "waits on probes",
+            Gate::Soak { .. } => "waits on the soak",
+            Gate::Approval { .. } => "waits for approval",
+            Gate::Paused { .. } => "paused",
+            Gate::FailureBudget { .. } => "halted: failure budget exceeded",
+            Gate::CircuitBreaker { .. } => "halted: circuit breaker tripped",
+            Gate::Complete { .. } => "complete",
+            Gate::NoNodes { .. } => "no nodes yet",
+            Gate::Other { .. } => "see its conditions",
+        }
+    }
+}
+
+/// How long the rollout has run: from its first wave's start to its last
+/// wave's end, or to `now` while a wave is open.
+pub fn rollout_time(batch: &RolloutBatch, now: Timestamp) -> Option<Duration> {
+    let waves = &batch.status.as_ref()?.waves;
+    let start = waves
+        .iter()
+        .filter_map(|w| w.started_at.as_ref())
+        .map(|t| t.0)
+        .min()?;
+    let open = waves
+        .iter()
+        .any(|w| w.started_at.is_none() || w.completed_at.is_none());
+    let end = if open {
+        now
+    } else {
+        waves
+            .iter()
+            .filter_map(|w| w.completed_at.as_ref())
+            .map(|t| t.0)
+            .max()?
+    };
+    Some(Duration::from_secs(
+        (end.as_second() - start.as_second()).max(0) as u64,
+    ))
+}
+
+/// `0:41`, `12:05`, `1:02:03`.
+pub fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// `6s`, `1m05s`, `2h03m`, `3d04h`.
+pub fn span(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86400, s / 3600 % 24),
+    }
+}
+
+/// The cells of a bar of `width` for the given counts: each non-zero count
+/// gets at least one cell, the rest goes by largest remainder.
+pub fn cells(counts: &[u32], width: usize) -> Vec<usize> {
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    if total == 0 {
+        return vec![0; counts.len()];
+    }
+    let nonzero = counts.iter().filter(|&&c| c > 0).count();
+    let width = width.max(nonzero);
+    let mut out: Vec<usize> = counts
+        .iter()
+        .map(|&c| (u64::from(c) * width as u64 / total) as usize)
+        .collect();
+    for (i, &c) in counts.iter().enumerate() {
+        if c > 0 && out[i] == 0 {
+            out[i] = 1;
+        }
+    }
+    // Trim from the largest, or hand out by largest remainder, until it fits.
+    while out.iter().sum::<usize>() > width {
+        let i = (0..out.len()).max_by_key(|&i| out[i]).expect("non-empty");
+        out[i] -= 1;
+    }
+    let mut order: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(u64::from(counts[i]) * width as u64 % total));
+    let mut k = 0;
+    while out.iter().sum::<usize>() < width {
+        out[order[k % order.len()]] += 1;
+        k += 1;
+    }
+    out
+}
+
+/// A wave's bar: ready, held, failed, in progress, pending.
+pub fn bar(row: &WaveRow, width: usize, style: Style) -> String {
+    let counts = [
+        row.ready,
+        row.held,
+        row.failed,
+        row.in_progress,
+        row.pending,
+    ];
+    let glyphs = ['█', '▓', '×', '▒', '░'];
+    let colors = ["32", "36", "31", "33", "2"];
+    let n = cells(&counts, width);
+    let mut out = String::new();
+    for i in 0..counts.len() {
+        if n[i] == 0 {
+            continue;
+        }
+        let run: String = std::iter::repeat_n(glyphs[i], n[i]).collect();
+        if style.color {
+            out.push_str(&format!("\x1b[{}m{run}\x1b[0m", colors[i]));
+        } else {
+            out.push_str(&run);
+        }
+    }
+    let drawn: usize = n.iter().sum();
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(drawn)));
+    out
+}
+
+fn wave_text(row: &WaveRow, gate: &Gate) -> String {
+    if row.size == 0 && row.done {
+        return "no nodes: earlier waves met its target".into();
+    }
+    if !row.started && row.ready + row.failed + row.held + row.in_progress == 0 {
+        return match gate {
+            Gate::Approval { wave, .. } if *wave == row.index => "needs approval".into(),
+            _ => "waiting".into(),
+        };
+    }
+    let mut parts = vec![format!("{} ready", row.ready)];
+    if row.failed > 0 {
+        parts.push(format!("{} failed", row.failed));
+    }
+    if row.held > 0 {
+        parts.push(format!("{} held", row.held));
+    }
+    if row.done {
+        if let Some(s) = row.seconds {
+            parts.push(format!("in {}", span(s)));
+        }
+    } else if row.in_progress > 0 {
+        parts.push(format!("{} running", row.in_progress));
+    }
+    parts.join(" · ")
+}
+
+/// The live view of a batch: a header, the pool's capacity when known, one
+/// bar per wave and the gate, at most [`WIDTH`] columns wide.
+pub fn frame(
+    batch: &RolloutBatch,
+    pool: Option<&GpuPool>,
+    elapsed: Option<Duration>,
+    style: Style,
+) -> Vec<String> {
+    let name = batch.metadata.name.as_deref().unwrap_or_default();
+    let status = batch.status.clone().unwrap_or_default();
+    let mut header = format!("batch {name} · pool {}", batch.spec.pool_ref);
+    if status.nodes.total > 0 {
+        header.push_str(&format!(" · {} nodes", status.nodes.total));
+    }
+    if status.total_waves > 0 {
+        header.push_str(&format!(
+            " · wave {} of {}",
+            status.current_wave, status.total_waves
+        ));
+    }
+    if let Some(e) = elapsed {
+        header.push_str(&format!(" · {}", clock(e)));
+    }
+    let mut lines = wrap(&header, WIDTH, 2);
+    if let Some(p) = pool.and_then(|p| p.status.as_ref()) {
+        lines.push(format!(
+            "pool {}: {} of {} GPUs online, {} of {} domains complete",
+            pool.and_then(|p| p.metadata.name.as_deref())
+                .unwrap_or_default(),
+            p.gpus.ready,
+            p.gpus.total,
+            p.domains.complete,
+            p.domains.total
+        ));
+    }
+    let gate = gate(batch);
+    let rows = wave_rows(batch);
+    let index_width = rows.len().to_string().len();
+    for row in &rows {
+        lines.push(format!(
+            "wave {:>iw$} {:>5} nodes [{}] {}",
+            row.index,
+            row.size,
+            bar(row, BAR, style),
+            wave_text(row, &gate),
+            iw = index_width
+        ));
+    }
+    let mut now = gate.describe();
+    let gate_wave = match &gate {
+        Gate::Probes { wave, .. } | Gate::Soak { wave, .. } => Some(*wave),
+        _ => None,
+    };
+    if let Some(row) = gate_wave.and_then(|w| rows.iter().find(|r| r.index == w)) {
+        now.push_str(&format!(
+            "; {} of {} failures allowed",
+            row.failed, row.budget
+        ));
+    }
+    lines.extend(wrap(&format!("→ {now}"), WIDTH, 2));
+    lines
+}
+
+/// One line of progress for logs (stdout not a terminal).
+pub fn plain_line(batch: &RolloutBatch, elapsed: Option<Duration>) -> String {
+    let status = batch.status.clone().unwrap_or_default();
+    let n = &status.nodes;
+    let mut parts = vec![format!("{}/{} ready", n.ready, n.total)];
+    for (count, what) in [
+        (n.failed, "failed"),
+        (n.held, "held"),
+        (n.validating, "validating"),
+        (n.soaking, "soaking"),
+    ] {
+        if count > 0 {
+            parts.push(format!("{count} {what}"));
+        }
+    }
+    let time = elapsed
+        .map(|e| format!("[{}] ", clock(e)))
+        .unwrap_or_default();
+    let gate = gate(batch);
+    if status.total_waves == 0 {
+        return format!("{time}{}", gate.short());
+    }
+    format!(
+        "{time}wave {}/{}: {}; {}",
+        status.current_wave,
+        status.total_waves,
+        parts.join(", "),
+        gate.short()
+    )
+}
+
+/// Per-wave totals of the summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub nodes: u32,
+    pub ready: u32,
+    pub failed: u32,
+    pub held: u32,
+    /// Not yet decided: pending, validating or soaking.
+    pub open: u32,
+    pub gpus_ready: u32,
+    pub gpus: u32,
+}
+
+impl Totals {
+    fn add(&mut self, node: &NodeView) {
+        let gpus = node.gpus();
+        self.nodes += 1;
+        self.gpus += gpus;
+        match node.state() {
+            NodeState::Ready => {
+                self.ready += 1;
+                self.gpus_ready += gpus;
+            }
+            NodeState::Failed => self.failed += 1,
+            NodeState::Held => self.held += 1,
+            _ => self.open += 1,
+        }
+    }
+}
+
+/// Totals over a batch's nodes.
+pub fn totals(nodes: &[NodeView]) -> Totals {
+    let mut t = Totals::default();
+    nodes.iter().for_each(|n| t.add(n));
+    t
+}
+
+/// The summary of a rollout: per wave nodes, GPUs online, failures and
+/// time; the failed and held nodes with their reasons; GPUs brought online.
+/// `nodes` are the batch's nodes; `wall` the time the whole rollout took.
+/// Per-wave counts come from the batch's status (nodes failed by a static
+/// check carry no wave annotation); GPUs from the nodes.
+pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>) -> Vec<String> {
+    let rows = wave_rows(batch);
+    let mut gpus_by_wave: BTreeMap<u32, u32> = BTreeMap::new();
+    for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
+        *gpus_by_wave.entry(node.wave.unwrap_or(0)).or_default() += node.gpus();
+    }
+    let all = totals(nodes);
+    let mut table = Table::new(&[
+        "wave",
+        "nodes",
+        "ready",
+        "failed",
+        "held",
+        "GPUs online",
+        "time",
+    ]);
+    for row in &rows {
+        table.row(vec![
+            row.index.to_string(),
+            row.size.to_string(),
+            row.ready.to_string(),
+            row.failed.to_string(),
+            row.held.to_string(),
+            gpus_by_wave
+                .get(&row.index)
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+            row.seconds.map(span).unwrap_or_else(|| {
+                if row.started {
+                    "…".into()
+                } else {
+                    String::new()
+                }
+            }),
+        ]);
+    }
+    table.row(vec![
+        "all".into(),
+        all.nodes.to_string(),
+        all.ready.to_string(),
+        all.failed.to_string(),
+        all.held.to_string(),
+        format!("{} of {}", all.gpus_ready, all.gpus),
+        wall.map(|w| span(w.as_secs() as i64)).unwrap_or_default(),
+    ]);
+    let mut lines = table.render();
+    for (state, title) in [(NodeState::Failed, "failed"), (NodeState::Held, "held")] {
+        let mut these: Vec<&NodeView> = nodes.iter().filter(|n| n.state() == state).collect();
+        if these.is_empty() {
+            continue;
+        }
+        these.sort_by(|a, b| (a.wave, &a.name).cmp(&(b.wave, &b.name)));
+        lines.push(String::new());
+        lines.push(format!("{title} ({}):", these.len()));
+        for n in these {
+            let wave = n.wave.map(|w| format!(" (wave {w})")).unwrap_or_default();
+            lines.push(format!("  {}{wave}", n.name));
+            lines.extend(wrap(
+                &format!(
+                    "    {}",
+                    n.reason.as_deref().unwrap_or("no reason recorded")
+                ),
+                WIDTH,
+                4,
+            ));
+        }
+    }
+    lines.push(String::new());
+    let mut last = format!(
+        "{} of {} GPUs online: {} of {} nodes ready, {} failed, {} held",
+        all.gpus_ready, all.gpus, all.ready, all.nodes, all.failed, all.held
+    );
+    if all.open > 0 {
+        last.push_str(&format!(", {} not decided yet", all.open));
+    }
+    if let Some(w) = wall {
+        last.push_str(&format!(", in {}", clock(w)));
+    }
+    lines.extend(wrap(&format!("{last}."), WIDTH, 2));
+    lines
+}
+
+/// Every pool with its capacity online and every batch with its wave and
+/// Ready condition.
+pub fn overview(pools: &[GpuPool], batches: &[RolloutBatch]) -> Vec<String> {
+    let mut lines = Vec::new();
+    if pools.is_empty() {
+        lines.push("No GpuPools.".to_string());
+    } else {
+        let mut t = Table::new(&[
+            "POOL",
+            "NODES",
+            "READY",
+            "FAILED",
+            "GPUS ONLINE",
+            "DOMAINS",
+            "BREAKER",
+        ]);
+        for p in pools {
+            let s = p.status.clone().unwrap_or_default();
+            let tripped = s.breaker.as_ref().is_some_and(|b| b.tripped);
+            t.row(vec![
+                p.metadata.name.clone().unwrap_or_default(),
+                s.nodes.total.to_string(),
+                s.nodes.ready.to_string(),
+                s.nodes.failed.to_string(),
+                format!("{}/{}", s.gpus.ready, s.gpus.total),
+                format!("{}/{}", s.domains.complete, s.domains.total),
+                if tripped { "TRIPPED" } else { "ok" }.into(),
+            ]);
+        }
+        lines.extend(t.render());
+    }
+    lines.push(String::new());
+    if batches.is_empty() {
+        lines.push("No RolloutBatches.".to_string());
+    } else {
+        let mut t = Table::new(&[
+            "BATCH",
+            "POOL",
+            "WAVE",
+            "NODES",
+            "READY",
+            "FAILED",
+            "CONDITION",
+        ]);
+        for b in batches {
+            let s = b.status.clone().unwrap_or_default();
+            t.row(vec![
+                b.metadata.name.clone().unwrap_or_default(),
+                b.spec.pool_ref.clone(),
+                s.wave_progress.clone().unwrap_or_else(|| "-".into()),
+                s.nodes.total.to_string(),
+                s.nodes.ready.to_string(),
+                s.nodes.failed.to_string(),
+                condition_word(b),
+            ]);
+        }
+        lines.extend(t.render());
+    }
+    lines
+}
+
+/// `Ready`, `Stalled: FailureBudgetExceeded`, `WaitingForApproval`, ...
+pub fn condition_word(batch: &RolloutBatch) -> String {
+    let conditions = batch
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(c) = condition(conditions, "Stalled").filter(|c| c.status == "True") {
+        return format!("Stalled: {}", c.reason);
+    }
+    match condition(conditions, "Ready") {
+        Some(c) if c.status == "True" => "Ready".into(),
+        Some(c) => c.reason.clone(),
+        None => "-".into(),
+    }
+}
+
+/// An event about a node, for [`why`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventLine {
+    pub at: Option<Timestamp>,
+    /// `Normal` or `Warning`.
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// `3m05s ago`.
+pub fn ago(now: Timestamp, then: Timestamp) -> String {
+    format!("{} ago", span(now.as_second() - then.as_second()))
+}
+
+/// What gpufleet knows about a node: its state, reason, batch, wave and
+/// since when, its taints, the conditions that are not plain, and its
+/// recent events. `membership` says which batch a node without a state
+/// waits in.
+pub fn why(
+    node: &NodeView,
+    membership: Option<&str>,
+    events: &[EventLine],
+    now: Timestamp,
+) -> Vec<String> {
+    let state = node.state.map_or("pending", |s| s.as_str());
+    let mut lines = vec![format!("node {}: {state}", node.name)];
+    let mut field =
+        |name: &str, value: String| lines.extend(wrap(&format!("  {name:<12}{value}"), WIDTH, 14));
+    if let Some(reason) = &node.reason {
+        field("reason", reason.clone());
+    }
+    match (&node.batch, node.wave) {
+        (Some(b), Some(w)) => field("batch", format!("{b}, wave {w}")),
+        (Some(b), None) => field("batch", b.clone()),
+        (None, _) => field(
+            "batch",
+            membership.map_or("none yet".into(), |m| m.to_string()),
+        ),
+    }
+    if let Some(since) = node.since {
+        field("since", format!("{since} ({})", ago(now, since)));
+    }
+    if node.attempt > 0 {
+        field("attempt", node.attempt.to_string());
+    }
+    field("GPUs", node.gpus().to_string());
+    if !node.taints.is_empty() {
+        let taints: Vec<String> = node
+            .taints
+            .iter()
+            .map(|t| format!("{}:{}", t.key, t.effect))
+            .collect();
+        field("taints", taints.join(", "));
+    }
+    let odd: Vec<String> = node
+        .conditions
+        .iter()
+        .filter(|(t, s)| {
+            if t.as_str() == "Ready" {
+                s.as_str() != "True"
+            } else {
+                s.as_str() != "False"
+            }
+        })
+        .map(|(t, s)| format!("{t}={s}"))
+        .collect();
+    if !odd.is_empty() {
+        field("conditions", odd.join(", "));
+    }
+    if node.unschedulable {
+        field(
+            "cordoned",
+            "yes (by someone else: gpufleet never cordons)".into(),
+        );
+    }
+    if node.retry {
+        field(
+            "retry",
+            "requested; gpufleet picks it up at its next look".into(),
+        );
+    }
+    lines.push(String::new());
+    if events.is_empty() {
+        lines.push("No recent events.".into());
+    } else {
+        lines.push("Recent events:".into());
+        for e in events {
+            let when = e.at.map(|t| ago(now, t)).unwrap_or_else(|| "-".into());
+            lines.extend(wrap(
+                &format!("  {when:>12}  {:<7}  {}: {}", e.type_, e.reason, e.message),
+                WIDTH,
+                25,
+            ));
+        }
+    }
+    lines
+}
+
+/// Wraps `text` at spaces to `width` columns, keeping the spacing of the
+/// words on a line; continuation lines are indented by `indent` spaces.
+/// Words longer than a line are cut.
+pub fn wrap(text: &str, width: usize, indent: usize) -> Vec<String> {
+    // (spaces before, word) pairs; the first pair's spaces are the lead.
+    let mut tokens: Vec<(usize, Vec<char>)> = Vec::new();
+    let mut spaces = 0;
+    let mut word = Vec::new();
+    for c in text.chars() {
+        if c == ' ' {
+            if !word.is_empty() {
+                tokens.push((spaces, std::mem::take(&mut word)));
+                spaces = 0;
+            }
+            spaces += 1;
+        } else {
+            word.push(c);
+        }
+    }
+    if !word.is_empty() || tokens.is_empty() {
+        tokens.push((spaces, word));
+    }
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut used = 0usize;
+    // Columns of the current line's prefix: none on the first, the indent after.
+    let mut start = 0usize;
+    for (i, (spaces, mut word)) in tokens.into_iter().enumerate() {
+        // At the start of a continuation line, separators are dropped.
+        let mut sep = if used == start && i > 0 { 0 } else { spaces };
+        loop {
+            if used + sep + word.len() <= width {
+                line.extend(std::iter::repeat_n(' ', sep));
+                line.extend(word.iter());
+                used += sep + word.len();
+                break;
+            }
+            if used == start {
+                // Wider than a whole line: cut it.
+                line.extend(std::iter::repeat_n(' ', sep));
+                used += sep;
+                let room = width.saturating_sub(used).max(1).min(word.len());
+                line.extend(word.drain(..room));
+                used += room;
+                if word.is_empty() {
+                    break;
+                }
+            }
+            lines.push(std::mem::replace(&mut line, " ".repeat(indent)));
+            used = indent;
+            start = indent;
+            sep = 0;
+        }
+    }
+    if used > start || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Columns of text: left-aligned where the header says so, numbers right.
+struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Self {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn render(&self) -> Vec<String> {
+        let cols = self.headers.len();
+        let width = |i: usize| {
+            self.rows
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([self.headers[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        };
+        let widths: Vec<usize> = (0..cols).map(width).collect();
+        // A column is numeric when every cell starts with a digit (or is empty).
+        let numeric: Vec<bool> = (0..cols)
+            .map(|i| {
+                i > 0
+                    && self
+                        .rows
+                        .iter()
+                        .all(|r| r[i].is_empty() || r[i].starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            let mut out = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                if i > 0 {
+                    out.push_str("  ");
+                }
+                let pad = widths[i] - cell.chars().count();
+                if numeric[i] {
+                    out.push_str(&" ".repeat(pad));
+                    out.push_str(cell);
+                } else {
+                    out.push_str(cell);
+                    out.push_str(&" ".repeat(pad));
+                }
+            }
+            out.trim_end().to_string()
+        };
+        std::iter::once(line(&self.headers))
+            .chain(self.rows.iter().map(|r| line(r)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RolloutBatchStatus;
+
+    fn batch(status_yaml: &str) -> RolloutBatch {
+        let mut b: RolloutBatch = serde_norway::from_str(
+            r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: RolloutBatch
+metadata: {name: row12}
+spec:
+  poolRef: gb200-east
+  nodeSelector: {matchLabels: {gpufleet.io/batch: row12}}
+  waves: [{nodes: 18}, {percent: 25}, {percent: 100}]
+  maxFailuresPerWave: "10%"
+"#,
+        )
+        .unwrap();
+        let status: RolloutBatchStatus = serde_norway::from_str(status_yaml).unwrap();
+        b.status = Some(status);
+        b
+    }
+
+    fn mid_rollout() -> RolloutBatch {
+        batch(
+            r#"
+currentWave: 2
+totalWaves: 3
+waveProgress: 2/3
+nodes: {total: 216, pending: 162, validating: 14, soaking: 4, ready: 35, failed: 1}
+waves:
+- {index: 1, targetNodes: 18, admitted: 18, startedAt: "2026-01-01T00:00:00Z", completedAt: "2026-01-01T00:00:09Z"}
+- {index: 2, targetNodes: 54, admitted: 17, failed: 1, inProgress: 18, startedAt: "2026-01-01T00:00:09Z"}
+- {index: 3, targetNodes: 216}
+conditions:
+- {type: Ready, status: "False", reason: WaveInProgress, message: "wave 2 of 3", lastTransitionTime: "2026-01-01T00:00:00Z"}
+- {type: Stalled, status: "False", reason: NotStalled, message: "", lastTransitionTime: "2026-01-01T00:00:00Z"}
+"#,
+        )
+    }
+
+    fn visible(line: &str) -> usize {
+        let mut n = 0;
+        let mut escape = false;
+        for c in line.chars() {
+            match (escape, c) {
+                (false, '\x1b') => escape = true,
+                (true, 'm') => escape = false,
+                (true, _) => {}
+                (false, _) => n += 1,
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn waves_are_sized_from_cumulative_targets() {
+        let rows = wave_rows(&mid_rollout());
+        assert_eq!(
+            rows.iter().map(|r| r.size).collect::<Vec<_>>(),
+            [18, 36, 162]
+        );
+        assert_eq!(rows[1].pending, 0);
+        assert_eq!(rows[2].pending, 162);
+        assert_eq!(rows[0].seconds, Some(9));
+        // 10% of 36 nodes, rounded down.
+        assert_eq!(rows[1].budget, 3);
+    }
+
+    #[test]
+    fn the_gate_names_what_the_rollout_waits_on() {
+        let b = mid_rollout();
+        assert_eq!(
+            gate(&b),
+            Gate::Probes {
+                wave: 2,
+                validating: 14,
+                soaking: 4,
+                pending: 162
+            }
+        );
+        let mut soak = b.clone();
+        soak.status.as_mut().unwrap().nodes.validating = 0;
+        assert_eq!(
+            gate(&soak),
+            Gate::Soak {
+                wave: 2,
+                soaking: 4
+            }
+        );
+        let mut approval = b.clone();
+        approval.status.as_mut().unwrap().conditions[0].reason = "WaitingForApproval".into();
+        assert!(matches!(gate(&approval), Gate::Approval { wave: 3, .. }));
+        assert_eq!(
+            gate(&approval).hint("kubectl gpufleet", "row12").unwrap(),
+            "`kubectl gpufleet approve row12` starts wave 3"
+        );
+        let mut halted = b.clone();
+        let stalled = &mut halted.status.as_mut().unwrap().conditions[1];
+        stalled.status = "True".into();
+        stalled.reason = "FailureBudgetExceeded".into();
+        assert!(matches!(gate(&halted), Gate::FailureBudget { .. }));
+        assert!(gate(&halted).is_final());
+        let mut none = b;
+        none.status = None;
+        assert_eq!(gate(&none), Gate::Starting);
+    }
+
+    #[test]
+    fn the_live_view_fits_80_columns() {
+        let b = mid_rollout();
+        let lines = frame(
+            &b,
+            None,
+            Some(Duration::from_secs(21)),
+            Style { color: true },
+        );
+        for line in &lines {
+            assert!(visible(line) <= WIDTH, "{} columns: {line}", visible(line));
+        }
+        let text = frame(&b, None, Some(Duration::from_secs(21)), Style::default()).join("\n");
+        assert!(
+            text.contains("wave 1    18 nodes [████████████████████] 18 ready · in 9s"),
+            "{text}"
+        );
+        assert!(text.contains("17 ready · 1 failed · 18 running"), "{text}");
+        assert!(
+            text.contains("wave 3   162 nodes [░░░░░░░░░░░░░░░░░░░░] waiting"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n→ wave 2 waits on probes: 14 validating, 4 soaking; 1 of 3 failures allowed"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_single_failure_is_visible_in_a_long_bar() {
+        assert_eq!(cells(&[160, 0, 1, 0, 1], 20), [18, 0, 1, 0, 1]);
+        assert_eq!(cells(&[0, 0, 0, 0, 0], 20), [0; 5]);
+        assert_eq!(cells(&[1, 1, 1], 20).iter().sum::<usize>(), 20);
+        assert_eq!(cells(&[5, 5], 20), [10, 10]);
+    }
+
+    #[test]
+    fn the_plain_line_says_counts_and_gate() {
+        let line = plain_line(&mid_rollout(), Some(Duration::from_secs(75)));
+        assert_eq!(
+            line,
+            "[1:15] wave 2/3: 35/216 ready, 1 failed, 14 validating, 4 soaking; waits on probes"
+        );
+    }
+
+    fn node(name: &str, wave: u32, state: NodeState, reason: Option<&str>, gpus: u32) -> NodeView {
+        let mut n = NodeView::named(name);
+        n.state = Some(state);
+        n.wave = Some(wave);
+        n.batch = Some("row12".into());
+        n.reason = reason.map(String::from);
+        n.allocatable_gpus = Some(gpus);
+        n
+    }
+
+    #[test]
+    fn the_summary_accounts_for_every_node() {
+        let b = batch(
+            r#"
+currentWave: 2
+totalWaves: 2
+nodes: {total: 54, ready: 53, failed: 1}
+waves:
+- {index: 1, targetNodes: 18, admitted: 18, startedAt: "2026-01-01T00:00:00Z", completedAt: "2026-01-01T00:00:09Z"}
+- {index: 2, targetNodes: 54, admitted: 35, failed: 1, startedAt: "2026-01-01T00:00:09Z", completedAt: "2026-01-01T00:00:21Z"}
+"#,
+        );
+        let mut nodes: Vec<NodeView> = (0..18)
+            .map(|i| node(&format!("a{i:02}"), 1, NodeState::Ready, None, 4))
+            .collect();
+        nodes.extend((0..35).map(|i| node(&format!("b{i:02}"), 2, NodeState::Ready, None, 4)));
+        nodes.push(node(
+            "row12-d1-n05",
+            2,
+            NodeState::Failed,
+            Some("probe failed (exit 1): dcgmi diag -r 3: NVLink CRC errors on GPU 2, link 7; replace the cable or the tray"),
+            4,
+        ));
+        let lines = summary(&b, &nodes, Some(Duration::from_secs(44)));
+        for line in &lines {
+            assert!(line.chars().count() <= WIDTH, "too wide: {line}");
+        }
+        let text = lines.join("\n");
+        assert!(
+            text.starts_with("wave  nodes  ready  failed  held  GPUs online  time\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n1        18     18       0     0           72    9s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n2        36     35       1     0          140   12s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nall      54     53       1     0   212 of 216   44s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "failed (1):\n  row12-d1-n05 (wave 2)\n    probe failed (exit 1): dcgmi diag"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "212 of 216 GPUs online: 53 of 54 nodes ready, 1 failed, 0 held, in 0:44."
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_overview_lists_pools_and_batches() {
+        let pool: GpuPool = serde_norway::from_str(
+            r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: GpuPool
+metadata: {name: gb200-east}
+spec:
+  nodeSelector: {}
+  hardware: {gpuProduct: [NVIDIA-GB200], gpusPerNode: 4}
+status:
+  nodes: {total: 216, ready: 213, failed: 3}
+  gpus: {ready: 852, total: 863}
+  domains: {complete: 12, total: 12}
+"#,
+        )
+        .unwrap();
+        let text = overview(&[pool], &[mid_rollout()]).join("\n");
+        assert_eq!(
+            text,
+            "POOL        NODES  READY  FAILED  GPUS ONLINE  DOMAINS  BREAKER\n\
+             gb200-east    216    213       3      852/863    12/12  ok\n\
+             \n\
+             BATCH  POOL        WAVE  NODES  READY  FAILED  CONDITION\n\
+             row12  gb200-east   2/3    216     35       1  WaveInProgress"
+        );
+    }
+
+    #[test]
+    fn wrap_breaks_at_words_and_indents() {
+        assert_eq!(wrap("a bb ccc", 5, 2), ["a bb", "  ccc"]);
+        assert_eq!(wrap("  x", 80, 2), ["  x"]);
+        assert_eq!(wrap("abcdefgh", 4, 0), ["abcd", "efgh"]);
+        assert_eq!(wrap("", 10, 0), [""]);
+    }
+
+    #[test]
+    fn why_tells_a_nodes_story() {
+        let now: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let mut n = node(
+            "n1",
+            2,
+            NodeState::Failed,
+            Some("condition GpuXidError is True"),
+            4,
+        );
+        n.since = Some("2026-01-01T00:02:00Z".parse().unwrap());
+        n.conditions.insert("Ready".into(), "True".into());
+        n.conditions.insert("GpuXidError".into(), "True".into());
+        let events = [EventLine {
+            at: Some("2026-01-01T00:02:00Z".parse().unwrap()),
+            type_: "Warning".into(),
+            reason: "NodeFailed".into(),
+            message: "node n1 failed: condition GpuXidError is True".into(),
+        }];
+        let text = why(&n, None, &events, now).join("\n");
+        assert!(
+            text.starts_with(
+                "node n1: failed\n  reason      condition GpuXidError is True\n  batch       row12, wave 2\n  since       2026-01-01T00:02:00Z (3m00s ago)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  conditions  GpuXidError=True"), "{text}");
+        assert!(
+            text.contains("3m00s ago  Warning  NodeFailed: node n1 failed"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn clocks_and_spans() {
+        assert_eq!(clock(Duration::from_secs(41)), "0:41");
+        assert_eq!(clock(Duration::from_secs(3723)), "1:02:03");
+        assert_eq!(span(65), "1m05s");
+        assert_eq!(span(7380), "2h03m");
+    }
+}
