@@ -69,7 +69,10 @@ impl SimNode {
 
     /// The same tray as a GB300.
     pub fn gb300(name: impl Into<String>, clique: impl Into<String>) -> Self {
-        SimNode { product: "NVIDIA-GB300".into(), ..SimNode::gb200(name, clique) }
+        SimNode {
+            product: "NVIDIA-GB300".into(),
+            ..SimNode::gb200(name, clique)
+        }
     }
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
@@ -84,7 +87,14 @@ impl SimNode {
             (keys::GPU_PRODUCT, self.product.as_str()),
             (keys::DRIVER_VERSION, self.driver.as_str()),
             ("nvidia.com/gpu.clique", self.clique.as_str()),
-            ("nvidia.com/gpu.memory", if self.product == "NVIDIA-GB300" { "288000" } else { "192000" }),
+            (
+                "nvidia.com/gpu.memory",
+                if self.product == "NVIDIA-GB300" {
+                    "288000"
+                } else {
+                    "192000"
+                },
+            ),
             ("kubernetes.io/hostname", self.name.as_str()),
             ("kubernetes.io/os", "linux"),
             ("kubernetes.io/arch", "arm64"),
@@ -94,7 +104,8 @@ impl SimNode {
             labels.insert(k.into(), v.into());
         }
         labels.insert(keys::GPU_COUNT.into(), self.gpus.to_string());
-        let mut annotations = BTreeMap::from([("kwok.x-k8s.io/node".to_string(), "fake".to_string())]);
+        let mut annotations =
+            BTreeMap::from([("kwok.x-k8s.io/node".to_string(), "fake".to_string())]);
         if let Some(message) = &self.probe_failure {
             annotations.insert(SIM_PROBE_RESULT.into(), "fail".into());
             annotations.insert(SIM_PROBE_MESSAGE.into(), message.clone());
@@ -126,7 +137,11 @@ impl SimNode {
 }
 
 /// Creates the nodes, `parallel` requests at a time.
-pub async fn create_nodes(client: &kube::Client, nodes: &[SimNode], parallel: usize) -> kube::Result<()> {
+pub async fn create_nodes(
+    client: &kube::Client,
+    nodes: &[SimNode],
+    parallel: usize,
+) -> kube::Result<()> {
     let api: Api<Node> = Api::all(client.clone());
     futures::stream::iter(nodes.iter().map(|n| n.to_node()))
         .map(|node| {
@@ -141,7 +156,13 @@ pub async fn create_nodes(client: &kube::Client, nodes: &[SimNode], parallel: us
 
 /// Sets a condition on a node's status (as a fault detector would), e.g.
 /// `GpuXidError=True`. Other conditions stay.
-pub async fn set_condition(client: &kube::Client, node: &str, type_: &str, status: &str, reason: &str) -> kube::Result<()> {
+pub async fn set_condition(
+    client: &kube::Client,
+    node: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> kube::Result<()> {
     let api: Api<Node> = Api::all(client.clone());
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let body = json!({"status": {"conditions": [{
@@ -149,7 +170,8 @@ pub async fn set_condition(client: &kube::Client, node: &str, type_: &str, statu
         "message": format!("simulated {type_}"),
         "lastHeartbeatTime": now, "lastTransitionTime": now,
     }]}});
-    api.patch_status(node, &PatchParams::default(), &Patch::Strategic(body)).await?;
+    api.patch_status(node, &PatchParams::default(), &Patch::Strategic(body))
+        .await?;
     Ok(())
 }
 
@@ -159,8 +181,11 @@ pub async fn set_condition(client: &kube::Client, node: &str, type_: &str, statu
 pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let nodes: Api<Node> = Api::all(client.clone());
-    let config = watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
-    let stream = watcher(pods.clone(), config).default_backoff().applied_objects();
+    let config =
+        watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
+    let stream = watcher(pods.clone(), config)
+        .default_backoff()
+        .applied_objects();
     futures::pin_mut!(stream);
     let delay = format!("{}ms", delay.as_millis());
     while let Some(event) = stream.next().await {
@@ -175,22 +200,37 @@ pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
         if annotations.contains_key(PROBE_RESULT) || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let (Some(name), Some(node)) = (pod.metadata.name.clone(), pod.spec.as_ref().and_then(|s| s.node_name.clone())) else {
+        let (Some(name), Some(node)) = (
+            pod.metadata.name.clone(),
+            pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ) else {
             continue;
         };
         let node_annotations = match nodes.get_opt(&node).await {
             Ok(Some(n)) => n.metadata.annotations.unwrap_or_default(),
             _ => BTreeMap::new(),
         };
-        let result = node_annotations.get(SIM_PROBE_RESULT).cloned().unwrap_or_else(|| "pass".into());
+        let result = node_annotations
+            .get(SIM_PROBE_RESULT)
+            .cloned()
+            .unwrap_or_else(|| "pass".into());
         let message = node_annotations
             .get(SIM_PROBE_MESSAGE)
             .cloned()
-            .unwrap_or_else(|| if result == "pass" { "burn-in passed".into() } else { "burn-in failed".into() });
+            .unwrap_or_else(|| {
+                if result == "pass" {
+                    "burn-in passed".into()
+                } else {
+                    "burn-in failed".into()
+                }
+            });
         let body = json!({"metadata": {"annotations": {
             PROBE_RESULT: result, PROBE_MESSAGE: message, PROBE_DELAY: delay,
         }}});
-        if let Err(err) = pods.patch(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+        if let Err(err) = pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+        {
             warn!(pod = %name, %err, "burn-in stand-in could not annotate a probe");
         }
     }

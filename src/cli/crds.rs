@@ -23,7 +23,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for crd in gpufleet::crds::render()? {
                 let path = dir.join(&crd.file_name);
-                std::fs::write(&path, crd.yaml).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, crd.yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
     }

@@ -25,7 +25,9 @@ impl LogArgs {
     pub fn init(&self) -> anyhow::Result<()> {
         let filter = EnvFilter::try_new(&self.log_level)
             .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", self.log_level))?;
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
         match self.log_format {
             Format::Text => builder.init(),
             Format::Json => builder.json().flatten_event(true).init(),

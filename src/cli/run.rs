@@ -69,15 +69,23 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.log.init()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
         let identity = args.identity.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "gpufleet".into());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_else(|_| "gpufleet".into());
             format!("{}-{}", host.trim(), std::process::id())
         });
-        let client =
-            counted_client(args.kubeconfig.as_deref(), args.context.as_deref(), &identity, metrics.clone()).await?;
+        let client = counted_client(
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+            &identity,
+            metrics.clone(),
+        )
+        .await?;
         let config = operator::Config {
             lease: args.leader_elect.then(|| {
                 let mut lease = LeaseConfig::new(&args.namespace, &args.lease_name, &identity);
@@ -105,7 +113,10 @@ fn address(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
     if value.is_empty() {
         return Ok(None);
     }
-    value.parse().map(Some).map_err(|e| anyhow::anyhow!("{flag} {value:?}: {e}"))
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{flag} {value:?}: {e}"))
 }
 
 /// A client like [`client`] that also counts every request in `metrics`.
@@ -119,38 +130,50 @@ pub async fn counted_client(
     // The replica's identity in the user agent tells replicas apart in the
     // API server's audit log.
     let agent = format!("gpufleet/{} ({identity})", env!("CARGO_PKG_VERSION"));
-    let value = http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static("gpufleet"));
+    let value =
+        http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static("gpufleet"));
     config.headers.push((http::header::USER_AGENT, value));
-    let counter = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        metrics.observe_request(req.method(), req.uri());
-        req
-    });
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&counter).build())
+    let counter =
+        tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+            metrics.observe_request(req.method(), req.uri());
+            req
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&counter)
+        .build())
 }
 
 /// A client from the kubeconfig when one is given, else the usual inference
 /// (in-cluster service account, then `~/.kube/config`).
-pub async fn client(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> anyhow::Result<kube::Client> {
-    Ok(kube::Client::try_from(with_user_agent(config(kubeconfig, context).await?))?)
+pub async fn client(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Client> {
+    let mut config = config(kubeconfig, context).await?;
+    let agent = concat!("gpufleet/", env!("CARGO_PKG_VERSION"));
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(agent),
+    ));
+    Ok(kube::Client::try_from(config)?)
 }
 
-async fn config(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> anyhow::Result<kube::Config> {
-    let options = KubeConfigOptions { context: context.map(String::from), ..Default::default() };
+async fn config(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> anyhow::Result<kube::Config> {
+    let options = KubeConfigOptions {
+        context: context.map(String::from),
+        ..Default::default()
+    };
     Ok(match kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(file, &options).await?
         }
         None => kube::Config::infer().await?,
     })
-}
-
-/// Every request names gpufleet, so the API server's audit log and metrics
-/// can tell its traffic apart.
-pub fn with_user_agent(mut config: kube::Config) -> kube::Config {
-    let agent = concat!("gpufleet/", env!("CARGO_PKG_VERSION"));
-    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(agent)));
-    config
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -158,7 +181,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -36,7 +36,12 @@ pub struct Report {
 /// first (a node carries its taint before its probe exists), then probe
 /// creations, then deletions. Waits until the node cache shows the patched
 /// nodes, so the next plan never works from older state than this one wrote.
-pub async fn apply(ctx: &Context, pool: &GpuPool, batch: &RolloutBatch, plan: &Plan) -> Result<Report, Error> {
+pub async fn apply(
+    ctx: &Context,
+    pool: &GpuPool,
+    batch: &RolloutBatch,
+    plan: &Plan,
+) -> Result<Report, Error> {
     let mut report = Report::default();
     let patches: Vec<NodePatch> = plan.node_patches().cloned().collect();
     report.node_patches = patches.len();
@@ -64,13 +69,25 @@ pub async fn apply(ctx: &Context, pool: &GpuPool, batch: &RolloutBatch, plan: &P
             async move {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 may_write(ctx, &format!("creating probe pod {name}")).await?;
-                match pods.create(&PostParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() }, &pod).await {
+                match pods
+                    .create(
+                        &PostParams {
+                            field_manager: Some(keys::FIELD_MANAGER.into()),
+                            ..Default::default()
+                        },
+                        &pod,
+                    )
+                    .await
+                {
                     Ok(_) => Ok(()),
                     Err(err) if is_conflict(&err) => {
                         debug!(pod = %name, "probe exists already");
                         Ok(())
                     }
-                    Err(err) => Err(Error::kube(format!("creating probe pod {}/{name}", ctx.config.namespace))(err)),
+                    Err(err) => Err(Error::kube(format!(
+                        "creating probe pod {}/{name}",
+                        ctx.config.namespace
+                    ))(err)),
                 }
             }
         })
@@ -93,7 +110,11 @@ pub async fn apply(ctx: &Context, pool: &GpuPool, batch: &RolloutBatch, plan: &P
         .buffer_unordered(PARALLEL_WRITES)
         .try_collect::<Vec<()>>()
         .await?;
-    report.events = plan.actions.iter().filter(|a| matches!(a, Action::Event(_))).count();
+    report.events = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Event(_)))
+        .count();
     Ok(report)
 }
 
@@ -114,7 +135,10 @@ pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<
     match pods.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(Error::kube(format!("deleting probe pod {}/{name}", ctx.config.namespace))(err)),
+        Err(err) => Err(Error::kube(format!(
+            "deleting probe pod {}/{name}",
+            ctx.config.namespace
+        ))(err)),
     }
 }
 
@@ -124,10 +148,17 @@ pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<
 /// computed from and is recomputed from a fresh read on conflict, leaving
 /// every other taint as it is. Returns the node as written, or `None` if it
 /// is gone.
-pub async fn patch_node(ctx: &Context, pool: &GpuPool, patch: &NodePatch) -> Result<Option<Node>, Error> {
+pub async fn patch_node(
+    ctx: &Context,
+    pool: &GpuPool,
+    patch: &NodePatch,
+) -> Result<Option<Node>, Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let what = || format!("patching node {}", patch.node);
-    let params = PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+    let params = PatchParams {
+        field_manager: Some(keys::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     let mut metadata = Map::new();
     metadata.insert(
         "labels".into(),
@@ -136,14 +167,22 @@ pub async fn patch_node(ctx: &Context, pool: &GpuPool, patch: &NodePatch) -> Res
     let annotations: Map<String, Value> = patch
         .annotations
         .iter()
-        .map(|(k, v)| (k.to_string(), v.as_ref().map_or(Value::Null, |v| Value::String(v.clone()))))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                v.as_ref().map_or(Value::Null, |v| Value::String(v.clone())),
+            )
+        })
         .collect();
     metadata.insert("annotations".into(), Value::Object(annotations));
 
     may_write(ctx, &what()).await?;
     if patch.taint == TaintChange::Keep {
         let body = json!({ "metadata": metadata });
-        return match nodes.patch(&patch.node, &params, &Patch::Merge(&body)).await {
+        return match nodes
+            .patch(&patch.node, &params, &Patch::Merge(&body))
+            .await
+        {
             Ok(node) => Ok(Some(node)),
             Err(err) if is_not_found(&err) => Ok(None),
             Err(err) => Err(Error::kube(what())(err)),
@@ -156,12 +195,20 @@ pub async fn patch_node(ctx: &Context, pool: &GpuPool, patch: &NodePatch) -> Res
     for attempt in 0..5 {
         let node = match current.take() {
             Some(node) => node,
-            None => match nodes.get_opt(&patch.node).await.map_err(Error::kube(what()))? {
+            None => match nodes
+                .get_opt(&patch.node)
+                .await
+                .map_err(Error::kube(what()))?
+            {
                 Some(node) => node,
                 None => return Ok(None),
             },
         };
-        let mut taints: Vec<Taint> = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let mut taints: Vec<Taint> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
         let ours = |t: &Taint| t.key == taint.key && t.effect == taint.effect.as_str();
         match patch.taint {
             TaintChange::Add if !taints.iter().any(ours) => taints.push(Taint {
@@ -177,9 +224,15 @@ pub async fn patch_node(ctx: &Context, pool: &GpuPool, patch: &NodePatch) -> Res
             may_write(ctx, &what()).await?;
         }
         let mut meta = metadata.clone();
-        meta.insert("resourceVersion".into(), json!(node.metadata.resource_version));
+        meta.insert(
+            "resourceVersion".into(),
+            json!(node.metadata.resource_version),
+        );
         let body = json!({ "metadata": meta, "spec": { "taints": taints } });
-        match nodes.patch(&patch.node, &params, &Patch::Merge(&body)).await {
+        match nodes
+            .patch(&patch.node, &params, &Patch::Merge(&body))
+            .await
+        {
             Ok(node) => return Ok(Some(node)),
             Err(err) if is_not_found(&err) => return Ok(None),
             Err(err) if is_conflict(&err) => {
@@ -189,15 +242,23 @@ pub async fn patch_node(ctx: &Context, pool: &GpuPool, patch: &NodePatch) -> Res
         }
     }
     Err(Error::kube(what())(kube::Error::Api(
-        kube::core::Status::failure("node kept changing during five attempts to patch it", "Conflict")
-            .with_code(409)
-            .boxed(),
+        kube::core::Status::failure(
+            "node kept changing during five attempts to patch it",
+            "Conflict",
+        )
+        .with_code(409)
+        .boxed(),
     )))
 }
 
 /// Waits (briefly) until the node cache holds at least what was written.
 async fn wait_for_cache(ctx: &Context, written: &[Node]) {
-    let version = |n: &Node| n.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+    let version = |n: &Node| {
+        n.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for node in written {
         let Some(want) = version(node) else { continue };

@@ -30,7 +30,10 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// ...and this often while probes run.
 const IN_FLIGHT_RESYNC: Duration = Duration::from_secs(5);
 
-pub async fn reconcile(guard: Arc<DeserializeGuard<RolloutBatch>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<RolloutBatch>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     ctx.stores.ready().await.map_err(Error::Cache)?;
     let batch = match &guard.0 {
         Ok(batch) => Arc::new(batch.clone()),
@@ -42,7 +45,14 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<RolloutBatch>>, ctx: Arc<Cont
             if !ctx.leadership.is_leader() {
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
-            stall(&ctx, &name, invalid.metadata.generation, "InvalidSpec", &format!("the batch cannot be read: {}", invalid.error)).await?;
+            stall(
+                &ctx,
+                &name,
+                invalid.metadata.generation,
+                "InvalidSpec",
+                &format!("the batch cannot be read: {}", invalid.error),
+            )
+            .await?;
             return Ok(Action::await_change());
         }
     };
@@ -61,7 +71,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<RolloutBatch>>, ctx: Arc<Cont
         }
     })
     .await
-    .map_err(|e| Error::Finalizer { what: format!("batch {name}"), source: Box::new(e) })
+    .map_err(|e| Error::Finalizer {
+        what: format!("batch {name}"),
+        source: Box::new(e),
+    })
 }
 
 async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
@@ -73,12 +86,25 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     let pool = match ctx.stores.pool(pool_name) {
         Ok(Some(pool)) => pool,
         Ok(None) => {
-            stall(ctx, &name, batch.metadata.generation, "PoolNotFound", &format!("GpuPool {pool_name} does not exist")).await?;
+            stall(
+                ctx,
+                &name,
+                batch.metadata.generation,
+                "PoolNotFound",
+                &format!("GpuPool {pool_name} does not exist"),
+            )
+            .await?;
             return Ok(Action::requeue(RESYNC));
         }
         Err(error) => {
-            stall(ctx, &name, batch.metadata.generation, "PoolInvalid", &format!("GpuPool {pool_name} cannot be read: {error}"))
-                .await?;
+            stall(
+                ctx,
+                &name,
+                batch.metadata.generation,
+                "PoolInvalid",
+                &format!("GpuPool {pool_name} cannot be read: {error}"),
+            )
+            .await?;
             return Ok(Action::requeue(RESYNC));
         }
     };
@@ -92,12 +118,24 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, &name, &plan.status).await?;
     }
     let batch_ref = batch.object_ref(&());
-    events::publish(&ctx.recorder, &ctx.event_limiter, &batch_ref, plan.actions.iter().filter_map(|a| match a {
-        planner::Action::Event(e) => Some(e),
-        _ => None,
-    }).collect())
+    events::publish(
+        &ctx.recorder,
+        &ctx.event_limiter,
+        &batch_ref,
+        plan.actions
+            .iter()
+            .filter_map(|a| match a {
+                planner::Action::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect(),
+    )
     .await;
-    let ready = plan.status.conditions.iter().find(|c| c.type_ == condition_types::READY);
+    let ready = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition_types::READY);
     info!(
         batch = %name,
         pool = %pool_name,
@@ -117,8 +155,14 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     tracing::debug!(batch = %name, nodes = snapshot.nodes.len(), probes = snapshot.probes.len(), "snapshot");
     // Probe results arrive by watch; should one be missed, look again soon
     // rather than at the probe's deadline.
-    let ceiling = if plan.status.nodes.validating > 0 { IN_FLIGHT_RESYNC } else { RESYNC };
-    Ok(Action::requeue(plan.requeue_after.map_or(ceiling, |d| d.min(ceiling) + Duration::from_millis(50))))
+    let ceiling = if plan.status.nodes.validating > 0 {
+        IN_FLIGHT_RESYNC
+    } else {
+        RESYNC
+    };
+    Ok(Action::requeue(plan.requeue_after.map_or(ceiling, |d| {
+        d.min(ceiling) + Duration::from_millis(50)
+    })))
 }
 
 /// Deleting a batch: its probes go; nodes it was still onboarding keep the
@@ -132,7 +176,13 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         .probes
         .state()
         .iter()
-        .filter(|p| p.metadata.annotations.as_ref().and_then(|a| a.get(keys::BATCH)) == Some(&name))
+        .filter(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(keys::BATCH))
+                == Some(&name)
+        })
         .filter_map(|p| p.metadata.name.clone())
         .collect();
     for probe in &probes {
@@ -143,7 +193,11 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     for node in ctx.stores.nodes.state() {
         let annotations = node.metadata.annotations.as_ref();
         let ours = annotations.and_then(|a| a.get(keys::BATCH)) == Some(&name);
-        let state = node.metadata.labels.as_ref().and_then(|l| l.get(keys::STATE));
+        let state = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::STATE));
         if !ours || state.is_none() || state.map(String::as_str) == Some("ready") {
             continue;
         }
@@ -153,12 +207,23 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         } else {
             // Without the pool there is no taint to touch: labels only.
             let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
-            let annotations: serde_json::Map<String, serde_json::Value> =
-                patch.annotations.keys().map(|k| (k.to_string(), serde_json::Value::Null)).collect();
-            let body = json!({"metadata": {"labels": {keys::STATE: null}, "annotations": annotations}});
+            let annotations: serde_json::Map<String, serde_json::Value> = patch
+                .annotations
+                .keys()
+                .map(|k| (k.to_string(), serde_json::Value::Null))
+                .collect();
+            let body =
+                json!({"metadata": {"labels": {keys::STATE: null}, "annotations": annotations}});
             act::may_write(ctx, &format!("releasing node {}", patch.node)).await?;
             nodes
-                .patch(&patch.node, &PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() }, &Patch::Merge(&body))
+                .patch(
+                    &patch.node,
+                    &PatchParams {
+                        field_manager: Some(keys::FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(&body),
+                )
                 .await
                 .map_err(Error::kube(format!("releasing node {}", patch.node)))?;
         }
@@ -173,7 +238,10 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
 async fn write_status(ctx: &Context, name: &str, status: &RolloutBatchStatus) -> Result<(), Error> {
     act::may_write(ctx, &format!("writing status of batch {name}")).await?;
     let api: Api<RolloutBatch> = Api::all(ctx.client.clone());
-    let params = PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+    let params = PatchParams {
+        field_manager: Some(keys::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
         .await
         .map_err(Error::kube(format!("writing status of batch {name}")))?;
@@ -189,7 +257,11 @@ pub struct ReconcileTimer<'a> {
 
 impl<'a> ReconcileTimer<'a> {
     pub fn start(ctx: &'a Context, kind: &'static str) -> Self {
-        ReconcileTimer { ctx, kind, start: std::time::Instant::now() }
+        ReconcileTimer {
+            ctx,
+            kind,
+            start: std::time::Instant::now(),
+        }
     }
 }
 
@@ -198,28 +270,46 @@ impl Drop for ReconcileTimer<'_> {
         self.ctx
             .metrics
             .reconcile_seconds
-            .get_or_create(&super::metrics::KindLabels { kind: self.kind.into() })
+            .get_or_create(&super::metrics::KindLabels {
+                kind: self.kind.into(),
+            })
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
 
 /// Metrics from a plan that was carried out: admissions, failures by
 /// category, time to admission, and the batch's gauges.
-fn record(ctx: &Context, pool: &crate::api::GpuPool, batch: &RolloutBatch, snapshot: &planner::Snapshot, plan: &planner::Plan, now: Timestamp) {
+fn record(
+    ctx: &Context,
+    pool: &crate::api::GpuPool,
+    batch: &RolloutBatch,
+    snapshot: &planner::Snapshot,
+    plan: &planner::Plan,
+    now: Timestamp,
+) {
     let pool_name = pool.name_any();
     let batch_name = batch.name_any();
-    let labels = super::metrics::BatchLabels { pool: pool_name.clone(), batch: batch_name.clone() };
+    let labels = super::metrics::BatchLabels {
+        pool: pool_name.clone(),
+        batch: batch_name.clone(),
+    };
     let mut moved = false;
     for patch in plan.node_patches() {
         moved = true;
         if patch.state == Some(planner::NodeState::Ready) {
             ctx.metrics.admissions.get_or_create(&labels).inc();
-            let started = snapshot.nodes.iter().find(|n| n.name == patch.node).and_then(|n| n.started);
+            let started = snapshot
+                .nodes
+                .iter()
+                .find(|n| n.name == patch.node)
+                .and_then(|n| n.started);
             if let Some(started) = started {
                 let seconds = now.duration_since(started).as_secs_f64().max(0.0);
                 ctx.metrics
                     .onboarding_seconds
-                    .get_or_create(&super::metrics::PoolLabels { pool: pool_name.clone() })
+                    .get_or_create(&super::metrics::PoolLabels {
+                        pool: pool_name.clone(),
+                    })
                     .observe(seconds);
             }
         }
@@ -235,31 +325,74 @@ fn record(ctx: &Context, pool: &crate::api::GpuPool, batch: &RolloutBatch, snaps
         }
     }
     if moved {
-        ctx.metrics.last_progress.get_or_create(&labels).set(now.as_second());
+        ctx.metrics
+            .last_progress
+            .get_or_create(&labels)
+            .set(now.as_second());
     }
-    ctx.metrics.observe_batch(&pool_name, &batch_name, &plan.status);
+    ctx.metrics
+        .observe_batch(&pool_name, &batch_name, &plan.status);
 }
 
 /// Marks a batch Stalled with a reason, for problems planning cannot fix.
-async fn stall(ctx: &Context, name: &str, generation: Option<i64>, reason: &str, message: &str) -> Result<(), Error> {
+async fn stall(
+    ctx: &Context,
+    name: &str,
+    generation: Option<i64>,
+    reason: &str,
+    message: &str,
+) -> Result<(), Error> {
     let now = Timestamp::now();
     let previous = ctx
         .stores
         .batches
         .state()
         .into_iter()
-        .find_map(|b| b.0.as_ref().ok().filter(|b| b.metadata.name.as_deref() == Some(name)).and_then(|b| b.status.clone()))
+        .find_map(|b| {
+            b.0.as_ref()
+                .ok()
+                .filter(|b| b.metadata.name.as_deref() == Some(name))
+                .and_then(|b| b.status.clone())
+        })
         .unwrap_or_default();
     let prev = &previous.conditions;
     let conditions = vec![
-        condition(prev, condition_types::READY, false, reason, message.to_string(), generation, now),
-        condition(prev, condition_types::RECONCILING, false, reason, "no work in progress".into(), generation, now),
-        condition(prev, condition_types::STALLED, true, reason, message.to_string(), generation, now),
+        condition(
+            prev,
+            condition_types::READY,
+            false,
+            reason,
+            message.to_string(),
+            generation,
+            now,
+        ),
+        condition(
+            prev,
+            condition_types::RECONCILING,
+            false,
+            reason,
+            "no work in progress".into(),
+            generation,
+            now,
+        ),
+        condition(
+            prev,
+            condition_types::STALLED,
+            true,
+            reason,
+            message.to_string(),
+            generation,
+            now,
+        ),
     ];
     if previous.conditions == conditions && previous.observed_generation == generation {
         return Ok(());
     }
     warn!(batch = %name, reason, message, "batch stalled");
-    let status = RolloutBatchStatus { observed_generation: generation, conditions, ..previous };
+    let status = RolloutBatchStatus {
+        observed_generation: generation,
+        conditions,
+        ..previous
+    };
     write_status(ctx, name, &status).await
 }

@@ -23,13 +23,20 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(rate: f64, burst: f64) -> Self {
-        Limiter { rate, burst, state: Mutex::new((burst, Instant::now())) }
+        Limiter {
+            rate,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
     }
 
     /// Waits for a token.
     pub async fn acquire(&self) {
         while !self.try_take() {
-            tokio::time::sleep(std::time::Duration::from_secs_f64((1.0 / self.rate).min(0.1))).await;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(
+                (1.0 / self.rate).min(0.1),
+            ))
+            .await;
         }
     }
 
@@ -50,11 +57,19 @@ impl Limiter {
 }
 
 /// Publishes a plan's events about `object` (the batch or pool).
-pub async fn publish(recorder: &Recorder, limiter: &Limiter, object: &ObjectReference, events: Vec<&Event>) {
-    let (node_events, object_events): (Vec<&Event>, Vec<&Event>) =
-        events.into_iter().partition(|e| matches!(e.target, EventTarget::Node(_)));
-    let mut to_send: Vec<(ObjectReference, &Event)> =
-        object_events.into_iter().map(|e| (object.clone(), e)).collect();
+pub async fn publish(
+    recorder: &Recorder,
+    limiter: &Limiter,
+    object: &ObjectReference,
+    events: Vec<&Event>,
+) {
+    let (node_events, object_events): (Vec<&Event>, Vec<&Event>) = events
+        .into_iter()
+        .partition(|e| matches!(e.target, EventTarget::Node(_)));
+    let mut to_send: Vec<(ObjectReference, &Event)> = object_events
+        .into_iter()
+        .map(|e| (object.clone(), e))
+        .collect();
     let folded = node_events.len().saturating_sub(NODE_EVENTS_PER_RECONCILE);
     for event in node_events.iter().take(NODE_EVENTS_PER_RECONCILE) {
         if let EventTarget::Node(name) = &event.target {
@@ -73,7 +88,9 @@ pub async fn publish(recorder: &Recorder, limiter: &Limiter, object: &ObjectRefe
             target: EventTarget::Batch,
             warning: true,
             reason: "NodeEventsFolded",
-            message: format!("{folded} more node events in this reconcile; see the nodes' gpufleet.io/reason"),
+            message: format!(
+                "{folded} more node events in this reconcile; see the nodes' gpufleet.io/reason"
+            ),
         };
         to_send.push((object.clone(), &summary));
     }
@@ -83,7 +100,11 @@ pub async fn publish(recorder: &Recorder, limiter: &Limiter, object: &ObjectRefe
             continue;
         }
         let ev = KubeEvent {
-            type_: if event.warning { EventType::Warning } else { EventType::Normal },
+            type_: if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: event.reason.into(),
             note: Some(truncate(&event.message, 1000)),
             action: "Reconcile".into(),

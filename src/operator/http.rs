@@ -25,9 +25,15 @@ pub struct Probes {
 
 /// Serves `/metrics` on `metrics` and `/healthz`, `/readyz` on `health`
 /// (the same server when they are the same address).
-pub async fn serve(metrics: Option<SocketAddr>, health: Option<SocketAddr>, probes: Probes) -> anyhow::Result<()> {
+pub async fn serve(
+    metrics: Option<SocketAddr>,
+    health: Option<SocketAddr>,
+    probes: Probes,
+) -> anyhow::Result<()> {
     let metrics_routes = Router::new().route("/metrics", get(render_metrics));
-    let health_routes = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz));
+    let health_routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     let mut servers = Vec::new();
     match (metrics, health) {
         (Some(m), Some(h)) if m == h => servers.push((m, metrics_routes.merge(health_routes))),
@@ -47,7 +53,9 @@ pub async fn serve(metrics: Option<SocketAddr>, health: Option<SocketAddr>, prob
             .map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
         info!(%addr, "serving HTTP");
         let app = router.with_state(probes.clone());
-        tasks.push(tokio::spawn(async move { axum::serve(listener, app).await }));
+        tasks.push(tokio::spawn(
+            async move { axum::serve(listener, app).await },
+        ));
     }
     for task in tasks {
         task.await??;
@@ -57,7 +65,10 @@ pub async fn serve(metrics: Option<SocketAddr>, health: Option<SocketAddr>, prob
 
 async fn render_metrics(State(p): State<Probes>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         p.metrics.encode(),
     )
 }
@@ -71,6 +82,9 @@ async fn readyz(State(p): State<Probes>) -> (StatusCode, String) {
     if synced >= p.watches {
         (StatusCode::OK, "ok".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("{synced} of {} watches synced", p.watches))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{synced} of {} watches synced", p.watches),
+        )
     }
 }

@@ -65,14 +65,18 @@ impl Leadership {
     pub fn is_leader(&self) -> bool {
         match &self.state {
             None => true,
-            Some(rx) => rx.borrow().is_some_and(|deadline| Instant::now() < deadline),
+            Some(rx) => rx
+                .borrow()
+                .is_some_and(|deadline| Instant::now() < deadline),
         }
     }
 
     /// Resolves each time this replica becomes leader (never without an
     /// election: it leads from the start).
     pub async fn acquired(&mut self) {
-        let Some(rx) = self.state.as_mut() else { return std::future::pending().await };
+        let Some(rx) = self.state.as_mut() else {
+            return std::future::pending().await;
+        };
         loop {
             let leading = rx.borrow().is_some();
             if rx.changed().await.is_err() {
@@ -94,10 +98,17 @@ struct Observed {
 
 /// Runs the election until `shutdown` resolves, then releases the lease if
 /// held. Returns the leadership handle at once; the loop runs as a task.
-pub fn elect(client: kube::Client, config: LeaseConfig) -> (Leadership, tokio::task::JoinHandle<()>, Releaser) {
+pub fn elect(
+    client: kube::Client,
+    config: LeaseConfig,
+) -> (Leadership, tokio::task::JoinHandle<()>, Releaser) {
     let (tx, rx) = watch::channel(None::<Instant>);
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    let releaser = Releaser { api: api.clone(), config: config.clone(), tx: Mutex::new(None) };
+    let releaser = Releaser {
+        api: api.clone(),
+        config: config.clone(),
+        tx: Mutex::new(None),
+    };
     let tx = std::sync::Arc::new(tx);
     *releaser.tx.lock().expect("releaser") = Some(tx.clone());
     let task = tokio::spawn(async move {
@@ -158,23 +169,38 @@ impl Releaser {
                 spec.holder_identity = None;
                 spec.renew_time = None;
                 spec.acquire_time = None;
-                let pp = PostParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+                let pp = PostParams {
+                    field_manager: Some(keys::FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
                 match self.api.replace(&self.config.name, &pp, &lease).await {
                     Ok(_) => info!(lease = %self.config.name, "released the lease"),
-                    Err(err) => warn!(lease = %self.config.name, %err, "could not release the lease"),
+                    Err(err) => {
+                        warn!(lease = %self.config.name, %err, "could not release the lease")
+                    }
                 }
             }
         }
     }
 }
 
-async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig, observed: &mut Option<Observed>) -> kube::Result<bool> {
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observed: &mut Option<Observed>,
+) -> kube::Result<bool> {
     let now = MicroTime(Timestamp::now());
-    let pp = PostParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+    let pp = PostParams {
+        field_manager: Some(keys::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     let seconds = i32::try_from(config.duration.as_secs()).unwrap_or(15);
     let Some(mut lease) = api.get_opt(&config.name).await? else {
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(config.name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(config.name.clone()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(config.identity.clone()),
                 lease_duration_seconds: Some(seconds),
@@ -198,9 +224,14 @@ async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig, observed: 
         .as_ref()
         .is_none_or(|o| o.holder != holder || o.renew != spec.renew_time);
     if changed {
-        *observed = Some(Observed { holder: holder.clone(), renew: spec.renew_time.clone(), at: Instant::now() });
+        *observed = Some(Observed {
+            holder: holder.clone(),
+            renew: spec.renew_time.clone(),
+            at: Instant::now(),
+        });
     }
-    let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(1) as u64);
+    let held_for =
+        Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(1) as u64);
     let expired = holder.is_none() || observed.as_ref().is_some_and(|o| o.at.elapsed() > held_for);
     if !ours && !expired {
         return Ok(false);

@@ -127,25 +127,101 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("pool_nodes", "Nodes of a pool by gpufleet state", m.pool_nodes.clone());
-        r.register("pool_gpus_ready", "GPUs on admitted nodes of a pool", m.pool_gpus_ready.clone());
-        r.register("pool_gpus", "GPUs on all nodes of a pool", m.pool_gpus_total.clone());
-        r.register("pool_domains_complete", "Domains of a pool with enough admitted nodes", m.pool_domains_complete.clone());
-        r.register("pool_domains", "Domains of a pool", m.pool_domains_total.clone());
-        r.register("pool_breaker_tripped", "1 while the pool's circuit breaker halts its rollouts", m.pool_breaker_tripped.clone());
-        r.register("batch_current_wave", "The wave a batch is in (0 before it starts)", m.batch_current_wave.clone());
-        r.register("batch_waves", "Waves of a batch", m.batch_total_waves.clone());
-        r.register("batch_stalled", "1 while a batch waits on a person (Stalled=True)", m.batch_stalled.clone());
-        r.register("batch_ready", "1 once every wave of a batch is done", m.batch_ready.clone());
-        r.register("wave_nodes_admitted", "Admitted nodes of a wave", m.wave_nodes_admitted.clone());
-        r.register("wave_nodes_failed", "Failed nodes of a wave", m.wave_nodes_failed.clone());
-        r.register("node_admissions", "Nodes admitted (onboarding taint removed)", m.admissions.clone());
-        r.register("node_failures", "Nodes failed or held, by reason category", m.failures.clone());
-        r.register("node_onboarding_seconds", "Time from a node's start to its admission", m.onboarding_seconds.clone());
-        r.register("reconcile_duration_seconds", "Time of one reconcile", m.reconcile_seconds.clone());
-        r.register("reconcile_errors", "Failed reconciles by error category", m.reconcile_errors.clone());
-        r.register("api_requests", "Requests gpufleet sent to the API server", m.api_requests.clone());
-        r.register("leader", "1 while this replica holds the lease and writes", m.leader.clone());
+        r.register(
+            "pool_nodes",
+            "Nodes of a pool by gpufleet state",
+            m.pool_nodes.clone(),
+        );
+        r.register(
+            "pool_gpus_ready",
+            "GPUs on admitted nodes of a pool",
+            m.pool_gpus_ready.clone(),
+        );
+        r.register(
+            "pool_gpus",
+            "GPUs on all nodes of a pool",
+            m.pool_gpus_total.clone(),
+        );
+        r.register(
+            "pool_domains_complete",
+            "Domains of a pool with enough admitted nodes",
+            m.pool_domains_complete.clone(),
+        );
+        r.register(
+            "pool_domains",
+            "Domains of a pool",
+            m.pool_domains_total.clone(),
+        );
+        r.register(
+            "pool_breaker_tripped",
+            "1 while the pool's circuit breaker halts its rollouts",
+            m.pool_breaker_tripped.clone(),
+        );
+        r.register(
+            "batch_current_wave",
+            "The wave a batch is in (0 before it starts)",
+            m.batch_current_wave.clone(),
+        );
+        r.register(
+            "batch_waves",
+            "Waves of a batch",
+            m.batch_total_waves.clone(),
+        );
+        r.register(
+            "batch_stalled",
+            "1 while a batch waits on a person (Stalled=True)",
+            m.batch_stalled.clone(),
+        );
+        r.register(
+            "batch_ready",
+            "1 once every wave of a batch is done",
+            m.batch_ready.clone(),
+        );
+        r.register(
+            "wave_nodes_admitted",
+            "Admitted nodes of a wave",
+            m.wave_nodes_admitted.clone(),
+        );
+        r.register(
+            "wave_nodes_failed",
+            "Failed nodes of a wave",
+            m.wave_nodes_failed.clone(),
+        );
+        r.register(
+            "node_admissions",
+            "Nodes admitted (onboarding taint removed)",
+            m.admissions.clone(),
+        );
+        r.register(
+            "node_failures",
+            "Nodes failed or held, by reason category",
+            m.failures.clone(),
+        );
+        r.register(
+            "node_onboarding_seconds",
+            "Time from a node's start to its admission",
+            m.onboarding_seconds.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Failed reconciles by error category",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests gpufleet sent to the API server",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the lease and writes",
+            m.leader.clone(),
+        );
         r.register(
             "batch_last_progress_timestamp_seconds",
             "When a batch last moved a node (Unix time), for no-progress alerts",
@@ -157,7 +233,8 @@ impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding into a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding into a String");
         out
     }
 
@@ -174,39 +251,91 @@ impl Metrics {
                 NodeState::Failed => counts.failed,
                 NodeState::Held => counts.held,
             };
-            self.pool_nodes.get_or_create(&PoolStateLabels { pool: pool.into(), state: state.as_str().into() }).set(i64::from(n));
+            self.pool_nodes
+                .get_or_create(&PoolStateLabels {
+                    pool: pool.into(),
+                    state: state.as_str().into(),
+                })
+                .set(i64::from(n));
         }
-        self.pool_gpus_ready.get_or_create(&p()).set(i64::from(status.gpus.ready));
-        self.pool_gpus_total.get_or_create(&p()).set(i64::from(status.gpus.total));
-        self.pool_domains_complete.get_or_create(&p()).set(i64::from(status.domains.complete));
-        self.pool_domains_total.get_or_create(&p()).set(i64::from(status.domains.total));
+        self.pool_gpus_ready
+            .get_or_create(&p())
+            .set(i64::from(status.gpus.ready));
+        self.pool_gpus_total
+            .get_or_create(&p())
+            .set(i64::from(status.gpus.total));
+        self.pool_domains_complete
+            .get_or_create(&p())
+            .set(i64::from(status.domains.complete));
+        self.pool_domains_total
+            .get_or_create(&p())
+            .set(i64::from(status.domains.total));
         let tripped = status.breaker.as_ref().is_some_and(|b| b.tripped);
-        self.pool_breaker_tripped.get_or_create(&p()).set(i64::from(tripped));
+        self.pool_breaker_tripped
+            .get_or_create(&p())
+            .set(i64::from(tripped));
     }
 
     /// Records a batch's status.
     pub fn observe_batch(&self, pool: &str, batch: &str, status: &RolloutBatchStatus) {
-        let b = || BatchLabels { pool: pool.into(), batch: batch.into() };
-        self.batch_current_wave.get_or_create(&b()).set(i64::from(status.current_wave));
-        self.batch_total_waves.get_or_create(&b()).set(i64::from(status.total_waves));
-        let is_true = |t: &str| status.conditions.iter().any(|c| c.type_ == t && c.status == "True");
-        self.batch_stalled.get_or_create(&b()).set(i64::from(is_true("Stalled")));
-        self.batch_ready.get_or_create(&b()).set(i64::from(is_true("Ready")));
+        let b = || BatchLabels {
+            pool: pool.into(),
+            batch: batch.into(),
+        };
+        self.batch_current_wave
+            .get_or_create(&b())
+            .set(i64::from(status.current_wave));
+        self.batch_total_waves
+            .get_or_create(&b())
+            .set(i64::from(status.total_waves));
+        let is_true = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
+        self.batch_stalled
+            .get_or_create(&b())
+            .set(i64::from(is_true("Stalled")));
+        self.batch_ready
+            .get_or_create(&b())
+            .set(i64::from(is_true("Ready")));
         for wave in &status.waves {
-            let w = WaveLabels { pool: pool.into(), batch: batch.into(), wave: wave.index.to_string() };
-            self.wave_nodes_admitted.get_or_create(&w).set(i64::from(wave.admitted));
-            self.wave_nodes_failed.get_or_create(&w).set(i64::from(wave.failed));
+            let w = WaveLabels {
+                pool: pool.into(),
+                batch: batch.into(),
+                wave: wave.index.to_string(),
+            };
+            self.wave_nodes_admitted
+                .get_or_create(&w)
+                .set(i64::from(wave.admitted));
+            self.wave_nodes_failed
+                .get_or_create(&w)
+                .set(i64::from(wave.failed));
         }
     }
 
     /// Forgets a deleted batch's series.
     pub fn forget_batch(&self, pool: &str, batch: &str, waves: u32) {
-        let b = BatchLabels { pool: pool.into(), batch: batch.into() };
-        for family in [&self.batch_current_wave, &self.batch_total_waves, &self.batch_stalled, &self.batch_ready, &self.last_progress] {
+        let b = BatchLabels {
+            pool: pool.into(),
+            batch: batch.into(),
+        };
+        for family in [
+            &self.batch_current_wave,
+            &self.batch_total_waves,
+            &self.batch_stalled,
+            &self.batch_ready,
+            &self.last_progress,
+        ] {
             family.remove(&b);
         }
         for wave in 1..=waves {
-            let w = WaveLabels { pool: pool.into(), batch: batch.into(), wave: wave.to_string() };
+            let w = WaveLabels {
+                pool: pool.into(),
+                batch: batch.into(),
+                wave: wave.to_string(),
+            };
             self.wave_nodes_admitted.remove(&w);
             self.wave_nodes_failed.remove(&w);
         }
@@ -215,7 +344,12 @@ impl Metrics {
     /// Counts one request to the API server.
     pub fn observe_request(&self, method: &http::Method, uri: &http::Uri) {
         let (verb, resource) = classify(method, uri);
-        self.api_requests.get_or_create(&RequestLabels { verb: verb.into(), resource }).inc();
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                verb: verb.into(),
+                resource,
+            })
+            .inc();
     }
 }
 
@@ -260,17 +394,44 @@ mod tests {
 
     #[test]
     fn requests_are_classified_by_verb_and_resource() {
-        assert_eq!(c("GET", "/api/v1/nodes?&watch=true&timeoutSeconds=290"), ("watch", "nodes".into()));
-        assert_eq!(c("GET", "/api/v1/nodes?&limit=500"), ("list", "nodes".into()));
-        assert_eq!(c("PATCH", "/api/v1/nodes/n1"), ("patch", "nodes".into()));
-        assert_eq!(c("POST", "/api/v1/namespaces/gf/pods"), ("create", "pods".into()));
-        assert_eq!(c("DELETE", "/api/v1/namespaces/gf/pods/p1"), ("delete", "pods".into()));
         assert_eq!(
-            c("PATCH", "/apis/gpufleet.io/v1alpha1/rolloutbatches/b/status"),
+            c("GET", "/api/v1/nodes?&watch=true&timeoutSeconds=290"),
+            ("watch", "nodes".into())
+        );
+        assert_eq!(
+            c("GET", "/api/v1/nodes?&limit=500"),
+            ("list", "nodes".into())
+        );
+        assert_eq!(c("PATCH", "/api/v1/nodes/n1"), ("patch", "nodes".into()));
+        assert_eq!(
+            c("POST", "/api/v1/namespaces/gf/pods"),
+            ("create", "pods".into())
+        );
+        assert_eq!(
+            c("DELETE", "/api/v1/namespaces/gf/pods/p1"),
+            ("delete", "pods".into())
+        );
+        assert_eq!(
+            c(
+                "PATCH",
+                "/apis/gpufleet.io/v1alpha1/rolloutbatches/b/status"
+            ),
             ("patch", "rolloutbatches/status".into())
         );
-        assert_eq!(c("PUT", "/apis/coordination.k8s.io/v1/namespaces/gf/leases/gpufleet"), ("update", "leases".into()));
-        assert_eq!(c("GET", "/apis/coordination.k8s.io/v1/namespaces/gf/leases/gpufleet"), ("get", "leases".into()));
+        assert_eq!(
+            c(
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/gf/leases/gpufleet"
+            ),
+            ("update", "leases".into())
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/apis/coordination.k8s.io/v1/namespaces/gf/leases/gpufleet"
+            ),
+            ("get", "leases".into())
+        );
     }
 
     #[test]
@@ -278,7 +439,12 @@ mod tests {
         let m = Metrics::new();
         m.observe_pool("east", &GpuPoolStatus::default());
         m.observe_batch("east", "row1", &RolloutBatchStatus::default());
-        m.admissions.get_or_create(&BatchLabels { pool: "east".into(), batch: "row1".into() }).inc();
+        m.admissions
+            .get_or_create(&BatchLabels {
+                pool: "east".into(),
+                batch: "row1".into(),
+            })
+            .inc();
         let text = m.encode();
         for family in [
             "gpufleet_pool_nodes{",

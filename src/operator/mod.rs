@@ -108,12 +108,17 @@ impl Context {
 }
 
 /// Runs the controllers until `shutdown` resolves.
-pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let watch = watcher::Config::default();
     let buffer = 1024;
 
     let (pool_store, pool_writer) = reflector::store_shared::<DeserializeGuard<GpuPool>>(buffer);
-    let (batch_store, batch_writer) = reflector::store_shared::<DeserializeGuard<RolloutBatch>>(buffer);
+    let (batch_store, batch_writer) =
+        reflector::store_shared::<DeserializeGuard<RolloutBatch>>(buffer);
     let (node_store, node_writer) = reflector::store_shared::<Node>(buffer);
     let (probe_store, probe_writer) = reflector::store_shared::<Pod>(buffer);
 
@@ -129,7 +134,9 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         Some(selector) => watch.clone().labels(selector),
         None => watch.clone(),
     };
-    let probe_watch = watch.clone().labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
+    let probe_watch = watch
+        .clone()
+        .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
     let object_watch = match &config.selector {
         Some(selector) => watch.clone().labels(selector),
         None => watch.clone(),
@@ -143,9 +150,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     // itself synced at its first full list.
     let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
     let synced_tx = Arc::new(synced_tx);
-    let pool_watch = watcher(pools_api, object_watch.clone()).default_backoff().reflect_shared(pool_writer).for_each(drive("gpupools", synced_tx.clone()));
-    let batch_watch =
-        watcher(batches_api, object_watch).default_backoff().reflect_shared(batch_writer).for_each(drive("rolloutbatches", synced_tx.clone()));
+    let pool_watch = watcher(pools_api, object_watch.clone())
+        .default_backoff()
+        .reflect_shared(pool_writer)
+        .for_each(drive("gpupools", synced_tx.clone()));
+    let batch_watch = watcher(batches_api, object_watch)
+        .default_backoff()
+        .reflect_shared(batch_writer)
+        .for_each(drive("rolloutbatches", synced_tx.clone()));
     let node_watcher = watcher(nodes_api, node_watch)
         .default_backoff()
         .modify(observe::strip_node)
@@ -172,11 +184,17 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         probes: probe_store.clone(),
         synced,
     };
-    let reporter = Reporter { controller: "gpufleet".into(), instance: std::env::var("POD_NAME").ok() };
+    let reporter = Reporter {
+        controller: "gpufleet".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        event_limiter: events::Limiter::new(config.events_per_second, config.events_per_second * 5.0),
+        event_limiter: events::Limiter::new(
+            config.events_per_second,
+            config.events_per_second * 5.0,
+        ),
         write_limiter: events::Limiter::new(config.qps, config.burst),
         leadership: leadership.clone(),
         metrics: config.metrics.clone(),
@@ -193,10 +211,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         let s2 = stores.clone();
         Controller::for_shared_stream(batches_for_batches, batch_store.clone())
             .with_config(controller_config.clone())
-            .watches_shared_stream(pools_for_batches, move |pool| batches_of_pool(&s1, &pool.name_any()))
+            .watches_shared_stream(pools_for_batches, move |pool| {
+                batches_of_pool(&s1, &pool.name_any())
+            })
             .watches_shared_stream(nodes_for_batches, move |node| batches_of_node(&s2, &node))
             .watches_shared_stream(probes_for_batches, |pod: Arc<Pod>| {
-                pod.annotations().get(keys::BATCH).map(|b| ObjectRef::new(b))
+                pod.annotations()
+                    .get(keys::BATCH)
+                    .map(|b| ObjectRef::new(b))
             })
             .reconcile_all_on(acquisitions(leadership.clone()))
             .run(batch::reconcile, error_policy_batch, ctx.clone())
@@ -223,7 +245,11 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
             })
     };
 
-    let probes = http::Probes { metrics: config.metrics.clone(), synced: stores.synced.clone(), watches: observe::WATCHES };
+    let probes = http::Probes {
+        metrics: config.metrics.clone(),
+        synced: stores.synced.clone(),
+        watches: observe::WATCHES,
+    };
     // The endpoints run for as long as the operator; with none configured,
     // this never resolves.
     let endpoints = async move {
@@ -295,7 +321,9 @@ fn drive<T>(
 
 /// A stream that yields each time this replica becomes leader, so that
 /// everything is reconciled at once by the new leader.
-fn acquisitions(leadership: leader::Leadership) -> impl futures::Stream<Item = ()> + Send + 'static {
+fn acquisitions(
+    leadership: leader::Leadership,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
     futures::stream::unfold(leadership, |mut l| async move {
         l.acquired().await;
         Some(((), l))
@@ -338,8 +366,18 @@ fn pools_of_node(stores: &Stores, node: &Node) -> Vec<ObjectRef<DeserializeGuard
         .collect()
 }
 
-fn error_policy_batch(batch: Arc<DeserializeGuard<RolloutBatch>>, err: &Error, ctx: Arc<Context>) -> controller::Action {
-    ctx.metrics.reconcile_errors.get_or_create(&metrics::ErrorLabels { kind: "rolloutbatch".into(), category: err.category().into() }).inc();
+fn error_policy_batch(
+    batch: Arc<DeserializeGuard<RolloutBatch>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> controller::Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&metrics::ErrorLabels {
+            kind: "rolloutbatch".into(),
+            category: err.category().into(),
+        })
+        .inc();
     let name = match &batch.0 {
         Ok(b) => b.name_any(),
         Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
@@ -348,8 +386,18 @@ fn error_policy_batch(batch: Arc<DeserializeGuard<RolloutBatch>>, err: &Error, c
     controller::Action::requeue(backoff(err))
 }
 
-fn error_policy_pool(pool: Arc<DeserializeGuard<GpuPool>>, err: &Error, ctx: Arc<Context>) -> controller::Action {
-    ctx.metrics.reconcile_errors.get_or_create(&metrics::ErrorLabels { kind: "gpupool".into(), category: err.category().into() }).inc();
+fn error_policy_pool(
+    pool: Arc<DeserializeGuard<GpuPool>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> controller::Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&metrics::ErrorLabels {
+            kind: "gpupool".into(),
+            category: err.category().into(),
+        })
+        .inc();
     let name = match &pool.0 {
         Ok(p) => p.name_any(),
         Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
@@ -368,7 +416,10 @@ fn backoff(err: &Error) -> Duration {
     }
 }
 
-fn log_controller_error<Q: std::error::Error + 'static>(kind: &str, err: &controller::Error<Error, Q>) {
+fn log_controller_error<Q: std::error::Error + 'static>(
+    kind: &str,
+    err: &controller::Error<Error, Q>,
+) {
     match err {
         // Already logged with the object by the error policy.
         controller::Error::ReconcilerFailed(..) => {}

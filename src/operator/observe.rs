@@ -30,17 +30,29 @@ impl Stores {
     /// Waits until every watch has listed once.
     pub async fn ready(&self) -> Result<(), String> {
         let mut synced = self.synced.clone();
-        synced.wait_for(|n| *n >= WATCHES).await.map(|_| ()).map_err(|e| e.to_string())
+        synced
+            .wait_for(|n| *n >= WATCHES)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Every valid pool.
     pub fn pools(&self) -> Vec<GpuPool> {
-        self.pools.state().iter().filter_map(|p| p.0.as_ref().ok().cloned()).collect()
+        self.pools
+            .state()
+            .iter()
+            .filter_map(|p| p.0.as_ref().ok().cloned())
+            .collect()
     }
 
     /// Every valid batch.
     pub fn batches(&self) -> Vec<RolloutBatch> {
-        self.batches.state().iter().filter_map(|b| b.0.as_ref().ok().cloned()).collect()
+        self.batches
+            .state()
+            .iter()
+            .filter_map(|b| b.0.as_ref().ok().cloned())
+            .collect()
     }
 
     /// The pool of this name, if it exists: `Ok(None)` if absent,
@@ -108,7 +120,11 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
         .iter()
         .filter(|n| {
             matches(&pool.spec.node_selector, labels_of(n))
-                || n.metadata.annotations.as_ref().and_then(|a| a.get(keys::BATCH)).map(String::as_str)
+                || n.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(keys::BATCH))
+                    .map(String::as_str)
                     == Some(batch_name)
         })
         .map(|n| NodeView::from(n.as_ref()))
@@ -117,26 +133,45 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
         .probes
         .state()
         .iter()
-        .filter(|p| p.metadata.annotations.as_ref().and_then(|a| a.get(keys::BATCH)).map(String::as_str) == Some(batch_name))
+        .filter(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(keys::BATCH))
+                .map(String::as_str)
+                == Some(batch_name)
+        })
         .map(|p| ProbeView::from(p.as_ref()))
         .collect();
     let other_pools = stores
         .pools()
         .into_iter()
         .filter(|p| p.metadata.name.as_deref() != Some(pool_name))
-        .map(|p| Claim { name: p.metadata.name.unwrap_or_default(), pool: None, selector: p.spec.node_selector })
+        .map(|p| Claim {
+            name: p.metadata.name.unwrap_or_default(),
+            pool: None,
+            selector: p.spec.node_selector,
+        })
         .collect();
     let other_batches = stores
         .batches()
         .into_iter()
-        .filter(|b| b.metadata.name.as_deref() != Some(batch_name) && b.metadata.deletion_timestamp.is_none())
+        .filter(|b| {
+            b.metadata.name.as_deref() != Some(batch_name)
+                && b.metadata.deletion_timestamp.is_none()
+        })
         .map(|b| Claim {
             name: b.metadata.name.unwrap_or_default(),
             pool: Some(b.spec.pool_ref),
             selector: b.spec.node_selector,
         })
         .collect();
-    Snapshot { nodes, probes, other_pools, other_batches }
+    Snapshot {
+        nodes,
+        probes,
+        other_pools,
+        other_batches,
+    }
 }
 
 /// A node's labels (empty when it has none).

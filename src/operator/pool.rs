@@ -20,7 +20,10 @@ use super::{Context, events, observe};
 
 const RESYNC: Duration = Duration::from_secs(300);
 
-pub async fn reconcile(guard: Arc<DeserializeGuard<GpuPool>>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<GpuPool>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     ctx.stores.ready().await.map_err(Error::Cache)?;
     if !ctx.leadership.is_leader() {
         return Ok(Action::requeue(Duration::from_secs(30)));
@@ -35,8 +38,24 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<GpuPool>>, ctx: Arc<Context>)
             let status = GpuPoolStatus {
                 observed_generation: invalid.metadata.generation,
                 conditions: vec![
-                    condition(&[], "Ready", false, "InvalidSpec", format!("the pool cannot be read: {}", invalid.error), invalid.metadata.generation, now),
-                    condition(&[], "Stalled", true, "InvalidSpec", format!("the pool cannot be read: {}", invalid.error), invalid.metadata.generation, now),
+                    condition(
+                        &[],
+                        "Ready",
+                        false,
+                        "InvalidSpec",
+                        format!("the pool cannot be read: {}", invalid.error),
+                        invalid.metadata.generation,
+                        now,
+                    ),
+                    condition(
+                        &[],
+                        "Stalled",
+                        true,
+                        "InvalidSpec",
+                        format!("the pool cannot be read: {}", invalid.error),
+                        invalid.metadata.generation,
+                        now,
+                    ),
                 ],
                 ..Default::default()
             };
@@ -52,7 +71,13 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<GpuPool>>, ctx: Arc<Context>)
     if changed {
         write_status(&ctx, &name, &plan.status).await?;
     }
-    events::publish(&ctx.recorder, &ctx.event_limiter, &pool.object_ref(&()), plan.events.iter().collect()).await;
+    events::publish(
+        &ctx.recorder,
+        &ctx.event_limiter,
+        &pool.object_ref(&()),
+        plan.events.iter().collect(),
+    )
+    .await;
     if changed {
         info!(
             pool = %name,
@@ -64,13 +89,18 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<GpuPool>>, ctx: Arc<Context>)
             "reconciled pool"
         );
     }
-    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| d.min(RESYNC) + Duration::from_millis(50))))
+    Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
+        d.min(RESYNC) + Duration::from_millis(50)
+    })))
 }
 
 async fn write_status(ctx: &Context, name: &str, status: &GpuPoolStatus) -> Result<(), Error> {
     super::act::may_write(ctx, &format!("writing status of pool {name}")).await?;
     let api: Api<GpuPool> = Api::all(ctx.client.clone());
-    let params = PatchParams { field_manager: Some(keys::FIELD_MANAGER.into()), ..Default::default() };
+    let params = PatchParams {
+        field_manager: Some(keys::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
         .await
         .map_err(Error::kube(format!("writing status of pool {name}")))?;

@@ -28,7 +28,12 @@ pub fn batch_label_value(batch: &str) -> String {
 
 /// The probe pod for `request`, in `namespace`. `None` when the pool has no
 /// probe (the planner never asks for one then).
-pub fn probe_pod(pool: &GpuPool, batch: &RolloutBatch, request: &ProbeRequest, namespace: &str) -> Option<Pod> {
+pub fn probe_pod(
+    pool: &GpuPool,
+    batch: &RolloutBatch,
+    request: &ProbeRequest,
+    namespace: &str,
+) -> Option<Pod> {
     let probe = pool.spec.health_checks.probe.as_ref()?;
     let template = &probe.template;
     let batch_name = batch.metadata.name.clone().unwrap_or_default();
@@ -44,7 +49,10 @@ pub fn probe_pod(pool: &GpuPool, batch: &RolloutBatch, request: &ProbeRequest, n
     meta.generate_name = None;
     meta.namespace = Some(namespace.to_string());
     meta.owner_references = batch.controller_owner_ref(&()).map(|owner| {
-        vec![OwnerReference { block_owner_deletion: Some(false), ..owner }]
+        vec![OwnerReference {
+            block_owner_deletion: Some(false),
+            ..owner
+        }]
     });
 
     let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
@@ -58,7 +66,9 @@ pub fn probe_pod(pool: &GpuPool, batch: &RolloutBatch, request: &ProbeRequest, n
     let tolerated = tolerations.iter().any(|t| {
         t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
             || t.key.as_deref() == Some(taint.key.as_str())
-                && t.effect.as_deref().is_none_or(|e| e == taint.effect.as_str())
+                && t.effect
+                    .as_deref()
+                    .is_none_or(|e| e == taint.effect.as_str())
     });
     if !tolerated {
         tolerations.push(Toleration {
@@ -68,7 +78,11 @@ pub fn probe_pod(pool: &GpuPool, batch: &RolloutBatch, request: &ProbeRequest, n
             ..Default::default()
         });
     }
-    Some(Pod { metadata: meta, spec: Some(spec), status: None })
+    Some(Pod {
+        metadata: meta,
+        spec: Some(spec),
+        status: None,
+    })
 }
 
 #[cfg(test)]
@@ -111,7 +125,11 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
     #[test]
     fn the_probe_is_bound_tolerant_owned_and_named() {
         let (pool, batch) = fixtures();
-        let req = ProbeRequest { pod_name: "gpufleet-probe-n1-2".into(), node: "n1".into(), attempt: 2 };
+        let req = ProbeRequest {
+            pod_name: "gpufleet-probe-n1-2".into(),
+            node: "n1".into(),
+            attempt: 2,
+        };
         let pod = probe_pod(&pool, &batch, &req, "gpufleet-system").unwrap();
         let meta = &pod.metadata;
         assert_eq!(meta.name.as_deref(), Some("gpufleet-probe-n1-2"));
@@ -122,15 +140,26 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
         assert_eq!(labels[BATCH_LABEL], "row12");
         assert_eq!(meta.annotations.as_ref().unwrap()[keys::ATTEMPT], "2");
         let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("RolloutBatch", "row12"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("RolloutBatch", "row12")
+        );
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.active_deadline_seconds, Some(120));
         let tolerations = spec.tolerations.unwrap();
-        assert_eq!(tolerations.len(), 2, "the template's own toleration is kept");
-        assert!(tolerations.iter().any(|t| t.key.as_deref() == Some("gpufleet.io/onboarding")
-            && t.effect.as_deref() == Some("NoSchedule")));
+        assert_eq!(
+            tolerations.len(),
+            2,
+            "the template's own toleration is kept"
+        );
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.key.as_deref() == Some("gpufleet.io/onboarding")
+                    && t.effect.as_deref() == Some("NoSchedule"))
+        );
     }
 
     #[test]

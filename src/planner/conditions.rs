@@ -65,7 +65,7 @@ mod tests {
             t0,
         );
         let same = condition(
-            &[first.clone()],
+            std::slice::from_ref(&first),
             "Ready",
             false,
             "WaitingForApproval",

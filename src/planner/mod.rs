@@ -168,11 +168,80 @@ struct Member<'a> {
     wave: usize,
     /// The state after this plan's decisions so far.
     state: NodeState,
+    /// `gpufleet.io/retry` is on the node.
+    retry: bool,
+    /// Between start and verdict, and the onboarding taint is missing.
+    untainted: bool,
+    /// Known to pass the static checks (they depend on the node alone,
+    /// which a plan does not change); checked up front for nodes in
+    /// progress, whose checks every plan repeats.
+    healthy: bool,
     /// Soaking and its soak is over (or held): passed, waiting for its domain.
     passed: bool,
     /// Boxed: most members have none, and the planner makes several passes
     /// over all members, which a small `Member` keeps fast.
     patch: Option<Box<NodePatch>>,
+}
+
+/// A domain's members and facts, gathered in the one pass over the snapshot.
+#[derive(Default)]
+struct Group<'a> {
+    members: Vec<Candidate<'a>>,
+    /// Ready nodes of this domain in the whole pool (any batch).
+    ready_in_pool: u32,
+    /// The lowest `gpufleet.io/wave` of its nodes this batch started.
+    started_in: Option<u32>,
+}
+
+/// Groups by domain key. Keys are copied once per domain: looking one up
+/// then compares it with a key in the map's own (small, cached) memory
+/// rather than with a label of some node far away in memory.
+#[derive(Default)]
+struct Groups<'a> {
+    index: HashMap<String, usize>,
+    list: Vec<Group<'a>>,
+}
+
+impl<'a> Groups<'a> {
+    /// The group of `key`, made with room for `size` members if new.
+    fn get(&mut self, key: Cow<str>, size: usize) -> &mut Group<'a> {
+        let g = match self.index.get(key.as_ref()) {
+            Some(&g) => g,
+            None => {
+                let size = if waves::is_solo(&key) { 1 } else { size };
+                self.index.insert(key.into_owned(), self.list.len());
+                self.list.push(Group {
+                    members: Vec::with_capacity(size),
+                    ..Group::default()
+                });
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[g]
+    }
+}
+
+/// A member before it takes its place: what later passes need of it,
+/// copied while the node is in the cache.
+struct Candidate<'a> {
+    name: [u8; NAME_PREFIX],
+    view: &'a NodeView,
+    state: NodeState,
+    retry: bool,
+    untainted: bool,
+    healthy: bool,
+}
+
+/// Bytes of a node's name kept for sorting a domain's members.
+const NAME_PREFIX: usize = 32;
+
+/// The first bytes of a name, zero-padded. Wherever two prefixes differ,
+/// they order as the names do; where they are equal, the names decide.
+fn name_prefix(name: &str) -> [u8; NAME_PREFIX] {
+    let mut prefix = [0u8; NAME_PREFIX];
+    let n = name.len().min(NAME_PREFIX);
+    prefix[..n].copy_from_slice(&name.as_bytes()[..n]);
+    prefix
 }
 
 struct Domain {
@@ -213,20 +282,39 @@ impl<'a> Planner<'a> {
     ) -> Self {
         let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
         let pool_spec = &pool.spec;
+        let batch_name = batch.metadata.name.as_deref().unwrap_or_default();
+        let domain_label = &pool_spec.topology.domain_label;
+
+        // One pass over the snapshot reads all the plan needs from each
+        // node's labels, name and annotations while they are in the CPU's
+        // cache: over a large pool they do not all fit, and every further
+        // pass over them would cost a trip to memory per node.
+        //
         // Membership: batch selector AND pool selector, claimed by nobody
-        // else. `is_member` marks members by their place in the snapshot:
+        // else. `is_member` marks members by their place in the snapshot;
         // node names are unique (the API server's key), so this is
         // membership by name without hashing every member's name.
+        // Members are grouped by domain key, with their domain's ready nodes
+        // (in the whole pool, any batch) and the lowest wave this batch
+        // started any of them in.
         let mut pool_nodes: Vec<&NodeView> = Vec::new();
         let mut is_member = vec![false; snapshot.nodes.len()];
         let mut conflicts = Vec::new();
-        let mut chosen: Vec<&NodeView> = Vec::new();
+        let mut groups = Groups::default();
+        let domain_size = pool_spec.topology.nodes_per_domain.min(1024) as usize;
         for (i, node) in snapshot.nodes.iter().enumerate() {
             if node.deleting || !matches(&pool_spec.node_selector, &node.labels) {
                 continue;
             }
             pool_nodes.push(node);
-            if !matches(&batch.spec.node_selector, &node.labels) {
+            let state = node.state();
+            let in_batch = matches(&batch.spec.node_selector, &node.labels);
+            if !in_batch && state != NodeState::Ready {
+                continue;
+            }
+            let key = domain_key_ref(domain_label, &node.name, &node.labels);
+            if !in_batch {
+                groups.get(key, 0).ready_in_pool += 1;
                 continue;
             }
             let mut claimants: Vec<String> = snapshot
@@ -244,50 +332,71 @@ impl<'a> Planner<'a> {
                     })
                     .map(|c| format!("batch {}", c.name)),
             );
-            if claimants.is_empty() {
-                chosen.push(node);
-                is_member[i] = true;
-            } else {
+            let group = groups.get(key, domain_size);
+            if state == NodeState::Ready {
+                group.ready_in_pool += 1;
+            }
+            if !claimants.is_empty() {
                 claimants.sort();
                 conflicts.push((node.name.clone(), claimants.join(", ")));
+                continue;
             }
+            is_member[i] = true;
+            if let (true, Some(wave)) =
+                (state != NodeState::Pending && node.batch.as_deref() == Some(batch_name), node.wave)
+            {
+                group.started_in = Some(group.started_in.map_or(wave, |w| w.min(wave)));
+            }
+            let taint = &pool_spec.onboarding.taint;
+            let held_back = matches!(
+                state,
+                NodeState::Validating | NodeState::Soaking | NodeState::Held
+            );
+            group.members.push(Candidate {
+                name: name_prefix(&node.name),
+                view: node,
+                state,
+                retry: node.retry,
+                untainted: held_back && !node.has_taint(&taint.key, taint.effect.as_str()),
+                healthy: held_back && static_failure(pool_spec, node).is_none(),
+            });
         }
         conflicts.sort();
 
-        // Domains, ordered by key; members by (domain key, name). Grouping by
-        // key, then sorting the keys and each domain's few nodes, gives the
-        // order of one stable sort by (key, name) with far fewer string
-        // comparisons over a large pool.
-        let domain_label = &pool_spec.topology.domain_label;
-        let mut by_key: HashMap<Cow<str>, Vec<&NodeView>> = HashMap::new();
-        for n in chosen {
-            by_key
-                .entry(domain_key_ref(domain_label, &n.name, &n.labels))
-                .or_default()
-                .push(n);
-        }
-        let mut grouped: Vec<(Cow<str>, Vec<&NodeView>)> = by_key.into_iter().collect();
+        // Domains, ordered by key; members by (domain key, name). Sorting the
+        // keys, then each domain's few nodes, gives the order of one stable
+        // sort by (key, name) with far fewer string comparisons.
+        let mut list = groups.list;
+        let mut grouped: Vec<(String, Group)> = groups
+            .index
+            .into_iter()
+            .map(|(key, g)| (key, std::mem::take(&mut list[g])))
+            .filter(|(_, g)| !g.members.is_empty())
+            .collect();
         grouped.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut ready_by_key: HashMap<Cow<str>, u32> = HashMap::new();
-        for node in pool_nodes.iter().filter(|n| n.state() == NodeState::Ready) {
-            *ready_by_key
-                .entry(domain_key_ref(domain_label, &node.name, &node.labels))
-                .or_default() += 1;
-        }
         let mut domains: Vec<Domain> = Vec::with_capacity(grouped.len());
         let mut members: Vec<Member> = Vec::with_capacity(pool_nodes.len());
-        for (key, mut views) in grouped {
+        let mut started_in: Vec<Option<u32>> = Vec::with_capacity(grouped.len());
+        for (key, mut group) in grouped {
             // Stable: nodes of the same name keep their input order.
-            views.sort_by(|a, b| a.name.cmp(&b.name));
-            domains.push(Domain {
-                ready_in_pool: ready_by_key.get(&key).copied().unwrap_or(0),
-                key: key.into_owned(),
-                members: (members.len()..members.len() + views.len()).collect(),
+            group.members.sort_by(|a, b| {
+                a.name
+                    .cmp(&b.name)
+                    .then_with(|| a.view.name.cmp(&b.view.name))
             });
-            members.extend(views.into_iter().map(|view| Member {
-                view,
+            domains.push(Domain {
+                ready_in_pool: group.ready_in_pool,
+                key,
+                members: (members.len()..members.len() + group.members.len()).collect(),
+            });
+            started_in.push(group.started_in);
+            members.extend(group.members.into_iter().map(|c| Member {
+                view: c.view,
                 wave: 0,
-                state: view.state(),
+                state: c.state,
+                retry: c.retry,
+                untainted: c.untainted,
+                healthy: c.healthy,
                 passed: false,
                 patch: None,
             }));
@@ -306,20 +415,8 @@ impl<'a> Planner<'a> {
                 &targets
             },
         );
-        let batch_name = batch.metadata.name.as_deref().unwrap_or_default();
         for (d, domain) in domains.iter().enumerate() {
-            let pinned = domain
-                .members
-                .iter()
-                .filter_map(|&m| {
-                    let v = members[m].view;
-                    let started = v.state() != NodeState::Pending;
-                    (started && v.batch.as_deref() == Some(batch_name))
-                        .then_some(v.wave)
-                        .flatten()
-                })
-                .min();
-            let wave = pinned
+            let wave = started_in[d]
                 .map(|w| (w.max(1) as usize - 1).min(wave_count - 1))
                 .unwrap_or(natural[d]);
             for &m in &domain.members {
@@ -425,8 +522,8 @@ impl<'a> Planner<'a> {
             .zip(&self.is_member)
             .filter(|(_, member)| !**member)
             .map(|(n, _)| n)
-            .filter(|n| n.batch.as_deref() == Some(batch_name) && n.state.is_some())
-            .filter(|n| n.state() != NodeState::Ready && !n.deleting)
+            .filter(|n| n.state.is_some() && n.state() != NodeState::Ready && !n.deleting)
+            .filter(|n| n.batch.as_deref() == Some(batch_name))
             .filter(|n| !conflicted.contains(n.name.as_str()))
             .map(|n| release(&n.name))
             .collect()
@@ -521,11 +618,10 @@ impl<'a> Planner<'a> {
         let taint = &self.pool.spec.onboarding.taint;
         let (key, effect) = (taint.key.clone(), taint.effect.as_str());
         for m in 0..self.members.len() {
-            let view = self.members[m].view;
-            let held_back = matches!(view.state(), NodeState::Validating | NodeState::Soaking | NodeState::Held);
-            if !held_back || view.has_taint(&key, effect) || view.retry {
+            if !self.members[m].untainted || self.members[m].retry {
                 continue;
             }
+            let view = self.members[m].view;
             self.members[m].patch.get_or_insert_with(|| {
                 Box::new(NodePatch {
                     node: view.name.clone(),
@@ -550,10 +646,10 @@ impl<'a> Planner<'a> {
 
     fn handle_retries(&mut self) {
         for m in 0..self.members.len() {
-            let view = self.members[m].view;
-            if !view.retry {
+            if !self.members[m].retry {
                 continue;
             }
+            let view = self.members[m].view;
             if matches!(view.state(), NodeState::Failed | NodeState::Held) {
                 self.transition(
                     m,
@@ -570,6 +666,12 @@ impl<'a> Planner<'a> {
                     reason: "NodeRetried",
                     message: format!("node {} goes through validation again", view.name),
                 });
+                self.events.push(Event {
+                    target: EventTarget::Node(view.name.clone()),
+                    warning: false,
+                    reason: "NodeRetried",
+                    message: "a person asked for a retry: the node goes through validation again".into(),
+                });
             } else {
                 // Nothing to retry; just acknowledge the request.
                 let patch = NodePatch {
@@ -585,6 +687,9 @@ impl<'a> Planner<'a> {
     }
 
     fn static_check(&self, m: usize) -> Option<Failure> {
+        if self.members[m].healthy {
+            return None;
+        }
         static_failure(&self.pool.spec, self.members[m].view)
     }
 
@@ -793,7 +898,21 @@ impl<'a> Planner<'a> {
             .collect();
         for m in pending {
             if let Some(failure) = self.static_check(m) {
+                // It joins its wave as failed, held back by the onboarding
+                // taint like any node between start and admission: a node
+                // that failed a check never takes workloads from gpufleet's
+                // hands.
                 self.fail(m, failure);
+                self.transition(
+                    m,
+                    NodeState::Failed,
+                    &[
+                        (keys::BATCH, Some(batch_name.clone())),
+                        (keys::WAVE, Some((wave + 1).to_string())),
+                        (keys::STARTED, Some(self.stamp())),
+                    ],
+                );
+                self.set_taint(m, true);
                 if let Some(w) = self.over_budget() {
                     return Some(Gate::FailureBudget(w));
                 }

@@ -13,7 +13,17 @@ use crate::support::{repo, testbed};
 const ROLLOUT: Duration = Duration::from_secs(150);
 
 fn lease_holder(s: &Scenario, lease: &str) -> Option<String> {
-    let ran = s.kubectl(&["-n", &s.name, "get", "lease", lease, "-o", "jsonpath={.spec.holderIdentity}"]).run();
+    let ran = s
+        .kubectl(&[
+            "-n",
+            &s.name,
+            "get",
+            "lease",
+            lease,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .run();
     (ran.ok && !ran.stdout.trim().is_empty()).then(|| ran.stdout.trim().to_string())
 }
 
@@ -22,15 +32,25 @@ fn node_writes_by_agent(s: &Scenario) -> Vec<(String, String)> {
     let prefix = format!("{}-", s.name);
     let mut out = Vec::new();
     for line in s.audit_text().unwrap_or_default().lines() {
-        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let agent = e["userAgent"].as_str().unwrap_or_default();
         if e["stage"] == "ResponseComplete"
             && e["verb"] == "patch"
             && e["objectRef"]["resource"] == "nodes"
-            && e["objectRef"]["name"].as_str().is_some_and(|n| n.starts_with(&prefix))
+            && e["objectRef"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&prefix))
             && agent.starts_with("gpufleet/")
         {
-            out.push((e["requestReceivedTimestamp"].as_str().unwrap_or_default().to_string(), agent.to_string()));
+            out.push((
+                e["requestReceivedTimestamp"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                agent.to_string(),
+            ));
         }
     }
     out.sort();
@@ -46,36 +66,72 @@ fn a_standby_takes_over_when_the_leader_dies() {
     let batch = "op-lead-b";
     s.create_nodes(&s.fleet(batch, 3, 18));
     s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 3}}"));
-    let elect = |id: &str| s.spawn_operator(&["--leader-elect", "--lease-name", "op-lead", "--lease-seconds", "6", "--identity", id]);
+    let elect = |id: &str| {
+        s.spawn_operator(&[
+            "--leader-elect",
+            "--lease-name",
+            "op-lead",
+            "--lease-seconds",
+            "6",
+            "--identity",
+            id,
+        ])
+    };
     let mut replicas = vec![("op-lead-a", elect("op-lead-a"))];
-    s.wait_until("replica a holds the lease", Duration::from_secs(30), |s| lease_holder(s, "op-lead").is_some());
+    s.wait_until("replica a holds the lease", Duration::from_secs(30), |s| {
+        lease_holder(s, "op-lead").is_some()
+    });
     replicas.push(("op-lead-b", elect("op-lead-b")));
     std::thread::sleep(Duration::from_secs(2));
     s.apply(&s.batch_yaml(batch, ""));
     s.wait_until("wave 2 is in flight", ROLLOUT, |s| {
-        s.seen().values().any(|n| n.wave.as_deref() == Some("2") && n.state.as_deref() != Some("ready"))
+        s.seen()
+            .values()
+            .any(|n| n.wave.as_deref() == Some("2") && n.state.as_deref() != Some("ready"))
     });
     let leader = lease_holder(&s, "op-lead").expect("a leader");
     let writes_before = node_writes_by_agent(&s);
-    let writers: std::collections::BTreeSet<_> = writes_before.iter().map(|(_, a)| a.clone()).collect();
+    let writers: std::collections::BTreeSet<_> =
+        writes_before.iter().map(|(_, a)| a.clone()).collect();
     assert_eq!(writers.len(), 1, "exactly one replica writes: {writers:?}");
-    assert!(writers.iter().next().unwrap().contains(&leader), "the writer is the lease holder {leader}: {writers:?}");
+    assert!(
+        writers.iter().next().unwrap().contains(&leader),
+        "the writer is the lease holder {leader}: {writers:?}"
+    );
 
-    let (_, child) = replicas.iter_mut().find(|(id, _)| *id == leader).expect("leader process");
+    let (_, child) = replicas
+        .iter_mut()
+        .find(|(id, _)| *id == leader)
+        .expect("leader process");
     child.kill().expect("SIGKILL the leader");
     child.wait().expect("reap");
     let killed_at = Instant::now();
-    s.wait_until("the standby holds the lease", Duration::from_secs(30), |s| {
-        lease_holder(s, "op-lead").is_some_and(|h| h != leader)
-    });
+    s.wait_until(
+        "the standby holds the lease",
+        Duration::from_secs(30),
+        |s| lease_holder(s, "op-lead").is_some_and(|h| h != leader),
+    );
     let takeover = killed_at.elapsed();
-    println!("op-lead: takeover {:.1}s after SIGKILL (lease duration 6 s)", takeover.as_secs_f64());
-    assert!(takeover <= Duration::from_secs(6) + Duration::from_secs(4), "takeover took {takeover:?}");
+    println!(
+        "op-lead: takeover {:.1}s after SIGKILL (lease duration 6 s)",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover <= Duration::from_secs(6) + Duration::from_secs(4),
+        "takeover took {takeover:?}"
+    );
     s.wait_ready(batch, ROLLOUT);
     assert_eq!(s.count("ready"), 54);
     assert!(s.seen().values().all(|n| !n.tainted));
-    let writers: std::collections::BTreeSet<_> = node_writes_by_agent(&s).into_iter().map(|(_, a)| a).collect();
-    assert_eq!(writers.len(), 2, "the new leader wrote after the takeover: {writers:?}");
+    let writers: std::collections::BTreeSet<_> = node_writes_by_agent(&s)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(
+        writers.len(),
+        2,
+        "the new leader wrote after the takeover: {writers:?}"
+    );
     for (_, mut child) in replicas {
         let _ = child.kill();
         let _ = child.wait();
@@ -102,15 +158,34 @@ impl OwnControlPlane {
             .spawn()
             .expect("starting a control plane");
         let mut line = String::new();
-        BufReader::new(watcher.stdout.take().unwrap()).read_line(&mut line).expect("its JSON line");
+        BufReader::new(watcher.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("its JSON line");
         let info: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         let kubeconfig = PathBuf::from(info["kubeconfig"].as_str().unwrap());
         let apiserver_pid = info["pids"]["kube-apiserver"].as_u64().unwrap() as u32;
-        testbed().kubectl_with(&kubeconfig, &["apply", "-f"]).arg(repo().join("crds")).succeeds();
         testbed()
-            .kubectl_with(&kubeconfig, &["wait", "--for=condition=Established", "--timeout=60s", "crd/rolloutbatches.gpufleet.io", "crd/gpupools.gpufleet.io"])
+            .kubectl_with(&kubeconfig, &["apply", "-f"])
+            .arg(repo().join("crds"))
             .succeeds();
-        OwnControlPlane { kubeconfig, apiserver_pid, restarted: None, _watcher: watcher }
+        testbed()
+            .kubectl_with(
+                &kubeconfig,
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/rolloutbatches.gpufleet.io",
+                    "crd/gpupools.gpufleet.io",
+                ],
+            )
+            .succeeds();
+        OwnControlPlane {
+            kubeconfig,
+            apiserver_pid,
+            restarted: None,
+            _watcher: watcher,
+        }
     }
 
     /// Stops kube-apiserver for `outage`, then starts it again with the same
@@ -122,13 +197,24 @@ impl OwnControlPlane {
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        Command::new("kill").arg(self.apiserver_pid.to_string()).status().expect("kill");
+        Command::new("kill")
+            .arg(self.apiserver_pid.to_string())
+            .status()
+            .expect("kill");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::path::Path::new(&format!("/proc/{}", self.apiserver_pid)).exists() && Instant::now() < deadline {
+        while std::path::Path::new(&format!("/proc/{}", self.apiserver_pid)).exists()
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(outage);
-        let log = std::fs::File::create(self.kubeconfig.parent().unwrap().join("logs/kube-apiserver-restarted.log")).unwrap();
+        let log = std::fs::File::create(
+            self.kubeconfig
+                .parent()
+                .unwrap()
+                .join("logs/kube-apiserver-restarted.log"),
+        )
+        .unwrap();
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
@@ -140,7 +226,11 @@ impl OwnControlPlane {
         self.restarted = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if testbed().kubectl_with(&self.kubeconfig, &["get", "--raw", "/readyz"]).run().ok {
+            if testbed()
+                .kubectl_with(&self.kubeconfig, &["get", "--raw", "/readyz"])
+                .run()
+                .ok
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -167,15 +257,24 @@ fn the_operator_rides_out_an_api_server_outage() {
     let mut s = Scenario::on("op-outage", &plane.kubeconfig);
     let batch = "op-outage-b";
     let mut nodes = s.fleet(batch, 2, 18);
-    nodes.iter_mut().find(|n| n.name == "op-outage-d1-n04").unwrap().probe_failure = Some("GPU fell off the bus".into());
+    nodes
+        .iter_mut()
+        .find(|n| n.name == "op-outage-d1-n04")
+        .unwrap()
+        .probe_failure = Some("GPU fell off the bus".into());
     s.create_nodes(&nodes);
     // Probe timeouts are long against a 30 s outage, as burn-ins are: a
     // probe that cannot report while the API server is down is not failed.
     s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 2, probe: {timeoutSeconds: 180}}}"));
     s.start_operator();
-    s.apply(&s.batch_yaml(batch, "spec: {waves: [{nodes: 18}, {percent: 100}], maxFailuresPerWave: 1}"));
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{nodes: 18}, {percent: 100}], maxFailuresPerWave: 1}",
+    ));
     s.wait_until("wave 2 is in flight", ROLLOUT, |s| {
-        s.seen().values().any(|n| n.wave.as_deref() == Some("2") && n.state.as_deref() != Some("ready"))
+        s.seen()
+            .values()
+            .any(|n| n.wave.as_deref() == Some("2") && n.state.as_deref() != Some("ready"))
     });
     plane.outage(Duration::from_secs(30));
     s.wait_ready(batch, ROLLOUT);
@@ -194,34 +293,75 @@ fn the_operator_rides_out_an_api_server_outage() {
 ///    the probe again, without counting a failure.
 #[test]
 fn gpufleet_restores_its_taint_and_its_probe() {
-    let mut s = Scenario::with_probe_delay("op-undo", &testbed().kubeconfig, Duration::from_secs(15));
+    let mut s =
+        Scenario::with_probe_delay("op-undo", &testbed().kubeconfig, Duration::from_secs(15));
     let batch = "op-undo-b";
     s.create_nodes(&s.fleet(batch, 1, 18));
     s.apply(&s.pool_yaml(""));
     s.start_operator();
     s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}]}"));
     s.wait_until("all 18 validate", ROLLOUT, |s| s.count("validating") == 18);
-    s.kubectl(&["taint", "nodes", "op-undo-d0-n03", "gpufleet.io/onboarding:NoSchedule-"]).succeeds();
-    s.kubectl(&["-n", "op-undo", "delete", "pod", "gpufleet-probe-op-undo-d0-n07-1", "--wait=false"]).succeeds();
-    s.wait_until("the taint is back", Duration::from_secs(20), |s| s.seen()["op-undo-d0-n03"].tainted);
+    s.kubectl(&[
+        "taint",
+        "nodes",
+        "op-undo-d0-n03",
+        "gpufleet.io/onboarding:NoSchedule-",
+    ])
+    .succeeds();
+    s.kubectl(&[
+        "-n",
+        "op-undo",
+        "delete",
+        "pod",
+        "gpufleet-probe-op-undo-d0-n07-1",
+        "--wait=false",
+    ])
+    .succeeds();
+    s.wait_until("the taint is back", Duration::from_secs(20), |s| {
+        s.seen()["op-undo-d0-n03"].tainted
+    });
     s.wait_until("the probe is made again", Duration::from_secs(20), |s| {
         s.probe_pods().iter().any(|p| {
-            p.metadata.name.as_deref() == Some("gpufleet-probe-op-undo-d0-n07-1") && p.metadata.deletion_timestamp.is_none()
+            p.metadata.name.as_deref() == Some("gpufleet-probe-op-undo-d0-n07-1")
+                && p.metadata.deletion_timestamp.is_none()
         })
     });
-    let events = s.kubectl(&["get", "events", "-A", "--field-selector", "involvedObject.name=op-undo-d0-n03", "-o", "json"]).succeeds();
+    let events = s
+        .kubectl(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "involvedObject.name=op-undo-d0-n03",
+            "-o",
+            "json",
+        ])
+        .succeeds();
     assert!(events.stdout.contains("TaintRestored"), "{}", events.stdout);
     s.wait_ready(batch, ROLLOUT);
     assert_eq!(s.count("ready"), 18);
-    let annotations = s.kubectl(&["get", "node", "op-undo-d0-n07", "-o", "jsonpath={.metadata.annotations.gpufleet\\.io/attempt}"]).succeeds();
-    assert_eq!(annotations.stdout.trim(), "1", "a deleted probe is not a failed attempt");
+    let annotations = s
+        .kubectl(&[
+            "get",
+            "node",
+            "op-undo-d0-n07",
+            "-o",
+            "jsonpath={.metadata.annotations.gpufleet\\.io/attempt}",
+        ])
+        .succeeds();
+    assert_eq!(
+        annotations.stdout.trim(),
+        "1",
+        "a deleted probe is not a failed attempt"
+    );
 }
 
 /// 4. A node deleted mid-validation is gone, not failed: its probe is removed
 ///    and the wave completes.
 #[test]
 fn a_node_deleted_mid_validation_is_gone_not_failed() {
-    let mut s = Scenario::with_probe_delay("op-gone", &testbed().kubeconfig, Duration::from_secs(8));
+    let mut s =
+        Scenario::with_probe_delay("op-gone", &testbed().kubeconfig, Duration::from_secs(8));
     let batch = "op-gone-b";
     s.create_nodes(&s.fleet(batch, 1, 18));
     s.apply(&s.pool_yaml(""));
@@ -230,11 +370,17 @@ fn a_node_deleted_mid_validation_is_gone_not_failed() {
     s.wait_until("all 18 validate", ROLLOUT, |s| s.count("validating") == 18);
     s.kubectl(&["delete", "node", "op-gone-d0-n05"]).succeeds();
     s.wait_until("its probe is removed", Duration::from_secs(20), |s| {
-        s.probe_pods().iter().all(|p| p.metadata.name.as_deref() != Some("gpufleet-probe-op-gone-d0-n05-1") || p.metadata.deletion_timestamp.is_some())
+        s.probe_pods().iter().all(|p| {
+            p.metadata.name.as_deref() != Some("gpufleet-probe-op-gone-d0-n05-1")
+                || p.metadata.deletion_timestamp.is_some()
+        })
     });
     s.wait_ready(batch, ROLLOUT);
     let status = s.batch(batch).status.unwrap();
-    assert_eq!((status.nodes.total, status.nodes.ready, status.nodes.failed), (17, 17, 0));
+    assert_eq!(
+        (status.nodes.total, status.nodes.ready, status.nodes.failed),
+        (17, 17, 0)
+    );
 }
 
 /// 5. `/metrics` has the families with values matching the objects; the
@@ -244,14 +390,23 @@ fn metrics_and_health_endpoints_tell_the_truth() {
     let s = Scenario::new("op-metrics");
     let batch = "op-metrics-b";
     let mut nodes = s.fleet(batch, 2, 18);
-    nodes.iter_mut().find(|n| n.name == "op-metrics-d1-n02").unwrap().probe_failure = Some("ECC".into());
+    nodes
+        .iter_mut()
+        .find(|n| n.name == "op-metrics-d1-n02")
+        .unwrap()
+        .probe_failure = Some("ECC".into());
     s.create_nodes(&nodes);
     s.apply(&s.pool_yaml(""));
     let addr = free_addr();
     let mut operator = s.spawn_operator(&["--metrics-addr", &addr, "--health-addr", &addr]);
-    s.wait_until("/readyz is 200", Duration::from_secs(30), |_| http_get(&addr, "/readyz").is_ok_and(|(c, _)| c == 200));
+    s.wait_until("/readyz is 200", Duration::from_secs(30), |_| {
+        http_get(&addr, "/readyz").is_ok_and(|(c, _)| c == 200)
+    });
     assert_eq!(http_get(&addr, "/healthz").unwrap().0, 200);
-    s.apply(&s.batch_yaml(batch, "spec: {waves: [{nodes: 18}, {percent: 100}], maxFailuresPerWave: 1}"));
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{nodes: 18}, {percent: 100}], maxFailuresPerWave: 1}",
+    ));
     s.wait_ready(batch, ROLLOUT);
     s.wait_until("the pool status is final", Duration::from_secs(20), |s| {
         s.pool().status.is_some_and(|st| st.nodes.ready == 35)
@@ -268,22 +423,54 @@ fn metrics_and_health_endpoints_tell_the_truth() {
     };
     let p = "pool=\"op-metrics\"";
     let b = "batch=\"op-metrics-b\"";
-    assert_eq!(value(&format!("gpufleet_pool_nodes{{{p},state=\"ready\"}}")), f64::from(pool.nodes.ready));
-    assert_eq!(value(&format!("gpufleet_pool_nodes{{{p},state=\"failed\"}}")), 1.0);
-    assert_eq!(value(&format!("gpufleet_pool_gpus_ready{{{p}}}")), f64::from(pool.gpus.ready));
-    assert_eq!(value(&format!("gpufleet_pool_gpus{{{p}}}")), f64::from(pool.gpus.total));
-    assert_eq!(value(&format!("gpufleet_pool_domains_complete{{{p}}}")), f64::from(pool.domains.complete));
+    assert_eq!(
+        value(&format!("gpufleet_pool_nodes{{{p},state=\"ready\"}}")),
+        f64::from(pool.nodes.ready)
+    );
+    assert_eq!(
+        value(&format!("gpufleet_pool_nodes{{{p},state=\"failed\"}}")),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("gpufleet_pool_gpus_ready{{{p}}}")),
+        f64::from(pool.gpus.ready)
+    );
+    assert_eq!(
+        value(&format!("gpufleet_pool_gpus{{{p}}}")),
+        f64::from(pool.gpus.total)
+    );
+    assert_eq!(
+        value(&format!("gpufleet_pool_domains_complete{{{p}}}")),
+        f64::from(pool.domains.complete)
+    );
     assert_eq!(value(&format!("gpufleet_pool_breaker_tripped{{{p}}}")), 0.0);
-    assert_eq!(value(&format!("gpufleet_batch_current_wave{{{p},{b}}}")), 2.0);
+    assert_eq!(
+        value(&format!("gpufleet_batch_current_wave{{{p},{b}}}")),
+        2.0
+    );
     assert_eq!(value(&format!("gpufleet_batch_waves{{{p},{b}}}")), 2.0);
     assert_eq!(value(&format!("gpufleet_batch_ready{{{p},{b}}}")), 1.0);
-    assert_eq!(value(&format!("gpufleet_node_admissions_total{{{p},{b}}}")), 35.0);
-    assert_eq!(value(&format!("gpufleet_node_failures_total{{{p},{b},reason=\"probe_failed\"}}")), 1.0);
-    assert_eq!(value(&format!("gpufleet_node_onboarding_seconds_count{{{p}}}")), 35.0);
+    assert_eq!(
+        value(&format!("gpufleet_node_admissions_total{{{p},{b}}}")),
+        35.0
+    );
+    assert_eq!(
+        value(&format!(
+            "gpufleet_node_failures_total{{{p},{b},reason=\"probe_failed\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("gpufleet_node_onboarding_seconds_count{{{p}}}")),
+        35.0
+    );
     assert!(value("gpufleet_reconcile_duration_seconds_count{kind=\"rolloutbatch\"}") > 0.0);
     assert!(value("gpufleet_api_requests_total{verb=\"patch\",resource=\"nodes\"}") >= 35.0 * 2.0);
     assert_eq!(value("gpufleet_leader "), 1.0);
-    assert!(!text.contains("op-metrics-d0-n00"), "no node names in metric labels");
+    assert!(
+        !text.contains("op-metrics-d0-n00"),
+        "no node names in metric labels"
+    );
     let _ = operator.kill();
     let _ = operator.wait();
 }

@@ -30,16 +30,36 @@ fn a_healthy_fleet_rolls_out_in_waves() {
     }
     // Waves: one domain, then half (rounded up to whole domains), then the rest.
     let wave_of = |d: usize| seen[&format!("ro-happy-d{d}-n00")].wave.clone();
-    assert_eq!([wave_of(0), wave_of(1), wave_of(2)], [Some("1".into()), Some("2".into()), Some("3".into())]);
+    assert_eq!(
+        [wave_of(0), wave_of(1), wave_of(2)],
+        [Some("1".into()), Some("2".into()), Some("3".into())]
+    );
     let status = s.batch(batch).status.expect("status");
     assert_eq!(status.wave_progress.as_deref(), Some("3/3"));
-    assert_eq!(status.waves.iter().map(|w| w.target_nodes).collect::<Vec<_>>(), [18, 36, 54]);
+    assert_eq!(
+        status
+            .waves
+            .iter()
+            .map(|w| w.target_nodes)
+            .collect::<Vec<_>>(),
+        [18, 36, 54]
+    );
     assert!(status.waves.iter().all(|w| w.completed_at.is_some()));
-    s.wait_until("probe pods are deleted once read", Duration::from_secs(10), |s| s.probe_pods().is_empty());
+    s.wait_until(
+        "probe pods are deleted once read",
+        Duration::from_secs(10),
+        |s| s.probe_pods().is_empty(),
+    );
     // The pool reports the capacity online.
-    s.wait_until("the pool counts 216 GPUs ready", Duration::from_secs(10), |s| {
-        s.pool().status.is_some_and(|st| st.gpus.ready == 216 && st.domains.complete == 3)
-    });
+    s.wait_until(
+        "the pool counts 216 GPUs ready",
+        Duration::from_secs(10),
+        |s| {
+            s.pool()
+                .status
+                .is_some_and(|st| st.gpus.ready == 216 && st.domains.complete == 3)
+        },
+    );
 
     if let Some(writes) = s.node_writes() {
         let total: u32 = writes.values().sum();
@@ -64,8 +84,11 @@ fn a_failed_probe_fails_its_node_and_the_rollout_goes_on() {
     let batch = "ro-probe-b";
     let mut nodes = s.fleet(batch, 3, 18);
     let bad = "ro-probe-d1-n05";
-    nodes.iter_mut().find(|n| n.name == bad).unwrap().probe_failure =
-        Some("dcgmi diag: NVLink CRC errors on GPU 2\nlevel 3 failed".into());
+    nodes
+        .iter_mut()
+        .find(|n| n.name == bad)
+        .unwrap()
+        .probe_failure = Some("dcgmi diag: NVLink CRC errors on GPU 2\nlevel 3 failed".into());
     s.create_nodes(&nodes);
     s.apply(&s.pool_yaml(""));
     s.start_operator();
@@ -91,23 +114,33 @@ fn too_many_failures_halt_the_batch_until_the_budget_is_raised() {
     let batch = "ro-budget-b";
     let mut nodes = s.fleet(batch, 3, 18);
     for bad in ["ro-budget-d1-n01", "ro-budget-d1-n02"] {
-        nodes.iter_mut().find(|n| n.name == bad).unwrap().probe_failure = Some("ECC errors".into());
+        nodes
+            .iter_mut()
+            .find(|n| n.name == bad)
+            .unwrap()
+            .probe_failure = Some("ECC errors".into());
     }
     s.create_nodes(&nodes);
     s.apply(&s.pool_yaml(""));
     s.start_operator();
     s.apply(&s.batch_yaml(batch, "spec: {maxFailuresPerWave: 1}"));
     s.wait_until("the batch stalls", ROLLOUT, |s| {
-        s.condition(batch, "Stalled").is_some_and(|(status, _, _)| status == "True")
+        s.condition(batch, "Stalled")
+            .is_some_and(|(status, _, _)| status == "True")
     });
     let (_, reason, message) = s.condition(batch, "Stalled").unwrap();
     assert_eq!(reason, "FailureBudgetExceeded");
-    assert!(message.contains("ro-budget-d1-n01") && message.contains("ro-budget-d1-n02"), "{message}");
+    assert!(
+        message.contains("ro-budget-d1-n01") && message.contains("ro-budget-d1-n02"),
+        "{message}"
+    );
     // Nothing of wave 3 starts while halted.
     std::thread::sleep(Duration::from_secs(3));
     let seen = s.seen();
     assert!(
-        seen.iter().filter(|(n, _)| n.starts_with("ro-budget-d2")).all(|(_, node)| node.state.is_none()),
+        seen.iter()
+            .filter(|(n, _)| n.starts_with("ro-budget-d2"))
+            .all(|(_, node)| node.state.is_none()),
         "wave 3 started while halted: {seen:?}"
     );
     assert_eq!(s.condition(batch, "Ready").unwrap().0, "False");
@@ -129,12 +162,20 @@ fn approved_waves_gate_promotion_through_kubectl_apply() {
     s.apply(&s.pool_yaml(""));
     s.start_operator();
     s.apply(&s.batch_yaml(batch, "spec: {approvedWaves: 1}"));
-    s.wait_until("wave 1 is admitted and wave 2 waits for approval", ROLLOUT, |s| {
-        s.condition(batch, "Ready").is_some_and(|(_, reason, _)| reason == "WaitingForApproval")
-    });
+    s.wait_until(
+        "wave 1 is admitted and wave 2 waits for approval",
+        ROLLOUT,
+        |s| {
+            s.condition(batch, "Ready")
+                .is_some_and(|(_, reason, _)| reason == "WaitingForApproval")
+        },
+    );
     assert_eq!(s.count("ready"), 18);
     let (_, _, message) = s.condition(batch, "Ready").unwrap();
-    assert!(message.contains("wave 2 of 3 waits for approval"), "{message}");
+    assert!(
+        message.contains("wave 2 of 3 waits for approval"),
+        "{message}"
+    );
     s.apply(&s.batch_yaml(batch, "spec: {approvedWaves: 3}"));
     s.wait_ready(batch, ROLLOUT);
     assert_eq!(s.count("ready"), 54);
@@ -152,13 +193,18 @@ fn the_operator_survives_being_killed_mid_wave() {
     s.start_operator();
     s.apply(&s.batch_yaml(batch, ""));
     s.wait_until("wave 2 is in flight", ROLLOUT, |s| {
-        s.seen().values().any(|n| n.wave.as_deref() == Some("2") && n.state.as_deref() == Some("validating"))
+        s.seen()
+            .values()
+            .any(|n| n.wave.as_deref() == Some("2") && n.state.as_deref() == Some("validating"))
     });
     s.kill_operator();
     // While no operator runs, every node between start and verdict keeps its taint.
     let check_taints = |s: &Scenario| {
         for (name, node) in s.seen() {
-            if matches!(node.state.as_deref(), Some("validating" | "soaking" | "held")) {
+            if matches!(
+                node.state.as_deref(),
+                Some("validating" | "soaking" | "held")
+            ) {
                 assert!(node.tainted, "{name} is {:?} without its taint", node.state);
             }
         }
@@ -169,7 +215,9 @@ fn the_operator_survives_being_killed_mid_wave() {
     let start = Instant::now();
     while start.elapsed() < ROLLOUT {
         check_taints(&s);
-        if s.condition(batch, "Ready").is_some_and(|(status, _, _)| status == "True") {
+        if s.condition(batch, "Ready")
+            .is_some_and(|(status, _, _)| status == "True")
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -183,7 +231,10 @@ fn the_operator_survives_being_killed_mid_wave() {
     }
     if let Some(writes) = s.node_writes() {
         let max = writes.values().copied().max().unwrap_or(0);
-        assert!(max <= 3, "a node was written {max} times across the restart: {writes:?}");
+        assert!(
+            max <= 3,
+            "a node was written {max} times across the restart: {writes:?}"
+        );
     }
 }
 
@@ -196,25 +247,50 @@ fn unhealthy_nodes_are_not_admitted() {
     let mut nodes = s.fleet(batch, 1, 18);
     nodes[3].gpus = 3;
     s.create_nodes(&nodes);
-    s.rt.block_on(gpufleet::simulate::set_condition(&s.client, "ro-faults-d0-n07", "GpuXidError", "True", "Xid79"))
-        .expect("setting the XID condition");
-    crate::support::testbed().kubectl(&["cordon", "ro-faults-d0-n11"]).succeeds();
+    s.rt.block_on(gpufleet::simulate::set_condition(
+        &s.client,
+        "ro-faults-d0-n07",
+        "GpuXidError",
+        "True",
+        "Xid79",
+    ))
+    .expect("setting the XID condition");
+    crate::support::testbed()
+        .kubectl(&["cordon", "ro-faults-d0-n11"])
+        .succeeds();
     s.apply(&s.pool_yaml("spec: {topology: {minHealthyNodesPerDomain: 15}}"));
     s.start_operator();
-    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}], maxFailuresPerWave: 3}"));
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxFailuresPerWave: 3}",
+    ));
     s.wait_ready(batch, ROLLOUT);
     let seen = s.seen();
     let reason = |n: &str| seen[n].reason.clone().unwrap_or_default();
     assert_eq!(seen["ro-faults-d0-n03"].state.as_deref(), Some("failed"));
-    assert!(reason("ro-faults-d0-n03").contains("nvidia.com/gpu.count is 3, pool expects 4"), "{}", reason("ro-faults-d0-n03"));
+    assert!(
+        reason("ro-faults-d0-n03").contains("nvidia.com/gpu.count is 3, pool expects 4"),
+        "{}",
+        reason("ro-faults-d0-n03")
+    );
     assert_eq!(seen["ro-faults-d0-n07"].state.as_deref(), Some("failed"));
     assert_eq!(reason("ro-faults-d0-n07"), "condition GpuXidError is True");
     assert_eq!(seen["ro-faults-d0-n11"].state.as_deref(), Some("failed"));
-    assert!(reason("ro-faults-d0-n11").contains("cordoned"), "{}", reason("ro-faults-d0-n11"));
+    assert!(
+        reason("ro-faults-d0-n11").contains("cordoned"),
+        "{}",
+        reason("ro-faults-d0-n11")
+    );
     assert_eq!(s.count("ready"), 15);
     // The cordon is someone else's: gpufleet leaves it.
     let cordoned = crate::support::testbed()
-        .kubectl(&["get", "node", "ro-faults-d0-n11", "-o", "jsonpath={.spec.unschedulable}"])
+        .kubectl(&[
+            "get",
+            "node",
+            "ro-faults-d0-n11",
+            "-o",
+            "jsonpath={.spec.unschedulable}",
+        ])
         .succeeds();
     assert_eq!(cordoned.stdout.trim(), "true");
 }
@@ -235,10 +311,23 @@ fn deleting_a_batch_leaves_its_nodes_safe() {
     s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 1}}"));
     s.wait_until("wave 1 is admitted", ROLLOUT, |s| s.count("ready") == 18);
     s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 600}}"));
-    s.wait_until("wave 2 is in flight", ROLLOUT, |s| s.count("validating") + s.count("soaking") > 0);
-    crate::support::testbed().kubectl(&["delete", "rolloutbatch", batch, "--wait=true", "--timeout=60s"]).succeeds();
+    s.wait_until("wave 2 is in flight", ROLLOUT, |s| {
+        s.count("validating") + s.count("soaking") > 0
+    });
+    crate::support::testbed()
+        .kubectl(&[
+            "delete",
+            "rolloutbatch",
+            batch,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .succeeds();
     let seen = s.seen();
-    let ready = seen.values().filter(|n| n.state.as_deref() == Some("ready")).count();
+    let ready = seen
+        .values()
+        .filter(|n| n.state.as_deref() == Some("ready"))
+        .count();
     assert_eq!(ready, 18, "ready nodes stay ready");
     for (name, node) in seen.iter().filter(|(n, _)| n.starts_with("ro-delete-d1")) {
         assert_eq!(node.state, None, "{name} keeps a gpufleet state");
@@ -247,6 +336,13 @@ fn deleting_a_batch_leaves_its_nodes_safe() {
         }
     }
     // Wave 2 started all 18 at once (maxConcurrent 18): all keep the taint.
-    assert!(seen.iter().filter(|(n, _)| n.starts_with("ro-delete-d1")).all(|(_, n)| n.tainted), "{seen:?}");
-    s.wait_until("no probe pods are left", Duration::from_secs(20), |s| s.probe_pods().is_empty());
+    assert!(
+        seen.iter()
+            .filter(|(n, _)| n.starts_with("ro-delete-d1"))
+            .all(|(_, n)| n.tainted),
+        "{seen:?}"
+    );
+    s.wait_until("no probe pods are left", Duration::from_secs(20), |s| {
+        s.probe_pods().is_empty()
+    });
 }

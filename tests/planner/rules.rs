@@ -188,8 +188,15 @@ fn static_checks_fail_nodes_with_actionable_reasons() {
             .find(|p| p.node == "n-d000-n00")
             .unwrap();
         assert!(patch.failure.is_some(), "{what}: no failure category");
-        // A node that failed before starting never gets the taint from gpufleet.
-        assert_eq!(patch.taint, TaintChange::Keep, "{what}");
+        // It is held back by the onboarding taint and joins its wave, in the
+        // same single write.
+        assert_eq!(patch.taint, TaintChange::Add, "{what}");
+        assert_eq!(
+            patch.annotations.get(keys::WAVE),
+            Some(&Some("1".into())),
+            "{what}"
+        );
+        assert_eq!(s.node_writes["n-d000-n00"], 1, "{what}");
     }
 }
 
@@ -362,10 +369,17 @@ fn a_removed_onboarding_taint_is_put_back_while_the_node_is_in_progress() {
     s.step();
     node_mut(&mut s.snapshot.nodes, "n-d000-n02").taints.clear();
     let plan = s.step();
-    let patch = plan.node_patches().find(|p| p.node == "n-d000-n02").expect("a patch");
+    let patch = plan
+        .node_patches()
+        .find(|p| p.node == "n-d000-n02")
+        .expect("a patch");
     assert_eq!(patch.taint, TaintChange::Add);
     assert_eq!(patch.state, Some(Validating), "the state stays");
-    assert!(plan.actions.iter().any(|a| matches!(a, Action::Event(e) if e.reason == "TaintRestored")));
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(e) if e.reason == "TaintRestored"))
+    );
     assert_eq!(s.step().changes().count(), 0, "restored once");
     // A ready node's taint is gone on purpose: nothing to restore.
     s.run(50);

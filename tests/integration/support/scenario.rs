@@ -53,16 +53,27 @@ impl Scenario {
     /// A scenario whose probes run for `delay` before they report.
     pub fn with_probe_delay(name: &str, kubeconfig: &std::path::Path, delay: Duration) -> Scenario {
         let tb = testbed();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let kubeconfig = kubeconfig.to_path_buf();
         let path = kubeconfig.clone();
         let client = rt.block_on(async move {
             let file = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
-            let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.expect("config");
+            let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .expect("config");
             kube::Client::try_from(config).expect("client")
         });
-        tb.kubectl_with(&kubeconfig, &["create", "namespace", name]).run();
-        tb.kubectl_with(&kubeconfig, &["-n", name, "create", "serviceaccount", "default"]).run();
+        tb.kubectl_with(&kubeconfig, &["create", "namespace", name])
+            .run();
+        tb.kubectl_with(
+            &kubeconfig,
+            &["-n", name, "create", "serviceaccount", "default"],
+        )
+        .run();
         let burn_in = rt.spawn(simulate::burn_in(client.clone(), name.to_string(), delay));
         Scenario {
             name: name.to_string(),
@@ -81,7 +92,10 @@ impl Scenario {
         (0..domains)
             .flat_map(|d| {
                 (0..per_domain).map(move |n| {
-                    SimNode::gb200(format!("{}-d{d}-n{n:02}", self.name), format!("{}-c{d}", self.name))
+                    SimNode::gb200(
+                        format!("{}-d{d}-n{n:02}", self.name),
+                        format!("{}-c{d}", self.name),
+                    )
                 })
             })
             .map(|node| self.labelled(node, batch))
@@ -90,20 +104,28 @@ impl Scenario {
 
     /// Labels a node for this scenario's pool and `batch`.
     pub fn labelled(&self, node: SimNode, batch: &str) -> SimNode {
-        node.label(TEST_LABEL, &self.name).label("gpufleet.io/pool", &self.name).label("gpufleet.io/batch", batch)
+        node.label(TEST_LABEL, &self.name)
+            .label("gpufleet.io/pool", &self.name)
+            .label("gpufleet.io/batch", batch)
     }
 
     pub fn create_nodes(&self, nodes: &[SimNode]) {
-        self.rt.block_on(simulate::create_nodes(&self.client, nodes, 16)).expect("creating nodes");
+        self.rt
+            .block_on(simulate::create_nodes(&self.client, nodes, 16))
+            .expect("creating nodes");
         // kwok makes them Ready.
         self.wait_until("kwok makes the nodes Ready", Duration::from_secs(60), |s| {
             let states = s.rt.block_on(s.nodes());
             nodes.iter().all(|n| {
                 states.iter().any(|node| {
                     node.metadata.name.as_deref() == Some(n.name.as_str())
-                        && node.status.as_ref().and_then(|st| st.conditions.as_ref()).is_some_and(|cs| {
-                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
+                        && node
+                            .status
+                            .as_ref()
+                            .and_then(|st| st.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
                 })
             })
         });
@@ -165,7 +187,9 @@ spec:
 
     /// `kubectl apply -f -` of a YAML document.
     pub fn apply(&self, yaml: &str) {
-        self.kubectl(&["apply", "-f", "-"]).stdin(yaml.to_string()).succeeds();
+        self.kubectl(&["apply", "-f", "-"])
+            .stdin(yaml.to_string())
+            .succeeds();
     }
 
     /// Starts this scenario's operator (a separate `gpufleet run` process).
@@ -178,7 +202,11 @@ spec:
     /// A `gpufleet run` process for this scenario with `extra` flags; the
     /// caller owns it. Logs go to [`Scenario::log`].
     pub fn spawn_operator(&self, extra: &[&str]) -> Child {
-        let log = File::options().create(true).append(true).open(&self.log).expect("operator log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("operator log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpufleet"));
         cmd.args(["run", "--kubeconfig"])
             .arg(&self.kubeconfig)
@@ -203,7 +231,9 @@ spec:
 
     /// Is this scenario's operator still running?
     pub fn operator_alive(&mut self) -> bool {
-        self.operator.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.operator
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// SIGKILL, as a node failure or OOM kill would.
@@ -216,7 +246,9 @@ spec:
 
     pub fn batch(&self, name: &str) -> RolloutBatch {
         let api: Api<RolloutBatch> = Api::all(self.client.clone());
-        self.rt.block_on(api.get(name)).unwrap_or_else(|e| panic!("getting batch {name}: {e}"))
+        self.rt
+            .block_on(api.get(name))
+            .unwrap_or_else(|e| panic!("getting batch {name}: {e}"))
     }
 
     pub fn pool(&self) -> GpuPool {
@@ -273,7 +305,9 @@ spec:
     pub fn by_state(&self) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (name, seen) in self.seen() {
-            out.entry(seen.state.unwrap_or_else(|| "-".into())).or_default().push(name);
+            out.entry(seen.state.unwrap_or_else(|| "-".into()))
+                .or_default()
+                .push(name);
         }
         out
     }
@@ -285,12 +319,20 @@ spec:
     /// The probe pods in this scenario's namespace.
     pub fn probe_pods(&self) -> Vec<Pod> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.name);
-        self.rt.block_on(api.list(&ListParams::default())).expect("listing pods").items
+        self.rt
+            .block_on(api.list(&ListParams::default()))
+            .expect("listing pods")
+            .items
     }
 
     /// Polls `check` every 250 ms until it holds; panics after `timeout`
     /// with what the batch and nodes looked like, and the operator's log.
-    pub fn wait_until(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Scenario) -> bool) {
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Scenario) -> bool,
+    ) {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if check(self) {
@@ -303,7 +345,10 @@ spec:
         panic!(
             "{}: timed out after {timeout:?} waiting until {what}\nnodes by state: {:?}\noperator log (last lines, newest first):\n{}",
             self.name,
-            self.by_state().iter().map(|(k, v)| (k.clone(), v.len())).collect::<BTreeMap<_, _>>(),
+            self.by_state()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.len()))
+                .collect::<BTreeMap<_, _>>(),
             tail.join("\n")
         );
     }
@@ -311,7 +356,8 @@ spec:
     /// Waits for the batch's Ready condition to be True.
     pub fn wait_ready(&self, batch: &str, timeout: Duration) {
         self.wait_until(&format!("batch {batch} is Ready"), timeout, |s| {
-            s.condition(batch, "Ready").is_some_and(|(status, _, _)| status == "True")
+            s.condition(batch, "Ready")
+                .is_some_and(|(status, _, _)| status == "True")
         });
     }
 
@@ -332,15 +378,23 @@ spec:
         let prefix = format!("{}-", self.name);
         let mut writes = BTreeMap::new();
         for line in text.lines() {
-            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
             if entry["stage"] != "ResponseComplete" || entry["objectRef"]["resource"] != "nodes" {
                 continue;
             }
             let verb = entry["verb"].as_str().unwrap_or_default();
             let agent = entry["userAgent"].as_str().unwrap_or_default();
-            let ok = entry["responseStatus"]["code"].as_u64().is_some_and(|c| c < 300);
+            let ok = entry["responseStatus"]["code"]
+                .as_u64()
+                .is_some_and(|c| c < 300);
             let name = entry["objectRef"]["name"].as_str().unwrap_or_default();
-            if matches!(verb, "patch" | "update") && agent.starts_with("gpufleet/") && ok && name.starts_with(&prefix) {
+            if matches!(verb, "patch" | "update")
+                && agent.starts_with("gpufleet/")
+                && ok
+                && name.starts_with(&prefix)
+            {
                 *writes.entry(name.to_string()).or_insert(0) += 1;
             }
         }
@@ -352,15 +406,22 @@ spec:
         let text = self.audit_text()?;
         let mut creates = BTreeMap::new();
         for line in text.lines() {
-            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            let ok = entry["responseStatus"]["code"].as_u64().is_some_and(|c| c < 300);
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let ok = entry["responseStatus"]["code"]
+                .as_u64()
+                .is_some_and(|c| c < 300);
             if entry["stage"] == "ResponseComplete"
                 && entry["verb"] == "create"
                 && entry["objectRef"]["resource"] == "pods"
                 && entry["objectRef"]["namespace"] == self.name.as_str()
                 && ok
             {
-                let name = entry["objectRef"]["name"].as_str().unwrap_or_default().to_string();
+                let name = entry["objectRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 *creates.entry(name).or_insert(0) += 1;
             }
         }
@@ -382,11 +443,21 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
