@@ -199,7 +199,13 @@ fn shuffle<T>(items: &mut [T]) {
 }
 
 fn oncpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/self/schedstat").unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    std::fs::read_to_string("/proc/self/schedstat")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 fn bench_plan(c: &mut Criterion) {
@@ -211,27 +217,57 @@ fn bench_plan(c: &mut Criterion) {
             for _ in 0..n {
                 let (t, c) = (std::time::Instant::now(), oncpu_ns());
                 black_box(plan(&s.pool, &s.batch, black_box(&s.snapshot), s.now));
-                cpu.push(((oncpu_ns() - c) as f64 / 1e6, t.elapsed().as_secs_f64() * 1e3));
+                cpu.push((
+                    (oncpu_ns() - c) as f64 / 1e6,
+                    t.elapsed().as_secs_f64() * 1e3,
+                ));
             }
             cpu.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
             let t = std::time::Instant::now();
             for _ in 0..10 {
-                let c = s.snapshot.nodes.iter().filter(|n| gpufleet::planner::matches(&s.pool.spec.node_selector, &n.labels) && gpufleet::planner::matches(&s.batch.spec.node_selector, &n.labels)).count();
+                let c = s
+                    .snapshot
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        gpufleet::planner::matches(&s.pool.spec.node_selector, &n.labels)
+                            && gpufleet::planner::matches(&s.batch.spec.node_selector, &n.labels)
+                    })
+                    .count();
                 black_box(c);
             }
-            eprintln!("TMP matches x2: {:.2} ms", t.elapsed().as_secs_f64() * 100.0);
+            eprintln!(
+                "TMP matches x2: {:.2} ms",
+                t.elapsed().as_secs_f64() * 100.0
+            );
             let t = std::time::Instant::now();
             for _ in 0..10 {
-                let c = s.snapshot.nodes.iter().filter(|n| n.labels.get("nvidia.com/gpu.clique").is_some()).count();
+                let c = s
+                    .snapshot
+                    .nodes
+                    .iter()
+                    .filter(|n| n.labels.get("nvidia.com/gpu.clique").is_some())
+                    .count();
                 black_box(c);
             }
-            eprintln!("TMP clique get: {:.2} ms", t.elapsed().as_secs_f64() * 100.0);
+            eprintln!(
+                "TMP clique get: {:.2} ms",
+                t.elapsed().as_secs_f64() * 100.0
+            );
             let t = std::time::Instant::now();
             for _ in 0..10 {
-                let c = s.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Validating).count();
+                let c = s
+                    .snapshot
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state() == NodeState::Validating)
+                    .count();
                 black_box(c);
             }
-            eprintln!("TMP state pass: {:.2} ms", t.elapsed().as_secs_f64() * 100.0);
+            eprintln!(
+                "TMP state pass: {:.2} ms",
+                t.elapsed().as_secs_f64() * 100.0
+            );
             let t = std::time::Instant::now();
             for _ in 0..10 {
                 let mut v: Vec<&NodeView> = s.snapshot.nodes.iter().collect();
@@ -239,7 +275,13 @@ fn bench_plan(c: &mut Criterion) {
                 black_box(v);
             }
             eprintln!("TMP name sort: {:.2} ms", t.elapsed().as_secs_f64() * 100.0);
-            eprintln!("TMP {total}: cpu min {:.2} med {:.2} ms; wall of those {:.2} {:.2}", cpu[0].0, cpu[cpu.len()/2].0, cpu[0].1, cpu[cpu.len()/2].1);
+            eprintln!(
+                "TMP {total}: cpu min {:.2} med {:.2} ms; wall of those {:.2} {:.2}",
+                cpu[0].0,
+                cpu[cpu.len() / 2].0,
+                cpu[0].1,
+                cpu[cpu.len() / 2].1
+            );
         }
         std::process::exit(0);
     }

@@ -100,14 +100,20 @@ fn the_table_shows_waves_domains_and_rejected_nodes_in_80_columns() {
         text.starts_with("Batch row12 of pool gb200-east: 54 nodes in 3 domains, 3 waves\n"),
         "{text}"
     );
-    assert!(text.contains("GPUs online if every probe passes: 212 of 216"), "{text}");
+    assert!(
+        text.contains("GPUs online if every probe passes: 212 of 216"),
+        "{text}"
+    );
     assert!(
         text.contains("WAVE  TARGET  DOMAINS   NODES  REJECTED    HELD     GPUS  APPROVED"),
         "{text}"
     );
     assert!(text.contains("\n   1      18        1      18         1       0       68  yes\n"));
     assert!(text.contains("\n   3      54        2      36         0       0      144  no\n"));
-    assert!(text.contains("Wave 1: 1 domain, 18 nodes, 68 GPUs\n"), "{text}");
+    assert!(
+        text.contains("Wave 1: 1 domain, 18 nodes, 68 GPUs\n"),
+        "{text}"
+    );
     assert!(text.contains("7f25f72c-175a-41c0-81be-ac192a5cc8c7.1     18     68  1 rejected"));
     assert!(text.contains(
         "  r12-rack02-tray07 (wave 1, domain 7f25f72c-175a-41c0-81be-ac192a5cc8c7.1)\n      allocatable nvidia.com/gpu is 3, pool expects 4\n"
@@ -123,9 +129,15 @@ fn the_table_shows_held_domains_and_nodes_outside_the_pool() {
     }
     assert!(text.contains("Held domains: 1\n  722c472e-4076-42ca-802e-72e1918627e2.1 (wave 1, 15 nodes held)\n      15 of 18 nodes can be healthy, 16 needed"), "{text}");
     assert!(text.contains("condition GpuXidError is True"), "{text}");
-    assert!(text.contains("driver 570.86.15 is older than 570.133.20"), "{text}");
+    assert!(
+        text.contains("driver 570.86.15 is older than 570.133.20"),
+        "{text}"
+    );
     assert!(text.contains("r12-rack06-tray01"), "{text}");
-    assert!(text.contains("wave 1 halts the rollout: 3 of its 18 nodes"), "{text}");
+    assert!(
+        text.contains("wave 1 halts the rollout: 3 of its 18 nodes"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -184,7 +196,10 @@ fn json_node_files_and_standard_input_give_the_same_preview() {
     );
     // A plain sequence of Nodes, in a file without a telling name.
     let seq = scratch("nodes.txt", &dump["items"].to_string());
-    assert_eq!(json(&plan(seq.to_str().unwrap(), &["-o", "json"])), expected);
+    assert_eq!(
+        json(&plan(seq.to_str().unwrap(), &["-o", "json"])),
+        expected
+    );
     // A YAML sequence of Nodes from standard input.
     let yaml = serde_norway::to_string(&dump["items"]).unwrap();
     let out = gpufleet(
@@ -252,7 +267,10 @@ fn a_broken_node_in_a_stream_names_the_document_and_the_field() {
         ],
         &file,
     );
-    assert!(err.contains("document 2: status.allocatable.nvidia.com/gpu"), "{err}");
+    assert!(
+        err.contains("document 2: status.allocatable.nvidia.com/gpu"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -282,7 +300,10 @@ fn a_broken_json_node_file_names_the_field() {
 
 #[test]
 fn objects_of_the_wrong_kind_and_bad_syntax_are_named() {
-    let pod = scratch("pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n");
+    let pod = scratch(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
+    );
     let err = error_of(
         &[
             "plan",
@@ -314,7 +335,10 @@ fn objects_of_the_wrong_kind_and_bad_syntax_are_named() {
         &["plan", "--pool", BATCH, "--batch", BATCH, "--nodes", NODES],
         Path::new(BATCH),
     );
-    assert!(err.contains("kind: is RolloutBatch, expected GpuPool"), "{err}");
+    assert!(
+        err.contains("kind: is RolloutBatch, expected GpuPool"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -14,8 +14,8 @@ use gpufleet::planner::NodeView;
 use gpufleet::planner::preview::{Mismatch, Preview, preview};
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess};
 use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -96,7 +96,8 @@ fn read(path: &Path) -> anyhow::Result<String> {
 /// parse that fails on syntax falls back to YAML (a YAML flow sequence also
 /// starts with `[`).
 fn looks_like_json(path: &Path, text: &str) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
         || text
             .trim_start_matches('\u{feff}')
             .trim_start()
@@ -108,7 +109,9 @@ fn looks_like_json(path: &Path, text: &str) -> bool {
 fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> anyhow::Result<T> {
     let file = name(path);
     if looks_like_json(path, text) {
-        let by_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let by_name = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let mut de = serde_json::Deserializer::from_str(text);
         match serde_path_to_error::deserialize::<_, T>(&mut de) {
             Ok(value) => match de.end() {
@@ -177,7 +180,13 @@ fn check_pool(path: &Path, pool: &GpuPool) -> anyhow::Result<()> {
 
 fn check_batch(path: &Path, batch: &RolloutBatch) -> anyhow::Result<()> {
     let file = name(path);
-    if batch.metadata.name.as_deref().unwrap_or_default().is_empty() {
+    if batch
+        .metadata
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .is_empty()
+    {
         bail!("{file}: metadata.name: the batch has no name");
     }
     if batch.spec.waves.is_empty() {
@@ -225,7 +234,10 @@ fn load_nodes(path: &Path) -> anyhow::Result<Vec<Node>> {
         .iter()
         .position(|n| n.metadata.name.as_deref().unwrap_or_default().is_empty())
     {
-        bail!("{file}: node {} of the file: metadata.name is missing", i + 1);
+        bail!(
+            "{file}: node {} of the file: metadata.name is missing",
+            i + 1
+        );
     }
     Ok(nodes)
 }
@@ -371,7 +383,10 @@ fn table(p: &Preview) -> String {
             }
         );
         if w.domains.is_empty() {
-            let _ = writeln!(out, "  (empty: the waves before it already reach its target)");
+            let _ = writeln!(
+                out,
+                "  (empty: the waves before it already reach its target)"
+            );
             continue;
         }
         let _ = writeln!(
@@ -435,7 +450,11 @@ fn table(p: &Preview) -> String {
                 true,
             ),
             (Mismatch::Deleting, "Being deleted", true),
-            (Mismatch::PoolOnly, "Pool's selector only (other batches)", false),
+            (
+                Mismatch::PoolOnly,
+                "Pool's selector only (other batches)",
+                false,
+            ),
             (Mismatch::Neither, "Neither selector", false),
         ] {
             let nodes: Vec<&str> = p
@@ -475,7 +494,12 @@ fn count(n: u32, noun: &str) -> String {
 
 /// Up to ten names, then how many more.
 fn bounded(names: &[&str]) -> String {
-    let shown = names.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    let shown = names
+        .iter()
+        .take(10)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
     match names.len().saturating_sub(10) {
         0 => shown,
         more => format!("{shown} and {more} more"),

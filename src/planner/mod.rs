@@ -33,8 +33,8 @@ pub use health::{Failure, FailureCategory, compare_versions, static_failure};
 pub use pool::{Breaker, PoolPlan, breaker, plan_pool};
 pub use selector::{matches, to_query};
 pub use snapshot::{Claim, NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView};
-pub use waves::{domain_key, failure_budget};
 use waves::domain_key_ref;
+pub use waves::{domain_key, failure_budget};
 
 /// Condition types on a RolloutBatch.
 pub mod condition_types {
@@ -342,9 +342,10 @@ impl<'a> Planner<'a> {
                 continue;
             }
             is_member[i] = true;
-            if let (true, Some(wave)) =
-                (state != NodeState::Pending && node.batch.as_deref() == Some(batch_name), node.wave)
-            {
+            if let (true, Some(wave)) = (
+                state != NodeState::Pending && node.batch.as_deref() == Some(batch_name),
+                node.wave,
+            ) {
                 group.started_in = Some(group.started_in.map_or(wave, |w| w.min(wave)));
             }
             let taint = &pool_spec.onboarding.taint;
@@ -670,7 +671,8 @@ impl<'a> Planner<'a> {
                     target: EventTarget::Node(view.name.clone()),
                     warning: false,
                     reason: "NodeRetried",
-                    message: "a person asked for a retry: the node goes through validation again".into(),
+                    message: "a person asked for a retry: the node goes through validation again"
+                        .into(),
                 });
             } else {
                 // Nothing to retry; just acknowledge the request.

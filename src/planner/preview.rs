@@ -326,9 +326,7 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[NodeView]) -> Prev
         let total = members.len() as u32 + ready_in_pool - ready_members;
         let rejected = members.iter().filter(|m| m.failure.is_some()).count();
         let hint = if rejected > 0 {
-            format!(
-                "{rejected} rejected; fix them or lower topology.minHealthyNodesPerDomain"
-            )
+            format!("{rejected} rejected; fix them or lower topology.minHealthyNodesPerDomain")
         } else {
             "the domain's other nodes are missing from the batch".to_string()
         };
@@ -607,7 +605,10 @@ spec:
         assert_eq!(held.domain, "n-clique-002");
         assert_eq!((held.healthy, held.needed, held.wave), (2, 3, 3));
         assert_eq!(held.nodes, ["n-d002-n02", "n-d002-n03"]);
-        assert!(held.reason.contains("2 of 4 nodes can be healthy, 3 needed"));
+        assert!(
+            held.reason
+                .contains("2 of 4 nodes can be healthy, 3 needed")
+        );
         assert_eq!(p.waves[1].gpus, 12);
         assert_eq!(p.waves[2].gpus, 0);
         assert_eq!((p.waves[2].rejected, p.waves[2].held), (2, 2));
@@ -649,7 +650,8 @@ spec:
         let mut nodes = fleet("n", 1, 4, "east", "row1");
         for name in ["n-d000-n00", "n-d000-n01"] {
             let node = find(&mut nodes, name);
-            node.labels.insert("gpufleet.io/batch".into(), "row0".into());
+            node.labels
+                .insert("gpufleet.io/batch".into(), "row0".into());
             node.state = Some(NodeState::Ready);
         }
         set_gpus(find(&mut nodes, "n-d000-n03"), 0);
