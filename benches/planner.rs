@@ -148,7 +148,7 @@ fn scenario(total: usize) -> Scenario {
             } else if d < validating_until {
                 start(&mut nodes[i], NodeState::Validating, 2, now, 120);
                 nodes[i].attempt = 1;
-                let passed = validating % 50 == 0;
+                let passed = validating.is_multiple_of(50);
                 probes.push(ProbeView {
                     name: probe_pod_name(&nodes[i].name, 1),
                     node: nodes[i].name.clone(),
@@ -171,7 +171,7 @@ fn scenario(total: usize) -> Scenario {
     // The operator's cache hands nodes over in no particular order, and the
     // operator builds its views afresh for each reconcile, in that order.
     shuffle(&mut nodes);
-    let nodes: Vec<NodeView> = nodes.iter().cloned().collect();
+    let nodes: Vec<NodeView> = nodes.to_vec();
     let snapshot = Snapshot {
         nodes,
         probes,
@@ -246,7 +246,7 @@ fn bench_plan(c: &mut Criterion) {
                     .snapshot
                     .nodes
                     .iter()
-                    .filter(|n| n.labels.get("nvidia.com/gpu.clique").is_some())
+                    .filter(|n| n.labels.contains_key("nvidia.com/gpu.clique"))
                     .count();
                 black_box(c);
             }

@@ -114,22 +114,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let watch = watcher::Config::default();
-    let buffer = 1024;
-
-    let (pool_store, pool_writer) = reflector::store_shared::<DeserializeGuard<GpuPool>>(buffer);
-    let (batch_store, batch_writer) =
-        reflector::store_shared::<DeserializeGuard<RolloutBatch>>(buffer);
-    let (node_store, node_writer) = reflector::store_shared::<Node>(buffer);
-    let (probe_store, probe_writer) = reflector::store_shared::<Pod>(buffer);
-
-    let subscribe = |what: &str| anyhow::anyhow!("cannot subscribe to the {what} watch");
-    let pools_for_batches = pool_writer.subscribe().ok_or_else(|| subscribe("pool"))?;
-    let pools_for_pools = pool_writer.subscribe().ok_or_else(|| subscribe("pool"))?;
-    let batches_for_batches = batch_writer.subscribe().ok_or_else(|| subscribe("batch"))?;
-    let nodes_for_batches = node_writer.subscribe().ok_or_else(|| subscribe("node"))?;
-    let nodes_for_pools = node_writer.subscribe().ok_or_else(|| subscribe("node"))?;
-    let probes_for_batches = probe_writer.subscribe().ok_or_else(|| subscribe("probe"))?;
-
     let node_watch = match &config.node_selector {
         Some(selector) => watch.clone().labels(selector),
         None => watch.clone(),
@@ -146,28 +130,83 @@ pub async fn run(
     let nodes_api: Api<Node> = Api::all(client.clone());
     let probes_api: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
 
-    // The watches feed the caches; the controllers read them. Each counts
-    // itself synced at its first full list.
+    // The watches feed the caches that plans are built from, and turn each
+    // change into reconcile requests for the controllers. Nothing downstream
+    // can hold a watch back: requests go through unbounded channels (a few
+    // object references; the controllers deduplicate them), so a busy
+    // controller never stalls a watch into being closed by the API server.
+    let (pool_store, pool_writer) = reflector::store::<DeserializeGuard<GpuPool>>();
+    let (batch_store, batch_writer) = reflector::store::<DeserializeGuard<RolloutBatch>>();
+    let (node_store, node_writer) = reflector::store::<Node>();
+    let (probe_store, probe_writer) = reflector::store::<Pod>();
     let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
     let synced_tx = Arc::new(synced_tx);
-    let pool_watch = watcher(pools_api, object_watch.clone())
+    let stores = Stores {
+        pools: pool_store.clone(),
+        batches: batch_store.clone(),
+        nodes: node_store.clone(),
+        probes: probe_store.clone(),
+        synced,
+    };
+    let (batch_tx, batch_rx) =
+        tokio::sync::mpsc::unbounded_channel::<ObjectRef<DeserializeGuard<RolloutBatch>>>();
+    let (pool_tx, pool_rx) =
+        tokio::sync::mpsc::unbounded_channel::<ObjectRef<DeserializeGuard<GpuPool>>>();
+
+    let pool_watch = {
+        let (s, tx) = (stores.clone(), batch_tx.clone());
+        watcher(pools_api, object_watch.clone())
+            .default_backoff()
+            .reflect(pool_writer)
+            .for_each(drive(
+                "gpupools",
+                synced_tx.clone(),
+                move |pool: &DeserializeGuard<GpuPool>| {
+                    let name = match &pool.0 {
+                        Ok(p) => p.name_any(),
+                        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+                    };
+                    for batch in batches_of_pool(&s, &name) {
+                        let _ = tx.send(batch);
+                    }
+                },
+            ))
+    };
+    let batch_watch = watcher(batches_api.clone(), object_watch.clone())
         .default_backoff()
-        .reflect_shared(pool_writer)
-        .for_each(drive("gpupools", synced_tx.clone()));
-    let batch_watch = watcher(batches_api, object_watch)
-        .default_backoff()
-        .reflect_shared(batch_writer)
-        .for_each(drive("rolloutbatches", synced_tx.clone()));
-    let node_watcher = watcher(nodes_api, node_watch)
-        .default_backoff()
-        .modify(observe::strip_node)
-        .reflect_shared(node_writer)
-        .for_each(drive("nodes", synced_tx.clone()));
-    let probe_watcher = watcher(probes_api, probe_watch)
-        .default_backoff()
-        .modify(observe::strip_pod)
-        .reflect_shared(probe_writer)
-        .for_each(drive("probe pods", synced_tx.clone()));
+        .reflect(batch_writer)
+        .for_each(drive(
+            "rolloutbatches",
+            synced_tx.clone(),
+            |_: &DeserializeGuard<RolloutBatch>| {},
+        ));
+    let node_watcher = {
+        let (s, btx, ptx) = (stores.clone(), batch_tx.clone(), pool_tx.clone());
+        watcher(nodes_api, node_watch)
+            .default_backoff()
+            .modify(observe::strip_node)
+            .reflect(node_writer)
+            .for_each(drive("nodes", synced_tx.clone(), move |node: &Node| {
+                for batch in batches_of_node(&s, node) {
+                    let _ = btx.send(batch);
+                }
+                for pool in pools_of_node(&s, node) {
+                    let _ = ptx.send(pool);
+                }
+            }))
+    };
+    let probe_watcher = {
+        let tx = batch_tx.clone();
+        watcher(probes_api, probe_watch)
+            .default_backoff()
+            .modify(observe::strip_pod)
+            .reflect(probe_writer)
+            .for_each(drive("probe pods", synced_tx.clone(), move |pod: &Pod| {
+                if let Some(batch) = pod.annotations().get(keys::BATCH) {
+                    let _ = tx.send(ObjectRef::new(batch));
+                }
+            }))
+    };
 
     // Leader election: every replica watches; only the leader writes.
     let (leadership, election, releaser) = match &config.lease {
@@ -176,13 +215,6 @@ pub async fn run(
             (l, Some(task), Some(r))
         }
         None => (leader::Leadership::always(), None, None),
-    };
-    let stores = Stores {
-        pools: pool_store.clone(),
-        batches: batch_store.clone(),
-        nodes: node_store.clone(),
-        probes: probe_store.clone(),
-        synced,
     };
     let reporter = Reporter {
         controller: "gpufleet".into(),
@@ -205,45 +237,35 @@ pub async fn run(
 
     let controller_config = controller::Config::default().concurrency(config.concurrency);
 
-    // Batches: their own changes, their pool's, their nodes', their probes'.
-    let batch_controller = {
-        let s1 = stores.clone();
-        let s2 = stores.clone();
-        Controller::for_shared_stream(batches_for_batches, batch_store.clone())
-            .with_config(controller_config.clone())
-            .watches_shared_stream(pools_for_batches, move |pool| {
-                batches_of_pool(&s1, &pool.name_any())
-            })
-            .watches_shared_stream(nodes_for_batches, move |node| batches_of_node(&s2, &node))
-            .watches_shared_stream(probes_for_batches, |pod: Arc<Pod>| {
-                pod.annotations()
-                    .get(keys::BATCH)
-                    .map(|b| ObjectRef::new(b))
-            })
-            .reconcile_all_on(acquisitions(leadership.clone()))
-            .run(batch::reconcile, error_policy_batch, ctx.clone())
-            .for_each(|result| {
-                if let Err(err) = result {
-                    log_controller_error("rolloutbatch", &err);
-                }
-                future::ready(())
-            })
-    };
+    // Batches: their own changes (the controller's own watch), and the
+    // requests the other watches send: their pool's, nodes' and probes'.
+    let batch_controller = Controller::new(batches_api, object_watch.clone())
+        .with_config(controller_config.clone())
+        .reconcile_on(tokio_stream_of(batch_rx))
+        .reconcile_all_on(acquisitions(leadership.clone()))
+        .run(batch::reconcile, error_policy_batch, ctx.clone())
+        .for_each(|result| {
+            if let Err(err) = result {
+                log_controller_error("rolloutbatch", &err);
+            }
+            future::ready(())
+        });
     // Pools: their own changes and their nodes'.
-    let pool_controller = {
-        let s = stores.clone();
-        Controller::for_shared_stream(pools_for_pools, pool_store.clone())
-            .with_config(controller_config)
-            .reconcile_all_on(acquisitions(leadership.clone()))
-            .watches_shared_stream(nodes_for_pools, move |node| pools_of_node(&s, &node))
-            .run(pool::reconcile, error_policy_pool, ctx.clone())
-            .for_each(|result| {
-                if let Err(err) = result {
-                    log_controller_error("gpupool", &err);
-                }
-                future::ready(())
-            })
-    };
+    let pool_controller = Controller::new(
+        Api::<DeserializeGuard<GpuPool>>::all(client.clone()),
+        object_watch,
+    )
+    .with_config(controller_config)
+    .reconcile_on(tokio_stream_of(pool_rx))
+    .reconcile_all_on(acquisitions(leadership.clone()))
+    .run(pool::reconcile, error_policy_pool, ctx.clone())
+    .for_each(|result| {
+        if let Err(err) = result {
+            log_controller_error("gpupool", &err);
+        }
+        future::ready(())
+    });
+    drop((batch_tx, pool_tx));
 
     let probes = http::Probes {
         metrics: config.metrics.clone(),
@@ -298,11 +320,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Drives one watch: counts it synced at its first full list, and logs
+/// Drives one watch: counts it synced at its first full list, calls
+/// `changed` for every object added, changed or deleted after that, and logs
 /// errors (the watcher retries by itself, with backoff).
 fn drive<T>(
     name: &'static str,
     synced: Arc<tokio::sync::watch::Sender<usize>>,
+    mut changed: impl FnMut(&T),
 ) -> impl FnMut(Result<watcher::Event<T>, watcher::Error>) -> future::Ready<()> {
     let mut listed = false;
     move |event| {
@@ -312,11 +336,19 @@ fn drive<T>(
                 synced.send_modify(|n| *n += 1);
                 info!(watch = name, "watch synced");
             }
+            Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => changed(&obj),
             Ok(_) => {}
             Err(err) => warn!(watch = name, %err, "watch error; retrying with backoff"),
         }
         future::ready(())
     }
+}
+
+/// An unbounded receiver as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// A stream that yields each time this replica becomes leader, so that
