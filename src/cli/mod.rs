@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod crds;
 mod demo;
 mod logging;
@@ -45,6 +46,9 @@ enum Command {
     Retry(plugin::RetryArgs),
     /// Why a node is in its state: reason, batch, wave, since, events.
     Why(plugin::WhyArgs),
+    /// Measure the operator on a local control plane: N simulated nodes
+    /// rolled out, wall time, memory, CPU and API requests (BENCHMARKS.md).
+    Bench(bench::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -60,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => plugin::resume(args),
         Command::Retry(args) => plugin::retry(args),
         Command::Why(args) => plugin::why(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -1584,3 +1584,40 @@ fn chart_monitoring_output_is_accepted_by_the_api_server() {
         ran.stderr
     );
 }
+
+/// RBAC, proven by use: `gpufleet run` signed in as the chart's service
+/// account (a token from `kubectl create token`) rolls a batch out, leader
+/// election included — so the chart grants everything gpufleet does.
+#[test]
+fn gpufleet_rolls_out_as_the_charts_service_account() {
+    use crate::support::scenario::Scenario;
+    let tb = testbed();
+    let release = "rbac-run";
+    install(tb, release, &[]);
+    let account = format!("{release}-gpufleet");
+    let kubeconfig = tb.service_account_kubeconfig(release, &account);
+    let s = Scenario::new(release);
+    let batch = "rbac-run-b";
+    s.create_nodes(&s.fleet(batch, 1, 18));
+    s.apply(&s.pool_yaml(""));
+    let mut operator = s.spawn_operator_as(
+        &kubeconfig,
+        &[
+            "--leader-elect",
+            "--lease-name",
+            &account,
+            "--lease-seconds",
+            "6",
+        ],
+    );
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}]}"));
+    s.wait_ready(batch, std::time::Duration::from_secs(120));
+    assert_eq!(s.count("ready"), 18);
+    let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+    assert!(
+        !log.contains("forbidden"),
+        "the service account was refused something:\n{log}"
+    );
+    let _ = operator.kill();
+    let _ = operator.wait();
+}

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bench;
 mod chart;
 mod crds;
 mod demo;

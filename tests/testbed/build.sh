@@ -5,7 +5,8 @@
 #   ${GPUFLEET_CACHE:-${XDG_CACHE_HOME:-~/.cache}/gpufleet}/testbed/<tool>-<version>/bin
 # A fresh machine builds once (about ten minutes on two cores); a fresh clone on
 # the same machine finds the cache and returns at once. Prints the bin folders,
-# one a line, in this order: k8s, etcd, kwok, helm, kstatus.
+# one a line, in this order: k8s, etcd, kwok, helm, kstatus, kcm (kube-controller-manager,
+# the benchmark's peer).
 #
 #   tests/testbed/build.sh            build what is missing
 #   tests/testbed/build.sh --print    only print where the binaries are (or will be)
@@ -23,6 +24,7 @@ k8s_version="$(required kube k8s.io/kubernetes)"
 etcd_version="$(required etcd go.etcd.io/etcd/server/v3)"
 kwok_version="$(required kwok sigs.k8s.io/kwok)"
 helm_version="$(required helm helm.sh/helm/v3)"
+kcm_version="$(required kcm k8s.io/kubernetes)"
 kstatus_key="kstatus-$(required kstatus sigs.k8s.io/cli-utils)-$(cat "$here"/go/kstatus/{go.mod,go.sum,main.go} | sha256sum | cut -c1-8)"
 
 # Go 1.26 (the machine's own) for everything: Go 1.27 turns on encoding/json/v2
@@ -67,6 +69,7 @@ if ! $print_only; then
     "-X sigs.k8s.io/kwok/pkg/consts.Version=$kwok_version"
   build helm "helm-$helm_version" helm helm.sh/helm/v3/cmd/helm "$helm_ldflags"
   build kstatus "$kstatus_key" kstatus gpufleet.io/testbed/kstatus
+  build kcm "kcm-$kcm_version" kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
 fi
 
 echo "$cache/k8s-$k8s_version/bin"
@@ -74,3 +77,4 @@ echo "$cache/etcd-$etcd_version/bin"
 echo "$cache/kwok-$kwok_version/bin"
 echo "$cache/helm-$helm_version/bin"
 echo "$cache/$kstatus_key/bin"
+echo "$cache/kcm-$kcm_version/bin"

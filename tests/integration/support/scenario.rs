@@ -202,6 +202,12 @@ spec:
     /// A `gpufleet run` process for this scenario with `extra` flags; the
     /// caller owns it. Logs go to [`Scenario::log`].
     pub fn spawn_operator(&self, extra: &[&str]) -> Child {
+        self.spawn_operator_as(&self.kubeconfig.clone(), extra)
+    }
+
+    /// Like [`Scenario::spawn_operator`], signed in with another kubeconfig
+    /// (a service account's, say).
+    pub fn spawn_operator_as(&self, kubeconfig: &std::path::Path, extra: &[&str]) -> Child {
         let log = File::options()
             .create(true)
             .append(true)
@@ -209,7 +215,7 @@ spec:
             .expect("operator log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpufleet"));
         cmd.args(["run", "--kubeconfig"])
-            .arg(&self.kubeconfig)
+            .arg(kubeconfig)
             .args(["--namespace", &self.name])
             .args(["--selector", &format!("{TEST_LABEL}={}", self.name)])
             .args(["--node-selector", &format!("{TEST_LABEL}={}", self.name)])

@@ -1,0 +1,1271 @@
+//! `gpufleet bench`: the operator measured on a real control plane.
+//!
+//! It starts its own test bed (`tests/testbed/controlplane.py up --kwok`),
+//! creates N kwok nodes in GB200/GB300 NVL72 domains of 18, applies the CRDs,
+//! a pool (probe on, soak of a few seconds) and a three-wave batch, runs
+//! `gpufleet run` as a separate process and measures until the batch is
+//! Ready: wall time, the operator's peak RSS and CPU seconds (from /proc),
+//! its API requests by verb and resource (from the API server's audit log,
+//! entries whose user agent starts with `gpufleet/`), node writes per
+//! admitted node, and the time of one plan at that size.
+//!
+//! With `--peer` it then runs the minimal job (remove an onboarding taint
+//! once a node is Ready: one wave of 100%, no probe, no soak) twice on a
+//! fresh fleet of the same size: once by gpufleet, once by the peer,
+//! kube-controller-manager's node lifecycle controller (which removes
+//! `node.kubernetes.io/not-ready:NoSchedule` once a node's Ready condition
+//! is True), and compares them.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
+use gpufleet::api::{GpuPool, RolloutBatch};
+use gpufleet::crds;
+use gpufleet::planner::{self, NodeState, NodeView, Snapshot};
+use gpufleet::simulate::{self, SimNode};
+use gpufleet::view::{self, Gate};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount, Taint};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use serde::Serialize;
+use serde_json::json;
+
+/// Label on every object the benchmark makes.
+const BENCH_LABEL: &str = "gpufleet.io/bench";
+const FIELD_MANAGER: &str = "gpufleet-bench";
+const NODES_PER_DOMAIN: u32 = 18;
+const NAMESPACE: &str = "gpufleet-bench";
+/// The taint the peer removes.
+const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
+const ONBOARDING_TAINT: &str = "gpufleet.io/onboarding";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Nodes to roll out (rounded up to whole domains of 18).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    nodes: u32,
+    /// How long each burn-in probe runs (kwok completes it after this).
+    #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+    probe_seconds: f64,
+    /// How long a node must stay healthy after its probe passed.
+    #[arg(long, default_value_t = 3, value_name = "SECONDS")]
+    soak_seconds: u32,
+    /// Node creations in flight at once.
+    #[arg(long, default_value_t = 48, value_name = "N")]
+    parallel: usize,
+    /// Client-side write limit given to the operator (and, with --peer, to
+    /// the peer): the test bed's API server is local.
+    #[arg(long, default_value_t = 500.0)]
+    qps: f64,
+    /// Burst above --qps (operator and peer alike).
+    #[arg(long, default_value_t = 1000.0)]
+    burst: f64,
+    /// Give up when a rollout is not Ready after this long.
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    timeout: u64,
+    /// Skip the full rollout (probes, soak, three waves); with --peer, run
+    /// only the side-by-side comparison.
+    #[arg(long)]
+    no_rollout: bool,
+    /// Also run the minimal job (remove an onboarding taint) by gpufleet and
+    /// by the peer (kube-controller-manager's node lifecycle controller) on
+    /// a fresh fleet of the same size, and compare.
+    #[arg(long)]
+    peer: bool,
+    /// Leave the control plane running and print how to reach it.
+    #[arg(long)]
+    keep: bool,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if !(0.0..=3600.0).contains(&args.probe_seconds) {
+        bail!("--probe-seconds must be between 0 and 3600");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(bench(&args))?;
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    let complete = report.rollout.as_ref().is_none_or(|r| r.complete)
+        && report
+            .peer
+            .as_ref()
+            .is_none_or(|p| p.gpufleet.complete && p.peer.complete);
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Everything one `gpufleet bench` measured.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub machine: Machine,
+    pub nodes: u32,
+    pub domains: u32,
+    pub control_plane_seconds: f64,
+    pub rollout: Option<Rollout>,
+    pub peer: Option<PeerComparison>,
+    /// Peak RSS of the test bed's processes at the end (KiB).
+    pub control_plane_peak_rss_kib: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub memory_kib: u64,
+}
+
+/// The full rollout: probes, soak, three waves.
+#[derive(Serialize, Debug)]
+pub struct Rollout {
+    pub complete: bool,
+    pub outcome: String,
+    pub node_create_seconds: f64,
+    pub waves: usize,
+    pub probe_seconds: f64,
+    pub soak_seconds: u32,
+    /// From the batch's creation to its Ready condition.
+    pub wall_seconds: f64,
+    /// wall minus waves × (probe + soak): the operator's own share.
+    pub overhead_seconds: f64,
+    pub overhead_per_wave_seconds: f64,
+    pub admitted: u64,
+    pub failed: u64,
+    pub process: ProcessStats,
+    pub requests: Requests,
+    pub node_writes_per_admitted: f64,
+    pub probe_creates: u64,
+    pub probe_deletes: u64,
+    /// gpufleet_reconcile_duration_seconds, from the operator's /metrics.
+    pub reconciles: Option<Reconciles>,
+    /// One `planner::plan` in this process over the batch's snapshot as the
+    /// rollout starts (every node pending) and as it ends (every node ready).
+    pub plan_ms_start: f64,
+    pub plan_ms_end: f64,
+}
+
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct ProcessStats {
+    pub peak_rss_kib: u64,
+    pub cpu_seconds: f64,
+    pub rss_bytes_per_node: f64,
+}
+
+#[derive(Serialize, Debug, Default, Clone)]
+pub struct Requests {
+    pub total: u64,
+    /// "verb resource[/subresource]" → count.
+    pub by_verb_resource: BTreeMap<String, u64>,
+    pub node_writes: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Reconciles {
+    pub count: f64,
+    pub mean_ms: f64,
+}
+
+/// The minimal job, gpufleet and the peer on fleets of the same size.
+#[derive(Serialize, Debug)]
+pub struct PeerComparison {
+    pub peer_name: String,
+    pub gpufleet: Minimal,
+    pub peer: Minimal,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Minimal {
+    pub complete: bool,
+    /// From the start (gpufleet: the batch's creation; peer: its process
+    /// start) until no node carries the taint.
+    pub wall_seconds: f64,
+    pub process: ProcessStats,
+    pub requests: Requests,
+}
+
+async fn bench(args: &Args) -> anyhow::Result<Report> {
+    let domains = args.nodes.div_ceil(NODES_PER_DOMAIN);
+    let nodes = domains * NODES_PER_DOMAIN;
+    let started = Instant::now();
+    let plane = ControlPlane::start(args.keep).await?;
+    let control_plane_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: control plane up in {control_plane_seconds:.1}s ({})",
+        plane.dir.display()
+    );
+    let client = plane.client().await?;
+    install_crds(&client).await?;
+    namespace_and_account(&client).await?;
+
+    let mut report = Report {
+        machine: machine(),
+        nodes,
+        domains,
+        control_plane_seconds,
+        rollout: None,
+        peer: None,
+        control_plane_peak_rss_kib: BTreeMap::new(),
+    };
+    if !args.no_rollout {
+        report.rollout = Some(full_rollout(args, &plane, &client, domains).await?);
+    }
+    if args.peer {
+        report.peer = Some(peer_comparison(args, &plane, &client, domains).await?);
+    }
+    for (name, pid) in &plane.pids {
+        if let Some(stats) = process_stats(*pid) {
+            report
+                .control_plane_peak_rss_kib
+                .insert(name.clone(), stats.peak_rss_kib);
+        }
+    }
+    if args.keep {
+        eprintln!("bench: the control plane keeps running (--keep):");
+        eprintln!("  export KUBECONFIG={}", plane.kubeconfig.display());
+        eprintln!(
+            "  python3 {} down --dir {}",
+            plane.script.display(),
+            plane.dir.display()
+        );
+    }
+    drop(plane);
+    Ok(report)
+}
+
+/// The fleet: domains alternate GB200 and GB300.
+fn fleet(prefix: &str, domains: u32) -> Vec<SimNode> {
+    let mut nodes = Vec::with_capacity((domains * NODES_PER_DOMAIN) as usize);
+    for d in 0..domains {
+        let clique = format!("{prefix}-{d:06}.32766");
+        for n in 1..=NODES_PER_DOMAIN {
+            let name = format!("{prefix}-r{d:06}-n{n:02}");
+            let node = if d % 2 == 0 {
+                SimNode::gb200(name, clique.clone())
+            } else {
+                SimNode::gb300(name, clique.clone())
+            };
+            nodes.push(
+                node.label(BENCH_LABEL, prefix)
+                    .label("gpufleet.io/pool", prefix)
+                    .label("gpufleet.io/batch", prefix),
+            );
+        }
+    }
+    nodes
+}
+
+async fn create(client: &kube::Client, nodes: Vec<Node>, parallel: usize) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let api: Api<Node> = Api::all(client.clone());
+    futures::stream::iter(nodes)
+        .map(|node| {
+            let api = api.clone();
+            async move { api.create(&PostParams::default(), &node).await.map(|_| ()) }
+        })
+        .buffer_unordered(parallel.max(1))
+        .try_collect::<Vec<()>>()
+        .await
+        .context("creating the nodes")?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+async fn wait_nodes_ready(client: &kube::Client, prefix: &str, count: usize) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let params = ListParams::default().labels(&format!("{BENCH_LABEL}={prefix}"));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let ready = api
+            .list(&params)
+            .await?
+            .items
+            .iter()
+            .filter(|n| NodeView::from(*n).ready == Some(true))
+            .count();
+        if ready >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{ready} of {count} nodes Ready after 600s: is kwok keeping up?");
+        }
+        // A list of tens of thousands of nodes is itself a load: not too often.
+        tokio::time::sleep(Duration::from_millis(500 + count as u64 / 10)).await;
+    }
+}
+
+fn pool_json(name: &str, probe_seconds: Option<f64>, soak_seconds: u32) -> serde_json::Value {
+    let mut checks = json!({
+        "unhealthyConditions": [{"type": "GpuXidError", "status": "True"}],
+        "soakSeconds": soak_seconds,
+    });
+    if let Some(seconds) = probe_seconds {
+        checks["probe"] = json!({
+            "timeoutSeconds": seconds.ceil() as u32 + 60,
+            "retries": 0,
+            "template": {"spec": {"containers": [{
+                "name": "burn-in",
+                "image": "nvcr.io/nvidia/cloud-native/dcgm:4.2.3-1-ubuntu22.04",
+                "command": ["dcgmi", "diag", "-r", "3"],
+                "resources": {"limits": {gpufleet::keys::GPU_RESOURCE: 4}},
+            }]}},
+        });
+    }
+    json!({
+        "apiVersion": "gpufleet.io/v1alpha1",
+        "kind": "GpuPool",
+        "metadata": {"name": name, "labels": {BENCH_LABEL: name}},
+        "spec": {
+            "nodeSelector": {"matchLabels": {"gpufleet.io/pool": name}},
+            "hardware": {"gpuProduct": ["NVIDIA-GB200", "NVIDIA-GB300"], "gpusPerNode": 4, "minDriverVersion": "570.133.20"},
+            "topology": {"domainLabel": "nvidia.com/gpu.clique", "nodesPerDomain": NODES_PER_DOMAIN, "minHealthyNodesPerDomain": 16},
+            "onboarding": {"taint": {"key": ONBOARDING_TAINT, "effect": "NoSchedule"}},
+            "healthChecks": checks,
+            "circuitBreaker": {"maxFailedPercent": 10, "window": "1h"},
+        },
+    })
+}
+
+fn batch_json(name: &str, waves: serde_json::Value, max_concurrent: u32) -> serde_json::Value {
+    json!({
+        "apiVersion": "gpufleet.io/v1alpha1",
+        "kind": "RolloutBatch",
+        "metadata": {"name": name, "labels": {BENCH_LABEL: name}},
+        "spec": {
+            "poolRef": name,
+            "nodeSelector": {"matchLabels": {"gpufleet.io/batch": name}},
+            "waves": waves,
+            "maxConcurrent": max_concurrent,
+            "maxFailuresPerWave": "10%",
+        },
+    })
+}
+
+async fn apply<K>(client: &kube::Client, body: &serde_json::Value) -> anyhow::Result<K>
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope> + Clone + std::fmt::Debug,
+    K: serde::de::DeserializeOwned + Serialize,
+    K::DynamicType: Default,
+{
+    let name = body["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let api: Api<K> = Api::all(client.clone());
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?)
+}
+
+async fn full_rollout(
+    args: &Args,
+    plane: &ControlPlane,
+    client: &kube::Client,
+    domains: u32,
+) -> anyhow::Result<Rollout> {
+    let name = "bench";
+    let nodes = fleet(name, domains);
+    let count = nodes.len();
+    eprintln!(
+        "bench: creating {count} nodes ({domains} domains), {} at a time",
+        args.parallel
+    );
+    let node_create_seconds = create(
+        client,
+        nodes.iter().map(SimNode::to_node).collect(),
+        args.parallel,
+    )
+    .await?;
+    wait_nodes_ready(client, name, count).await?;
+    eprintln!("bench: {count} nodes created in {node_create_seconds:.1}s and Ready");
+
+    let pool: GpuPool = apply(
+        client,
+        &pool_json(name, Some(args.probe_seconds), args.soak_seconds),
+    )
+    .await?;
+    // Wave 1: the smallest whole number of domains that is about 1% of the fleet.
+    let first = (domains.div_ceil(100)).max(1) * NODES_PER_DOMAIN;
+    let waves = json!([{"nodes": first}, {"percent": 10}, {"percent": 100}]);
+    let batch_body = batch_json(name, waves, count as u32);
+
+    let burn_in = tokio::spawn(simulate::burn_in(
+        client.clone(),
+        NAMESPACE.to_string(),
+        Duration::from_secs_f64(args.probe_seconds),
+    ));
+    let metrics_port = free_port()?;
+    let mut operator = Operator::start(plane, name, metrics_port, args)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let audit_from = plane.audit_len();
+
+    let t = Instant::now();
+    let batch: RolloutBatch = apply(client, &batch_body).await?;
+    // The planner's time over the snapshot the first reconcile sees.
+    let snapshot = snapshot(client, name).await?;
+    let plan_ms_start = time_plan(&pool, &batch, &snapshot);
+    let (outcome, complete) = wait_batch(
+        client,
+        name,
+        &mut operator,
+        Duration::from_secs(args.timeout),
+    )
+    .await?;
+    let wall = t.elapsed().as_secs_f64();
+    eprintln!("bench: rollout {outcome} after {wall:.1}s");
+
+    let process = operator.stats(count);
+    let reconciles = scrape_reconciles(metrics_port);
+    operator.stop();
+    burn_in.abort();
+    // The audit log is written a moment after the response.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests = plane.requests_since(audit_from, "gpufleet/")?;
+    let batch: RolloutBatch = Api::all(client.clone()).get(name).await?;
+    let snapshot = self::snapshot(client, name).await?;
+    let plan_ms_end = time_plan(&pool, &batch, &snapshot);
+    let count_state =
+        |state: NodeState| snapshot.nodes.iter().filter(|n| n.state() == state).count() as u64;
+    let (admitted, failed) = (
+        count_state(NodeState::Ready),
+        count_state(NodeState::Failed),
+    );
+    let n_waves = batch.spec.waves.len();
+    let budget = n_waves as f64 * (args.probe_seconds + f64::from(args.soak_seconds));
+    let get = |key: &str| requests.by_verb_resource.get(key).copied().unwrap_or(0);
+    Ok(Rollout {
+        complete,
+        outcome,
+        node_create_seconds,
+        waves: n_waves,
+        probe_seconds: args.probe_seconds,
+        soak_seconds: args.soak_seconds,
+        wall_seconds: wall,
+        overhead_seconds: wall - budget,
+        overhead_per_wave_seconds: (wall - budget) / n_waves as f64,
+        admitted,
+        failed,
+        node_writes_per_admitted: if admitted == 0 {
+            f64::NAN
+        } else {
+            requests.node_writes as f64 / admitted as f64
+        },
+        probe_creates: get("create pods"),
+        probe_deletes: get("delete pods") + get("deletecollection pods"),
+        process,
+        requests,
+        reconciles,
+        plan_ms_start,
+        plan_ms_end,
+    })
+}
+
+async fn snapshot(client: &kube::Client, prefix: &str) -> anyhow::Result<Snapshot> {
+    let api: Api<Node> = Api::all(client.clone());
+    let nodes = api
+        .list(&ListParams::default().labels(&format!("gpufleet.io/pool={prefix}")))
+        .await?
+        .items;
+    Ok(Snapshot {
+        nodes: nodes.iter().map(NodeView::from).collect(),
+        ..Default::default()
+    })
+}
+
+/// The best of five `planner::plan` calls, in milliseconds.
+fn time_plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot) -> f64 {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let plan = planner::plan(pool, batch, snapshot, now);
+            std::hint::black_box(&plan);
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Polls the batch until Ready or a halt; returns (outcome, complete).
+async fn wait_batch(
+    client: &kube::Client,
+    name: &str,
+    operator: &mut Operator,
+    timeout: Duration,
+) -> anyhow::Result<(String, bool)> {
+    let api: Api<RolloutBatch> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let batch = api.get(name).await?;
+        match view::gate(&batch) {
+            Gate::Complete { .. } => return Ok(("complete".into(), true)),
+            g @ (Gate::FailureBudget { .. } | Gate::CircuitBreaker { .. }) => {
+                return Ok((g.describe(), false));
+            }
+            _ => {}
+        }
+        if !operator.alive() {
+            bail!("the operator exited; its log: {}", operator.log.display());
+        }
+        if Instant::now() > deadline {
+            return Ok((format!("not Ready after {}s", timeout.as_secs()), false));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn peer_comparison(
+    args: &Args,
+    plane: &ControlPlane,
+    client: &kube::Client,
+    domains: u32,
+) -> anyhow::Result<PeerComparison> {
+    let timeout = Duration::from_secs(args.timeout);
+    // gpufleet, configured for the minimal job: one wave, no probe, no soak.
+    let name = "minimal";
+    let nodes: Vec<Node> = fleet(name, domains)
+        .iter()
+        .map(|n| with_taint(n.to_node(), ONBOARDING_TAINT))
+        .collect();
+    let count = nodes.len();
+    create(client, nodes, args.parallel).await?;
+    wait_nodes_ready(client, name, count).await?;
+    let _: GpuPool = apply(client, &pool_json(name, None, 0)).await?;
+    let metrics_port = free_port()?;
+    let mut operator = Operator::start(plane, name, metrics_port, args)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let audit_from = plane.audit_len();
+    let t = Instant::now();
+    let _: RolloutBatch = apply(
+        client,
+        &batch_json(name, json!([{"percent": 100}]), count as u32),
+    )
+    .await?;
+    let (_, batch_ready) = wait_batch(client, name, &mut operator, timeout).await?;
+    let complete = batch_ready
+        && wait_untainted(
+            client,
+            name,
+            ONBOARDING_TAINT,
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await?;
+    let wall = t.elapsed().as_secs_f64();
+    let process = operator.stats(count);
+    operator.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests = plane.requests_since(audit_from, "gpufleet/")?;
+    let gpufleet = Minimal {
+        complete,
+        wall_seconds: wall,
+        process,
+        requests,
+    };
+    eprintln!("bench: gpufleet minimal job done in {wall:.1}s");
+    // Every node so far goes, so the peer (which watches all nodes) sees
+    // a fleet of the same size.
+    Api::<Node>::all(client.clone())
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(BENCH_LABEL),
+        )
+        .await?;
+
+    // The peer on a fresh fleet, tainted as a not-yet-Ready node is.
+    let name = "peer";
+    let nodes: Vec<Node> = fleet(name, domains)
+        .iter()
+        .map(|n| with_taint(n.to_node(), NOT_READY_TAINT))
+        .collect();
+    create(client, nodes, args.parallel).await?;
+    wait_nodes_ready(client, name, count).await?;
+    let audit_from = plane.audit_len();
+    let t = Instant::now();
+    let mut peer = Peer::start(plane, args)?;
+    let mut complete = false;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !peer.alive() {
+            bail!(
+                "kube-controller-manager exited; its log: {}",
+                peer.log.display()
+            );
+        }
+        if wait_untainted(client, name, NOT_READY_TAINT, Instant::now()).await? {
+            complete = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let process = process_stats(peer.child.id())
+        .map(|s| per_node(s, count))
+        .unwrap_or_default();
+    peer.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests = plane.requests_since(audit_from, "kube-controller-manager/")?;
+    eprintln!("bench: peer minimal job done in {wall:.1}s");
+    Ok(PeerComparison {
+        peer_name: "kube-controller-manager node-lifecycle-controller".into(),
+        gpufleet,
+        peer: Minimal {
+            complete,
+            wall_seconds: wall,
+            process,
+            requests,
+        },
+    })
+}
+
+fn with_taint(mut node: Node, key: &str) -> Node {
+    let spec = node.spec.get_or_insert_with(Default::default);
+    spec.taints = Some(vec![Taint {
+        key: key.into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }]);
+    node
+}
+
+/// True once no node of the fleet carries the taint; polls until `deadline`.
+async fn wait_untainted(
+    client: &kube::Client,
+    prefix: &str,
+    key: &str,
+    deadline: Instant,
+) -> anyhow::Result<bool> {
+    let api: Api<Node> = Api::all(client.clone());
+    let params = ListParams::default().labels(&format!("{BENCH_LABEL}={prefix}"));
+    loop {
+        let tainted = api
+            .list(&params)
+            .await?
+            .items
+            .iter()
+            .filter(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key == key))
+            })
+            .count();
+        if tainted == 0 {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for crd in crds::definitions() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("installing CRD {name}"))?;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| anyhow!("CRD {name} not Established within 60s"))??;
+    }
+    Ok(())
+}
+
+async fn namespace_and_account(client: &kube::Client) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let body: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
+    namespaces.create(&PostParams::default(), &body).await?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+    let body: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+    accounts.create(&PostParams::default(), &body).await?;
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `gpufleet run`, this very binary, as a separate process.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(
+        plane: &ControlPlane,
+        name: &str,
+        metrics_port: u16,
+        args: &Args,
+    ) -> anyhow::Result<Operator> {
+        let log =
+            std::env::temp_dir().join(format!("gpufleet-bench-{name}-{}.log", std::process::id()));
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let selector = format!("{BENCH_LABEL}={name}");
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .arg("run")
+            .arg("--kubeconfig")
+            .arg(&plane.kubeconfig)
+            .args([
+                "--namespace",
+                NAMESPACE,
+                "--selector",
+                &selector,
+                "--node-selector",
+                &selector,
+            ])
+            .args([
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics_port}"),
+                "--health-addr",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--qps",
+                &args.qps.to_string(),
+                "--burst",
+                &args.burst.to_string(),
+            ])
+            .args([
+                "--identity",
+                &format!("bench-{name}"),
+                "--log-level",
+                "info",
+            ])
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting gpufleet run")?;
+        Ok(Operator { child, log })
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stats(&self, nodes: usize) -> ProcessStats {
+        process_stats(self.child.id())
+            .map(|s| per_node(s, nodes))
+            .unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The peer: kube-controller-manager with only its node lifecycle controller.
+struct Peer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Peer {
+    fn start(plane: &ControlPlane, args: &Args) -> anyhow::Result<Peer> {
+        let bin = plane.tool("kube-controller-manager")?;
+        let log =
+            std::env::temp_dir().join(format!("gpufleet-bench-peer-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log)?;
+        let child = std::process::Command::new(bin)
+            .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
+            .args([
+                "--controllers=node-lifecycle-controller",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--use-service-account-credentials=false",
+                "--node-monitor-grace-period=3600s",
+            ])
+            .arg(format!("--kube-api-qps={}", args.qps))
+            .arg(format!("--kube-api-burst={}", args.burst as u64))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting kube-controller-manager")?;
+        Ok(Peer { child, log })
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stop_child(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// Peak RSS (VmHWM) and CPU seconds (utime + stime) of a live process.
+fn process_stats(pid: u32) -> Option<ProcessStats> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = clock_ticks();
+    Some(ProcessStats {
+        peak_rss_kib: peak,
+        cpu_seconds: ticks as f64 / hz,
+        rss_bytes_per_node: 0.0,
+    })
+}
+
+fn per_node(mut stats: ProcessStats, nodes: usize) -> ProcessStats {
+    stats.rss_bytes_per_node = stats.peak_rss_kib as f64 * 1024.0 / nodes.max(1) as f64;
+    stats
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// gpufleet_reconcile_duration_seconds, summed over kinds.
+fn scrape_reconciles(port: u16) -> Option<Reconciles> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in body.lines() {
+        let value = |l: &str| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if line.starts_with("gpufleet_reconcile_duration_seconds_sum") {
+            sum += value(line);
+        } else if line.starts_with("gpufleet_reconcile_duration_seconds_count") {
+            count += value(line);
+        }
+    }
+    (count > 0.0).then(|| Reconciles {
+        count,
+        mean_ms: sum / count * 1000.0,
+    })
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+        })
+        .unwrap_or(0);
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu,
+        memory_kib,
+    }
+}
+
+/// The local control plane, run by `tests/testbed/controlplane.py`.
+struct ControlPlane {
+    script: PathBuf,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    audit_log: PathBuf,
+    pids: BTreeMap<String, u32>,
+    /// `up --watch-pid`: stops the control plane once this process exits.
+    watcher: Option<Child>,
+}
+
+impl ControlPlane {
+    async fn start(keep: bool) -> anyhow::Result<ControlPlane> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let script = repo.join("tests/testbed/controlplane.py");
+        if !script.exists() {
+            bail!(
+                "gpufleet bench starts its control plane with {}, which is gone",
+                script.display()
+            );
+        }
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(&script).args(["up", "--kwok", "--json"]);
+        if !keep {
+            cmd.arg("--watch-pid").arg(std::process::id().to_string());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting python3 {}", script.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        })
+        .await??;
+        let Ok(info) = serde_json::from_str::<serde_json::Value>(&line) else {
+            let _ = child.wait();
+            bail!("the control plane did not start (controlplane.py's messages are above)");
+        };
+        let field = |k: &str| {
+            info[k]
+                .as_str()
+                .map(PathBuf::from)
+                .ok_or_else(|| anyhow!("controlplane.py printed no {k}: {info}"))
+        };
+        let pids = match &info["pids"] {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()? as u32)))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let dir = field("dir")?;
+        let mut plane = ControlPlane {
+            script,
+            kubeconfig: field("kubeconfig")?,
+            audit_log: field("audit_log").unwrap_or_else(|_| dir.join("audit.log")),
+            dir,
+            pids,
+            watcher: None,
+        };
+        if keep {
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await?;
+            Ok(plane)
+        } else {
+            plane.watcher = Some(child);
+            Ok(plane)
+        }
+    }
+
+    /// A client whose user agent is not gpufleet's, so the bench's own
+    /// requests are not counted as the operator's.
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        let file = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
+        config.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("gpufleet-bench"),
+        ));
+        // Node creation at scale: the default client timeouts are fine, but
+        // the test bed's API server answers lists of 100k nodes slowly.
+        config.read_timeout = Some(Duration::from_secs(300));
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// A test bed binary from `tests/testbed/build.sh --print`'s folders.
+    fn tool(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let build = self.script.with_file_name("build.sh");
+        let out = std::process::Command::new(&build).arg("--print").output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|p| p.exists())
+            .ok_or_else(|| anyhow!("{name} is not built: run {} first", build.display()))
+    }
+
+    fn audit_len(&self) -> u64 {
+        std::fs::metadata(&self.audit_log)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Requests (stage ResponseComplete) from user agents starting with
+    /// `agent`, in the audit log from byte `from` on.
+    fn requests_since(&self, from: u64, agent: &str) -> anyhow::Result<Requests> {
+        let mut file = std::fs::File::open(&self.audit_log)
+            .with_context(|| format!("opening {}", self.audit_log.display()))?;
+        file.seek(std::io::SeekFrom::Start(from))?;
+        let needle = format!("\"userAgent\":\"{agent}");
+        let mut requests = Requests::default();
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            if !line.contains(&needle) || !line.contains("\"stage\":\"ResponseComplete\"") {
+                continue;
+            }
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let verb = entry["verb"].as_str().unwrap_or("?");
+            let object = &entry["objectRef"];
+            let mut resource = object["resource"].as_str().unwrap_or("(none)").to_string();
+            if let Some(sub) = object["subresource"].as_str() {
+                resource = format!("{resource}/{sub}");
+            }
+            if object["resource"] == "nodes"
+                && matches!(verb, "create" | "update" | "patch" | "delete")
+            {
+                requests.node_writes += 1;
+            }
+            requests.total += 1;
+            *requests
+                .by_verb_resource
+                .entry(format!("{verb} {resource}"))
+                .or_default() += 1;
+        }
+        Ok(requests)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut watcher) = self.watcher.take() {
+            // SIGTERM: the watcher stops everything it started and removes its folder.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &watcher.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && matches!(watcher.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = watcher.kill();
+            let _ = watcher.wait();
+        }
+    }
+}
+
+impl Report {
+    /// The report as plain-text tables.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        out += &format!(
+            "machine: {} cores, {}, {:.1} GiB\nfleet: {} nodes in {} NVL72 domains (GB200/GB300 alternating); control plane up in {:.1}s\n\n",
+            m.nproc,
+            m.cpu,
+            m.memory_kib as f64 / 1048576.0,
+            self.nodes,
+            self.domains,
+            self.control_plane_seconds
+        );
+        if let Some(r) = &self.rollout {
+            let rows: Vec<(&str, String)> = vec![
+                ("outcome", r.outcome.clone()),
+                ("node creation", format!("{:.1} s", r.node_create_seconds)),
+                (
+                    "waves",
+                    format!(
+                        "{} (probe {} s, soak {} s each)",
+                        r.waves, r.probe_seconds, r.soak_seconds
+                    ),
+                ),
+                (
+                    "wall, batch created → Ready",
+                    format!("{:.2} s", r.wall_seconds),
+                ),
+                (
+                    "  minus waves × (probe + soak)",
+                    format!(
+                        "{:.2} s ({:.2} s a wave)",
+                        r.overhead_seconds, r.overhead_per_wave_seconds
+                    ),
+                ),
+                (
+                    "admitted / failed",
+                    format!("{} / {}", r.admitted, r.failed),
+                ),
+                (
+                    "operator peak RSS",
+                    format!(
+                        "{:.1} MiB ({:.0} B a node)",
+                        r.process.peak_rss_kib as f64 / 1024.0,
+                        r.process.rss_bytes_per_node
+                    ),
+                ),
+                ("operator CPU", format!("{:.2} s", r.process.cpu_seconds)),
+                ("API requests", r.requests.total.to_string()),
+                (
+                    "node writes / admitted node",
+                    format!(
+                        "{:.2} ({} writes)",
+                        r.node_writes_per_admitted, r.requests.node_writes
+                    ),
+                ),
+                (
+                    "probe pods created / deleted",
+                    format!("{} / {}", r.probe_creates, r.probe_deletes),
+                ),
+                (
+                    "reconciles (from /metrics)",
+                    r.reconciles.as_ref().map_or("-".into(), |c| {
+                        format!("{:.0}, mean {:.1} ms", c.count, c.mean_ms)
+                    }),
+                ),
+                (
+                    "one plan (all pending / all ready)",
+                    format!("{:.2} ms / {:.2} ms", r.plan_ms_start, r.plan_ms_end),
+                ),
+            ];
+            out += "full rollout\n";
+            for (k, v) in rows {
+                out += &format!("  {k:<36} {v}\n");
+            }
+            out += "  requests by verb and resource:\n";
+            for (k, v) in &r.requests.by_verb_resource {
+                out += &format!("    {k:<40} {v}\n");
+            }
+            out += "\n";
+        }
+        if let Some(p) = &self.peer {
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}", a / b)
+                } else {
+                    "-".into()
+                }
+            };
+            out += &format!(
+                "minimal job (remove an onboarding taint): gpufleet vs {}\n",
+                p.peer_name
+            );
+            out += &format!(
+                "  {:<22} {:>12} {:>12} {:>16}\n",
+                "", "gpufleet", "peer", "gpufleet/peer"
+            );
+            let (g, q) = (&p.gpufleet, &p.peer);
+            out += &format!(
+                "  {:<22} {:>12} {:>12}\n",
+                "complete", g.complete, q.complete
+            );
+            out += &format!(
+                "  {:<22} {:>12.2} {:>12.2} {:>16}\n",
+                "wall (s)",
+                g.wall_seconds,
+                q.wall_seconds,
+                ratio(g.wall_seconds, q.wall_seconds)
+            );
+            let (gr, qr) = (
+                g.process.peak_rss_kib as f64 / 1024.0,
+                q.process.peak_rss_kib as f64 / 1024.0,
+            );
+            out += &format!(
+                "  {:<22} {:>12.1} {:>12.1} {:>16}\n",
+                "peak RSS (MiB)",
+                gr,
+                qr,
+                ratio(gr, qr)
+            );
+            out += &format!(
+                "  {:<22} {:>12.2} {:>12.2} {:>16}\n",
+                "CPU (s)",
+                g.process.cpu_seconds,
+                q.process.cpu_seconds,
+                ratio(g.process.cpu_seconds, q.process.cpu_seconds)
+            );
+            let (gt, qt) = (g.requests.total as f64, q.requests.total as f64);
+            out += &format!(
+                "  {:<22} {:>12} {:>12} {:>16}\n",
+                "API requests",
+                gt,
+                qt,
+                ratio(gt, qt)
+            );
+            let (gw, qw) = (g.requests.node_writes as f64, q.requests.node_writes as f64);
+            out += &format!(
+                "  {:<22} {:>12} {:>12} {:>16}\n",
+                "node writes",
+                gw,
+                qw,
+                ratio(gw, qw)
+            );
+            let keys: std::collections::BTreeSet<&String> = g
+                .requests
+                .by_verb_resource
+                .keys()
+                .chain(q.requests.by_verb_resource.keys())
+                .collect();
+            for k in keys {
+                let a = g.requests.by_verb_resource.get(k).copied().unwrap_or(0);
+                let b = q.requests.by_verb_resource.get(k).copied().unwrap_or(0);
+                out += &format!("    {k:<20} {a:>12} {b:>12}\n");
+            }
+            out += "\n";
+        }
+        if !self.control_plane_peak_rss_kib.is_empty() {
+            out += "test bed peak RSS:";
+            for (k, v) in &self.control_plane_peak_rss_kib {
+                out += &format!(" {k} {:.0} MiB;", *v as f64 / 1024.0);
+            }
+            out += "\n";
+        }
+        out
+    }
+}
