@@ -82,11 +82,13 @@ fn the_demo_rolls_out_a_small_fleet_on_an_existing_cluster() {
     );
     assert!(out.contains("failed (3):"), "{out}");
     assert!(
-        out.contains("demo-it-gb200-r02-n11\n    condition GpuXidError is True"),
+        out.contains("demo-it-gb200-r02-n11 (wave 3)\n    condition GpuXidError is True"),
         "{out}"
     );
     assert!(
-        out.contains("demo-it-gb300-r01-n03\n    label nvidia.com/gpu.count is 3, pool expects 4"),
+        out.contains(
+            "demo-it-gb300-r01-n03 (wave 3)\n    label nvidia.com/gpu.count is 3, pool expects 4"
+        ),
         "{out}"
     );
     assert!(out.contains("demo-it-gb200-r02-n05 (wave 3)\n    probe failed (exit 1): dcgmi diag -r 3: NVLink CRC errors"), "{out}");
