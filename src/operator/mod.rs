@@ -113,7 +113,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let watch = watcher::Config::default();
+    // Watches end and are re-established every minute or so: one that a
+    // restarted API server left hanging is replaced within that time.
+    let watch = watcher::Config::default().timeout(55);
     let node_watch = match &config.node_selector {
         Some(selector) => watch.clone().labels(selector),
         None => watch.clone(),
