@@ -405,19 +405,7 @@ fn error_policy_batch(
     err: &Error,
     ctx: Arc<Context>,
 ) -> controller::Action {
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&metrics::ErrorLabels {
-            kind: "rolloutbatch".into(),
-            category: err.category().into(),
-        })
-        .inc();
-    let name = match &batch.0 {
-        Ok(b) => b.name_any(),
-        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
-    };
-    warn!(batch = %name, category = err.category(), error = %err, "reconcile failed; retrying");
-    controller::Action::requeue(backoff(err))
+    on_error("rolloutbatch", guarded_name(&batch), err, &ctx)
 }
 
 fn error_policy_pool(
@@ -425,18 +413,28 @@ fn error_policy_pool(
     err: &Error,
     ctx: Arc<Context>,
 ) -> controller::Action {
+    on_error("gpupool", guarded_name(&pool), err, &ctx)
+}
+
+/// The name of an object, read or not.
+fn guarded_name<K: kube::Resource>(guard: &DeserializeGuard<K>) -> String {
+    match &guard.0 {
+        Ok(obj) => obj.name_any(),
+        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A failed reconcile: counted by category, logged with the object, retried
+/// after a backoff that suits the error.
+fn on_error(kind: &'static str, name: String, err: &Error, ctx: &Context) -> controller::Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&metrics::ErrorLabels {
-            kind: "gpupool".into(),
+            kind: kind.into(),
             category: err.category().into(),
         })
         .inc();
-    let name = match &pool.0 {
-        Ok(p) => p.name_any(),
-        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
-    };
-    warn!(pool = %name, category = err.category(), error = %err, "reconcile failed; retrying");
+    warn!(kind, object = %name, category = err.category(), error = %err, "reconcile failed; retrying");
     controller::Action::requeue(backoff(err))
 }
 
