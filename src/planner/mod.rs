@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use rustc_hash::FxHashMap;
 
 use crate::api::{GpuPool, NodeCounts, RolloutBatch, RolloutBatchStatus, WaveStatus};
 use crate::keys;
@@ -183,13 +184,14 @@ struct Member<'a> {
     patch: Option<Box<NodePatch>>,
 }
 
-/// A domain's members and facts, gathered in the one pass over the snapshot.
+/// A domain's facts, gathered in the one pass over the snapshot.
 #[derive(Default)]
-struct Group<'a> {
-    members: Vec<Candidate<'a>>,
+struct Group {
+    /// Its members in the batch.
+    members: u32,
     /// Ready nodes of this domain in the whole pool (any batch).
     ready_in_pool: u32,
-    /// The lowest `gpufleet.io/wave` of its nodes this batch started.
+    /// The lowest `gpufleet.io/wave` of its members this batch started.
     started_in: Option<u32>,
 }
 
@@ -197,34 +199,36 @@ struct Group<'a> {
 /// then compares it with a key in the map's own (small, cached) memory
 /// rather than with a label of some node far away in memory.
 #[derive(Default)]
-struct Groups<'a> {
-    index: HashMap<String, usize>,
-    list: Vec<Group<'a>>,
+struct Groups {
+    /// Keyed with FxHash: the planner hashes one key per node, and SipHash,
+    /// the standard map's default, took about 10 ms of a 137,500-node plan
+    /// (BENCHMARKS.md). Its defence against crafted keys is not needed:
+    /// domain keys are node labels, set by the cluster's own components.
+    index: FxHashMap<String, usize>,
+    list: Vec<Group>,
 }
 
-impl<'a> Groups<'a> {
-    /// The group of `key`, made with room for `size` members if new.
-    fn get(&mut self, key: Cow<str>, size: usize) -> &mut Group<'a> {
-        let g = match self.index.get(key.as_ref()) {
+impl Groups {
+    /// The index of the group of `key`, made if new.
+    fn get(&mut self, key: Cow<str>) -> usize {
+        match self.index.get(key.as_ref()) {
             Some(&g) => g,
             None => {
-                let size = if waves::is_solo(&key) { 1 } else { size };
                 self.index.insert(key.into_owned(), self.list.len());
-                self.list.push(Group {
-                    members: Vec::with_capacity(size),
-                    ..Group::default()
-                });
+                self.list.push(Group::default());
                 self.list.len() - 1
             }
-        };
-        &mut self.list[g]
+        }
     }
 }
 
 /// A member before it takes its place: what later passes need of it,
 /// copied while the node is in the cache.
+#[derive(Clone, Copy)]
 struct Candidate<'a> {
-    name: [u8; NAME_PREFIX],
+    /// Its group in [`Groups`].
+    group: u32,
+    name: (u128, u128),
     view: &'a NodeView,
     state: NodeState,
     retry: bool,
@@ -232,16 +236,18 @@ struct Candidate<'a> {
     healthy: bool,
 }
 
-/// Bytes of a node's name kept for sorting a domain's members.
-const NAME_PREFIX: usize = 32;
-
-/// The first bytes of a name, zero-padded. Wherever two prefixes differ,
-/// they order as the names do; where they are equal, the names decide.
-fn name_prefix(name: &str) -> [u8; NAME_PREFIX] {
-    let mut prefix = [0u8; NAME_PREFIX];
-    let n = name.len().min(NAME_PREFIX);
+/// The first 32 bytes of a name, zero-padded, as two big-endian numbers.
+/// Wherever two prefixes differ, they order as the names do; where they are
+/// equal, the names decide.
+fn name_prefix(name: &str) -> (u128, u128) {
+    let mut prefix = [0u8; 32];
+    let n = name.len().min(32);
     prefix[..n].copy_from_slice(&name.as_bytes()[..n]);
-    prefix
+    let (high, low) = prefix.split_at(16);
+    (
+        u128::from_be_bytes(high.try_into().expect("16 bytes")),
+        u128::from_be_bytes(low.try_into().expect("16 bytes")),
+    )
 }
 
 struct Domain {
@@ -301,7 +307,7 @@ impl<'a> Planner<'a> {
         let mut is_member = vec![false; snapshot.nodes.len()];
         let mut conflicts = Vec::new();
         let mut groups = Groups::default();
-        let domain_size = pool_spec.topology.nodes_per_domain.min(1024) as usize;
+        let mut candidates: Vec<Candidate> = Vec::new();
         for (i, node) in snapshot.nodes.iter().enumerate() {
             if node.deleting || !matches(&pool_spec.node_selector, &node.labels) {
                 continue;
@@ -312,9 +318,12 @@ impl<'a> Planner<'a> {
             if !in_batch && state != NodeState::Ready {
                 continue;
             }
-            let key = domain_key_ref(domain_label, &node.name, &node.labels);
+            let g = groups.get(domain_key_ref(domain_label, &node.name, &node.labels));
+            let group = &mut groups.list[g];
+            if state == NodeState::Ready {
+                group.ready_in_pool += 1;
+            }
             if !in_batch {
-                groups.get(key, 0).ready_in_pool += 1;
                 continue;
             }
             let mut claimants: Vec<String> = snapshot
@@ -332,16 +341,13 @@ impl<'a> Planner<'a> {
                     })
                     .map(|c| format!("batch {}", c.name)),
             );
-            let group = groups.get(key, domain_size);
-            if state == NodeState::Ready {
-                group.ready_in_pool += 1;
-            }
             if !claimants.is_empty() {
                 claimants.sort();
                 conflicts.push((node.name.clone(), claimants.join(", ")));
                 continue;
             }
             is_member[i] = true;
+            group.members += 1;
             if let (true, Some(wave)) = (
                 state != NodeState::Pending && node.batch.as_deref() == Some(batch_name),
                 node.wave,
@@ -353,7 +359,8 @@ impl<'a> Planner<'a> {
                 state,
                 NodeState::Validating | NodeState::Soaking | NodeState::Held
             );
-            group.members.push(Candidate {
+            candidates.push(Candidate {
+                group: g as u32,
                 name: name_prefix(&node.name),
                 view: node,
                 state,
@@ -364,34 +371,52 @@ impl<'a> Planner<'a> {
         }
         conflicts.sort();
 
-        // Domains, ordered by key; members by (domain key, name). Sorting the
-        // keys, then each domain's few nodes, gives the order of one stable
-        // sort by (key, name) with far fewer string comparisons.
-        let mut list = groups.list;
-        let mut grouped: Vec<(String, Group)> = groups
-            .index
+        // Domains, ordered by key; members by (domain key, name): the
+        // domains with members sorted by key, their members placed in that
+        // order (keeping input order), then each domain's few members sorted
+        // by name. The same order as one stable sort of all members by
+        // (key, name), with far fewer string comparisons.
+        let Groups { index, list } = groups;
+        let mut keys: Vec<(String, usize)> = index
             .into_iter()
-            .map(|(key, g)| (key, std::mem::take(&mut list[g])))
-            .filter(|(_, g)| !g.members.is_empty())
+            .filter(|&(_, g)| list[g].members > 0)
             .collect();
-        grouped.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut domains: Vec<Domain> = Vec::with_capacity(grouped.len());
-        let mut members: Vec<Member> = Vec::with_capacity(pool_nodes.len());
-        let mut started_in: Vec<Option<u32>> = Vec::with_capacity(grouped.len());
-        for (key, mut group) in grouped {
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut start = vec![0usize; list.len()];
+        let mut next = 0;
+        for &(_, g) in &keys {
+            start[g] = next;
+            next += list[g].members as usize;
+        }
+        let mut placed: Vec<Option<Candidate>> = vec![None; candidates.len()];
+        for c in candidates {
+            let at = &mut start[c.group as usize];
+            placed[*at] = Some(c);
+            *at += 1;
+        }
+        let mut placed: Vec<Candidate> = placed.into_iter().flatten().collect();
+        let mut domains: Vec<Domain> = Vec::with_capacity(keys.len());
+        let mut started_in: Vec<Option<u32>> = Vec::with_capacity(keys.len());
+        let mut at = 0;
+        for (key, g) in keys {
+            let size = list[g].members as usize;
             // Stable: nodes of the same name keep their input order.
-            group.members.sort_by(|a, b| {
+            placed[at..at + size].sort_by(|a, b| {
                 a.name
                     .cmp(&b.name)
                     .then_with(|| a.view.name.cmp(&b.view.name))
             });
             domains.push(Domain {
-                ready_in_pool: group.ready_in_pool,
+                ready_in_pool: list[g].ready_in_pool,
                 key,
-                members: (members.len()..members.len() + group.members.len()).collect(),
+                members: (at..at + size).collect(),
             });
-            started_in.push(group.started_in);
-            members.extend(group.members.into_iter().map(|c| Member {
+            started_in.push(list[g].started_in);
+            at += size;
+        }
+        let mut members: Vec<Member> = placed
+            .into_iter()
+            .map(|c| Member {
                 view: c.view,
                 wave: 0,
                 state: c.state,
@@ -400,8 +425,8 @@ impl<'a> Planner<'a> {
                 healthy: c.healthy,
                 passed: false,
                 patch: None,
-            }));
-        }
+            })
+            .collect();
 
         // Waves: natural assignment, then domains already started stay put.
         let wave_specs = &batch.spec.waves;
@@ -500,9 +525,12 @@ impl<'a> Planner<'a> {
 
     /// A fingerprint of how far this plan has moved the members.
     fn progress(&self) -> (usize, usize) {
-        let moved = self.members.iter().filter(|m| m.patch.is_some()).count();
-        let decided = self.members.iter().filter(|m| m.state.is_verdict()).count();
-        (moved, decided)
+        self.members.iter().fold((0, 0), |(moved, decided), m| {
+            (
+                moved + usize::from(m.patch.is_some()),
+                decided + usize::from(m.state.is_verdict()),
+            )
+        })
     }
 
     /// Nodes this batch started that are no longer its members (their labels
@@ -884,20 +912,19 @@ impl<'a> Planner<'a> {
             return gate;
         }
         let probe = self.pool.spec.health_checks.probe.is_some();
-        let validating_here = self
-            .members
-            .iter()
-            .filter(|m| m.state == NodeState::Validating)
-            .count() as u32;
+        let mut validating_here = 0u32;
+        let mut pending: Vec<usize> = Vec::new();
+        for (m, member) in self.members.iter().enumerate() {
+            match member.state {
+                NodeState::Validating => validating_here += 1,
+                NodeState::Pending if member.wave == wave => pending.push(m),
+                _ => {}
+            }
+        }
         let mut slots = spec
             .max_concurrent
             .saturating_sub(self.validating_elsewhere + validating_here);
         let batch_name = self.batch_name().to_string();
-        let pending: Vec<usize> = (0..self.members.len())
-            .filter(|&m| {
-                self.members[m].wave == wave && self.members[m].state == NodeState::Pending
-            })
-            .collect();
         for m in pending {
             if let Some(failure) = self.static_check(m) {
                 // It joins its wave as failed, held back by the onboarding
@@ -1047,12 +1074,19 @@ impl<'a> Planner<'a> {
         let failures = self.wave_failures();
         let mut wave_status: Vec<WaveStatus> = Vec::with_capacity(self.wave_count);
         let mut cumulative = 0u32;
-        for w in 0..self.wave_count {
-            let nodes: Vec<&Member> = self.members.iter().filter(|m| m.wave == w).collect();
-            cumulative += nodes.len() as u32;
-            let count = |s: NodeState| nodes.iter().filter(|m| m.state == s).count() as u32;
-            let started = nodes.iter().any(|m| m.state != NodeState::Pending);
-            let complete = nodes.iter().all(|m| m.state.is_verdict());
+        // Members by wave and state, in one pass.
+        let mut by_state = vec![[0u32; NodeState::ALL.len()]; self.wave_count];
+        for m in &self.members {
+            by_state[m.wave][m.state as usize] += 1;
+        }
+        for (w, in_state) in by_state.iter().enumerate() {
+            let size: u32 = in_state.iter().sum();
+            cumulative += size;
+            let count = |s: NodeState| in_state[s as usize];
+            let started = count(NodeState::Pending) < size;
+            let complete = NodeState::ALL
+                .iter()
+                .all(|&s| s.is_verdict() || count(s) == 0);
             let prev = previous.waves.iter().find(|p| p.index == w as u32 + 1);
             let started_at = prev.and_then(|p| p.started_at.clone()).or_else(|| {
                 (started || (complete && self.open_wave().is_none_or(|o| o > w)))
@@ -1073,7 +1107,7 @@ impl<'a> Planner<'a> {
                         "wave {} of {} started: {} nodes",
                         w + 1,
                         self.wave_count,
-                        nodes.len()
+                        size
                     ),
                 });
             }
