@@ -413,7 +413,7 @@ pub fn frame(
     }
     let mut lines = wrap(&header, WIDTH, 2);
     if let Some(p) = pool.and_then(|p| p.status.as_ref()) {
-        lines.push(format!(
+        let line = format!(
             "pool {}: {} of {} GPUs online, {} of {} domains complete",
             pool.and_then(|p| p.metadata.name.as_deref())
                 .unwrap_or_default(),
@@ -421,20 +421,37 @@ pub fn frame(
             p.gpus.total,
             p.domains.complete,
             p.domains.total
-        ));
+        );
+        lines.extend(wrap(&line, WIDTH, 2));
     }
     let gate = gate(batch);
     let rows = wave_rows(batch);
     let index_width = rows.len().to_string().len();
+    let size_width = rows
+        .iter()
+        .map(|r| r.size.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     for row in &rows {
-        lines.push(format!(
-            "wave {:>iw$} {:>5} nodes [{}] {}",
+        let prefix = format!(
+            "wave {:>iw$} {:>sw$} nodes [",
             row.index,
             row.size,
+            iw = index_width,
+            sw = size_width
+        );
+        // The text after the bar wraps under itself, so a wave of a big
+        // fleet with every state at once still fits the width.
+        let column = prefix.chars().count() + BAR + 2;
+        let text = wrap(&wave_text(row, &gate), WIDTH.saturating_sub(column), 0);
+        let mut text = text.into_iter();
+        lines.push(format!(
+            "{prefix}{}] {}",
             bar(row, BAR, style),
-            wave_text(row, &gate),
-            iw = index_width
+            text.next().unwrap_or_default()
         ));
+        lines.extend(text.map(|t| format!("{:column$}{t}", "")));
     }
     let mut now = gate.describe();
     let gate_wave = match &gate {
@@ -451,7 +468,8 @@ pub fn frame(
     lines
 }
 
-/// One line of progress for logs (stdout not a terminal).
+/// One line of progress for logs (stdout not a terminal), continued on an
+/// indented second line when it would be wider than [`WIDTH`].
 pub fn plain_line(batch: &RolloutBatch, elapsed: Option<Duration>) -> String {
     let status = batch.status.clone().unwrap_or_default();
     let n = &status.nodes;
@@ -470,16 +488,20 @@ pub fn plain_line(batch: &RolloutBatch, elapsed: Option<Duration>) -> String {
         .map(|e| format!("[{}] ", clock(e)))
         .unwrap_or_default();
     let gate = gate(batch);
-    if status.total_waves == 0 {
-        return format!("{time}{}", gate.short());
-    }
-    format!(
-        "{time}wave {}/{}: {}; {}",
-        status.current_wave,
-        status.total_waves,
-        parts.join(", "),
-        gate.short()
-    )
+    let line = if status.total_waves == 0 {
+        format!("{time}{}", gate.short())
+    } else {
+        format!(
+            "{time}wave {}/{}: {}; {}",
+            status.current_wave,
+            status.total_waves,
+            parts.join(", "),
+            gate.short()
+        )
+    };
+    // Many states at once (or a big fleet's counts) can outgrow a line:
+    // continue it, indented, rather than spill past the width.
+    wrap(&line, WIDTH, 4).join("\n")
 }
 
 /// Per-wave totals of the summary.
@@ -1058,8 +1080,69 @@ conditions:
         let line = plain_line(&mid_rollout(), Some(Duration::from_secs(75)));
         assert_eq!(
             line,
-            "[1:15] wave 2/3: 35/216 ready, 1 failed, 14 validating, 4 soaking; waits on probes"
+            "[1:15] wave 2/3: 35/216 ready, 1 failed, 14 validating, 4 soaking; waits on\n    probes"
         );
+        let done = plain_line(
+            &batch("{currentWave: 3, totalWaves: 3, nodes: {total: 54, ready: 51, failed: 3}}"),
+            Some(Duration::from_secs(9)),
+        );
+        assert_eq!(done, "[0:09] wave 3/3: 51/54 ready, 3 failed; starting");
+    }
+
+    /// A Colossus-sized batch with every state at once, a long pool name
+    /// and a halted gate: no line of the live view or the log line is wider
+    /// than the screen.
+    #[test]
+    fn a_big_fleet_in_every_state_still_fits_80_columns() {
+        let mut b = batch(
+            r#"
+currentWave: 10
+totalWaves: 12
+nodes: {total: 137500, pending: 99999, validating: 12345, soaking: 11111, ready: 13000, failed: 555, held: 490}
+waves:
+- {index: 1, targetNodes: 137500, admitted: 13000, failed: 555, held: 490, inProgress: 23456, startedAt: "2026-01-01T00:00:00Z"}
+conditions:
+- {type: Stalled, status: "True", reason: CircuitBreakerTripped, message: "555 of the pool's last 1000 verdicts were failures, more than the 5% the pool allows", lastTransitionTime: "2026-01-01T00:00:00Z"}
+"#,
+        );
+        b.metadata.name = Some("colossus-2-hall-b-row-12-through-row-48-first-delivery".into());
+        b.spec.pool_ref = "colossus-2-gb300-nvl72-hall-b-liquid-cooled".into();
+        let pool: GpuPool = serde_norway::from_str(
+            r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: GpuPool
+metadata: {name: colossus-2-gb300-nvl72-hall-b-liquid-cooled}
+spec:
+  nodeSelector: {}
+  hardware: {gpuProduct: [NVIDIA-GB300], gpusPerNode: 4}
+status:
+  gpus: {ready: 52000, total: 550000}
+  domains: {complete: 722, total: 7638}
+"#,
+        )
+        .unwrap();
+        for color in [false, true] {
+            let lines = frame(
+                &b,
+                Some(&pool),
+                Some(Duration::from_secs(3 * 3600 + 7)),
+                Style { color },
+            );
+            for line in &lines {
+                assert!(visible(line) <= WIDTH, "{} columns: {line}", visible(line));
+            }
+            assert!(lines.iter().any(|l| l.contains("555 failed")), "{lines:#?}");
+        }
+        let line = plain_line(&b, Some(Duration::from_secs(3 * 3600 + 7)));
+        for l in line.lines() {
+            assert!(
+                l.chars().count() <= WIDTH,
+                "{} columns: {l}",
+                l.chars().count()
+            );
+        }
+        assert!(line.contains("11111 soaking"), "{line}");
+        assert!(line.ends_with("halted: circuit breaker tripped"), "{line}");
     }
 
     fn node(name: &str, wave: u32, state: NodeState, reason: Option<&str>, gpus: u32) -> NodeView {

@@ -58,7 +58,6 @@ fn client() -> (tokio::runtime::Runtime, kube::Client) {
 /// accounted for (51 ready, 3 failed with their reasons), the demo exits 0,
 /// and it leaves nothing behind in the cluster.
 #[test]
-#[ignore = "flaky under a loaded CI machine: a progress line can exceed 80 columns; run with --ignored"]
 fn the_demo_rolls_out_a_small_fleet_on_an_existing_cluster() {
     let (ok, out, err) = demo("demo-it", &["--yes"]);
     assert!(ok, "the demo failed:\n{out}\n{err}");
