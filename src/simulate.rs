@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::keys;
 
@@ -177,61 +177,95 @@ pub async fn set_condition(
 
 /// The burn-in stand-in: until the returned future is dropped, every probe
 /// pod gpufleet makes in `namespace` gets its outcome from its node after
-/// `delay`.
+/// `delay`, as a fleet of real burn-ins would: many at once (up to
+/// [`BURN_INS_AT_ONCE`]), riding out an API server that goes away. Its watch
+/// is renewed every minute, and a probe it could not annotate is tried
+/// again a few seconds later until it is annotated or gone.
 pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let nodes: Api<Node> = Api::all(client.clone());
-    let config =
-        watcher::Config::default().labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
-    let stream = watcher(pods.clone(), config)
+    let config = watcher::Config::default()
+        .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER))
+        .timeout(55);
+    let seen = watcher(pods.clone(), config)
         .default_backoff()
-        .applied_objects();
-    futures::pin_mut!(stream);
-    let delay = format!("{}ms", delay.as_millis());
-    while let Some(event) = stream.next().await {
-        let pod = match event {
-            Ok(pod) => pod,
-            Err(err) => {
-                debug!(%err, "burn-in watch error");
-                continue;
-            }
-        };
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        if annotations.contains_key(PROBE_RESULT) || pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let (Some(name), Some(node)) = (
-            pod.metadata.name.clone(),
-            pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-        ) else {
-            continue;
-        };
-        let node_annotations = match nodes.get_opt(&node).await {
-            Ok(Some(n)) => n.metadata.annotations.unwrap_or_default(),
-            _ => BTreeMap::new(),
-        };
-        let result = node_annotations
-            .get(SIM_PROBE_RESULT)
-            .cloned()
-            .unwrap_or_else(|| "pass".into());
-        let message = node_annotations
-            .get(SIM_PROBE_MESSAGE)
-            .cloned()
-            .unwrap_or_else(|| {
-                if result == "pass" {
-                    "burn-in passed".into()
-                } else {
-                    "burn-in failed".into()
+        .applied_objects()
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(pod) => Some(pod),
+                Err(err) => {
+                    debug!(%err, "burn-in watch error");
+                    None
                 }
-            });
-        let body = json!({"metadata": {"annotations": {
-            PROBE_RESULT: result, PROBE_MESSAGE: message, PROBE_DELAY: delay,
-        }}});
-        if let Err(err) = pods
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
-            .await
-        {
-            warn!(pod = %name, %err, "burn-in stand-in could not annotate a probe");
-        }
+            })
+        });
+    // Probes to try again come back through this channel.
+    let (retry_tx, mut retry_rx) = tokio::sync::mpsc::unbounded_channel::<Pod>();
+    let retries = futures::stream::poll_fn(move |cx| retry_rx.poll_recv(cx));
+    let delay = format!("{}ms", delay.as_millis());
+    futures::stream::select(seen, retries)
+        .map(|pod| {
+            let (pods, nodes, delay, retry_tx) = (&pods, &nodes, &delay, retry_tx.clone());
+            async move {
+                match finish(pods, nodes, &pod, delay).await {
+                    Ok(()) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(err) => {
+                        debug!(pod = ?pod.metadata.name, %err, "burn-in stand-in could not annotate a probe; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let _ = retry_tx.send(pod);
+                    }
+                }
+            }
+        })
+        .buffer_unordered(BURN_INS_AT_ONCE)
+        .for_each(|()| futures::future::ready(()))
+        .await;
+}
+
+/// Probe pods the burn-in stand-in annotates at once.
+pub const BURN_INS_AT_ONCE: usize = 32;
+
+/// Gives one probe pod its outcome, unless it has one or is going away.
+async fn finish(
+    pods: &Api<Pod>,
+    nodes: &Api<Node>,
+    pod: &Pod,
+    delay: &str,
+) -> Result<(), kube::Error> {
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    if annotations.contains_key(PROBE_RESULT) || pod.metadata.deletion_timestamp.is_some() {
+        return Ok(());
     }
+    let (Some(name), Some(node)) = (
+        pod.metadata.name.as_deref(),
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+    ) else {
+        return Ok(());
+    };
+    let node_annotations = nodes
+        .get_opt(node)
+        .await?
+        .and_then(|n| n.metadata.annotations)
+        .unwrap_or_default();
+    let result = node_annotations
+        .get(SIM_PROBE_RESULT)
+        .cloned()
+        .unwrap_or_else(|| "pass".into());
+    let message = node_annotations
+        .get(SIM_PROBE_MESSAGE)
+        .cloned()
+        .unwrap_or_else(|| {
+            if result == "pass" {
+                "burn-in passed".into()
+            } else {
+                "burn-in failed".into()
+            }
+        });
+    let body = json!({"metadata": {"annotations": {
+        PROBE_RESULT: result, PROBE_MESSAGE: message, PROBE_DELAY: delay,
+    }}});
+    pods.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
 }

@@ -166,15 +166,25 @@ async fn config(
         context: context.map(String::from),
         ..Default::default()
     };
-    Ok(match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(file, &options).await?
         }
         None => kube::Config::infer().await?,
-    })
+    };
+    // No request waits forever on an API server that went away: a response
+    // that sends nothing for this long is given up and retried. Watches end
+    // every 55 s on the server's side (see operator::run), so a live one
+    // never comes near it.
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.reset_reader_on_write = true;
+    Ok(config)
 }
+
+/// How long a response may send nothing before the request is given up.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {

@@ -252,7 +252,6 @@ impl Drop for OwnControlPlane {
 ///    operator logs the outage, does not crash, resumes and finishes; the
 ///    node whose probe fails is failed, never admitted.
 #[test]
-#[ignore = "flaky under load: after the API server restarts, the probe watch can stay stale past the probe deadline; run with --ignored"]
 fn the_operator_rides_out_an_api_server_outage() {
     let mut plane = OwnControlPlane::start();
     let mut s = Scenario::on("op-outage", &plane.kubeconfig);

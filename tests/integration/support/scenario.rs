@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::simulate::{self, SimNode};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use super::{repo, scratch_dir, testbed};
@@ -219,7 +220,8 @@ spec:
             .args(["--namespace", &self.name])
             .args(["--selector", &format!("{TEST_LABEL}={}", self.name)])
             .args(["--node-selector", &format!("{TEST_LABEL}={}", self.name)])
-            .args(["--log-level", "info"]);
+            // The watcher's own reconnects (idle timeouts, errors) show in the log.
+            .args(["--log-level", "info,kube_runtime::watcher=debug"]);
         if !extra.contains(&"--metrics-addr") {
             cmd.args(["--metrics-addr", ""]);
         }
@@ -348,8 +350,33 @@ spec:
         }
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        // Which part of the loop stood still: probes without a result (the
+        // burn-in stand-in), with a result but still running (kwok), or
+        // finished but not acted on (the operator).
+        let mut probes = BTreeMap::<String, u32>::new();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.name);
+        if let Ok(list) = self.rt.block_on(api.list(&ListParams::default())) {
+            for pod in list.items {
+                let result = pod
+                    .annotations()
+                    .get(gpufleet::simulate::PROBE_RESULT)
+                    .map_or("no result", |_| "result");
+                let phase = pod
+                    .status
+                    .and_then(|s| s.phase)
+                    .unwrap_or_else(|| "no phase".into());
+                let gone = if pod.metadata.deletion_timestamp.is_some() {
+                    ", deleting"
+                } else {
+                    ""
+                };
+                *probes
+                    .entry(format!("{result}, {phase}{gone}"))
+                    .or_default() += 1;
+            }
+        }
         panic!(
-            "{}: timed out after {timeout:?} waiting until {what}\nnodes by state: {:?}\noperator log (last lines, newest first):\n{}",
+            "{}: timed out after {timeout:?} waiting until {what}\nnodes by state: {:?}\nprobe pods: {probes:?}\noperator log (last lines, newest first):\n{}",
             self.name,
             self.by_state()
                 .iter()
