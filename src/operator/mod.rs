@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::core::DeserializeGuard;
@@ -97,9 +97,28 @@ pub struct Context {
     leadership: leader::Leadership,
     metrics: Arc<metrics::Metrics>,
     pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Probe writes the probe watch has not shown yet.
+    expectations: Arc<act::Expectations>,
+    /// When each pool was last reconciled (see [`pool::EVERY`]).
+    pool_last_run: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
+    /// How long until `pool` may be reconciled again, when it ran less than
+    /// `every` ago; otherwise `None`, and the run is recorded as now.
+    fn pool_wait(&self, pool: &str, every: Duration) -> Option<Duration> {
+        let mut runs = self.pool_last_run.lock().expect("pool run map");
+        let now = std::time::Instant::now();
+        if let Some(last) = runs.get(pool) {
+            let since = now.duration_since(*last);
+            if since < every {
+                return Some(every - since);
+            }
+        }
+        runs.insert(pool.to_string(), now);
+        None
+    }
+
     /// The lock that serialises the batches of one pool.
     fn pool_lock(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.pool_locks.lock().expect("pool lock map");
@@ -197,12 +216,20 @@ pub async fn run(
                 }
             }))
     };
+    let expectations = Arc::new(act::Expectations::default());
     let probe_watcher = {
-        let tx = batch_tx.clone();
+        let (tx, expectations) = (batch_tx.clone(), expectations.clone());
         watcher(probes_api, probe_watch)
             .default_backoff()
             .modify(observe::strip_pod)
             .reflect(probe_writer)
+            .inspect_ok(move |event| {
+                if let watcher::Event::Delete(pod) = event {
+                    expectations.observed_gone(&pod.name_any());
+                } else if let watcher::Event::Apply(pod) = event {
+                    expectations.observed(pod);
+                }
+            })
             .for_each(drive("probe pods", synced_tx.clone(), move |pod: &Pod| {
                 if let Some(batch) = pod.annotations().get(keys::BATCH) {
                     let _ = tx.send(ObjectRef::new(batch));
@@ -235,6 +262,8 @@ pub async fn run(
         config: config.clone(),
         stores: stores.clone(),
         pool_locks: Mutex::new(HashMap::new()),
+        pool_last_run: Mutex::new(HashMap::new()),
+        expectations: expectations.clone(),
     });
 
     let controller_config = controller::Config::default().concurrency(config.concurrency);

@@ -20,6 +20,13 @@ use super::{Context, events, observe};
 
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// A pool is reconciled at most this often. Its status and metrics report
+/// capacity; nothing decides from them (each batch's plan computes the
+/// breaker from the nodes), so they may lag a second. Without this, every
+/// node a rollout admits re-counted the whole pool and wrote its status: 214
+/// pool status writes for a 1,000-node rollout.
+pub const EVERY: Duration = Duration::from_secs(1);
+
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<GpuPool>>,
     ctx: Arc<Context>,
@@ -27,6 +34,11 @@ pub async fn reconcile(
     ctx.stores.ready().await.map_err(Error::Cache)?;
     if !ctx.leadership.is_leader() {
         return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    if let Ok(pool) = &guard.0
+        && let Some(wait) = ctx.pool_wait(&pool.name_any(), EVERY)
+    {
+        return Ok(Action::requeue(wait));
     }
     let _timer = super::batch::ReconcileTimer::start(&ctx, "gpupool");
     let pool = match &guard.0 {

@@ -106,6 +106,12 @@ fn plugin_status_approve_pause_and_resume_steer_a_rollout() {
         s.condition(batch, "Ready")
             .is_some_and(|(_, reason, _)| reason == "WaitingForApproval")
     });
+    // The pool's status reports capacity at most a second or so behind.
+    s.wait_until("the pool counts wave 1", Duration::from_secs(20), |s| {
+        s.pool()
+            .status
+            .is_some_and(|st| st.gpus.ready == 72 && st.domains.complete == 1)
+    });
 
     // The overview: every pool and batch, this scenario's among them.
     let all = succeeds(&["status"]);
