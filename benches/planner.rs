@@ -15,11 +15,13 @@
 //! one domain's worth of free validation slots; wave 3 is pending. So each
 //! plan checks every probe and soak, moves the passed probes on, starts a
 //! domain and writes the status, as a reconcile in the middle of a big
-//! rollout does. The nodes come in a fixed shuffled order, as the operator's
-//! cache hands them over in no particular order, and are copied in that
-//! order, as the operator builds its views afresh for each reconcile.
+//! rollout does. The node views are built once, in name order (as a watch
+//! lists them), and the snapshot points to them in a fixed shuffled order,
+//! as the operator's cache hands its shared views over in no particular
+//! order.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -83,6 +85,7 @@ fn start(node: &mut NodeView, state: NodeState, wave: u32, now: Timestamp, ago: 
             key: "gpufleet.io/onboarding".into(),
             value: None,
             effect: "NoSchedule".into(),
+            time_added: None,
         });
     }
 }
@@ -173,10 +176,12 @@ fn scenario(total: usize) -> Scenario {
         }
     }
     batch.spec.max_concurrent = validating + NODES_PER_DOMAIN as u32;
-    // The operator's cache hands nodes over in no particular order, and the
-    // operator builds its views afresh for each reconcile, in that order.
+    // The operator's cache builds each node's view once, as the watch lists
+    // the nodes, and hands them over in no particular order (a hash map's):
+    // the snapshot's pointers are shuffled; the views stay where they were
+    // built.
+    let mut nodes: Vec<Arc<NodeView>> = nodes.into_iter().map(Arc::new).collect();
     shuffle(&mut nodes);
-    let nodes: Vec<NodeView> = nodes.to_vec();
     let snapshot = Snapshot {
         nodes,
         probes,

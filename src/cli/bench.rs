@@ -489,7 +489,10 @@ async fn snapshot(client: &kube::Client, prefix: &str) -> anyhow::Result<Snapsho
         .await?
         .items;
     Ok(Snapshot {
-        nodes: nodes.iter().map(NodeView::from).collect(),
+        nodes: nodes
+            .iter()
+            .map(|n| std::sync::Arc::new(NodeView::from(n)))
+            .collect(),
         ..Default::default()
     })
 }

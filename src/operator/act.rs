@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
 use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
-use crate::planner::{Action, NodePatch, Plan, TaintChange};
+use crate::planner::{Action, NodePatch, NodeView, Plan, TaintChange};
 
 use super::Context;
 use super::error::{Error, is_conflict, is_not_found};
@@ -207,8 +207,9 @@ pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<
 /// the onboarding taint. Labels and annotations are a merge patch; a taint
 /// change replaces the taint list, so it carries the resourceVersion it was
 /// computed from and is recomputed from a fresh read on conflict, leaving
-/// every other taint as it is. Returns the node as written, or `None` if it
-/// is gone.
+/// every other taint as it is (the cached view keeps every field of every
+/// taint, so the list is written back as it was read). Returns the node as
+/// written, or `None` if it is gone.
 pub async fn patch_node(
     ctx: &Context,
     pool: &GpuPool,
@@ -251,25 +252,28 @@ pub async fn patch_node(
     }
 
     let taint = &pool.spec.onboarding.taint;
-    let cached = ctx.stores.nodes.get(&ObjectRef::new(&patch.node));
-    let mut current: Option<Node> = cached.map(|n| (*n).clone());
+    // The first attempt works from the cache; a conflict means the cache
+    // was behind, so later ones read the node afresh.
+    let mut current: Option<(Option<String>, Vec<Taint>)> = ctx
+        .stores
+        .nodes
+        .get(&patch.node)
+        .map(|view| (view.resource_version.clone(), taints_of(&view)));
     for attempt in 0..5 {
-        let node = match current.take() {
-            Some(node) => node,
+        let (resource_version, mut taints) = match current.take() {
+            Some(current) => current,
             None => match nodes
                 .get_opt(&patch.node)
                 .await
                 .map_err(Error::kube(what()))?
             {
-                Some(node) => node,
+                Some(node) => (
+                    node.metadata.resource_version,
+                    node.spec.and_then(|s| s.taints).unwrap_or_default(),
+                ),
                 None => return Ok(None),
             },
         };
-        let mut taints: Vec<Taint> = node
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default();
         let ours = |t: &Taint| t.key == taint.key && t.effect == taint.effect.as_str();
         match patch.taint {
             TaintChange::Add if !taints.iter().any(ours) => taints.push(Taint {
@@ -285,10 +289,7 @@ pub async fn patch_node(
             may_write(ctx, &what()).await?;
         }
         let mut meta = metadata.clone();
-        meta.insert(
-            "resourceVersion".into(),
-            json!(node.metadata.resource_version),
-        );
+        meta.insert("resourceVersion".into(), json!(resource_version));
         let body = json!({ "metadata": meta, "spec": { "taints": taints } });
         match nodes
             .patch(&patch.node, &params, &Patch::Merge(&body))
@@ -312,20 +313,34 @@ pub async fn patch_node(
     )))
 }
 
+/// A cached node's taints as the API spells them, every field kept.
+fn taints_of(view: &NodeView) -> Vec<Taint> {
+    view.taints
+        .iter()
+        .map(|t| Taint {
+            key: t.key.clone(),
+            value: t.value.clone(),
+            effect: t.effect.clone(),
+            time_added: t.time_added.map(Time),
+        })
+        .collect()
+}
+
 /// Waits (briefly) until the node cache holds at least what was written.
 async fn wait_for_cache(ctx: &Context, written: &[Node]) {
-    let version = |n: &Node| {
-        n.metadata
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let version = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for node in written {
-        let Some(want) = version(node) else { continue };
-        let key = ObjectRef::new(node.metadata.name.as_deref().unwrap_or_default());
+        let Some(want) = version(node.metadata.resource_version.as_deref()) else {
+            continue;
+        };
+        let name = node.metadata.name.as_deref().unwrap_or_default();
         loop {
-            let have = ctx.stores.nodes.get(&key).and_then(|n| version(&n));
+            let have = ctx
+                .stores
+                .nodes
+                .get(name)
+                .and_then(|n| version(n.resource_version.as_deref()));
             if have.is_none_or(|h| h >= want) {
                 break;
             }

@@ -190,18 +190,14 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     }
     let pool = ctx.stores.pool(&batch.spec.pool_ref).ok().flatten();
     let mut released = 0;
-    for node in ctx.stores.nodes.state() {
-        let annotations = node.metadata.annotations.as_ref();
-        let ours = annotations.and_then(|a| a.get(keys::BATCH)) == Some(&name);
-        let state = node
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(keys::STATE));
-        if !ours || state.is_none() || state.map(String::as_str) == Some("ready") {
-            continue;
-        }
-        let patch = planner::release(&node.name_any());
+    // The nodes this batch last touched that carry a state short of ready
+    // (the label as written, known to the planner or not).
+    let touched = ctx.stores.nodes.select(|node| {
+        let state = node.labels.get(keys::STATE).map(String::as_str);
+        node.batch.as_deref() == Some(name.as_str()) && state.is_some_and(|s| s != "ready")
+    });
+    for node in touched {
+        let patch = planner::release(&node.name);
         if let Some(pool) = &pool {
             act::patch_node(ctx, pool, &patch).await?;
         } else {

@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
-use crate::planner::matches;
+use crate::planner::{NodeView, matches};
 
 pub use batch::FINALIZER;
 pub use error::Error;
@@ -158,14 +158,15 @@ pub async fn run(
     // controller never stalls a watch into being closed by the API server.
     let (pool_store, pool_writer) = reflector::store::<DeserializeGuard<GpuPool>>();
     let (batch_store, batch_writer) = reflector::store::<DeserializeGuard<RolloutBatch>>();
-    let (node_store, node_writer) = reflector::store::<Node>();
+    let node_cache = observe::NodeCache::default();
+    let mut node_writer = node_cache.writer();
     let (probe_store, probe_writer) = reflector::store::<Pod>();
     let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
     let synced_tx = Arc::new(synced_tx);
     let stores = Stores {
         pools: pool_store.clone(),
         batches: batch_store.clone(),
-        nodes: node_store.clone(),
+        nodes: node_cache,
         probes: probe_store.clone(),
         synced,
     };
@@ -201,20 +202,26 @@ pub async fn run(
             synced_tx.clone(),
             |_: &DeserializeGuard<RolloutBatch>| {},
         ));
+    // Nodes are cached as views, each built once per event (see
+    // `observe::NodeCache`), not as Node objects.
     let node_watcher = {
         let (s, btx, ptx) = (stores.clone(), batch_tx.clone(), pool_tx.clone());
         watcher(nodes_api, node_watch)
             .default_backoff()
-            .modify(observe::strip_node)
-            .reflect(node_writer)
-            .for_each(drive("nodes", synced_tx.clone(), move |node: &Node| {
-                for batch in batches_of_node(&s, node) {
-                    let _ = btx.send(batch);
-                }
-                for pool in pools_of_node(&s, node) {
-                    let _ = ptx.send(pool);
-                }
-            }))
+            .map_ok(observe::view_event)
+            .inspect_ok(move |event| node_writer(event))
+            .for_each(drive(
+                "nodes",
+                synced_tx.clone(),
+                move |node: &Arc<NodeView>| {
+                    for batch in batches_of_node(&s, node) {
+                        let _ = btx.send(batch);
+                    }
+                    for pool in pools_of_node(&s, node) {
+                        let _ = ptx.send(pool);
+                    }
+                },
+            ))
     };
     let expectations = Arc::new(act::Expectations::default());
     let probe_watcher = {
@@ -405,26 +412,27 @@ fn batches_of_pool(stores: &Stores, pool: &str) -> Vec<ObjectRef<DeserializeGuar
 
 /// A node concerns every batch of every pool that selects it (they share the
 /// concurrency budget and the breaker), and the batch that last touched it.
-fn batches_of_node(stores: &Stores, node: &Node) -> Vec<ObjectRef<DeserializeGuard<RolloutBatch>>> {
-    let labels = observe::labels_of(node);
+fn batches_of_node(
+    stores: &Stores,
+    node: &NodeView,
+) -> Vec<ObjectRef<DeserializeGuard<RolloutBatch>>> {
     let mut refs: Vec<_> = stores
         .pools()
         .into_iter()
-        .filter(|p| matches(&p.spec.node_selector, labels))
+        .filter(|p| matches(&p.spec.node_selector, &node.labels))
         .flat_map(|p| batches_of_pool(stores, &p.name_any()))
         .collect();
-    if let Some(batch) = node.annotations().get(keys::BATCH) {
+    if let Some(batch) = &node.batch {
         refs.push(ObjectRef::new(batch));
     }
     refs
 }
 
-fn pools_of_node(stores: &Stores, node: &Node) -> Vec<ObjectRef<DeserializeGuard<GpuPool>>> {
-    let labels = observe::labels_of(node);
+fn pools_of_node(stores: &Stores, node: &NodeView) -> Vec<ObjectRef<DeserializeGuard<GpuPool>>> {
     stores
         .pools()
         .into_iter()
-        .filter(|p| matches(&p.spec.node_selector, labels))
+        .filter(|p| matches(&p.spec.node_selector, &node.labels))
         .map(|p| ObjectRef::new(&p.name_any()))
         .collect()
 }

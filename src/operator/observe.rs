@@ -1,22 +1,25 @@
 //! Observe: the caches the watches fill, and the planner's snapshot built
 //! from them (no client required).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 
 use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
 use crate::planner::{Claim, NodeView, ProbeView, Snapshot, matches};
 
-/// The watched objects, as the reflectors keep them.
+/// The watched objects: pools, batches and probe pods as the reflectors keep
+/// them, nodes as [`NodeView`]s.
 #[derive(Clone)]
 pub struct Stores {
     pub pools: Store<DeserializeGuard<GpuPool>>,
     pub batches: Store<DeserializeGuard<RolloutBatch>>,
-    pub nodes: Store<Node>,
+    pub nodes: NodeCache,
     pub probes: Store<Pod>,
     /// How many of the four watches have listed once; the watch loops count
     /// up as they see their first `InitDone`.
@@ -70,36 +73,74 @@ impl Stores {
     }
 }
 
-/// Shrinks a Node before it is cached: gpufleet needs its labels, its own
-/// annotations, taints, cordon, conditions and allocatable GPUs; images,
-/// managed fields and the rest would cost memory at 137,500 nodes.
-pub fn strip_node(node: &mut Node) {
-    let meta = &mut node.metadata;
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with("gpufleet.io/"));
+/// The node cache: one [`NodeView`] per watched node, by name. A view is
+/// built once per watch event and shared, never copied: snapshots and pool
+/// plans hold `Arc`s to the cached views. At 137,500 nodes a whole Node
+/// (even stripped) per node, plus a fresh copy per reconcile, cost several
+/// times what the views do.
+#[derive(Clone, Default)]
+pub struct NodeCache {
+    nodes: Arc<RwLock<HashMap<String, Arc<NodeView>>>>,
+}
+
+impl NodeCache {
+    /// The view of the node of this name, if it is cached.
+    pub fn get(&self, name: &str) -> Option<Arc<NodeView>> {
+        self.read().get(name).cloned()
     }
-    if let Some(status) = node.status.as_mut() {
-        status.images = None;
-        status.volumes_attached = None;
-        status.volumes_in_use = None;
-        status.node_info = None;
-        status.addresses = None;
-        status.daemon_endpoints = None;
-        status.config = None;
-        status.capacity = None;
-        status.features = None;
-        status.runtime_handlers = None;
-        if let Some(allocatable) = status.allocatable.as_mut() {
-            allocatable.retain(|k, _| k == keys::GPU_RESOURCE);
-        }
-        if let Some(conditions) = status.conditions.as_mut() {
-            for c in conditions {
-                // Heartbeat times change every minute and are never read.
-                c.last_heartbeat_time = None;
-                c.message = None;
+
+    /// Every cached view that `keep` accepts (in no particular order).
+    pub fn select(&self, mut keep: impl FnMut(&NodeView) -> bool) -> Vec<Arc<NodeView>> {
+        self.read().values().filter(|n| keep(n)).cloned().collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<NodeView>>> {
+        // A panic while holding the lock leaves the map whole (every write
+        // is a single insert, remove or swap): keep using it.
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies one watch event, as a reflector would: a relist fills a
+    /// buffer that replaces the cache when it is complete, so readers see
+    /// the old nodes until then; changes and deletions apply at once.
+    pub fn writer(&self) -> impl FnMut(&watcher::Event<Arc<NodeView>>) + Send + 'static {
+        let nodes = self.nodes.clone();
+        let mut buffer: Option<HashMap<String, Arc<NodeView>>> = None;
+        move |event| {
+            let write = || nodes.write().unwrap_or_else(PoisonError::into_inner);
+            match event {
+                watcher::Event::Init => buffer = Some(HashMap::new()),
+                watcher::Event::InitApply(node) => {
+                    buffer
+                        .get_or_insert_default()
+                        .insert(node.name.clone(), node.clone());
+                }
+                watcher::Event::InitDone => {
+                    if let Some(fresh) = buffer.take() {
+                        *write() = fresh;
+                    }
+                }
+                watcher::Event::Apply(node) => {
+                    write().insert(node.name.clone(), node.clone());
+                }
+                watcher::Event::Delete(node) => {
+                    write().remove(&node.name);
+                }
             }
         }
+    }
+}
+
+/// A node watch event as the cache keeps it: the Node's view, built once
+/// here; the Node itself is dropped.
+pub fn view_event(event: watcher::Event<Node>) -> watcher::Event<Arc<NodeView>> {
+    let view = |node: Node| Arc::new(NodeView::from(&node));
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(node) => watcher::Event::InitApply(view(node)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(node) => watcher::Event::Apply(view(node)),
+        watcher::Event::Delete(node) => watcher::Event::Delete(view(node)),
     }
 }
 
@@ -114,21 +155,9 @@ pub fn strip_pod(pod: &mut Pod) {
 pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapshot {
     let batch_name = batch.metadata.name.as_deref().unwrap_or_default();
     let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
-    let nodes = stores
-        .nodes
-        .state()
-        .iter()
-        .filter(|n| {
-            matches(&pool.spec.node_selector, labels_of(n))
-                || n.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(keys::BATCH))
-                    .map(String::as_str)
-                    == Some(batch_name)
-        })
-        .map(|n| NodeView::from(n.as_ref()))
-        .collect();
+    let nodes = stores.nodes.select(|n| {
+        matches(&pool.spec.node_selector, &n.labels) || n.batch.as_deref() == Some(batch_name)
+    });
     let probes = stores
         .probes
         .state()
@@ -174,19 +203,9 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
     }
 }
 
-/// A node's labels (empty when it has none).
-pub fn labels_of(node: &Node) -> &BTreeMap<String, String> {
-    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
-    node.metadata.labels.as_ref().unwrap_or(&EMPTY)
-}
-
-/// The nodes of a pool, as views.
-pub fn pool_nodes(stores: &Stores, pool: &GpuPool) -> Vec<NodeView> {
+/// The nodes of a pool, shared with the cache.
+pub fn pool_nodes(stores: &Stores, pool: &GpuPool) -> Vec<Arc<NodeView>> {
     stores
         .nodes
-        .state()
-        .iter()
-        .filter(|n| matches(&pool.spec.node_selector, labels_of(n)))
-        .map(|n| NodeView::from(n.as_ref()))
-        .collect()
+        .select(|n| matches(&pool.spec.node_selector, &n.labels))
 }

@@ -1,6 +1,7 @@
 //! The pool's view: capacity online, domains complete, and the circuit
 //! breaker that halts every rollout of the pool when too many nodes fail.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -96,10 +97,11 @@ pub struct PoolPlan {
 }
 
 /// The pool's status over every node its selector matches.
-pub fn plan_pool(pool: &GpuPool, nodes: &[NodeView], now: Timestamp) -> PoolPlan {
+pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp) -> PoolPlan {
     let spec = &pool.spec;
     let members: Vec<&NodeView> = nodes
         .iter()
+        .map(Borrow::borrow)
         .filter(|n| !n.deleting && matches(&spec.node_selector, &n.labels))
         .collect();
     let mut counts = NodeCounts {

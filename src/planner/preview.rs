@@ -10,6 +10,7 @@
 //! passes: what it reports is what the nodes' own labels, conditions and
 //! resources already decide.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use serde::Serialize;
@@ -195,7 +196,7 @@ struct Member<'a> {
 
 /// Previews `batch` of `pool` over `nodes` (every node the pool may hold;
 /// nodes of other pools and batches are reported, not planned).
-pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[NodeView]) -> Preview {
+pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeView>]) -> Preview {
     let spec = &pool.spec;
     let pool_name = pool.metadata.name.clone().unwrap_or_default();
     let batch_name = batch.metadata.name.clone().unwrap_or_default();
@@ -204,7 +205,7 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[NodeView]) -> Prev
     let mut unmatched = Vec::new();
     let mut pool_nodes: Vec<&NodeView> = Vec::new();
     let mut chosen: Vec<&NodeView> = Vec::new();
-    for node in nodes {
+    for node in nodes.iter().map(Borrow::borrow) {
         let in_pool = matches(&spec.node_selector, &node.labels);
         let in_batch = matches(&batch.spec.node_selector, &node.labels);
         let mismatch = match (node.deleting, in_pool, in_batch) {
@@ -698,7 +699,7 @@ spec:
             pool,
             batch,
             Snapshot {
-                nodes,
+                nodes: nodes.into_iter().map(std::sync::Arc::new).collect(),
                 ..Default::default()
             },
             t0(),
@@ -747,7 +748,7 @@ spec:
                 .nodes
                 .iter()
                 .filter(|n| n.state() == NodeState::Ready && n.wave == Some(wave.index))
-                .map(NodeView::gpus)
+                .map(|n| n.gpus())
                 .sum();
             assert_eq!(gpus, wave.gpus, "wave {}", wave.index);
         }
@@ -779,6 +780,7 @@ spec:
                 nodes: fleet("n", 3, 4, "east", "row1")
                     .into_iter()
                     .filter(|n| !n.name.starts_with("n-d000"))
+                    .map(std::sync::Arc::new)
                     .collect(),
                 ..Default::default()
             },
@@ -787,7 +789,7 @@ spec:
         );
         s.batch.spec.approved_waves = Some(1);
         s.run(1_000).unwrap();
-        let mut nodes = s.snapshot.nodes.clone();
+        let mut nodes: Vec<NodeView> = s.snapshot.nodes.iter().map(|n| (**n).clone()).collect();
         nodes.extend(fleet("n", 1, 4, "east", "row1"));
         let p = preview(&pool(), &s.batch, &nodes);
         assert_eq!(p.waves[0].domains, ["n-clique-000", "n-clique-001"]);

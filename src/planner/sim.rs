@@ -90,7 +90,14 @@ impl Sim {
                         .iter_mut()
                         .find(|n| n.name == patch.node)
                     {
-                        apply_patch(node, patch, &taint.key, taint.effect.as_str());
+                        // Copy-on-write, as the operator's cache replaces a
+                        // node's view on every change.
+                        apply_patch(
+                            std::sync::Arc::make_mut(node),
+                            patch,
+                            &taint.key,
+                            taint.effect.as_str(),
+                        );
                     }
                 }
                 Action::CreateProbe(req) => {
@@ -210,6 +217,7 @@ pub fn apply_patch(
                     key: taint_key.into(),
                     value: None,
                     effect: taint_effect.into(),
+                    time_added: None,
                 });
             }
         }

@@ -1,9 +1,11 @@
 //! The planner's view of the cluster: small, owned copies of what it needs
-//! from Nodes and probe pods, built once per observation.
+//! from Nodes and probe pods. The operator builds a node's view once per
+//! watch event and caches it behind an `Arc`; snapshots share those views.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -79,18 +81,25 @@ impl FromStr for NodeState {
     }
 }
 
-/// A taint as it sits on a node.
+/// A taint as it sits on a node: every field of the API's taint, so that
+/// the operator can write a node's taint list back exactly as it found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaintView {
     pub key: String,
     pub value: Option<String>,
     pub effect: String,
+    /// `timeAdded` (set on `NoExecute` taints).
+    pub time_added: Option<Timestamp>,
 }
 
-/// What the planner knows of one Node.
+/// What gpufleet knows of one Node: what the planner reads, and what the
+/// operator needs to patch it (its taints and resourceVersion). The
+/// operator's node cache holds one per node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
     pub name: String,
+    /// `metadata.resourceVersion`: the version this view was built from.
+    pub resource_version: Option<String>,
     /// Every label (selectors need them all).
     pub labels: BTreeMap<String, String>,
     /// Parsed `gpufleet.io/state`; `None` when absent or unknown.
@@ -117,6 +126,7 @@ pub struct NodeView {
     pub allocatable_gpus: Option<u32>,
     /// The raw allocatable value, for messages when it does not parse.
     pub allocatable_gpus_raw: Option<String>,
+    /// Every taint, in the node's order.
     pub taints: Vec<TaintView>,
     /// `spec.unschedulable`: cordoned (gpufleet never cordons).
     pub unschedulable: bool,
@@ -130,6 +140,7 @@ impl NodeView {
     pub fn named(name: impl Into<String>) -> Self {
         NodeView {
             name: name.into(),
+            resource_version: None,
             labels: BTreeMap::new(),
             state: None,
             batch: None,
@@ -194,6 +205,7 @@ impl From<&Node> for NodeView {
         let spec = node.spec.as_ref();
         NodeView {
             name: meta.name.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone(),
             labels: meta.labels.clone().unwrap_or_default(),
             state: meta
                 .labels
@@ -221,6 +233,7 @@ impl From<&Node> for NodeView {
                             key: t.key.clone(),
                             value: t.value.clone(),
                             effect: t.effect.clone(),
+                            time_added: t.time_added.as_ref().map(|t| t.0),
                         })
                         .collect()
                 })
@@ -316,7 +329,8 @@ pub struct Claim {
 pub struct Snapshot {
     /// Every node the pool's selector matches (of any batch): the planner
     /// needs the whole pool for the concurrency budget, domains and breaker.
-    pub nodes: Vec<NodeView>,
+    /// Shared with the node cache: a snapshot copies pointers, not nodes.
+    pub nodes: Vec<Arc<NodeView>>,
     /// The batch's probe pods.
     pub probes: Vec<ProbeView>,
     /// The other pools (their selectors), to find nodes two pools claim.

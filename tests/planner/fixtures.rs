@@ -1,5 +1,7 @@
 //! Small YAML fixtures a reader can follow, and builders on top of them.
 
+use std::sync::Arc;
+
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::planner::sim::{Outcome, Sim, fleet};
 use gpufleet::planner::{NodeState, NodeView, Plan, Snapshot};
@@ -87,12 +89,16 @@ pub fn nodes(domains: usize) -> Vec<NodeView> {
 }
 
 /// A simulation where every probe passes unless `outcome` says otherwise.
-pub fn sim(pool: GpuPool, batch: RolloutBatch, nodes: Vec<NodeView>) -> Sim {
+pub fn sim(
+    pool: GpuPool,
+    batch: RolloutBatch,
+    nodes: impl IntoIterator<Item = impl Into<Arc<NodeView>>>,
+) -> Sim {
     Sim::new(
         pool,
         batch,
         Snapshot {
-            nodes,
+            nodes: nodes.into_iter().map(Into::into).collect(),
             ..Default::default()
         },
         t0(),
@@ -103,14 +109,14 @@ pub fn sim(pool: GpuPool, batch: RolloutBatch, nodes: Vec<NodeView>) -> Sim {
 pub fn sim_with(
     pool: GpuPool,
     batch: RolloutBatch,
-    nodes: Vec<NodeView>,
+    nodes: impl IntoIterator<Item = impl Into<Arc<NodeView>>>,
     outcome: impl Fn(&str, u32) -> Outcome + 'static,
 ) -> Sim {
     Sim::new(
         pool,
         batch,
         Snapshot {
-            nodes,
+            nodes: nodes.into_iter().map(Into::into).collect(),
             ..Default::default()
         },
         t0(),
@@ -118,7 +124,18 @@ pub fn sim_with(
     )
 }
 
-pub fn node_mut<'a>(nodes: &'a mut [NodeView], name: &str) -> &'a mut NodeView {
+/// A node of a snapshot, to change (copied on write, as the operator's
+/// cache replaces a node's view when it changes).
+pub fn node_mut<'a>(nodes: &'a mut [Arc<NodeView>], name: &str) -> &'a mut NodeView {
+    nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .map(Arc::make_mut)
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
+/// A node of a list not yet in a snapshot, to change.
+pub fn view_mut<'a>(nodes: &'a mut [NodeView], name: &str) -> &'a mut NodeView {
     nodes
         .iter_mut()
         .find(|n| n.name == name)

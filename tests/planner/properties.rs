@@ -179,7 +179,7 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
         pool,
         batch,
         Snapshot {
-            nodes,
+            nodes: nodes.into_iter().map(std::sync::Arc::new).collect(),
             ..Default::default()
         },
         t0(),

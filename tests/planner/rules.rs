@@ -20,7 +20,7 @@ fn members_match_both_the_batch_and_the_pool_selector() {
         &pool(),
         &batch(),
         &gpufleet::planner::Snapshot {
-            nodes,
+            nodes: nodes.into_iter().map(std::sync::Arc::new).collect(),
             ..Default::default()
         },
         t0(),
@@ -56,11 +56,7 @@ fn a_node_claimed_by_two_batches_or_two_pools_is_reported_and_left_alone() {
         pool: Some("west".into()),
         selector: selector("gpufleet.io/batch", "row1"),
     });
-    s.snapshot
-        .nodes
-        .iter_mut()
-        .find(|n| n.name == "n-d001-n03")
-        .unwrap()
+    node_mut(&mut s.snapshot.nodes, "n-d001-n03")
         .labels
         .insert("kubernetes.io/hostname".into(), "n-d001-n03".into());
     let plan = s.step();
@@ -411,6 +407,7 @@ fn a_ready_node_is_never_demoted() {
     s.run(20);
     assert_eq!(in_state(&s, Ready).len(), 4);
     for node in &mut s.snapshot.nodes {
+        let node = std::sync::Arc::make_mut(node);
         node.conditions.insert("GpuXidError".into(), "True".into());
         node.unschedulable = true;
     }
@@ -744,7 +741,7 @@ fn the_circuit_breaker_halts_every_batch_of_the_pool_and_clears_with_time() {
     // 24 nodes in the pool; limit 10% = 2. Three recent failures trip it.
     let mut nodes = nodes(6);
     for name in ["n-d005-n00", "n-d005-n01", "n-d005-n02"] {
-        let n = node_mut(&mut nodes, name);
+        let n = view_mut(&mut nodes, name);
         n.state = Some(Failed);
         n.since = Some(t0());
         n.batch = Some("older".into());
