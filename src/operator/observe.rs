@@ -1,7 +1,7 @@
 //! Observe: the caches the watches fill, and the planner's snapshot built
 //! from them (no client required).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -80,7 +80,10 @@ impl Stores {
 /// times what the views do.
 #[derive(Clone, Default)]
 pub struct NodeCache {
-    nodes: Arc<RwLock<HashMap<String, Arc<NodeView>>>>,
+    /// By name: snapshots then list nodes in name order, which after a
+    /// list is also the order their views were allocated in, so the
+    /// planner's pass over them reads memory mostly in sequence.
+    nodes: Arc<RwLock<BTreeMap<String, Arc<NodeView>>>>,
 }
 
 impl NodeCache {
@@ -89,12 +92,12 @@ impl NodeCache {
         self.read().get(name).cloned()
     }
 
-    /// Every cached view that `keep` accepts (in no particular order).
+    /// Every cached view that `keep` accepts, by name.
     pub fn select(&self, mut keep: impl FnMut(&NodeView) -> bool) -> Vec<Arc<NodeView>> {
         self.read().values().filter(|n| keep(n)).cloned().collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<NodeView>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<NodeView>>> {
         // A panic while holding the lock leaves the map whole (every write
         // is a single insert, remove or swap): keep using it.
         self.nodes.read().unwrap_or_else(PoisonError::into_inner)
@@ -105,11 +108,11 @@ impl NodeCache {
     /// the old nodes until then; changes and deletions apply at once.
     pub fn writer(&self) -> impl FnMut(&watcher::Event<Arc<NodeView>>) + Send + 'static {
         let nodes = self.nodes.clone();
-        let mut buffer: Option<HashMap<String, Arc<NodeView>>> = None;
+        let mut buffer: Option<BTreeMap<String, Arc<NodeView>>> = None;
         move |event| {
             let write = || nodes.write().unwrap_or_else(PoisonError::into_inner);
             match event {
-                watcher::Event::Init => buffer = Some(HashMap::new()),
+                watcher::Event::Init => buffer = Some(BTreeMap::new()),
                 watcher::Event::InitApply(node) => {
                     buffer
                         .get_or_insert_default()
