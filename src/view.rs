@@ -488,20 +488,29 @@ pub fn plain_line(batch: &RolloutBatch, elapsed: Option<Duration>) -> String {
         .map(|e| format!("[{}] ", clock(e)))
         .unwrap_or_default();
     let gate = gate(batch);
-    let line = if status.total_waves == 0 {
-        format!("{time}{}", gate.short())
-    } else {
-        format!(
-            "{time}wave {}/{}: {}; {}",
-            status.current_wave,
-            status.total_waves,
-            parts.join(", "),
-            gate.short()
-        )
-    };
-    // Many states at once (or a big fleet's counts) can outgrow a line:
-    // continue it, indented, rather than spill past the width.
-    wrap(&line, WIDTH, 4).join("\n")
+    if status.total_waves == 0 {
+        return format!("{time}{}", gate.short());
+    }
+    let counts = format!(
+        "{time}wave {}/{}: {}",
+        status.current_wave,
+        status.total_waves,
+        parts.join(", ")
+    );
+    let line = format!("{counts}; {}", gate.short());
+    if line.chars().count() <= WIDTH {
+        return line;
+    }
+    // Many states at once (or a big fleet's counts) outgrow a line: the
+    // gate goes on a line of its own, indented, and the counts wrap if
+    // they must, rather than spill past the width.
+    let mut lines = wrap(&counts, WIDTH, 4);
+    lines.extend(
+        wrap(gate.short(), WIDTH - 4, 0)
+            .iter()
+            .map(|l| format!("    {l}")),
+    );
+    lines.join("\n")
 }
 
 /// Per-wave totals of the summary.
@@ -1080,7 +1089,7 @@ conditions:
         let line = plain_line(&mid_rollout(), Some(Duration::from_secs(75)));
         assert_eq!(
             line,
-            "[1:15] wave 2/3: 35/216 ready, 1 failed, 14 validating, 4 soaking; waits on\n    probes"
+            "[1:15] wave 2/3: 35/216 ready, 1 failed, 14 validating, 4 soaking\n    waits on probes"
         );
         let done = plain_line(
             &batch("{currentWave: 3, totalWaves: 3, nodes: {total: 54, ready: 51, failed: 3}}"),
