@@ -92,7 +92,7 @@ pub async fn apply(
     let mut report = Report::default();
     let patches: Vec<NodePatch> = plan.node_patches().cloned().collect();
     report.node_patches = patches.len();
-    let written: Vec<Node> = stream::iter(patches)
+    let written: Vec<Written> = stream::iter(patches)
         .map(|p| async move { patch_node(ctx, pool, &p).await })
         .buffer_unordered(PARALLEL_WRITES)
         .try_filter_map(|n| async move { Ok(n) })
@@ -208,13 +208,13 @@ pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<
 /// change replaces the taint list, so it carries the resourceVersion it was
 /// computed from and is recomputed from a fresh read on conflict, leaving
 /// every other taint as it is (the cached view keeps every field of every
-/// taint, so the list is written back as it was read). Returns the node as
-/// written, or `None` if it is gone.
+/// taint, so the list is written back as it was read). Returns the version
+/// written, or `None` if the node is gone.
 pub async fn patch_node(
     ctx: &Context,
     pool: &GpuPool,
     patch: &NodePatch,
-) -> Result<Option<Node>, Error> {
+) -> Result<Option<Written>, Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let what = || format!("patching node {}", patch.node);
     let params = PatchParams {
@@ -245,7 +245,10 @@ pub async fn patch_node(
             .patch(&patch.node, &params, &Patch::Merge(&body))
             .await
         {
-            Ok(node) => Ok(Some(node)),
+            Ok(node) => Ok(Some(Written {
+                name: patch.node.clone(),
+                resource_version: node.metadata.resource_version,
+            })),
             Err(err) if is_not_found(&err) => Ok(None),
             Err(err) => Err(Error::kube(what())(err)),
         };
@@ -295,7 +298,15 @@ pub async fn patch_node(
             .patch(&patch.node, &params, &Patch::Merge(&body))
             .await
         {
-            Ok(node) => return Ok(Some(node)),
+            // Only the version is kept: a wave patches thousands of nodes
+            // in one reconcile, and whole Nodes held until the cache caught
+            // up cost tens of kilobytes each.
+            Ok(node) => {
+                return Ok(Some(Written {
+                    name: patch.node.clone(),
+                    resource_version: node.metadata.resource_version,
+                }));
+            }
             Err(err) if is_not_found(&err) => return Ok(None),
             Err(err) if is_conflict(&err) => {
                 debug!(node = %patch.node, attempt, "node changed under us; re-reading it");
@@ -326,15 +337,23 @@ fn taints_of(view: &NodeView) -> Vec<Taint> {
         .collect()
 }
 
+/// A node as this replica wrote it: its name and the resourceVersion the
+/// API server gave the write.
+#[derive(Debug)]
+pub struct Written {
+    pub name: String,
+    pub resource_version: Option<String>,
+}
+
 /// Waits (briefly) until the node cache holds at least what was written.
-async fn wait_for_cache(ctx: &Context, written: &[Node]) {
+async fn wait_for_cache(ctx: &Context, written: &[Written]) {
     let version = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for node in written {
-        let Some(want) = version(node.metadata.resource_version.as_deref()) else {
+        let Some(want) = version(node.resource_version.as_deref()) else {
             continue;
         };
-        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let name = node.name.as_str();
         loop {
             let have = ctx
                 .stores
@@ -345,7 +364,7 @@ async fn wait_for_cache(ctx: &Context, written: &[Node]) {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                warn!(node = ?node.metadata.name, "node cache lags behind our own write; planning on");
+                warn!(node = %node.name, "node cache lags behind our own write; planning on");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

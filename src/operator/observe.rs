@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Node, Pod, PodSpec, PodStatus};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -147,9 +147,43 @@ pub fn view_event(event: watcher::Event<Node>) -> watcher::Event<Arc<NodeView>> 
     }
 }
 
-/// Shrinks a probe pod before it is cached.
+/// Shrinks a probe pod before it is cached to what a `ProbeView` and the
+/// finalizer read: its name, annotations and times, the node it runs on,
+/// its phase and how its container ended. A whole Pod as the API server
+/// returns it (the template's container, default tolerations, the projected
+/// service-account volume, conditions, IPs) is several kilobytes in memory,
+/// and a wave keeps one probe per validating node.
 pub fn strip_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    meta.finalizers = None;
+    let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
+    pod.spec = Some(PodSpec {
+        node_name,
+        ..Default::default()
+    });
+    if let Some(status) = pod.status.take() {
+        let container_statuses = status.container_statuses.map(|statuses| {
+            statuses
+                .into_iter()
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    state: c.state.map(|state| ContainerState {
+                        terminated: state.terminated,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect()
+        });
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            container_statuses,
+            ..Default::default()
+        });
+    }
 }
 
 /// The planner's snapshot for one batch: every node of the pool (and any node
@@ -211,4 +245,54 @@ pub fn pool_nodes(stores: &Stores, pool: &GpuPool) -> Vec<Arc<NodeView>> {
     stores
         .nodes
         .select(|n| matches(&pool.spec.node_selector, &n.labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::ProbeView;
+
+    /// A probe pod as the API server returns it once kwok ended it.
+    fn finished_pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "gpufleet-probe-n1-1", "namespace": "gpufleet-system",
+                "labels": {"app.kubernetes.io/managed-by": "gpufleet"},
+                "annotations": {"gpufleet.io/batch": "b", "gpufleet.io/attempt": "1"},
+                "creationTimestamp": "2026-01-01T00:00:00Z",
+                "managedFields": [{"manager": "gpufleet", "operation": "Apply"}],
+            },
+            "spec": {
+                "nodeName": "n1",
+                "containers": [{"name": "burn-in", "image": "dcgm", "command": ["dcgmi", "diag", "-r", "3"]}],
+                "tolerations": [{"key": "gpufleet.io/onboarding", "operator": "Exists"}],
+                "volumes": [{"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
+            },
+            "status": {
+                "phase": "Failed",
+                "hostIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "burn-in", "image": "dcgm", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 1, "message": "NVLink CRC errors", "reason": "Error"}},
+                    "lastState": {},
+                }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stripped_probe_reads_as_the_whole_pod_does() {
+        let whole = finished_pod();
+        let mut stripped = whole.clone();
+        strip_pod(&mut stripped);
+        assert_eq!(ProbeView::from(&stripped), ProbeView::from(&whole));
+        assert_eq!(ProbeView::from(&stripped).exit_code, Some(1));
+        let spec = stripped.spec.as_ref().unwrap();
+        assert!(spec.containers.is_empty() && spec.volumes.is_none());
+        assert!(stripped.metadata.managed_fields.is_none());
+        assert!(stripped.status.as_ref().unwrap().conditions.is_none());
+        assert_eq!(stripped.metadata.annotations, whole.metadata.annotations);
+    }
 }
