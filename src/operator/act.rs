@@ -101,23 +101,28 @@ pub async fn apply(
     wait_for_cache(ctx, &written).await;
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let creates: Vec<Pod> = plan
+    // Each pod is built from the template as its request goes out, not all
+    // up front: a wave start creates a probe for every node it takes.
+    let creates: Vec<_> = plan
         .actions
         .iter()
         .filter_map(|a| match a {
             Action::CreateProbe(req)
                 if !Expectations::expected(&ctx.expectations.creates, &req.pod_name) =>
             {
-                probe_pod(pool, batch, req, &ctx.config.namespace)
+                Some(req.clone())
             }
             _ => None,
         })
         .collect();
     report.probes_created = creates.len();
     stream::iter(creates)
-        .map(|pod| {
+        .map(|req| {
             let pods = pods.clone();
             async move {
+                let Some(pod) = probe_pod(pool, batch, &req, &ctx.config.namespace) else {
+                    return Ok(());
+                };
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 may_write(ctx, &format!("creating probe pod {name}")).await?;
                 match pods

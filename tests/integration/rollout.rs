@@ -227,7 +227,24 @@ fn the_operator_survives_being_killed_mid_wave() {
     if let Some(creates) = s.probe_creates() {
         let twice: Vec<_> = creates.iter().filter(|(_, n)| **n > 1).collect();
         assert!(twice.is_empty(), "probe pods created twice: {twice:?}");
-        assert_eq!(creates.len(), 54, "one probe per node");
+        if creates.len() != 54 {
+            let text = s.audit_text().unwrap_or_default();
+            let missing: Vec<String> = s
+                .seen()
+                .keys()
+                .map(|n| format!("gpufleet-probe-{n}-1"))
+                .filter(|p| !creates.contains_key(p))
+                .collect();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| missing.iter().any(|m| l.contains(m.as_str())))
+                .collect();
+            panic!(
+                "one probe per node: {} created; no create for {missing:?}; the audit log on them:\n{}",
+                creates.len(),
+                lines.join("\n")
+            );
+        }
     }
     if let Some(writes) = s.node_writes() {
         let max = writes.values().copied().max().unwrap_or(0);
