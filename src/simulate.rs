@@ -187,25 +187,28 @@ pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
     let config = watcher::Config::default()
         .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER))
         .timeout(55);
-    let seen = watcher(pods.clone(), config)
+    // The watch only queues the probes that still need an outcome; the work
+    // happens elsewhere, so a slow API server never holds the watch back
+    // until the server drops it as a stalled consumer.
+    let (todo_tx, mut todo_rx) = tokio::sync::mpsc::unbounded_channel::<Pod>();
+    let queue = todo_tx.clone();
+    let watch = watcher(pods.clone(), config)
         .default_backoff()
         .applied_objects()
-        .filter_map(|event| {
-            futures::future::ready(match event {
-                Ok(pod) => Some(pod),
-                Err(err) => {
-                    debug!(%err, "burn-in watch error");
-                    None
+        .for_each(move |event| {
+            match event {
+                Ok(pod) if unfinished(&pod) => {
+                    let _ = queue.send(pod);
                 }
-            })
+                Ok(_) => {}
+                Err(err) => debug!(%err, "burn-in watch error"),
+            }
+            futures::future::ready(())
         });
-    // Probes to try again come back through this channel.
-    let (retry_tx, mut retry_rx) = tokio::sync::mpsc::unbounded_channel::<Pod>();
-    let retries = futures::stream::poll_fn(move |cx| retry_rx.poll_recv(cx));
     let delay = format!("{}ms", delay.as_millis());
-    futures::stream::select(seen, retries)
+    let work = futures::stream::poll_fn(move |cx| todo_rx.poll_recv(cx))
         .map(|pod| {
-            let (pods, nodes, delay, retry_tx) = (&pods, &nodes, &delay, retry_tx.clone());
+            let (pods, nodes, delay, retry) = (&pods, &nodes, &delay, todo_tx.clone());
             async move {
                 match finish(pods, nodes, &pod, delay).await {
                     Ok(()) => {}
@@ -213,14 +216,24 @@ pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
                     Err(err) => {
                         debug!(pod = ?pod.metadata.name, %err, "burn-in stand-in could not annotate a probe; retrying");
                         tokio::time::sleep(Duration::from_secs(2)).await;
-                        let _ = retry_tx.send(pod);
+                        let _ = retry.send(pod);
                     }
                 }
             }
         })
         .buffer_unordered(BURN_INS_AT_ONCE)
-        .for_each(|()| futures::future::ready(()))
-        .await;
+        .for_each(|()| futures::future::ready(()));
+    futures::future::join(watch, work).await;
+}
+
+/// A probe pod that has no outcome yet and is not going away.
+fn unfinished(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && !pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(PROBE_RESULT))
 }
 
 /// Probe pods the burn-in stand-in annotates at once.
@@ -233,8 +246,7 @@ async fn finish(
     pod: &Pod,
     delay: &str,
 ) -> Result<(), kube::Error> {
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    if annotations.contains_key(PROBE_RESULT) || pod.metadata.deletion_timestamp.is_some() {
+    if !unfinished(pod) {
         return Ok(());
     }
     let (Some(name), Some(node)) = (

@@ -151,6 +151,8 @@ pub struct Rollout {
     pub waves: usize,
     /// Nodes validating at once (the batch's maxConcurrent).
     pub max_concurrent: u32,
+    /// Probe pods when the rollout ended, by outcome annotation and phase.
+    pub probes_at_end: std::collections::BTreeMap<String, u64>,
     pub probe_seconds: f64,
     pub soak_seconds: u32,
     /// From the batch's creation to its Ready condition.
@@ -446,6 +448,13 @@ async fn full_rollout(
     .await?;
     let wall = t.elapsed().as_secs_f64();
     eprintln!("bench: rollout {outcome} after {wall:.1}s");
+    // Where the probes stand: when a rollout halts on probe timeouts, this
+    // tells the burn-in stand-in (no result), kwok (a result, still running)
+    // and the operator (finished, not acted on) apart.
+    let probes_at_end = probe_states(client).await?;
+    if !complete {
+        eprintln!("bench: probe pods at the end: {probes_at_end:?}");
+    }
 
     let process = operator.stats(count);
     let reconciles = scrape_reconciles(metrics_port);
@@ -488,6 +497,7 @@ async fn full_rollout(
         node_create_seconds,
         waves: n_waves,
         max_concurrent,
+        probes_at_end,
         probe_seconds: args.probe_seconds,
         soak_seconds: args.soak_seconds,
         wall_seconds: wall,
@@ -1299,4 +1309,26 @@ impl Report {
         }
         out
     }
+}
+
+/// Probe pods in the bench's namespace by (outcome annotation, phase).
+async fn probe_states(
+    client: &kube::Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut states = std::collections::BTreeMap::new();
+    for pod in pods.list(&Default::default()).await?.items {
+        let result = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(simulate::PROBE_RESULT))
+            .map_or("no result", |_| "result");
+        let phase = pod
+            .status
+            .and_then(|s| s.phase)
+            .unwrap_or_else(|| "no phase".into());
+        *states.entry(format!("{result}, {phase}")).or_insert(0) += 1;
+    }
+    Ok(states)
 }
