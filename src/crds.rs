@@ -67,6 +67,30 @@ pub fn render_all() -> Result<String, serde_norway::Error> {
         .collect())
 }
 
+/// Applies both CRDs to a cluster (server-side apply as `field_manager`)
+/// and waits until each is Established: what `gpufleet demo` and
+/// `gpufleet bench` do on their control planes.
+pub async fn install(client: &kube::Client, field_manager: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(field_manager).force();
+    for crd in definitions() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("installing CRD {name}"))?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("CRD {name} not Established within 60s"))??;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -281,3 +281,36 @@ async fn finish(
         .await?;
     Ok(())
 }
+
+/// The probe pods' namespace, labelled with `labels`, and its `default`
+/// ServiceAccount (the test bed runs no controller that would make it);
+/// either may exist already.
+pub async fn probe_namespace(
+    client: &kube::Client,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use kube::api::PostParams;
+    let exists = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        other => other,
+    };
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(name.to_string());
+    namespace.metadata.labels = Some(labels.clone());
+    exists(
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .map(|_| ()),
+    )?;
+    let mut account = ServiceAccount::default();
+    account.metadata.name = Some("default".into());
+    exists(
+        Api::<ServiceAccount>::namespaced(client.clone(), name)
+            .create(&PostParams::default(), &account)
+            .await
+            .map(|_| ()),
+    )
+}

@@ -29,10 +29,9 @@ use gpufleet::crds;
 use gpufleet::planner::{self, NodeState, NodeView, Snapshot};
 use gpufleet::simulate::{self, SimNode};
 use gpufleet::view::{self, Gate};
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount, Taint};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+
 use serde::Serialize;
 use serde_json::json;
 
@@ -227,8 +226,8 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         plane.dir.display()
     );
     let client = plane.client().await?;
-    install_crds(&client).await?;
-    namespace_and_account(&client).await?;
+    crds::install(&client, FIELD_MANAGER).await?;
+    simulate::probe_namespace(&client, NAMESPACE, &Default::default()).await?;
 
     let mut report = Report {
         machine: machine(),
@@ -719,34 +718,6 @@ async fn wait_untainted(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    for crd in crds::definitions() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        api.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .with_context(|| format!("installing CRD {name}"))?;
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            await_condition(api.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .map_err(|_| anyhow!("CRD {name} not Established within 60s"))??;
-    }
-    Ok(())
-}
-
-async fn namespace_and_account(client: &kube::Client) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let body: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
-    namespaces.create(&PostParams::default(), &body).await?;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
-    let body: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-    accounts.create(&PostParams::default(), &body).await?;
-    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {

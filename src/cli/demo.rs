@@ -23,10 +23,8 @@ use gpufleet::planner::NodeView;
 use gpufleet::simulate::{self, SIMULATED, SimNode};
 use gpufleet::view::{self, Gate};
 use gpufleet::{keys, operator};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::status::{Follow, Screen};
@@ -404,7 +402,7 @@ impl Session {
 
     async fn run(&mut self) -> anyhow::Result<Outcome> {
         let name = self.args.name.clone();
-        self.install_crds().await?;
+        crds::install(&self.client, FIELD_MANAGER).await?;
         step("CRDs", "GpuPool and RolloutBatch installed and Established");
         let batches: Api<RolloutBatch> = Api::all(self.client.clone());
         if batches.get_opt(&name).await?.is_some() {
@@ -412,7 +410,12 @@ impl Session {
                 "a RolloutBatch named {name} exists already in this cluster: pick another --name"
             );
         }
-        self.namespace_and_account().await?;
+        let ns = self.namespace();
+        let labels =
+            std::collections::BTreeMap::from([(DEMO_LABEL.to_string(), self.args.name.clone())]);
+        simulate::probe_namespace(&self.client, &ns, &labels)
+            .await
+            .with_context(|| format!("creating namespace {ns} and its default ServiceAccount"))?;
 
         let t = Instant::now();
         simulate::create_nodes(&self.client, &self.fleet.nodes, 32).await.map_err(|err| match err {
@@ -560,42 +563,6 @@ impl Session {
         for line in view::overview(&[pool], &[batch]) {
             println!("{line}");
         }
-        Ok(())
-    }
-
-    async fn install_crds(&self) -> anyhow::Result<()> {
-        let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        for crd in crds::definitions() {
-            let name = crd.metadata.name.clone().unwrap_or_default();
-            api.patch(&name, &params, &Patch::Apply(&crd))
-                .await
-                .with_context(|| format!("installing CRD {name}"))?;
-            tokio::time::timeout(
-                Duration::from_secs(60),
-                await_condition(api.clone(), &name, conditions::is_crd_established()),
-            )
-            .await
-            .map_err(|_| anyhow!("CRD {name} not Established within 60s"))??;
-        }
-        Ok(())
-    }
-
-    /// The probe pods' namespace and its `default` ServiceAccount (the test
-    /// bed runs no controller that would make it).
-    async fn namespace_and_account(&self) -> anyhow::Result<()> {
-        let ns = self.namespace();
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let body: Namespace = serde_json::from_value(
-            json!({"metadata": {"name": ns, "labels": {DEMO_LABEL: self.args.name}}}),
-        )?;
-        ignore_exists(namespaces.create(&PostParams::default(), &body).await)
-            .with_context(|| format!("creating namespace {ns}"))?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
-        let body: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
-        ignore_exists(accounts.create(&PostParams::default(), &body).await)
-            .context("creating the default ServiceAccount")?;
         Ok(())
     }
 
@@ -790,14 +757,6 @@ impl Session {
             )?;
             Ok(())
         }
-    }
-}
-
-fn ignore_exists<T>(result: kube::Result<T>) -> kube::Result<()> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(err) => Err(err),
     }
 }
 
