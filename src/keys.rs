@@ -36,3 +36,13 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "gpufleet";
 /// Field manager and user agent of every write gpufleet makes.
 pub const FIELD_MANAGER: &str = "gpufleet";
+
+/// FNV-1a over `bytes`: a stable 64-bit hash, the same in every process and
+/// release, for names that must be shortened (probe pod names, label values)
+/// and for the demo's repeatable faults. Not for anything an attacker could
+/// exploit by collision.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

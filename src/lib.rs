@@ -11,3 +11,4 @@ pub mod operator;
 pub mod planner;
 pub mod simulate;
 pub mod view;
+pub mod vocabulary;

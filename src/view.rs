@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{GpuPool, RolloutBatch};
 use crate::planner::{NodeState, NodeView, failure_budget};
+use crate::vocabulary::{ConditionType, Gate};
 
 /// The width every view fits in.
 pub const WIDTH: usize = 80;
@@ -83,145 +84,76 @@ fn seconds_between(from: Option<&Time>, to: Option<&Time>) -> Option<i64> {
     Some((to?.0.as_second() - from?.0.as_second()).max(0))
 }
 
-/// What a batch waits on, read from its status.
+/// What a batch waits on, read from its status: the planner's gate (`None`
+/// before the operator has reported on the batch) and the figures to say it
+/// with. Nothing here reads a condition's reason: the gate is a field.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Gate {
-    /// No status yet: the operator has not seen the batch.
-    Starting,
-    /// Nodes are running their burn-in probes.
-    Probes {
-        wave: u32,
-        validating: u32,
-        soaking: u32,
-        pending: u32,
-    },
-    /// Every started node passed its probe and stays healthy for the soak.
-    Soak { wave: u32, soaking: u32 },
-    /// The next wave is past `approvedWaves`.
-    Approval { wave: u32, message: String },
-    /// `spec.paused`.
-    Paused { message: String },
-    /// A wave failed more nodes than its budget: halted until a person acts.
-    FailureBudget { message: String },
-    /// Too many of the pool's nodes failed recently: every rollout halted.
-    CircuitBreaker { message: String },
-    /// Every wave is done.
-    Complete { message: String },
-    /// No node matches the batch and its pool yet.
-    NoNodes { message: String },
-    /// Anything else, as the Ready or Stalled condition says it.
-    Other { reason: String, message: String },
+pub struct Waiting {
+    pub gate: Option<Gate>,
+    /// The wave it concerns, from 1 (0: none).
+    pub wave: u32,
+    /// The planner's sentence.
+    pub message: String,
+    pub validating: u32,
+    pub soaking: u32,
+    pub pending: u32,
 }
 
-fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// The gate a batch waits on.
-pub fn gate(batch: &RolloutBatch) -> Gate {
-    let Some(status) = &batch.status else {
-        return Gate::Starting;
-    };
-    let stalled = condition(&status.conditions, "Stalled").filter(|c| c.status == "True");
-    if let Some(c) = stalled {
-        let message = c.message.clone();
-        return match c.reason.as_str() {
-            "FailureBudgetExceeded" => Gate::FailureBudget { message },
-            "CircuitBreakerTripped" => Gate::CircuitBreaker { message },
-            reason => Gate::Other {
-                reason: reason.into(),
-                message,
-            },
-        };
-    }
-    let Some(ready) = condition(&status.conditions, "Ready") else {
-        return Gate::Starting;
-    };
-    let message = ready.message.clone();
-    let rows = wave_rows(batch);
-    let open = rows.iter().find(|w| !w.done);
-    match ready.reason.as_str() {
-        "RolloutComplete" if ready.status == "True" => Gate::Complete { message },
-        "WaitingForApproval" => Gate::Approval {
-            wave: rows
-                .iter()
-                .find(|w| !w.started)
-                .map_or(status.current_wave + 1, |w| w.index),
-            message,
-        },
-        "Paused" => Gate::Paused { message },
-        "NoNodes" => Gate::NoNodes { message },
-        "WaveInProgress" => {
-            let n = &status.nodes;
-            let wave = open.map_or(status.current_wave.max(1), |w| w.index);
-            if n.validating > 0 || n.soaking == 0 {
-                Gate::Probes {
-                    wave,
-                    validating: n.validating,
-                    soaking: n.soaking,
-                    pending: n.pending,
-                }
-            } else {
-                Gate::Soak {
-                    wave,
-                    soaking: n.soaking,
-                }
-            }
-        }
-        reason => Gate::Other {
-            reason: reason.into(),
-            message,
-        },
+/// What a batch waits on.
+pub fn waiting(batch: &RolloutBatch) -> Waiting {
+    let status = batch.status.as_ref();
+    let gate = status.and_then(|s| s.gate.as_ref());
+    let nodes = status.map(|s| s.nodes.clone()).unwrap_or_default();
+    Waiting {
+        gate: gate.map(|g| g.name),
+        wave: gate.and_then(|g| g.wave).unwrap_or(0),
+        message: gate.map(|g| g.message.clone()).unwrap_or_default(),
+        validating: nodes.validating,
+        soaking: nodes.soaking,
+        pending: nodes.pending,
     }
 }
 
-impl Gate {
+impl Waiting {
     /// One line for a person: what the rollout waits on.
     pub fn describe(&self) -> String {
-        match self {
-            Gate::Starting => "starting: the operator has not reported on the batch yet".into(),
-            Gate::Probes {
-                wave,
-                validating,
-                soaking,
-                pending,
-            } => {
-                let mut parts = vec![format!("{validating} validating")];
-                if *soaking > 0 {
-                    parts.push(format!("{soaking} soaking"));
+        let Some(gate) = self.gate else {
+            return "starting: the operator has not reported on the batch yet".into();
+        };
+        let (wave, message) = (self.wave, &self.message);
+        match gate {
+            Gate::Probes => {
+                let mut parts = vec![format!("{} validating", self.validating)];
+                if self.soaking > 0 {
+                    parts.push(format!("{} soaking", self.soaking));
                 }
-                if *validating == 0 && *soaking == 0 {
-                    parts = vec![format!("starting, {pending} pending")];
+                if self.validating == 0 && self.soaking == 0 {
+                    parts = vec![format!("starting, {} pending", self.pending)];
                 }
                 format!("wave {wave} waits on probes: {}", parts.join(", "))
             }
-            Gate::Soak { wave, soaking } => {
-                format!("wave {wave} waits on the soak: {soaking} soaking")
-            }
-            Gate::Approval { message, .. } => format!("waits for approval: {message}"),
-            Gate::Paused { message } => format!("paused: {message}"),
-            Gate::FailureBudget { message } => {
-                format!("halted, failure budget exceeded: {message}")
-            }
-            Gate::CircuitBreaker { message } => {
-                format!("halted, circuit breaker tripped: {message}")
-            }
-            Gate::Complete { message } => format!("complete: {message}"),
-            Gate::NoNodes { message } => format!("no nodes: {message}"),
-            Gate::Other { reason, message } => format!("{reason}: {message}"),
+            Gate::Soak => format!("wave {wave} waits on the soak: {} soaking", self.soaking),
+            Gate::Approval => format!("waits for approval: {message}"),
+            Gate::Paused => format!("paused: {message}"),
+            Gate::FailureBudget => format!("halted, failure budget exceeded: {message}"),
+            Gate::CircuitBreaker => format!("halted, circuit breaker tripped: {message}"),
+            Gate::Complete => format!("complete: {message}"),
+            Gate::NoNodes => format!("no nodes: {message}"),
+            Gate::InvalidSpec => format!("halted, the batch or its pool is invalid: {message}"),
         }
     }
 
     /// The command that moves the rollout on, if a person must act; `cmd` is
     /// how the user runs gpufleet (`gpufleet` or `kubectl gpufleet`).
     pub fn hint(&self, cmd: &str, batch: &str) -> Option<String> {
-        match self {
-            Gate::Approval { wave, .. } => {
-                Some(format!("`{cmd} approve {batch}` starts wave {wave}"))
-            }
-            Gate::Paused { .. } => Some(format!("`{cmd} resume {batch}` continues")),
-            Gate::FailureBudget { .. } => Some(format!(
+        match self.gate? {
+            Gate::Approval => Some(format!("`{cmd} approve {batch}` starts wave {}", self.wave)),
+            Gate::Paused => Some(format!("`{cmd} resume {batch}` continues")),
+            Gate::FailureBudget => Some(format!(
                 "`{cmd} why NODE` explains a failure; `{cmd} retry NODE` retries one once fixed"
+            )),
+            Gate::InvalidSpec => Some(format!(
+                "`kubectl describe rolloutbatch {batch}` shows the problem; fix the object"
             )),
             _ => None,
         }
@@ -229,26 +161,12 @@ impl Gate {
 
     /// The rollout is over: complete, or halted until a person acts.
     pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            Gate::Complete { .. } | Gate::FailureBudget { .. } | Gate::CircuitBreaker { .. }
-        )
+        self.gate.is_some_and(Gate::is_final)
     }
 
     /// A few words for the one-line progress.
     pub fn short(&self) -> &'static str {
-        match self {
-            Gate::Starting => "starting",
-            Gate::Probes { .. } => "waits on probes",
-            Gate::Soak { .. } => "waits on the soak",
-            Gate::Approval { .. } => "waits for approval",
-            Gate::Paused { .. } => "paused",
-            Gate::FailureBudget { .. } => "halted: failure budget exceeded",
-            Gate::CircuitBreaker { .. } => "halted: circuit breaker tripped",
-            Gate::Complete { .. } => "complete",
-            Gate::NoNodes { .. } => "no nodes yet",
-            Gate::Other { .. } => "see its conditions",
-        }
+        self.gate.map_or("starting", Gate::short)
     }
 }
 
@@ -361,13 +279,13 @@ pub fn bar(row: &WaveRow, width: usize, style: Style) -> String {
     out
 }
 
-fn wave_text(row: &WaveRow, gate: &Gate) -> String {
+fn wave_text(row: &WaveRow, waiting: &Waiting) -> String {
     if row.size == 0 && row.done {
         return "no nodes: earlier waves met its target".into();
     }
     if !row.started && row.ready + row.failed + row.held + row.in_progress == 0 {
-        return match gate {
-            Gate::Approval { wave, .. } if *wave == row.index => "needs approval".into(),
+        return match waiting.gate {
+            Some(Gate::Approval) if waiting.wave == row.index => "needs approval".into(),
             _ => "waiting".into(),
         };
     }
@@ -424,7 +342,7 @@ pub fn frame(
         );
         lines.extend(wrap(&line, WIDTH, 2));
     }
-    let gate = gate(batch);
+    let gate = waiting(batch);
     let rows = wave_rows(batch);
     let index_width = rows.len().to_string().len();
     let size_width = rows
@@ -454,8 +372,8 @@ pub fn frame(
         lines.extend(text.map(|t| format!("{:column$}{t}", "")));
     }
     let mut now = gate.describe();
-    let gate_wave = match &gate {
-        Gate::Probes { wave, .. } | Gate::Soak { wave, .. } => Some(*wave),
+    let gate_wave = match gate.gate {
+        Some(Gate::Probes | Gate::Soak) => Some(gate.wave),
         _ => None,
     };
     if let Some(row) = gate_wave.and_then(|w| rows.iter().find(|r| r.index == w)) {
@@ -487,7 +405,7 @@ pub fn plain_line(batch: &RolloutBatch, elapsed: Option<Duration>) -> String {
     let time = elapsed
         .map(|e| format!("[{}] ", clock(e)))
         .unwrap_or_default();
-    let gate = gate(batch);
+    let gate = waiting(batch);
     if status.total_waves == 0 {
         return format!("{time}{}", gate.short());
     }
@@ -706,10 +624,11 @@ pub fn condition_word(batch: &RolloutBatch) -> String {
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    if let Some(c) = condition(conditions, "Stalled").filter(|c| c.status == "True") {
+    let condition = |t: ConditionType| conditions.iter().find(|c| c.type_ == t.as_str());
+    if let Some(c) = condition(ConditionType::Stalled).filter(|c| c.status == "True") {
         return format!("Stalled: {}", c.reason);
     }
-    match condition(conditions, "Ready") {
+    match condition(ConditionType::Ready) {
         Some(c) if c.status == "True" => "Ready".into(),
         Some(c) => c.reason.clone(),
         None => "-".into(),
@@ -972,6 +891,7 @@ waves:
 - {index: 1, targetNodes: 18, admitted: 18, startedAt: "2026-01-01T00:00:00Z", completedAt: "2026-01-01T00:00:09Z"}
 - {index: 2, targetNodes: 54, admitted: 17, failed: 1, inProgress: 18, startedAt: "2026-01-01T00:00:09Z"}
 - {index: 3, targetNodes: 216}
+gate: {name: Probes, wave: 2, message: "wave 2 of 3"}
 conditions:
 - {type: Ready, status: "False", reason: WaveInProgress, message: "wave 2 of 3", lastTransitionTime: "2026-01-01T00:00:00Z"}
 - {type: Stalled, status: "False", reason: NotStalled, message: "", lastTransitionTime: "2026-01-01T00:00:00Z"}
@@ -1010,40 +930,44 @@ conditions:
     #[test]
     fn the_gate_names_what_the_rollout_waits_on() {
         let b = mid_rollout();
+        let w = waiting(&b);
         assert_eq!(
-            gate(&b),
-            Gate::Probes {
-                wave: 2,
-                validating: 14,
-                soaking: 4,
-                pending: 162
-            }
+            (w.gate, w.wave, w.validating, w.soaking, w.pending),
+            (Some(Gate::Probes), 2, 14, 4, 162)
         );
-        let mut soak = b.clone();
-        soak.status.as_mut().unwrap().nodes.validating = 0;
         assert_eq!(
-            gate(&soak),
-            Gate::Soak {
-                wave: 2,
-                soaking: 4
-            }
+            w.describe(),
+            "wave 2 waits on probes: 14 validating, 4 soaking"
+        );
+        let set = |b: &mut RolloutBatch, gate: Gate, wave: Option<u32>| {
+            b.status.as_mut().unwrap().gate = Some(crate::api::GateStatus {
+                name: gate,
+                wave,
+                message: "m".into(),
+            });
+        };
+        let mut soak = b.clone();
+        set(&mut soak, Gate::Soak, Some(2));
+        assert_eq!(
+            waiting(&soak).describe(),
+            "wave 2 waits on the soak: 4 soaking"
         );
         let mut approval = b.clone();
-        approval.status.as_mut().unwrap().conditions[0].reason = "WaitingForApproval".into();
-        assert!(matches!(gate(&approval), Gate::Approval { wave: 3, .. }));
+        set(&mut approval, Gate::Approval, Some(3));
         assert_eq!(
-            gate(&approval).hint("kubectl gpufleet", "row12").unwrap(),
+            waiting(&approval)
+                .hint("kubectl gpufleet", "row12")
+                .unwrap(),
             "`kubectl gpufleet approve row12` starts wave 3"
         );
         let mut halted = b.clone();
-        let stalled = &mut halted.status.as_mut().unwrap().conditions[1];
-        stalled.status = "True".into();
-        stalled.reason = "FailureBudgetExceeded".into();
-        assert!(matches!(gate(&halted), Gate::FailureBudget { .. }));
-        assert!(gate(&halted).is_final());
+        set(&mut halted, Gate::FailureBudget, Some(2));
+        assert!(waiting(&halted).is_final());
+        assert!(!waiting(&b).is_final());
         let mut none = b;
         none.status = None;
-        assert_eq!(gate(&none), Gate::Starting);
+        assert_eq!(waiting(&none).gate, None);
+        assert_eq!(waiting(&none).short(), "starting");
     }
 
     #[test]
@@ -1110,6 +1034,7 @@ totalWaves: 12
 nodes: {total: 137500, pending: 99999, validating: 12345, soaking: 11111, ready: 13000, failed: 555, held: 490}
 waves:
 - {index: 1, targetNodes: 137500, admitted: 13000, failed: 555, held: 490, inProgress: 23456, startedAt: "2026-01-01T00:00:00Z"}
+gate: {name: CircuitBreaker, message: "555 of the pool's last 1000 verdicts were failures, more than the 5% the pool allows"}
 conditions:
 - {type: Stalled, status: "True", reason: CircuitBreakerTripped, message: "555 of the pool's last 1000 verdicts were failures, more than the 5% the pool allows", lastTransitionTime: "2026-01-01T00:00:00Z"}
 "#,

@@ -9,6 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{NodeCounts, conditions_schema, count_or_percent_schema};
+use crate::vocabulary::Gate;
 
 /// A delivery of new nodes of one pool, brought online in waves. Each wave
 /// must finish (every node admitted, failed or held) within its failure budget
@@ -138,11 +139,31 @@ pub struct RolloutBatchStatus {
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub waves: Vec<WaveStatus>,
+    /// What the rollout waits on now, as gpufleet decided it: one word
+    /// (`name`), the wave it concerns and a sentence. Tools read this rather
+    /// than the conditions' reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateStatus>,
     /// `Ready` (every wave done), `Reconciling` (work in progress) and
     /// `Stalled` (waiting on a person), keyed by type.
     #[serde(default)]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// What a rollout waits on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    /// Probes, Soak, Approval, Paused, FailureBudget, CircuitBreaker,
+    /// NoNodes, Complete or InvalidSpec.
+    pub name: Gate,
+    /// The wave it concerns, from 1, where one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
+    /// What it means, in words a person can act on.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Progress of one wave.

@@ -5,7 +5,7 @@ mod batch;
 mod common;
 mod pool;
 
-pub use batch::{RolloutBatch, RolloutBatchSpec, RolloutBatchStatus, Wave, WaveStatus};
+pub use batch::{GateStatus, RolloutBatch, RolloutBatchSpec, RolloutBatchStatus, Wave, WaveStatus};
 pub use common::{
     ConditionMatch, ConditionStatus, DomainCounts, GROUP, GpuCounts, NodeCounts, TaintEffect,
     TaintSpec, VERSION,

@@ -28,7 +28,8 @@ use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::crds;
 use gpufleet::planner::{self, NodeState, NodeView, Snapshot};
 use gpufleet::simulate::{self, SimNode};
-use gpufleet::view::{self, Gate};
+use gpufleet::view;
+use gpufleet::vocabulary::Gate;
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
@@ -558,11 +559,10 @@ async fn wait_batch(
     let deadline = Instant::now() + timeout;
     loop {
         let batch = api.get(name).await?;
-        match view::gate(&batch) {
-            Gate::Complete { .. } => return Ok(("complete".into(), true)),
-            g @ (Gate::FailureBudget { .. } | Gate::CircuitBreaker { .. }) => {
-                return Ok((g.describe(), false));
-            }
+        let waiting = view::waiting(&batch);
+        match waiting.gate {
+            Some(Gate::Complete) => return Ok(("complete".into(), true)),
+            Some(g) if g.is_final() => return Ok((waiting.describe(), false)),
             _ => {}
         }
         if !operator.alive() {

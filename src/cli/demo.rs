@@ -21,7 +21,8 @@ use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::crds;
 use gpufleet::planner::NodeView;
 use gpufleet::simulate::{self, SIMULATED, SimNode};
-use gpufleet::view::{self, Gate};
+use gpufleet::view;
+use gpufleet::vocabulary::Gate;
 use gpufleet::{keys, operator};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -504,7 +505,7 @@ impl Session {
         let wall = rollout_start.elapsed();
         screen.keep();
 
-        let gate = view::gate(&batch);
+        let gate = view::waiting(&batch);
         let nodes: Vec<NodeView> = Api::<Node>::all(self.client.clone())
             .list(&ListParams::default().labels(&format!("{DEMO_LABEL}={name}")))
             .await?
@@ -517,17 +518,17 @@ impl Session {
             println!("{line}");
         }
         println!();
-        match gate {
-            Gate::Complete { .. } => {
+        match gate.gate {
+            Some(Gate::Complete) => {
                 self.show_status_view().await?;
                 Ok(Outcome::Complete)
             }
-            other => {
-                for line in view::wrap(&format!("The rollout {}", other.describe()), view::WIDTH, 2)
+            _ => {
+                for line in view::wrap(&format!("The rollout {}", gate.describe()), view::WIDTH, 2)
                 {
                     println!("{line}");
                 }
-                if let Some(hint) = other.hint("kubectl gpufleet", &name) {
+                if let Some(hint) = gate.hint("kubectl gpufleet", &name) {
                     for line in
                         view::wrap(&format!("With --keep, explore it: {hint}."), view::WIDTH, 2)
                     {

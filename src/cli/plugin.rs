@@ -14,7 +14,8 @@ use anyhow::{Context, anyhow, bail};
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::keys;
 use gpufleet::planner::{NodeState, NodeView, matches};
-use gpufleet::view::{self, EventLine, Gate};
+use gpufleet::view::{self, EventLine};
+use gpufleet::vocabulary::Gate;
 use k8s_openapi::api::core::v1::{Event, Node};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -110,7 +111,9 @@ pub async fn get_batch(client: &kube::Client, name: &str) -> anyhow::Result<Roll
 
 /// Refuses to act on a batch whose every wave is done.
 fn refuse_complete(batch: &RolloutBatch, verb: &str) -> anyhow::Result<()> {
-    if let Gate::Complete { message } = view::gate(batch) {
+    let waiting = view::waiting(batch);
+    if waiting.gate == Some(Gate::Complete) {
+        let message = waiting.message;
         bail!(
             "batch {} is already complete ({message}): there is nothing to {verb}",
             batch.metadata.name.as_deref().unwrap_or_default()

@@ -69,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let pool = get_pool(&client, &batch.spec.pool_ref).await?;
                 let elapsed = view::rollout_time(&batch, Timestamp::now());
                 print_lines(&view::frame(&batch, pool.as_ref(), elapsed, screen.style));
-                if let Some(hint) = view::gate(&batch).hint(cmd(), name) {
+                if let Some(hint) = view::waiting(&batch).hint(cmd(), name) {
                     print_lines(&view::wrap(&format!("  {hint}"), view::WIDTH, 2));
                 }
                 let nodes = batch_nodes(&client, &batch, pool.as_ref()).await?;
@@ -193,7 +193,7 @@ impl Screen {
         if self.tty {
             self.draw(&view::frame(batch, pool, elapsed, self.style));
         } else {
-            let gate = view::gate(batch);
+            let gate = view::waiting(batch);
             let status = batch.status.clone().unwrap_or_default();
             let major = format!("{} {}", status.current_wave, gate.short());
             self.log(
@@ -251,7 +251,7 @@ impl Follow {
                 Some(start) => Some(start.elapsed()),
                 None => view::rollout_time(&batch, Timestamp::now()),
             };
-            let done = self.until_final && view::gate(&batch).is_final();
+            let done = self.until_final && view::waiting(&batch).is_final();
             screen.batch(&batch, pool.as_ref(), elapsed, done);
             if batch.status != last_status {
                 last_status = batch.status.clone();

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::api::{RolloutBatch, RolloutBatchStatus};
 use crate::keys;
-use crate::planner::{self, condition, condition_types};
+use crate::planner;
+use crate::vocabulary::{ConditionType, Reason};
 
 use super::error::Error;
 use super::{Context, act, events, observe};
@@ -49,7 +50,7 @@ pub async fn reconcile(
                 &ctx,
                 &name,
                 invalid.metadata.generation,
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 &format!("the batch cannot be read: {}", invalid.error),
             )
             .await?;
@@ -90,7 +91,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
                 ctx,
                 &name,
                 batch.metadata.generation,
-                "PoolNotFound",
+                Reason::PoolNotFound,
                 &format!("GpuPool {pool_name} does not exist"),
             )
             .await?;
@@ -101,7 +102,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
                 ctx,
                 &name,
                 batch.metadata.generation,
-                "PoolInvalid",
+                Reason::PoolInvalid,
                 &format!("GpuPool {pool_name} cannot be read: {error}"),
             )
             .await?;
@@ -135,7 +136,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         .status
         .conditions
         .iter()
-        .find(|c| c.type_ == condition_types::READY);
+        .find(|c| c.type_ == ConditionType::Ready.as_str());
     info!(
         batch = %name,
         pool = %pool_name,
@@ -335,7 +336,7 @@ async fn stall(
     ctx: &Context,
     name: &str,
     generation: Option<i64>,
-    reason: &str,
+    reason: Reason,
     message: &str,
 ) -> Result<(), Error> {
     let now = Timestamp::now();
@@ -351,44 +352,10 @@ async fn stall(
                 .and_then(|b| b.status.clone())
         })
         .unwrap_or_default();
-    let prev = &previous.conditions;
-    let conditions = vec![
-        condition(
-            prev,
-            condition_types::READY,
-            false,
-            reason,
-            message.to_string(),
-            generation,
-            now,
-        ),
-        condition(
-            prev,
-            condition_types::RECONCILING,
-            false,
-            reason,
-            "no work in progress".into(),
-            generation,
-            now,
-        ),
-        condition(
-            prev,
-            condition_types::STALLED,
-            true,
-            reason,
-            message.to_string(),
-            generation,
-            now,
-        ),
-    ];
-    if previous.conditions == conditions && previous.observed_generation == generation {
+    let status = planner::stalled_status(&previous, reason, message.to_string(), generation, now);
+    if status == previous {
         return Ok(());
     }
-    warn!(batch = %name, reason, message, "batch stalled");
-    let status = RolloutBatchStatus {
-        observed_generation: generation,
-        conditions,
-        ..previous
-    };
+    warn!(batch = %name, reason = reason.as_str(), message, "batch stalled");
     write_status(ctx, name, &status).await
 }

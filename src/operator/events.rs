@@ -10,6 +10,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use tracing::{debug, warn};
 
 use crate::planner::{Event, EventTarget};
+use crate::vocabulary::EventReason;
 
 /// Node events per reconcile before the rest are summarised.
 const NODE_EVENTS_PER_RECONCILE: usize = 20;
@@ -87,7 +88,7 @@ pub async fn publish(
         summary = Event {
             target: EventTarget::Batch,
             warning: true,
-            reason: "NodeEventsFolded",
+            reason: EventReason::NodeEventsFolded,
             message: format!(
                 "{folded} more node events in this reconcile; see the nodes' gpufleet.io/reason"
             ),
@@ -96,7 +97,10 @@ pub async fn publish(
     }
     for (reference, event) in to_send {
         if !limiter.try_take() {
-            debug!(reason = event.reason, "event dropped by the rate limit");
+            debug!(
+                reason = event.reason.as_str(),
+                "event dropped by the rate limit"
+            );
             continue;
         }
         let ev = KubeEvent {
@@ -105,13 +109,13 @@ pub async fn publish(
             } else {
                 EventType::Normal
             },
-            reason: event.reason.into(),
+            reason: event.reason.as_str().into(),
             note: Some(truncate(&event.message, 1000)),
             action: "Reconcile".into(),
             secondary: None,
         };
         if let Err(err) = recorder.publish(&ev, &reference).await {
-            warn!(reason = event.reason, object = ?reference.name, %err, "could not record an event");
+            warn!(reason = event.reason.as_str(), object = ?reference.name, %err, "could not record an event");
         }
     }
 }

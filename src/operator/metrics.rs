@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 
 use crate::api::{GpuPoolStatus, RolloutBatchStatus};
 use crate::planner::NodeState;
+use crate::vocabulary::ConditionType;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -288,18 +289,13 @@ impl Metrics {
         self.batch_total_waves
             .get_or_create(&b())
             .set(i64::from(status.total_waves));
-        let is_true = |t: &str| {
-            status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == t && c.status == "True")
-        };
+        let is_true = |t| crate::planner::is_true(&status.conditions, t);
         self.batch_stalled
             .get_or_create(&b())
-            .set(i64::from(is_true("Stalled")));
+            .set(i64::from(is_true(ConditionType::Stalled)));
         self.batch_ready
             .get_or_create(&b())
-            .set(i64::from(is_true("Ready")));
+            .set(i64::from(is_true(ConditionType::Ready)));
         for wave in &status.waves {
             let w = WaveLabels {
                 pool: pool.into(),

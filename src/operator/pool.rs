@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::api::{GpuPool, GpuPoolStatus};
 use crate::keys;
-use crate::planner::{self, condition};
+use crate::planner;
 
 use super::error::Error;
 use super::{Context, events, observe};
@@ -46,31 +46,11 @@ pub async fn reconcile(
         Err(invalid) => {
             let name = invalid.metadata.name.clone().unwrap_or_default();
             warn!(pool = %name, error = %invalid.error, "pool is invalid");
-            let now = Timestamp::now();
-            let status = GpuPoolStatus {
-                observed_generation: invalid.metadata.generation,
-                conditions: vec![
-                    condition(
-                        &[],
-                        "Ready",
-                        false,
-                        "InvalidSpec",
-                        format!("the pool cannot be read: {}", invalid.error),
-                        invalid.metadata.generation,
-                        now,
-                    ),
-                    condition(
-                        &[],
-                        "Stalled",
-                        true,
-                        "InvalidSpec",
-                        format!("the pool cannot be read: {}", invalid.error),
-                        invalid.metadata.generation,
-                        now,
-                    ),
-                ],
-                ..Default::default()
-            };
+            let status = planner::invalid_pool_status(
+                invalid.metadata.generation,
+                &invalid.error.to_string(),
+                Timestamp::now(),
+            );
             write_status(&ctx, &name, &status).await?;
             return Ok(Action::await_change());
         }

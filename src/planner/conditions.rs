@@ -5,18 +5,21 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
+use crate::vocabulary::{ConditionType, Reason};
+
 /// Builds a condition, keeping the previous `lastTransitionTime` when the
 /// status did not change.
 pub fn condition(
     previous: &[Condition],
-    type_: &str,
+    type_: ConditionType,
     status: bool,
-    reason: &str,
+    reason: Reason,
     message: String,
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
     let status = if status { "True" } else { "False" };
+    let type_ = type_.as_str();
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -25,7 +28,7 @@ pub fn condition(
     Condition {
         type_: type_.into(),
         status: status.into(),
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         message,
         observed_generation: generation,
         last_transition_time,
@@ -33,17 +36,17 @@ pub fn condition(
 }
 
 /// Is the condition of this type present and True?
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
     conditions
         .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
+        .any(|c| c.type_ == type_.as_str() && c.status == "True")
 }
 
 /// The reason of the condition of this type, if present.
-pub fn reason<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
+pub fn reason<'a>(conditions: &'a [Condition], type_: ConditionType) -> Option<&'a str> {
     conditions
         .iter()
-        .find(|c| c.type_ == type_)
+        .find(|c| c.type_ == type_.as_str())
         .map(|c| c.reason.as_str())
 }
 
@@ -57,18 +60,18 @@ mod tests {
         let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
         let first = condition(
             &[],
-            "Ready",
+            ConditionType::Ready,
             false,
-            "WaveInProgress",
+            Reason::WaveInProgress,
             "a".into(),
             Some(1),
             t0,
         );
         let same = condition(
             std::slice::from_ref(&first),
-            "Ready",
+            ConditionType::Ready,
             false,
-            "WaitingForApproval",
+            Reason::WaitingForApproval,
             "b".into(),
             Some(2),
             t1,
@@ -77,9 +80,9 @@ mod tests {
         assert_eq!(same.reason, "WaitingForApproval");
         let flipped = condition(
             &[same],
-            "Ready",
+            ConditionType::Ready,
             true,
-            "RolloutComplete",
+            Reason::RolloutComplete,
             "c".into(),
             Some(2),
             t1,

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::api::{
-    BreakerStatus, DomainCounts, GpuCounts, GpuPool, GpuPoolSpec, GpuPoolStatus, NodeCounts,
-};
+use crate::api::{BreakerStatus, DomainCounts, GpuCounts, GpuPool, GpuPoolSpec, GpuPoolStatus};
+
+use crate::vocabulary::{ConditionType, EventReason, Reason};
 
 use super::conditions::{condition, is_true};
+use super::membership::needed_healthy;
 use super::snapshot::{NodeState, NodeView};
+use super::status::tally;
 use super::{Event, EventTarget, matches, waves};
 
 /// The circuit breaker's verdict.
@@ -104,39 +106,23 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
         .map(Borrow::borrow)
         .filter(|n| !n.deleting && matches(&spec.node_selector, &n.labels))
         .collect();
-    let mut counts = NodeCounts {
-        total: members.len() as u32,
-        ..Default::default()
-    };
+    let counts = tally(members.iter().map(|n| n.state()));
     let mut gpus = GpuCounts::default();
     let mut domains: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for node in &members {
-        let state = node.state();
-        *match state {
-            NodeState::Pending => &mut counts.pending,
-            NodeState::Validating => &mut counts.validating,
-            NodeState::Soaking => &mut counts.soaking,
-            NodeState::Ready => &mut counts.ready,
-            NodeState::Failed => &mut counts.failed,
-            NodeState::Held => &mut counts.held,
-        } += 1;
         let node_gpus = node.gpus();
         gpus.total += node_gpus;
         let key = waves::domain_key(&spec.topology.domain_label, &node.name, &node.labels);
         let entry = domains.entry(key).or_default();
         entry.1 += 1;
-        if state == NodeState::Ready {
+        if node.state() == NodeState::Ready {
             gpus.ready += node_gpus;
             entry.0 += 1;
         }
     }
-    let needed = spec
-        .topology
-        .min_healthy_nodes_per_domain
-        .unwrap_or(spec.topology.nodes_per_domain);
     let complete = domains
         .iter()
-        .filter(|(key, (ready, _))| *ready >= if waves::is_solo(key) { 1 } else { needed })
+        .filter(|(key, (ready, _))| *ready >= needed_healthy(&spec.topology, key))
         .count() as u32;
     let breaker = breaker(spec, &members, now);
 
@@ -156,15 +142,15 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
             .map_or(0, |c| c.max_failed_percent),
         counts.total
     );
-    let was_tripped = is_true(prev, "CircuitBreakerTripped");
+    let was_tripped = is_true(prev, ConditionType::CircuitBreakerTripped);
     if breaker.tripped != was_tripped {
         events.push(Event {
             target: EventTarget::Pool,
             warning: breaker.tripped,
             reason: if breaker.tripped {
-                "CircuitBreakerTripped"
+                EventReason::CircuitBreakerTripped
             } else {
-                "CircuitBreakerCleared"
+                EventReason::CircuitBreakerCleared
             },
             message: breaker_message.clone(),
         });
@@ -172,9 +158,9 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
     let conditions = vec![
         condition(
             prev,
-            "Ready",
+            ConditionType::Ready,
             true,
-            "Observed",
+            Reason::Observed,
             format!(
                 "{} of {} GPUs online, {} of {} domains complete",
                 gpus.ready,
@@ -187,12 +173,12 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
         ),
         condition(
             prev,
-            "CircuitBreakerTripped",
+            ConditionType::CircuitBreakerTripped,
             breaker.tripped,
             if breaker.tripped {
-                "TooManyFailures"
+                Reason::TooManyFailures
             } else {
-                "WithinLimit"
+                Reason::WithinLimit
             },
             breaker_message,
             generation,
@@ -234,6 +220,31 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
         events,
         requeue_after,
         breaker,
+    }
+}
+
+/// The status of a pool that cannot be read (it slipped past admission):
+/// Ready=False and Stalled=True, reason InvalidSpec, with the error.
+pub fn invalid_pool_status(generation: Option<i64>, error: &str, now: Timestamp) -> GpuPoolStatus {
+    let message = format!("the pool cannot be read: {error}");
+    let c = |t, status| {
+        condition(
+            &[],
+            t,
+            status,
+            Reason::InvalidSpec,
+            message.clone(),
+            generation,
+            now,
+        )
+    };
+    GpuPoolStatus {
+        observed_generation: generation,
+        conditions: vec![
+            c(ConditionType::Ready, false),
+            c(ConditionType::Stalled, true),
+        ],
+        ..Default::default()
     }
 }
 

@@ -2,25 +2,24 @@
 //! nodes would fail the static checks and why, and which domains would be
 //! held — without a cluster. `gpufleet plan` prints it.
 //!
-//! The preview uses the planner's own rules: membership by both selectors,
-//! domains by [`domain_key`], the order and the cumulative wave targets of
-//! `waves`, the static checks of [`static_failure`], and the admission rule
-//! of a domain (at least `minHealthyNodesPerDomain` healthy nodes, counting
-//! the domain's nodes already ready in the pool). It assumes every probe
+//! The preview calls the planner's own rules: membership, domains and waves
+//! from the one pass both use ([`Membership::gather`]), the static checks of
+//! [`static_failure`], and the domain size needed for admission
+//! ([`needed_healthy`], counting the domain's nodes already ready in the pool). It assumes every probe
 //! passes: what it reports is what the nodes' own labels, conditions and
 //! resources already decide.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::api::{GpuPool, RolloutBatch};
+use crate::api::{GpuPool, GpuPoolSpec, RolloutBatch};
 
 use super::health::static_failure;
-use super::selector::matches;
+pub use super::membership::Mismatch;
+use super::membership::{Membership, needed_healthy};
 use super::snapshot::{NodeState, NodeView};
-use super::waves::{self, domain_key, failure_budget};
+use super::waves::failure_budget;
 
 /// What a batch would do over a set of nodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -127,21 +126,6 @@ pub struct HeldDomain {
     pub reason: String,
 }
 
-/// Why a node of the input is not a member of the batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Mismatch {
-    /// Matches the batch's selector but not the pool's: the operator ignores
-    /// it, which is usually a labelling mistake.
-    BatchOnly,
-    /// Matches the pool's selector but not the batch's: another batch's node.
-    PoolOnly,
-    /// Matches neither selector.
-    Neither,
-    /// Being deleted: the planner ignores it.
-    Deleting,
-}
-
 /// A node of the input that is not a member of the batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -174,19 +158,6 @@ pub struct Summary {
     pub unmatched: u32,
 }
 
-impl Mismatch {
-    fn reason(self) -> &'static str {
-        match self {
-            Mismatch::BatchOnly => {
-                "matches the batch's selector but not the pool's: gpufleet ignores it; label it for the pool"
-            }
-            Mismatch::PoolOnly => "matches the pool's selector but not the batch's",
-            Mismatch::Neither => "matches neither the pool's nor the batch's selector",
-            Mismatch::Deleting => "is being deleted",
-        }
-    }
-}
-
 /// A member and what the preview decided for it.
 struct Member<'a> {
     view: &'a NodeView,
@@ -201,130 +172,56 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
     let pool_name = pool.metadata.name.clone().unwrap_or_default();
     let batch_name = batch.metadata.name.clone().unwrap_or_default();
 
-    // Membership, as the planner decides it: not deleting, and both selectors.
-    let mut unmatched = Vec::new();
-    let mut pool_nodes: Vec<&NodeView> = Vec::new();
-    let mut chosen: Vec<&NodeView> = Vec::new();
-    for node in nodes.iter().map(Borrow::borrow) {
-        let in_pool = matches(&spec.node_selector, &node.labels);
-        let in_batch = matches(&batch.spec.node_selector, &node.labels);
-        let mismatch = match (node.deleting, in_pool, in_batch) {
-            (true, _, _) => Some(Mismatch::Deleting),
-            (false, true, true) => None,
-            (false, false, true) => Some(Mismatch::BatchOnly),
-            (false, true, false) => Some(Mismatch::PoolOnly),
-            (false, false, false) => Some(Mismatch::Neither),
-        };
-        if in_pool && !node.deleting {
-            pool_nodes.push(node);
-        }
-        match mismatch {
-            None => chosen.push(node),
-            Some(m) => unmatched.push(Unmatched {
-                node: node.name.clone(),
-                matches: m,
-                reason: m.reason(),
-            }),
-        }
-    }
-
-    // Domains, ordered by key; members by (domain key, name).
-    let domain_label = &spec.topology.domain_label;
-    let mut keyed: Vec<(String, &NodeView)> = chosen
-        .into_iter()
-        .map(|n| (domain_key(domain_label, &n.name, &n.labels), n))
-        .collect();
-    keyed.sort_by(|a, b| (&a.0, &a.1.name).cmp(&(&b.0, &b.1.name)));
-    let mut groups: Vec<(String, Vec<Member>)> = Vec::new();
-    for (key, view) in keyed {
-        if groups.last().is_none_or(|(k, _)| *k != key) {
-            groups.push((key, Vec::new()));
-        }
-        let failure = match view.state() {
-            // A ready node is never demoted.
-            NodeState::Ready => None,
-            NodeState::Failed if !view.retry => Some((
-                "previously_failed",
-                format!(
-                    "failed earlier: {}; mark it for retry (annotation {})",
-                    view.reason.as_deref().unwrap_or("no reason recorded"),
-                    crate::keys::RETRY
-                ),
-            )),
-            _ => static_failure(spec, view).map(|f| (f.category.as_str(), f.message)),
-        };
-        if let Some(last) = groups.last_mut() {
-            last.1.push(Member {
-                view,
-                failure,
-                held: false,
-            });
-        }
-    }
-    let mut ready_by_key: HashMap<String, u32> = HashMap::new();
-    for node in pool_nodes.iter().filter(|n| n.state() == NodeState::Ready) {
-        *ready_by_key
-            .entry(domain_key(domain_label, &node.name, &node.labels))
-            .or_default() += 1;
-    }
-
-    // Waves: the planner's targets and assignment; a domain this batch has
-    // started stays in the wave its nodes were started in.
-    let wave_specs = &batch.spec.waves;
-    let wave_count = wave_specs.len().max(1);
-    let member_count: u32 = groups.iter().map(|(_, m)| m.len() as u32).sum();
-    let sizes: Vec<u32> = groups.iter().map(|(_, m)| m.len() as u32).collect();
-    let targets = waves::raw_targets(wave_specs, member_count);
-    let natural = waves::assign(
-        &sizes,
-        if targets.is_empty() {
-            &[u32::MAX]
-        } else {
-            &targets
-        },
-    );
-    let wave_of: Vec<usize> = groups
+    // Membership, domains and waves exactly as the planner decides them.
+    let membership = Membership::gather(pool, batch, nodes, &[], &[], true);
+    let unmatched: Vec<Unmatched> = membership
+        .outsiders
         .iter()
-        .zip(&natural)
-        .map(|((_, members), &natural)| {
-            members
-                .iter()
-                .filter(|m| {
-                    m.view.state() != NodeState::Pending
-                        && m.view.batch.as_deref() == Some(batch_name.as_str())
-                })
-                .filter_map(|m| m.view.wave)
-                .min()
-                .map(|w| (w.max(1) as usize - 1).min(wave_count - 1))
-                .unwrap_or(natural)
+        .map(|&(i, m)| Unmatched {
+            node: nodes[i].borrow().name.clone(),
+            matches: m,
+            reason: m.reason(),
         })
         .collect();
+    let wave_count = membership.wave_count;
+    let member_count = membership.members.len() as u32;
+    let targets = &membership.targets;
+
+    // Each member's static verdict.
+    let mut groups: Vec<(String, Vec<Member>)> = membership
+        .domains
+        .iter()
+        .map(|d| {
+            let members = membership.members[d.members.clone()]
+                .iter()
+                .map(|p| Member {
+                    view: p.view,
+                    failure: predicted_failure(spec, p.view),
+                    held: false,
+                })
+                .collect();
+            (d.key.clone(), members)
+        })
+        .collect();
+    let wave_of: Vec<usize> = membership.domains.iter().map(|d| d.wave).collect();
 
     // Held domains: too few nodes can be healthy to admit the domain.
-    let topology = &spec.topology;
     let mut held = Vec::new();
-    for ((key, members), &wave) in groups.iter_mut().zip(&wave_of) {
+    for ((key, members), domain) in groups.iter_mut().zip(&membership.domains) {
         let passing = members
             .iter()
             .filter(|m| m.failure.is_none() && m.view.state() != NodeState::Ready)
             .count() as u32;
-        let ready_in_pool = ready_by_key.get(key.as_str()).copied().unwrap_or(0);
         let ready_members = members
             .iter()
             .filter(|m| m.view.state() == NodeState::Ready)
             .count() as u32;
-        let healthy = ready_in_pool + passing;
-        let needed = if waves::is_solo(key) {
-            1
-        } else {
-            topology
-                .min_healthy_nodes_per_domain
-                .unwrap_or(topology.nodes_per_domain)
-        };
+        let healthy = domain.ready_in_pool + passing;
+        let needed = needed_healthy(&spec.topology, key);
         if passing == 0 || healthy >= needed {
             continue;
         }
-        let total = members.len() as u32 + ready_in_pool - ready_members;
+        let total = members.len() as u32 + domain.ready_in_pool - ready_members;
         let rejected = members.iter().filter(|m| m.failure.is_some()).count();
         let hint = if rejected > 0 {
             format!("{rejected} rejected; fix them or lower topology.minHealthyNodesPerDomain")
@@ -341,7 +238,7 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
             .collect();
         held.push(HeldDomain {
             domain: display_name(key),
-            wave: wave as u32 + 1,
+            wave: domain.wave as u32 + 1,
             healthy,
             needed,
             nodes: names,
@@ -439,6 +336,24 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
     }
 }
 
+/// What the node's own labels, conditions and resources already decide: a
+/// ready node is never demoted; a failed one stays failed unless marked for
+/// retry; any other must pass the static checks.
+fn predicted_failure(spec: &GpuPoolSpec, view: &NodeView) -> Option<(&'static str, String)> {
+    match view.state() {
+        NodeState::Ready => None,
+        NodeState::Failed if !view.retry => Some((
+            "previously_failed",
+            format!(
+                "failed earlier: {}; mark it for retry (annotation {})",
+                view.reason.as_deref().unwrap_or("no reason recorded"),
+                crate::keys::RETRY
+            ),
+        )),
+        _ => static_failure(spec, view).map(|f| (f.category.as_str(), f.message)),
+    }
+}
+
 /// A domain key as a person reads it: a one-node domain by its node's name.
 fn display_name(key: &str) -> String {
     key.strip_prefix('/').unwrap_or(key).to_string()
@@ -487,6 +402,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use k8s_openapi::jiff::Timestamp;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     const POOL: &str = r#"
 apiVersion: gpufleet.io/v1alpha1

@@ -4,4 +4,5 @@
 
 mod fixtures;
 mod properties;
+mod purity;
 mod rules;

@@ -5,6 +5,7 @@ use gpufleet::planner::sim::{Outcome, healthy_node};
 use gpufleet::planner::{
     Action, Claim, NodeState::*, ProbePhase, TaintChange, plan, plan_pool, probe_pod_name, release,
 };
+use gpufleet::vocabulary::EventReason;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::fixtures::*;
@@ -374,7 +375,7 @@ fn a_removed_onboarding_taint_is_put_back_while_the_node_is_in_progress() {
     assert!(
         plan.actions
             .iter()
-            .any(|a| matches!(a, Action::Event(e) if e.reason == "TaintRestored"))
+            .any(|a| matches!(a, Action::Event(e) if e.reason == EventReason::TaintRestored))
     );
     assert_eq!(s.step().changes().count(), 0, "restored once");
     // A ready node's taint is gone on purpose: nothing to restore.
@@ -697,7 +698,7 @@ fn too_many_failures_in_a_wave_halt_the_rollout_until_a_person_acts() {
     assert!(
         s.log
             .iter()
-            .any(|a| matches!(a, Action::Event(e) if e.reason == "RolloutHalted"))
+            .any(|a| matches!(a, Action::Event(e) if e.reason == EventReason::RolloutHalted))
     );
     // Raising the budget resumes it.
     s.batch.spec.max_failures_per_wave =
@@ -773,9 +774,9 @@ fn the_circuit_breaker_halts_every_batch_of_the_pool_and_clears_with_time() {
     let plan = s.step();
     assert_eq!(condition(&plan, "Stalled").status, "False");
     assert!(
-        plan.actions
-            .iter()
-            .any(|a| matches!(a, Action::Event(e) if e.reason == "CircuitBreakerCleared"))
+        plan.actions.iter().any(
+            |a| matches!(a, Action::Event(e) if e.reason == EventReason::CircuitBreakerCleared)
+        )
     );
     assert_eq!(in_state(&s, Validating).len(), 4);
 }
@@ -818,7 +819,7 @@ fn events_mark_waves_failures_and_completion() {
         }
     });
     s.run(100);
-    let reasons: Vec<&str> = s
+    let reasons: Vec<EventReason> = s
         .log
         .iter()
         .filter_map(|a| match a {
@@ -827,10 +828,10 @@ fn events_mark_waves_failures_and_completion() {
         })
         .collect();
     for expected in [
-        "WaveStarted",
-        "WaveCompleted",
-        "NodeFailed",
-        "RolloutComplete",
+        EventReason::WaveStarted,
+        EventReason::WaveCompleted,
+        EventReason::NodeFailed,
+        EventReason::RolloutComplete,
     ] {
         assert!(
             reasons.contains(&expected),
@@ -838,7 +839,10 @@ fn events_mark_waves_failures_and_completion() {
         );
     }
     assert_eq!(
-        reasons.iter().filter(|r| **r == "RolloutComplete").count(),
+        reasons
+            .iter()
+            .filter(|r| **r == EventReason::RolloutComplete)
+            .count(),
         1,
         "said once"
     );

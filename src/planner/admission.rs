@@ -1,0 +1,90 @@
+//! Admission: a domain's nodes are admitted together once every member of
+//! the domain in this batch has a verdict, if the domain then has enough
+//! healthy nodes (its passed members plus its nodes already ready in the
+//! pool, at least [`needed_healthy`]); else its passed nodes are held, and
+//! admitted by a later plan once the domain recovers.
+
+use crate::keys;
+use crate::vocabulary::EventReason;
+
+use super::EventTarget;
+use super::health::FailureCategory;
+use super::membership::needed_healthy;
+use super::snapshot::NodeState;
+use super::state::Planner;
+
+impl Planner<'_> {
+    pub(super) fn admit_domains(&mut self) {
+        for d in 0..self.domains.len() {
+            let members = self.domains[d].members.clone();
+            let undecided = members.clone().any(|m| {
+                let member = &self.members[m];
+                !(member.passed || matches!(member.state, NodeState::Ready | NodeState::Failed))
+            });
+            if undecided {
+                continue;
+            }
+            let passed: Vec<usize> = members
+                .clone()
+                .filter(|&m| self.members[m].passed)
+                .collect();
+            if passed.is_empty() {
+                continue;
+            }
+            let needed = needed_healthy(&self.pool.spec.topology, &self.domains[d].key);
+            let healthy = self.domains[d].ready_in_pool + passed.len() as u32;
+            if healthy >= needed {
+                for m in passed {
+                    self.transition(m, NodeState::Ready, &[(keys::REASON, None)]);
+                    self.set_taint(m, false);
+                    self.members[m].passed = false;
+                }
+                continue;
+            }
+            let ready_members = members
+                .clone()
+                .filter(|&m| self.members[m].view.state() == NodeState::Ready)
+                .count() as u32;
+            let reason = format!(
+                "domain {}: {healthy} of {} nodes healthy, {needed} needed; retry the failed nodes or add nodes to the domain",
+                self.domains[d].key,
+                members.len() as u32 + self.domains[d].ready_in_pool - ready_members,
+            );
+            for m in passed {
+                self.hold(m, &reason);
+            }
+        }
+    }
+
+    /// Holds passed member `m` with its domain's `reason`.
+    fn hold(&mut self, m: usize, reason: &str) {
+        let member = &self.members[m];
+        let unchanged = member.state == NodeState::Held
+            && member.patch.is_none()
+            && member.view.reason.as_deref() == Some(reason);
+        if unchanged {
+            return;
+        }
+        let since = member.view.since;
+        let was_held = member.state == NodeState::Held;
+        self.transition(m, NodeState::Held, &[(keys::REASON, Some(reason.into()))]);
+        if was_held {
+            // Only the reason changed: keep when it was first held.
+            if let Some(since) = since {
+                self.patch_of(m)
+                    .annotations
+                    .insert(keys::SINCE, Some(since.to_string()));
+            }
+        } else {
+            self.patch_of(m).failure = Some(FailureCategory::DomainIncomplete);
+            let node = self.members[m].view.name.clone();
+            self.event(
+                EventTarget::Node(node),
+                true,
+                EventReason::NodeHeld,
+                reason.into(),
+            );
+        }
+        self.members[m].passed = true;
+    }
+}

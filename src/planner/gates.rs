@@ -1,0 +1,170 @@
+//! Gates: what lets the open wave's pending nodes start, and what holds them.
+//! In order: the wave's failure budget, the pool's circuit breaker, a pause,
+//! approval (`approvedWaves`), then the concurrency cap (nodes validating
+//! across every batch of the pool, at most `maxConcurrent`). A node that
+//! fails its static checks at start joins its wave as failed.
+//!
+//! To add a gate: a variant in `crate::vocabulary::Gate` (its words), and a
+//! check in [`Planner::gate`] (or a cap in [`Planner::start_nodes`]);
+//! docs/architecture.md walks through one.
+
+use k8s_openapi::jiff::SignedDuration;
+
+use crate::keys;
+use crate::vocabulary::Gate;
+
+use super::ProbeRequest;
+use super::probes::probe_pod_name;
+use super::snapshot::NodeState;
+use super::state::Planner;
+use super::waves;
+
+/// What stops new starts, and at which wave (from 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Stop {
+    pub gate: Gate,
+    pub wave: usize,
+}
+
+/// One wave's failures against its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct WaveFailures {
+    pub failed: u32,
+    pub budget: u32,
+    pub size: u32,
+}
+
+impl WaveFailures {
+    pub fn exceeded(&self) -> bool {
+        self.failed > self.budget
+    }
+}
+
+impl Planner<'_> {
+    /// Failures of each wave, with the budget of each (`maxFailuresPerWave`).
+    pub(super) fn wave_failures(&self) -> Vec<WaveFailures> {
+        let mut sizes = vec![0u32; self.wave_count];
+        let mut failed = vec![0u32; self.wave_count];
+        for m in &self.members {
+            sizes[m.wave] += 1;
+            if m.state == NodeState::Failed {
+                failed[m.wave] += 1;
+            }
+        }
+        let budget = self.batch.spec.max_failures_per_wave.as_ref();
+        (0..self.wave_count)
+            .map(|w| WaveFailures {
+                failed: failed[w],
+                budget: waves::failure_budget(budget, sizes[w]),
+                size: sizes[w],
+            })
+            .collect()
+    }
+
+    /// The first wave over its failure budget.
+    pub(super) fn over_budget(&self) -> Option<usize> {
+        self.wave_failures().iter().position(WaveFailures::exceeded)
+    }
+
+    /// The first wave with a node that has no verdict yet.
+    pub(super) fn open_wave(&self) -> Option<usize> {
+        self.members
+            .iter()
+            .filter(|m| !m.state.is_verdict())
+            .map(|m| m.wave)
+            .min()
+    }
+
+    /// The gate that holds the open wave `wave` back, if any.
+    fn gate(&self, wave: usize) -> Option<Stop> {
+        let spec = &self.batch.spec;
+        let stop = |gate, wave| Some(Stop { gate, wave });
+        if let Some(w) = self.over_budget() {
+            stop(Gate::FailureBudget, w)
+        } else if self.breaker.tripped {
+            stop(Gate::CircuitBreaker, wave)
+        } else if spec.paused {
+            stop(Gate::Paused, wave)
+        } else if spec.approved_waves.is_some_and(|a| wave as u32 >= a) {
+            stop(Gate::Approval, wave)
+        } else {
+            None
+        }
+    }
+
+    /// Starts pending nodes of the open wave as far as the gates allow, and
+    /// returns the gate that stops the rollout, if any.
+    pub(super) fn start_nodes(&mut self) -> Option<Stop> {
+        let wave = self.open_wave()?;
+        if let Some(stop) = self.gate(wave) {
+            return Some(stop);
+        }
+        let probe_timeout = self
+            .pool
+            .spec
+            .health_checks
+            .probe
+            .as_ref()
+            .map(|p| p.timeout_seconds);
+        let mut validating_here = 0u32;
+        let mut pending: Vec<usize> = Vec::new();
+        for (m, member) in self.members.iter().enumerate() {
+            match member.state {
+                NodeState::Validating => validating_here += 1,
+                NodeState::Pending if member.wave == wave => pending.push(m),
+                _ => {}
+            }
+        }
+        let mut slots = self
+            .batch
+            .spec
+            .max_concurrent
+            .saturating_sub(self.validating_elsewhere + validating_here);
+        let batch_name = self.batch_name().to_string();
+        for m in pending {
+            let joined = [
+                (keys::BATCH, Some(batch_name.clone())),
+                (keys::WAVE, Some((wave + 1).to_string())),
+                (keys::STARTED, Some(self.stamp())),
+            ];
+            if let Some(failure) = self.static_check(m) {
+                // It joins its wave as failed, held back by the onboarding
+                // taint like any node between start and admission: a node
+                // that failed a check never takes workloads from gpufleet's
+                // hands.
+                self.fail(m, failure);
+                self.transition(m, NodeState::Failed, &joined);
+                self.set_taint(m, true);
+                if let Some(w) = self.over_budget() {
+                    return Some(Stop {
+                        gate: Gate::FailureBudget,
+                        wave: w,
+                    });
+                }
+                continue;
+            }
+            if probe_timeout.is_some() && slots == 0 {
+                break;
+            }
+            let mut annotations = joined.to_vec();
+            annotations.push((keys::REASON, None));
+            annotations.push((keys::ATTEMPT, probe_timeout.map(|_| "1".to_string())));
+            if let Some(timeout) = probe_timeout {
+                slots -= 1;
+                self.transition(m, NodeState::Validating, &annotations);
+                let node = self.members[m].view.name.clone();
+                self.creates.push(ProbeRequest {
+                    pod_name: probe_pod_name(&node, 1),
+                    node,
+                    attempt: 1,
+                });
+                self.wake_at(self.now + SignedDuration::from_secs(i64::from(timeout)));
+            } else {
+                self.transition(m, NodeState::Soaking, &annotations);
+                self.check_soaking_or_held(m);
+            }
+            self.set_taint(m, true);
+        }
+        None
+    }
+}

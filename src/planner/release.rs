@@ -1,0 +1,58 @@
+//! Letting go: nodes this batch started that are no longer its members
+//! (their labels changed) and that nobody else claims are released in the
+//! safe state, as a deleted batch leaves them. Ready nodes stay ready; the
+//! others keep the onboarding taint and lose the state label, so a new batch
+//! can pick them up.
+
+use std::collections::BTreeSet;
+
+use crate::keys;
+
+use super::snapshot::NodeState;
+use super::state::Planner;
+use super::{NodePatch, TaintChange};
+
+/// The patch that leaves a node safe when its batch lets go of it: the state
+/// label and rollout annotations go, the onboarding taint stays.
+pub fn release(node: &str) -> NodePatch {
+    NodePatch {
+        node: node.to_string(),
+        state: None,
+        annotations: [
+            keys::BATCH,
+            keys::WAVE,
+            keys::SINCE,
+            keys::STARTED,
+            keys::ATTEMPT,
+            keys::REASON,
+        ]
+        .into_iter()
+        .map(|k| (k, None))
+        .collect(),
+        taint: TaintChange::Keep,
+        failure: None,
+    }
+}
+
+impl Planner<'_> {
+    /// The release patches of the nodes this batch let go of.
+    pub(super) fn departed(&self) -> Vec<NodePatch> {
+        let batch_name = self.batch_name();
+        let conflicted: BTreeSet<&str> = self
+            .conflicts
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        self.snapshot
+            .nodes
+            .iter()
+            .zip(&self.is_member)
+            .filter(|(_, member)| !**member)
+            .map(|(n, _)| n)
+            .filter(|n| n.state.is_some() && n.state() != NodeState::Ready && !n.deleting)
+            .filter(|n| n.batch.as_deref() == Some(batch_name))
+            .filter(|n| !conflicted.contains(n.name.as_str()))
+            .map(|n| release(&n.name))
+            .collect()
+    }
+}

@@ -1,0 +1,46 @@
+//! `gpufleet.io/retry`: a person sends a failed or held node through
+//! validation again. On any other node the request is just acknowledged
+//! (the annotation removed).
+
+use crate::keys;
+use crate::vocabulary::EventReason;
+
+use super::EventTarget;
+use super::snapshot::NodeState;
+use super::state::Planner;
+
+impl Planner<'_> {
+    pub(super) fn handle_retries(&mut self) {
+        for m in 0..self.members.len() {
+            if !self.members[m].retry {
+                continue;
+            }
+            let view = self.members[m].view;
+            if matches!(view.state(), NodeState::Failed | NodeState::Held) {
+                self.transition(
+                    m,
+                    NodeState::Pending,
+                    &[
+                        (keys::RETRY, None),
+                        (keys::REASON, None),
+                        (keys::ATTEMPT, None),
+                    ],
+                );
+                self.event(
+                    EventTarget::Batch,
+                    false,
+                    EventReason::NodeRetried,
+                    format!("node {} goes through validation again", view.name),
+                );
+                self.event(
+                    EventTarget::Node(view.name.clone()),
+                    false,
+                    EventReason::NodeRetried,
+                    "a person asked for a retry: the node goes through validation again".into(),
+                );
+            } else {
+                self.patch_of(m).annotations.insert(keys::RETRY, None);
+            }
+        }
+    }
+}

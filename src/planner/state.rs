@@ -1,0 +1,259 @@
+//! A plan in the making: the batch's members with the state this plan has
+//! moved each to so far and the one patch it will write for each, plus the
+//! probes to create and delete, the events, and when to look again. Each
+//! rule (its own file) reads and moves this state; `transition` is the only
+//! way a member changes state.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{GpuPool, RolloutBatch};
+use crate::keys;
+use crate::vocabulary::EventReason;
+
+use super::health::{Failure, static_failure};
+use super::membership::{Domain, Membership};
+use super::pool::{Breaker, breaker};
+use super::snapshot::{NodeState, NodeView, ProbeView, Snapshot};
+use super::{Event, EventTarget, NodePatch, ProbeRequest, TaintChange, matches};
+
+/// One member node of the batch, and what this plan does to it.
+pub(super) struct Member<'a> {
+    pub view: &'a NodeView,
+    /// Its wave, from 0.
+    pub wave: usize,
+    /// The state after this plan's decisions so far.
+    pub state: NodeState,
+    /// `gpufleet.io/retry` is on the node.
+    pub retry: bool,
+    /// Between start and verdict, and the onboarding taint is missing.
+    pub untainted: bool,
+    /// Known to pass the static checks (they depend on the node alone,
+    /// which a plan does not change); checked up front for nodes in
+    /// progress, whose checks every plan repeats.
+    pub healthy: bool,
+    /// Soaking and its soak is over (or held): passed, waiting for its domain.
+    pub passed: bool,
+    /// Boxed: most members have none, and the planner makes several passes
+    /// over all members, which a small `Member` keeps fast.
+    pub patch: Option<Box<NodePatch>>,
+}
+
+/// The plan in the making.
+pub(super) struct Planner<'a> {
+    pub pool: &'a GpuPool,
+    pub batch: &'a RolloutBatch,
+    pub snapshot: &'a Snapshot,
+    pub now: Timestamp,
+    pub members: Vec<Member<'a>>,
+    /// By place in `snapshot.nodes`: is that node a member?
+    pub is_member: Vec<bool>,
+    pub domains: Vec<Domain>,
+    pub wave_count: usize,
+    /// Nodes claimed twice: name, and who else claims them.
+    pub conflicts: Vec<(String, String)>,
+    /// The batch's probe pods by node.
+    pub probes: HashMap<&'a str, Vec<&'a ProbeView>>,
+    /// Nodes of the pool in validation for other batches.
+    pub validating_elsewhere: u32,
+    pub breaker: Breaker,
+    pub creates: Vec<ProbeRequest>,
+    pub deletes: BTreeSet<String>,
+    pub events: Vec<Event>,
+    pub wake: Option<Timestamp>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(
+        pool: &'a GpuPool,
+        batch: &'a RolloutBatch,
+        snapshot: &'a Snapshot,
+        now: Timestamp,
+    ) -> Self {
+        let pool_spec = &pool.spec;
+        let Membership {
+            pool_nodes,
+            is_member,
+            conflicts,
+            members,
+            domains,
+            wave_count,
+            ..
+        } = Membership::gather(
+            pool,
+            batch,
+            &snapshot.nodes,
+            &snapshot.other_pools,
+            &snapshot.other_batches,
+            false,
+        );
+        let taint = &pool_spec.onboarding.taint;
+        let members = members
+            .into_iter()
+            .map(|p| {
+                let held_back = matches!(
+                    p.state,
+                    NodeState::Validating | NodeState::Soaking | NodeState::Held
+                );
+                Member {
+                    view: p.view,
+                    wave: domains[p.domain as usize].wave,
+                    state: p.state,
+                    retry: p.view.retry,
+                    untainted: held_back && !p.view.has_taint(&taint.key, taint.effect.as_str()),
+                    healthy: held_back && static_failure(pool_spec, p.view).is_none(),
+                    passed: false,
+                    patch: None,
+                }
+            })
+            .collect();
+
+        let mut probes: HashMap<&str, Vec<&ProbeView>> = HashMap::new();
+        for probe in &snapshot.probes {
+            probes.entry(probe.node.as_str()).or_default().push(probe);
+        }
+        let validating_elsewhere = snapshot
+            .nodes
+            .iter()
+            .zip(&is_member)
+            .filter(|(n, member)| {
+                !**member
+                    && n.state() == NodeState::Validating
+                    && !n.deleting
+                    && matches(&pool_spec.node_selector, &n.labels)
+            })
+            .count() as u32;
+        let breaker = breaker(pool_spec, &pool_nodes, now);
+        Planner {
+            pool,
+            batch,
+            snapshot,
+            now,
+            members,
+            is_member,
+            domains,
+            wave_count,
+            conflicts,
+            probes,
+            validating_elsewhere,
+            breaker,
+            creates: Vec::new(),
+            deletes: BTreeSet::new(),
+            events: Vec::new(),
+            wake: None,
+        }
+    }
+
+    /// A fingerprint of how far this plan has moved the members.
+    pub fn progress(&self) -> (usize, usize) {
+        self.members.iter().fold((0, 0), |(moved, decided), m| {
+            (
+                moved + usize::from(m.patch.is_some()),
+                decided + usize::from(m.state.is_verdict()),
+            )
+        })
+    }
+
+    pub fn batch_name(&self) -> &str {
+        self.batch.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn pool_name(&self) -> &str {
+        self.pool.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// Plan again at `at` at the latest.
+    pub fn wake_at(&mut self, at: Timestamp) {
+        if at > self.now {
+            self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
+        }
+    }
+
+    pub fn stamp(&self) -> String {
+        self.now.to_string()
+    }
+
+    /// The member's patch, made (changing nothing yet) if it has none.
+    pub fn patch_of(&mut self, m: usize) -> &mut NodePatch {
+        let member = &mut self.members[m];
+        let view = member.view;
+        member.patch.get_or_insert_with(|| {
+            Box::new(NodePatch {
+                node: view.name.clone(),
+                state: view.state,
+                annotations: BTreeMap::new(),
+                taint: TaintChange::Keep,
+                failure: None,
+            })
+        })
+    }
+
+    /// Moves member `m` to `state`, merging into its one patch.
+    pub fn transition(
+        &mut self,
+        m: usize,
+        state: NodeState,
+        annotations: &[(&'static str, Option<String>)],
+    ) {
+        let since = self.stamp();
+        self.members[m].state = state;
+        let patch = self.patch_of(m);
+        patch.state = (state != NodeState::Pending).then_some(state);
+        patch.annotations.insert(keys::SINCE, Some(since));
+        for (key, value) in annotations {
+            patch.annotations.insert(key, value.clone());
+        }
+    }
+
+    /// The member's first static failure, unless known healthy.
+    pub fn static_check(&self, m: usize) -> Option<Failure> {
+        if self.members[m].healthy {
+            return None;
+        }
+        static_failure(&self.pool.spec, self.members[m].view)
+    }
+
+    /// Fails member `m`: state, reason, its probes deleted, events.
+    pub fn fail(&mut self, m: usize, failure: Failure) {
+        let name = self.members[m].view.name.clone();
+        self.transition(
+            m,
+            NodeState::Failed,
+            &[(keys::REASON, Some(failure.message.clone()))],
+        );
+        self.patch_of(m).failure = Some(failure.category);
+        self.members[m].passed = false;
+        for probe in self.probes.get(name.as_str()).into_iter().flatten() {
+            self.deletes.insert(probe.name.clone());
+        }
+        self.event(
+            EventTarget::Node(name.clone()),
+            true,
+            EventReason::NodeFailed,
+            failure.message.clone(),
+        );
+        self.event(
+            EventTarget::Batch,
+            true,
+            EventReason::NodeFailed,
+            format!("node {name} failed: {}", failure.message),
+        );
+    }
+
+    /// Records an event.
+    pub fn event(
+        &mut self,
+        target: EventTarget,
+        warning: bool,
+        reason: EventReason,
+        message: String,
+    ) {
+        self.events.push(Event {
+            target,
+            warning,
+            reason,
+            message,
+        });
+    }
+}

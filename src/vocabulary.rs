@@ -1,0 +1,268 @@
+//! The words gpufleet's status speaks, in one place: condition types, their
+//! reasons, event reasons and the gate a rollout waits on. The planner
+//! decides them; the operator, the metrics and every human view read them as
+//! these enums. Nothing matches on a reason string to find out what happened:
+//! a new word is a new variant here, and the compiler finds every reader.
+//!
+//! This module depends on nothing else of gpufleet (`docs/architecture.md`,
+//! "One status vocabulary").
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Writes `as_str()` for `Display`, for each enum below.
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+/// Condition types on a RolloutBatch and a GpuPool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// Batch: every wave is done. Pool: observed.
+    Ready,
+    /// Batch: work is in progress.
+    Reconciling,
+    /// Batch: waiting on a person; the reason says why.
+    Stalled,
+    /// Batch: some nodes are claimed by two batches or two pools.
+    NodeConflicts,
+    /// Pool: too many of its nodes failed recently; every rollout halts.
+    CircuitBreakerTripped,
+}
+
+impl ConditionType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Reconciling => "Reconciling",
+            ConditionType::Stalled => "Stalled",
+            ConditionType::NodeConflicts => "NodeConflicts",
+            ConditionType::CircuitBreakerTripped => "CircuitBreakerTripped",
+        }
+    }
+}
+
+/// The one-word CamelCase reasons of every condition gpufleet writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A wave's nodes are validating or soaking.
+    WaveInProgress,
+    /// Stalled=False.
+    NotStalled,
+    /// No node matches both the batch's and the pool's selectors.
+    NoNodes,
+    /// Every wave is done.
+    RolloutComplete,
+    /// `spec.paused`.
+    Paused,
+    /// The next wave is past `approvedWaves`.
+    WaitingForApproval,
+    /// A wave failed more nodes than `maxFailuresPerWave`.
+    FailureBudgetExceeded,
+    /// The pool's circuit breaker is tripped.
+    CircuitBreakerTripped,
+    /// Some nodes are claimed by two batches or pools.
+    NodesClaimedTwice,
+    /// No node is claimed twice.
+    NoConflicts,
+    /// The batch cannot be read (it slipped past admission).
+    InvalidSpec,
+    /// The batch's `poolRef` names no GpuPool.
+    PoolNotFound,
+    /// The batch's pool cannot be read.
+    PoolInvalid,
+    /// Pool Ready: observed.
+    Observed,
+    /// Pool breaker: too many failures in the window.
+    TooManyFailures,
+    /// Pool breaker: within the limit.
+    WithinLimit,
+    /// Reconciling=False.
+    NoWorkInProgress,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::WaveInProgress => "WaveInProgress",
+            Reason::NotStalled => "NotStalled",
+            Reason::NoNodes => "NoNodes",
+            Reason::RolloutComplete => "RolloutComplete",
+            Reason::Paused => "Paused",
+            Reason::WaitingForApproval => "WaitingForApproval",
+            Reason::FailureBudgetExceeded => "FailureBudgetExceeded",
+            Reason::CircuitBreakerTripped => "CircuitBreakerTripped",
+            Reason::NodesClaimedTwice => "NodesClaimedTwice",
+            Reason::NoConflicts => "NoConflicts",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::PoolNotFound => "PoolNotFound",
+            Reason::PoolInvalid => "PoolInvalid",
+            Reason::Observed => "Observed",
+            Reason::TooManyFailures => "TooManyFailures",
+            Reason::WithinLimit => "WithinLimit",
+            Reason::NoWorkInProgress => "NoWorkInProgress",
+        }
+    }
+}
+
+/// Reasons of the Kubernetes Events gpufleet records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventReason {
+    WaveStarted,
+    WaveCompleted,
+    NodeFailed,
+    NodeHeld,
+    NodeRetried,
+    TaintRestored,
+    RolloutHalted,
+    RolloutResumed,
+    RolloutComplete,
+    CircuitBreakerTripped,
+    CircuitBreakerCleared,
+    /// Several events of one kind folded into one (rate limiting).
+    NodeEventsFolded,
+}
+
+impl EventReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventReason::WaveStarted => "WaveStarted",
+            EventReason::WaveCompleted => "WaveCompleted",
+            EventReason::NodeFailed => "NodeFailed",
+            EventReason::NodeHeld => "NodeHeld",
+            EventReason::NodeRetried => "NodeRetried",
+            EventReason::TaintRestored => "TaintRestored",
+            EventReason::RolloutHalted => "RolloutHalted",
+            EventReason::RolloutResumed => "RolloutResumed",
+            EventReason::RolloutComplete => "RolloutComplete",
+            EventReason::CircuitBreakerTripped => "CircuitBreakerTripped",
+            EventReason::CircuitBreakerCleared => "CircuitBreakerCleared",
+            EventReason::NodeEventsFolded => "NodeEventsFolded",
+        }
+    }
+}
+
+/// What a rollout waits on, as the planner decided it. Written to
+/// `status.gate.name` of a RolloutBatch, read by `gpufleet status`, the
+/// plugin, the demo and the metrics.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Gate {
+    /// Nodes of the open wave are running their probes (or about to).
+    Probes,
+    /// Every started node passed its probe; the soak runs.
+    Soak,
+    /// The next wave is past `approvedWaves`.
+    Approval,
+    /// `spec.paused`.
+    Paused,
+    /// A wave failed more nodes than its budget: halted until a person acts.
+    FailureBudget,
+    /// The pool's circuit breaker tripped: every rollout of the pool halts.
+    CircuitBreaker,
+    /// No node matches both the batch's and the pool's selectors yet.
+    NoNodes,
+    /// Every wave is done.
+    Complete,
+    /// The batch or its pool cannot be read or found: fix the object.
+    InvalidSpec,
+}
+
+impl Gate {
+    /// The reason of the batch's Ready condition (and of Stalled, when
+    /// the gate stalls the rollout).
+    pub const fn reason(self) -> Reason {
+        match self {
+            Gate::Probes | Gate::Soak => Reason::WaveInProgress,
+            Gate::Approval => Reason::WaitingForApproval,
+            Gate::Paused => Reason::Paused,
+            Gate::FailureBudget => Reason::FailureBudgetExceeded,
+            Gate::CircuitBreaker => Reason::CircuitBreakerTripped,
+            Gate::NoNodes => Reason::NoNodes,
+            Gate::Complete => Reason::RolloutComplete,
+            Gate::InvalidSpec => Reason::InvalidSpec,
+        }
+    }
+
+    /// Halted until a person acts: the batch is Stalled.
+    pub const fn stalls(self) -> bool {
+        matches!(
+            self,
+            Gate::FailureBudget | Gate::CircuitBreaker | Gate::InvalidSpec
+        )
+    }
+
+    /// The rollout is over: complete, or halted until a person acts.
+    pub const fn is_final(self) -> bool {
+        matches!(self, Gate::Complete) || self.stalls()
+    }
+
+    /// A few words for a one-line progress.
+    pub const fn short(self) -> &'static str {
+        match self {
+            Gate::Probes => "waits on probes",
+            Gate::Soak => "waits on the soak",
+            Gate::Approval => "waits for approval",
+            Gate::Paused => "paused",
+            Gate::FailureBudget => "halted: failure budget exceeded",
+            Gate::CircuitBreaker => "halted: circuit breaker tripped",
+            Gate::NoNodes => "no nodes yet",
+            Gate::Complete => "complete",
+            Gate::InvalidSpec => "halted: the batch or its pool is invalid",
+        }
+    }
+
+    /// The label value of the gate in metrics (snake_case, bounded).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Gate::Probes => "probes",
+            Gate::Soak => "soak",
+            Gate::Approval => "approval",
+            Gate::Paused => "paused",
+            Gate::FailureBudget => "failure_budget",
+            Gate::CircuitBreaker => "circuit_breaker",
+            Gate::NoNodes => "no_nodes",
+            Gate::Complete => "complete",
+            Gate::InvalidSpec => "invalid_spec",
+        }
+    }
+
+    /// Every gate.
+    pub const ALL: [Gate; 9] = [
+        Gate::Probes,
+        Gate::Soak,
+        Gate::Approval,
+        Gate::Paused,
+        Gate::FailureBudget,
+        Gate::CircuitBreaker,
+        Gate::NoNodes,
+        Gate::Complete,
+        Gate::InvalidSpec,
+    ];
+}
+
+display_as_str!(ConditionType, Reason, EventReason, Gate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_words_are_distinct_and_serialise_as_their_variant() {
+        let mut seen = std::collections::BTreeSet::new();
+        for gate in Gate::ALL {
+            assert!(seen.insert(gate.as_str()), "{gate:?}");
+            let json = serde_json::to_string(&gate).unwrap();
+            assert_eq!(json, format!("\"{gate:?}\""));
+            assert_eq!(serde_json::from_str::<Gate>(&json).unwrap(), gate);
+            assert_eq!(gate.reason().as_str().is_empty(), false);
+        }
+    }
+}
