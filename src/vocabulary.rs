@@ -262,7 +262,7 @@ mod tests {
             let json = serde_json::to_string(&gate).unwrap();
             assert_eq!(json, format!("\"{gate:?}\""));
             assert_eq!(serde_json::from_str::<Gate>(&json).unwrap(), gate);
-            assert_eq!(gate.reason().as_str().is_empty(), false);
+            assert!(!gate.reason().as_str().is_empty());
         }
     }
 }

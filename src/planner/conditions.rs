@@ -43,7 +43,7 @@ pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
 }
 
 /// The reason of the condition of this type, if present.
-pub fn reason<'a>(conditions: &'a [Condition], type_: ConditionType) -> Option<&'a str> {
+pub fn reason(conditions: &[Condition], type_: ConditionType) -> Option<&str> {
     conditions
         .iter()
         .find(|c| c.type_ == type_.as_str())
