@@ -133,13 +133,7 @@ impl Waiting {
                 format!("wave {wave} waits on probes: {}", parts.join(", "))
             }
             Gate::Soak => format!("wave {wave} waits on the soak: {} soaking", self.soaking),
-            Gate::Approval => format!("waits for approval: {message}"),
-            Gate::Paused => format!("paused: {message}"),
-            Gate::FailureBudget => format!("halted, failure budget exceeded: {message}"),
-            Gate::CircuitBreaker => format!("halted, circuit breaker tripped: {message}"),
-            Gate::Complete => format!("complete: {message}"),
-            Gate::NoNodes => format!("no nodes: {message}"),
-            Gate::InvalidSpec => format!("halted, the batch or its pool is invalid: {message}"),
+            other => format!("{}: {message}", other.headline()),
         }
     }
 

@@ -219,6 +219,22 @@ impl Gate {
         }
     }
 
+    /// The words before the planner's message in a one-line description
+    /// ("paused: paused; 3 nodes still in flight").
+    pub const fn headline(self) -> &'static str {
+        match self {
+            Gate::Probes => "waits on probes",
+            Gate::Soak => "waits on the soak",
+            Gate::Approval => "waits for approval",
+            Gate::Paused => "paused",
+            Gate::FailureBudget => "halted, failure budget exceeded",
+            Gate::CircuitBreaker => "halted, circuit breaker tripped",
+            Gate::NoNodes => "no nodes",
+            Gate::Complete => "complete",
+            Gate::InvalidSpec => "halted, the batch or its pool is invalid",
+        }
+    }
+
     /// The label value of the gate in metrics (snake_case, bounded).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@
 mod batch;
 mod common;
 mod pool;
+mod validate;
 
 pub use batch::{GateStatus, RolloutBatch, RolloutBatchSpec, RolloutBatchStatus, Wave, WaveStatus};
 pub use common::{
@@ -14,3 +15,4 @@ pub use pool::{
     BreakerStatus, CircuitBreaker, GpuPool, GpuPoolSpec, GpuPoolStatus, Hardware, HealthChecks,
     Onboarding, Probe, Topology,
 };
+pub use validate::FieldError;

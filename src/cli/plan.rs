@@ -155,56 +155,14 @@ fn load_object<T: DeserializeOwned>(path: &Path, kind: &str) -> anyhow::Result<T
 }
 
 fn check_pool(path: &Path, pool: &GpuPool) -> anyhow::Result<()> {
-    let file = name(path);
-    let spec = &pool.spec;
-    if pool.metadata.name.as_deref().unwrap_or_default().is_empty() {
-        bail!("{file}: metadata.name: the pool has no name");
-    }
-    if spec.hardware.gpu_product.is_empty() {
-        bail!("{file}: spec.hardware.gpuProduct: lists no accepted product");
-    }
-    let topology = &spec.topology;
-    if topology.nodes_per_domain == 0 {
-        bail!("{file}: spec.topology.nodesPerDomain: must be at least 1");
-    }
-    if let Some(min) = topology.min_healthy_nodes_per_domain
-        && !(1..=topology.nodes_per_domain).contains(&min)
-    {
-        bail!(
-            "{file}: spec.topology.minHealthyNodesPerDomain: is {min}, must be 1 to nodesPerDomain ({})",
-            topology.nodes_per_domain
-        );
-    }
-    Ok(())
+    pool.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", name(path)))
 }
 
 fn check_batch(path: &Path, batch: &RolloutBatch) -> anyhow::Result<()> {
-    let file = name(path);
-    if batch
-        .metadata
-        .name
-        .as_deref()
-        .unwrap_or_default()
-        .is_empty()
-    {
-        bail!("{file}: metadata.name: the batch has no name");
-    }
-    if batch.spec.waves.is_empty() {
-        bail!("{file}: spec.waves: lists no wave");
-    }
-    for (i, wave) in batch.spec.waves.iter().enumerate() {
-        match (wave.nodes, wave.percent) {
-            (Some(_), Some(_)) | (None, None) => {
-                bail!("{file}: spec.waves[{i}]: set exactly one of nodes or percent")
-            }
-            (Some(0), _) => bail!("{file}: spec.waves[{i}].nodes: must be at least 1"),
-            (_, Some(p)) if !(1..=100).contains(&p) => {
-                bail!("{file}: spec.waves[{i}].percent: is {p}, must be 1 to 100")
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    batch
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", name(path)))
 }
 
 /// Loads every Node of a file: a List or NodeList, a sequence of Nodes, one

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Context, anyhow, bail};
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::keys;
-use gpufleet::planner::{NodeState, NodeView, matches};
+use gpufleet::planner::{Claim, NodeState, NodeView, claimants, matches};
 use gpufleet::view::{self, EventLine};
 use gpufleet::vocabulary::Gate;
 use k8s_openapi::api::core::v1::{Event, Node};
@@ -430,7 +430,23 @@ async fn membership(client: &kube::Client, node: &NodeView) -> anyhow::Result<St
             node.name
         );
     }
-    let in_batch: Vec<String> = batches
+    // Who claims it, by the planner's own rule: a batch of a pool that
+    // selects it, and nobody else (no other pool, no other batch of that
+    // pool).
+    let claims = |b: &RolloutBatch| Claim {
+        name: b.metadata.name.clone().unwrap_or_default(),
+        pool: Some(b.spec.pool_ref.clone()),
+        selector: b.spec.node_selector.clone(),
+    };
+    let pool_claims: Vec<Claim> = pools
+        .iter()
+        .map(|p| Claim {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            pool: None,
+            selector: p.spec.node_selector.clone(),
+        })
+        .collect();
+    let in_batch: Vec<&RolloutBatch> = batches
         .iter()
         .filter(|b| {
             pools
@@ -438,22 +454,27 @@ async fn membership(client: &kube::Client, node: &NodeView) -> anyhow::Result<St
                 .any(|p| p.metadata.name.as_deref() == Some(b.spec.pool_ref.as_str()))
         })
         .filter(|b| matches(&b.spec.node_selector, &node.labels))
-        .filter_map(|b| b.metadata.name.clone())
         .collect();
     let pool_names: Vec<&str> = pools
         .iter()
         .filter_map(|p| p.metadata.name.as_deref())
         .collect();
-    Ok(match in_batch.as_slice() {
-        [] => format!(
+    let Some(first) = in_batch.first() else {
+        return Ok(format!(
             "none: pool {} selects it, but no RolloutBatch does",
             pool_names.join(", ")
-        ),
-        [one] if node.state.is_none() => format!("{one} (pending: its wave has not reached it)"),
-        [one] => one.clone(),
-        many => format!(
-            "claimed by {}: gpufleet leaves it alone until one batch does",
-            many.join(", ")
+        ));
+    };
+    let name = first.metadata.name.clone().unwrap_or_default();
+    let others: Vec<Claim> = in_batch[1..].iter().map(|b| claims(b)).collect();
+    let other_pools = pool_claims.iter().filter(|c| c.name != first.spec.pool_ref);
+    let rivals = claimants(&first.spec.pool_ref, &node.labels, other_pools, &others);
+    Ok(match (rivals.is_empty(), node.state.is_none()) {
+        (true, true) => format!("{name} (pending: its wave has not reached it)"),
+        (true, false) => name,
+        (false, _) => format!(
+            "claimed by batch {name} and {}: gpufleet leaves it alone until only one does",
+            rivals.join(", ")
         ),
     })
 }

@@ -17,7 +17,7 @@ use crate::api::{GpuPool, GpuPoolSpec, RolloutBatch};
 
 use super::health::static_failure;
 pub use super::membership::Mismatch;
-use super::membership::{Membership, needed_healthy};
+use super::membership::{Domain, Membership, needed_healthy};
 use super::snapshot::{NodeState, NodeView};
 use super::waves::failure_budget;
 
@@ -205,46 +205,7 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
         .collect();
     let wave_of: Vec<usize> = membership.domains.iter().map(|d| d.wave).collect();
 
-    // Held domains: too few nodes can be healthy to admit the domain.
-    let mut held = Vec::new();
-    for ((key, members), domain) in groups.iter_mut().zip(&membership.domains) {
-        let passing = members
-            .iter()
-            .filter(|m| m.failure.is_none() && m.view.state() != NodeState::Ready)
-            .count() as u32;
-        let ready_members = members
-            .iter()
-            .filter(|m| m.view.state() == NodeState::Ready)
-            .count() as u32;
-        let healthy = domain.ready_in_pool + passing;
-        let needed = needed_healthy(&spec.topology, key);
-        if passing == 0 || healthy >= needed {
-            continue;
-        }
-        let total = members.len() as u32 + domain.ready_in_pool - ready_members;
-        let rejected = members.iter().filter(|m| m.failure.is_some()).count();
-        let hint = if rejected > 0 {
-            format!("{rejected} rejected; fix them or lower topology.minHealthyNodesPerDomain")
-        } else {
-            "the domain's other nodes are missing from the batch".to_string()
-        };
-        let names = members
-            .iter_mut()
-            .filter(|m| m.failure.is_none() && m.view.state() != NodeState::Ready)
-            .map(|m| {
-                m.held = true;
-                m.view.name.clone()
-            })
-            .collect();
-        held.push(HeldDomain {
-            domain: display_name(key),
-            wave: domain.wave as u32 + 1,
-            healthy,
-            needed,
-            nodes: names,
-            reason: format!("{healthy} of {total} nodes can be healthy, {needed} needed: {hint}"),
-        });
-    }
+    let held = held_domains(spec, &mut groups, &membership.domains);
 
     // Per domain, per wave, rejected.
     let budget = batch.spec.max_failures_per_wave.as_ref();
@@ -334,6 +295,55 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
         notes,
         summary,
     }
+}
+
+/// Domains too few of whose nodes can be healthy to be admitted: their
+/// passing members are marked held.
+fn held_domains(
+    spec: &GpuPoolSpec,
+    groups: &mut [(String, Vec<Member>)],
+    domains: &[Domain],
+) -> Vec<HeldDomain> {
+    let mut held = Vec::new();
+    for ((key, members), domain) in groups.iter_mut().zip(domains) {
+        let passing = members
+            .iter()
+            .filter(|m| m.failure.is_none() && m.view.state() != NodeState::Ready)
+            .count() as u32;
+        let ready_members = members
+            .iter()
+            .filter(|m| m.view.state() == NodeState::Ready)
+            .count() as u32;
+        let healthy = domain.ready_in_pool + passing;
+        let needed = needed_healthy(&spec.topology, key);
+        if passing == 0 || healthy >= needed {
+            continue;
+        }
+        let total = members.len() as u32 + domain.ready_in_pool - ready_members;
+        let rejected = members.iter().filter(|m| m.failure.is_some()).count();
+        let hint = if rejected > 0 {
+            format!("{rejected} rejected; fix them or lower topology.minHealthyNodesPerDomain")
+        } else {
+            "the domain's other nodes are missing from the batch".to_string()
+        };
+        let names = members
+            .iter_mut()
+            .filter(|m| m.failure.is_none() && m.view.state() != NodeState::Ready)
+            .map(|m| {
+                m.held = true;
+                m.view.name.clone()
+            })
+            .collect();
+        held.push(HeldDomain {
+            domain: display_name(key),
+            wave: domain.wave as u32 + 1,
+            healthy,
+            needed,
+            nodes: names,
+            reason: format!("{healthy} of {total} nodes can be healthy, {needed} needed: {hint}"),
+        });
+    }
+    held
 }
 
 /// What the node's own labels, conditions and resources already decide: a

@@ -1,0 +1,91 @@
+//! What the CRDs' schema and CEL rules check at admission, for objects read
+//! from elsewhere (files for `gpufleet plan`, or an object that slipped past
+//! an older CRD): one function per kind, each problem named by its field.
+//! The CRD stays the first line of defence; these mirror the rules a plan
+//! depends on.
+
+use super::{GpuPool, RolloutBatch};
+
+/// A field and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    /// Its path, as `kubectl explain` spells it (`spec.waves[0].nodes`).
+    pub field: String,
+    pub problem: String,
+}
+
+fn error(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+impl GpuPool {
+    /// The first problem of the pool, if any.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let spec = &self.spec;
+        if self.metadata.name.as_deref().unwrap_or_default().is_empty() {
+            return Err(error("metadata.name", "the pool has no name"));
+        }
+        if spec.hardware.gpu_product.is_empty() {
+            return Err(error(
+                "spec.hardware.gpuProduct",
+                "lists no accepted product",
+            ));
+        }
+        let topology = &spec.topology;
+        if topology.nodes_per_domain == 0 {
+            return Err(error("spec.topology.nodesPerDomain", "must be at least 1"));
+        }
+        if let Some(min) = topology.min_healthy_nodes_per_domain
+            && !(1..=topology.nodes_per_domain).contains(&min)
+        {
+            return Err(error(
+                "spec.topology.minHealthyNodesPerDomain",
+                format!(
+                    "is {min}, must be 1 to nodesPerDomain ({})",
+                    topology.nodes_per_domain
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RolloutBatch {
+    /// The first problem of the batch, if any.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.metadata.name.as_deref().unwrap_or_default().is_empty() {
+            return Err(error("metadata.name", "the batch has no name"));
+        }
+        if self.spec.waves.is_empty() {
+            return Err(error("spec.waves", "lists no wave"));
+        }
+        for (i, wave) in self.spec.waves.iter().enumerate() {
+            match (wave.nodes, wave.percent) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(error(
+                        format!("spec.waves[{i}]"),
+                        "set exactly one of nodes or percent",
+                    ));
+                }
+                (Some(0), _) => {
+                    return Err(error(
+                        format!("spec.waves[{i}].nodes"),
+                        "must be at least 1",
+                    ));
+                }
+                (_, Some(p)) if !(1..=100).contains(&p) => {
+                    return Err(error(
+                        format!("spec.waves[{i}].percent"),
+                        format!("is {p}, must be 1 to 100"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
