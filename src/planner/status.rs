@@ -263,7 +263,21 @@ impl Planner<'_> {
                     self.batch.spec.approved_waves.unwrap_or_default()
                 ),
             ),
-            _ => {
+            // Any other gate: its headline and where the wave stands.
+            Some(Stop { gate, wave }) => verdict(
+                gate,
+                Some(wave),
+                format!(
+                    "wave {} of {} {}: {} validating, {} soaking, {} pending",
+                    wave + 1,
+                    self.wave_count,
+                    gate.headline(),
+                    counts.validating,
+                    counts.soaking,
+                    counts.pending
+                ),
+            ),
+            None => {
                 let message = format!(
                     "wave {} of {}: {} validating, {} soaking, {} pending",
                     current_wave.max(1),
