@@ -18,6 +18,7 @@ use crate::keys;
 use crate::planner::{Action, NodePatch, NodeView, Plan, TaintChange};
 
 use super::Context;
+use super::deliveries::{self, Written};
 use super::error::{Error, is_conflict, is_not_found};
 use super::probe::probe_pod;
 
@@ -26,6 +27,9 @@ const PARALLEL_WRITES: usize = 16;
 
 /// How long a probe write is expected to show in the cache.
 const EXPECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a reconcile waits for the node watch to deliver its node writes.
+const DELIVER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Probe pods this replica made or deleted that the probe watch has not
 /// shown yet. A plan made from a cache that lags behind those writes asks
@@ -81,8 +85,8 @@ pub struct Report {
 
 /// Applies a plan's node and probe actions, in the plan's order: node patches
 /// first (a node carries its taint before its probe exists), then probe
-/// creations, then deletions. Waits until the node cache shows the patched
-/// nodes, so the next plan never works from older state than this one wrote.
+/// creations, then deletions. Waits until the node watch has delivered
+/// the patched nodes' written versions to the cache, so the next plan never works from older state than this one wrote.
 pub async fn apply(
     ctx: &Context,
     pool: &GpuPool,
@@ -99,6 +103,7 @@ pub async fn apply(
         .try_collect()
         .await?;
     wait_for_cache(ctx, &written).await;
+    drop(written);
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     // Each pod is built from the template as its request goes out, not all
@@ -214,7 +219,8 @@ pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<
 /// computed from and is recomputed from a fresh read on conflict, leaving
 /// every other taint as it is (the cached view keeps every field of every
 /// taint, so the list is written back as it was read). Returns the version
-/// written, or `None` if the node is gone.
+/// written, with the node registered to note the watch's deliveries until
+/// it is dropped (see [`deliveries`]), or `None` if the node is gone.
 pub async fn patch_node(
     ctx: &Context,
     pool: &GpuPool,
@@ -244,6 +250,9 @@ pub async fn patch_node(
     metadata.insert("annotations".into(), Value::Object(annotations));
 
     may_write(ctx, &what()).await?;
+    // Registered before the write goes out, so the watch cannot deliver it
+    // unnoticed.
+    let ticket = ctx.deliveries.register(&patch.node);
     if patch.taint == TaintChange::Keep {
         let body = json!({ "metadata": metadata });
         return match nodes
@@ -251,7 +260,7 @@ pub async fn patch_node(
             .await
         {
             Ok(node) => Ok(Some(Written {
-                name: patch.node.clone(),
+                ticket,
                 resource_version: node.metadata.resource_version,
             })),
             Err(err) if is_not_found(&err) => Ok(None),
@@ -308,7 +317,7 @@ pub async fn patch_node(
             // up cost tens of kilobytes each.
             Ok(node) => {
                 return Ok(Some(Written {
-                    name: patch.node.clone(),
+                    ticket,
                     resource_version: node.metadata.resource_version,
                 }));
             }
@@ -342,38 +351,13 @@ fn taints_of(view: &NodeView) -> Vec<Taint> {
         .collect()
 }
 
-/// A node as this replica wrote it: its name and the resourceVersion the
-/// API server gave the write.
-#[derive(Debug)]
-pub struct Written {
-    pub name: String,
-    pub resource_version: Option<String>,
-}
-
-/// Waits (briefly) until the node cache holds at least what was written.
+/// Waits (briefly) until the node watch has delivered what was written.
 async fn wait_for_cache(ctx: &Context, written: &[Written]) {
-    let version = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for node in written {
-        let Some(want) = version(node.resource_version.as_deref()) else {
-            continue;
-        };
-        let name = node.name.as_str();
-        loop {
-            let have = ctx
-                .stores
-                .nodes
-                .get(name)
-                .and_then(|n| version(n.resource_version.as_deref()));
-            if have.is_none_or(|h| h >= want) {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                warn!(node = %node.name, "node cache lags behind our own write; planning on");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let lagging =
+        deliveries::wait_delivered(&ctx.deliveries, &ctx.stores.nodes, written, DELIVER_WITHIN)
+            .await;
+    if let Some(node) = lagging {
+        warn!(node = %node, "node cache lags behind our own write; planning on");
     }
 }
 

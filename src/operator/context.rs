@@ -8,6 +8,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use super::deliveries::Deliveries;
 use super::observe::Stores;
 use super::{act, events, leader, metrics};
 
@@ -72,6 +73,8 @@ pub struct Context {
     pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Probe writes the probe watch has not shown yet.
     pub(super) expectations: Arc<act::Expectations>,
+    /// Node writes the node watch has not delivered yet.
+    pub(super) deliveries: Arc<Deliveries>,
     /// When each pool was last reconciled (see [`super::pool::EVERY`]).
     pool_last_run: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -84,6 +87,7 @@ impl Context {
         config: Config,
         stores: Stores,
         expectations: Arc<act::Expectations>,
+        deliveries: Arc<Deliveries>,
         leadership: leader::Leadership,
     ) -> Self {
         let reporter = Reporter {
@@ -105,6 +109,7 @@ impl Context {
             pool_locks: Mutex::new(HashMap::new()),
             pool_last_run: Mutex::new(HashMap::new()),
             expectations,
+            deliveries,
         }
     }
 

@@ -13,6 +13,7 @@ mod act;
 mod batch;
 mod context;
 mod controllers;
+mod deliveries;
 mod endpoints;
 mod error;
 mod events;
@@ -46,6 +47,7 @@ pub async fn run(
         config.clone(),
         watches.stores.clone(),
         watches.expectations.clone(),
+        watches.deliveries.clone(),
         election.leadership.clone(),
     ));
     let batch_controller = controllers::batches(

@@ -19,6 +19,7 @@ use crate::planner::{NodeView, matches};
 
 use super::act;
 use super::context::Config;
+use super::deliveries::Deliveries;
 use super::observe::{self, Stores};
 
 /// Reconcile requests for batches, from the other watches.
@@ -33,6 +34,8 @@ pub struct Watches {
     pub stores: Stores,
     /// Probe writes the probe watch has not shown yet.
     pub expectations: Arc<act::Expectations>,
+    /// Node writes the node watch has not delivered yet.
+    pub deliveries: Arc<Deliveries>,
     /// How the controllers watch pools and batches themselves.
     pub objects: watcher::Config,
     pub batch_requests: BatchRequests,
@@ -113,12 +116,19 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
         ));
     // Nodes are cached as views, each built once per event (see
     // `observe::NodeCache`), not as Node objects.
+    // Each event reaches the cache before the deliveries note it, so a
+    // write counted delivered is one the cache holds.
+    let deliveries = Arc::new(Deliveries::default());
     let node_watch = {
         let (s, btx, ptx) = (stores.clone(), batch_tx.clone(), pool_tx);
+        let deliveries = deliveries.clone();
         watcher(nodes_api, node_watch)
             .default_backoff()
             .map_ok(observe::view_event)
-            .inspect_ok(move |event| node_writer(event))
+            .inspect_ok(move |event| {
+                node_writer(event);
+                deliveries.observe(event);
+            })
             .for_each(drive(
                 "nodes",
                 synced_tx.clone(),
@@ -164,6 +174,7 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
     Watches {
         stores,
         expectations,
+        deliveries,
         objects: object_watch,
         batch_requests,
         pool_requests,
