@@ -19,6 +19,7 @@ use crate::keys;
 use crate::planner::{self, condition, condition_types};
 
 use super::error::Error;
+use super::status::write_status;
 use super::{Context, act, events, observe};
 
 /// The finalizer gpufleet puts on every batch.
@@ -115,7 +116,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     record(ctx, &pool, batch, &snapshot, &plan, now);
     let status_changed = batch.status.as_ref() != Some(&plan.status);
     if status_changed {
-        write_status(ctx, &name, &plan.status).await?;
+        write_status::<RolloutBatch>(ctx, &name, &plan.status).await?;
     }
     let batch_ref = batch.object_ref(&());
     events::publish(
@@ -229,19 +230,6 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.forget_batch(&batch.spec.pool_ref, &name, waves);
     info!(batch = %name, probes_deleted = probes.len(), nodes_released = released, "cleaned up deleted batch");
     Ok(Action::await_change())
-}
-
-async fn write_status(ctx: &Context, name: &str, status: &RolloutBatchStatus) -> Result<(), Error> {
-    act::may_write(ctx, &format!("writing status of batch {name}")).await?;
-    let api: Api<RolloutBatch> = Api::all(ctx.client.clone());
-    let params = PatchParams {
-        field_manager: Some(keys::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
-        .await
-        .map_err(Error::kube(format!("writing status of batch {name}")))?;
-    Ok(())
 }
 
 /// Times a reconcile into the duration histogram when dropped.
@@ -390,5 +378,5 @@ async fn stall(
         conditions,
         ..previous
     };
-    write_status(ctx, name, &status).await
+    write_status::<RolloutBatch>(ctx, name, &status).await
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 mod observe;
 mod pool;
 pub mod probe;
+mod status;
 mod watches;
 
 use std::sync::Arc;
