@@ -18,6 +18,7 @@ use crate::keys;
 use crate::planner::{Action, NodePatch, NodeView, Plan, TaintChange};
 
 use super::Context;
+use super::deliveries::{self, Written};
 use super::error::{Error, is_conflict, is_not_found};
 use super::probe::probe_pod;
 
@@ -26,6 +27,9 @@ const PARALLEL_WRITES: usize = 16;
 
 /// How long a probe write is expected to show in the cache.
 const EXPECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a reconcile waits for the node watch to deliver its node writes.
+const DELIVER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Probe pods this replica made or deleted that the probe watch has not
 /// shown yet. A plan made from a cache that lags behind those writes asks
@@ -79,18 +83,39 @@ pub struct Report {
     pub events: usize,
 }
 
-/// Applies a plan's node and probe actions, in the plan's order: node patches
-/// first (a node carries its taint before its probe exists), then probe
-/// creations, then deletions. Waits until the node cache shows the patched
-/// nodes, so the next plan never works from older state than this one wrote.
+/// Applies a plan's node and probe actions (see [`apply_actions`]).
 pub async fn apply(
     ctx: &Context,
     pool: &GpuPool,
     batch: &RolloutBatch,
     plan: &Plan,
 ) -> Result<Report, Error> {
+    apply_actions(ctx, Some(pool), batch, &plan.actions).await
+}
+
+/// Applies node and probe actions, in a plan's order: node patches first (a
+/// node carries its taint before its probe exists), then probe creations,
+/// then deletions; events are only counted. Waits until the node watch has
+/// delivered the patched nodes' written versions to the cache, so the next
+/// plan never works from older state than this one wrote.
+///
+/// `pool` is `None` when the batch's pool is gone or unreadable (a batch
+/// being deleted): node patches then leave taints as they are, and no probe
+/// is made.
+pub async fn apply_actions(
+    ctx: &Context,
+    pool: Option<&GpuPool>,
+    batch: &RolloutBatch,
+    actions: &[Action],
+) -> Result<Report, Error> {
     let mut report = Report::default();
-    let patches: Vec<NodePatch> = plan.node_patches().cloned().collect();
+    let patches: Vec<NodePatch> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PatchNode(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
     report.node_patches = patches.len();
     let written: Vec<Written> = stream::iter(patches)
         .map(|p| async move { patch_node(ctx, pool, &p).await })
@@ -99,16 +124,17 @@ pub async fn apply(
         .try_collect()
         .await?;
     wait_for_cache(ctx, &written).await;
+    drop(written);
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     // Each pod is built from the template as its request goes out, not all
     // up front: a wave start creates a probe for every node it takes.
-    let creates: Vec<_> = plan
-        .actions
+    let creates: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
             Action::CreateProbe(req)
-                if !Expectations::expected(&ctx.expectations.creates, &req.pod_name) =>
+                if pool.is_some()
+                    && !Expectations::expected(&ctx.expectations.creates, &req.pod_name) =>
             {
                 Some(req.clone())
             }
@@ -120,7 +146,9 @@ pub async fn apply(
         .map(|req| {
             let pods = pods.clone();
             async move {
-                let Some(pod) = probe_pod(pool, batch, &req, &ctx.config.namespace) else {
+                let Some(pod) =
+                    pool.and_then(|pool| probe_pod(pool, batch, &req, &ctx.config.namespace))
+                else {
                     return Ok(());
                 };
                 let name = pod.metadata.name.clone().unwrap_or_default();
@@ -154,8 +182,7 @@ pub async fn apply(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let deletes: Vec<String> = plan
-        .actions
+    let deletes: Vec<String> = actions
         .iter()
         .filter_map(|a| match a {
             Action::DeleteProbe { pod_name }
@@ -173,8 +200,7 @@ pub async fn apply(
         .buffer_unordered(PARALLEL_WRITES)
         .try_collect::<Vec<()>>()
         .await?;
-    report.events = plan
-        .actions
+    report.events = actions
         .iter()
         .filter(|a| matches!(a, Action::Event(_)))
         .count();
@@ -193,7 +219,7 @@ pub async fn may_write(ctx: &Context, what: &str) -> Result<(), Error> {
 }
 
 /// Deletes a probe pod; one already gone is fine.
-pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<(), Error> {
+async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<(), Error> {
     may_write(ctx, &format!("deleting probe pod {name}")).await?;
     match pods.delete(name, &DeleteParams::background()).await {
         Ok(_) => {
@@ -214,10 +240,12 @@ pub async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<
 /// computed from and is recomputed from a fresh read on conflict, leaving
 /// every other taint as it is (the cached view keeps every field of every
 /// taint, so the list is written back as it was read). Returns the version
-/// written, or `None` if the node is gone.
-pub async fn patch_node(
+/// written, with the node registered to note the watch's deliveries until
+/// it is dropped (see [`deliveries`]), or `None` if the node is gone.
+/// Without a pool there is no taint to touch: labels and annotations only.
+async fn patch_node(
     ctx: &Context,
-    pool: &GpuPool,
+    pool: Option<&GpuPool>,
     patch: &NodePatch,
 ) -> Result<Option<Written>, Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
@@ -244,22 +272,31 @@ pub async fn patch_node(
     metadata.insert("annotations".into(), Value::Object(annotations));
 
     may_write(ctx, &what()).await?;
-    if patch.taint == TaintChange::Keep {
+    // Registered before the write goes out, so the watch cannot deliver it
+    // unnoticed.
+    let ticket = ctx.deliveries.register(&patch.node);
+    let taint = match (patch.taint, pool) {
+        (TaintChange::Keep, _) => None,
+        (_, Some(pool)) => Some(&pool.spec.onboarding.taint),
+        (change, None) => {
+            warn!(node = %patch.node, ?change, "no pool to take the taint from; leaving taints as they are");
+            None
+        }
+    };
+    let Some(taint) = taint else {
         let body = json!({ "metadata": metadata });
         return match nodes
             .patch(&patch.node, &params, &Patch::Merge(&body))
             .await
         {
             Ok(node) => Ok(Some(Written {
-                name: patch.node.clone(),
+                ticket,
                 resource_version: node.metadata.resource_version,
             })),
             Err(err) if is_not_found(&err) => Ok(None),
             Err(err) => Err(Error::kube(what())(err)),
         };
-    }
-
-    let taint = &pool.spec.onboarding.taint;
+    };
     // The first attempt works from the cache; a conflict means the cache
     // was behind, so later ones read the node afresh.
     let mut current: Option<(Option<String>, Vec<Taint>)> = ctx
@@ -308,7 +345,7 @@ pub async fn patch_node(
             // up cost tens of kilobytes each.
             Ok(node) => {
                 return Ok(Some(Written {
-                    name: patch.node.clone(),
+                    ticket,
                     resource_version: node.metadata.resource_version,
                 }));
             }
@@ -342,38 +379,13 @@ fn taints_of(view: &NodeView) -> Vec<Taint> {
         .collect()
 }
 
-/// A node as this replica wrote it: its name and the resourceVersion the
-/// API server gave the write.
-#[derive(Debug)]
-pub struct Written {
-    pub name: String,
-    pub resource_version: Option<String>,
-}
-
-/// Waits (briefly) until the node cache holds at least what was written.
+/// Waits (briefly) until the node watch has delivered what was written.
 async fn wait_for_cache(ctx: &Context, written: &[Written]) {
-    let version = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    for node in written {
-        let Some(want) = version(node.resource_version.as_deref()) else {
-            continue;
-        };
-        let name = node.name.as_str();
-        loop {
-            let have = ctx
-                .stores
-                .nodes
-                .get(name)
-                .and_then(|n| version(n.resource_version.as_deref()));
-            if have.is_none_or(|h| h >= want) {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                warn!(node = %node.name, "node cache lags behind our own write; planning on");
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let lagging =
+        deliveries::wait_delivered(&ctx.deliveries, &ctx.stores.nodes, written, DELIVER_WITHIN)
+            .await;
+    if let Some(node) = lagging {
+        warn!(node = %node, "node cache lags behind our own write; planning on");
     }
 }
 

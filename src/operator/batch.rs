@@ -4,22 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::{RolloutBatch, RolloutBatchStatus};
+use crate::api::RolloutBatch;
 use crate::keys;
 use crate::planner;
 use crate::vocabulary::{ConditionType, Reason};
 
 use super::error::Error;
+use super::status::write_status;
 use super::{Context, act, events, observe};
 
 /// The finalizer gpufleet puts on every batch.
@@ -116,7 +115,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     record(ctx, &pool, batch, &snapshot, &plan, now);
     let status_changed = batch.status.as_ref() != Some(&plan.status);
     if status_changed {
-        write_status(ctx, &name, &plan.status).await?;
+        write_status::<RolloutBatch>(ctx, &name, &plan.status).await?;
     }
     let batch_ref = batch.object_ref(&());
     events::publish(
@@ -168,11 +167,11 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
 
 /// Deleting a batch: its probes go; nodes it was still onboarding keep the
 /// onboarding taint and lose the gpufleet state, so a new batch can pick them
-/// up; ready nodes stay ready.
+/// up; ready nodes stay ready. Both are planner actions, applied by
+/// [`act::apply_actions`] as a reconcile's are: probes first, then nodes.
 async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     let name = batch.name_any();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let probes: Vec<String> = ctx
+    let probes: Vec<planner::Action> = ctx
         .stores
         .probes
         .state()
@@ -185,64 +184,29 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
                 == Some(&name)
         })
         .filter_map(|p| p.metadata.name.clone())
+        .map(|pod_name| planner::Action::DeleteProbe { pod_name })
         .collect();
-    for probe in &probes {
-        act::delete_probe(ctx, &pods, probe).await?;
-    }
+    // Without the pool (gone, or unreadable) there is no taint to touch:
+    // releases leave taints as they are anyway.
     let pool = ctx.stores.pool(&batch.spec.pool_ref).ok().flatten();
-    let mut released = 0;
+    let deleted = act::apply_actions(ctx, pool.as_ref(), batch, &probes).await?;
     // The nodes this batch last touched that carry a state short of ready
     // (the label as written, known to the planner or not).
-    let touched = ctx.stores.nodes.select(|node| {
-        let state = node.labels.get(keys::STATE).map(String::as_str);
-        node.batch.as_deref() == Some(name.as_str()) && state.is_some_and(|s| s != "ready")
-    });
-    for node in touched {
-        let patch = planner::release(&node.name);
-        if let Some(pool) = &pool {
-            act::patch_node(ctx, pool, &patch).await?;
-        } else {
-            // Without the pool there is no taint to touch: labels only.
-            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(ctx.client.clone());
-            let annotations: serde_json::Map<String, serde_json::Value> = patch
-                .annotations
-                .keys()
-                .map(|k| (k.to_string(), serde_json::Value::Null))
-                .collect();
-            let body =
-                json!({"metadata": {"labels": {keys::STATE: null}, "annotations": annotations}});
-            act::may_write(ctx, &format!("releasing node {}", patch.node)).await?;
-            nodes
-                .patch(
-                    &patch.node,
-                    &PatchParams {
-                        field_manager: Some(keys::FIELD_MANAGER.into()),
-                        ..Default::default()
-                    },
-                    &Patch::Merge(&body),
-                )
-                .await
-                .map_err(Error::kube(format!("releasing node {}", patch.node)))?;
-        }
-        released += 1;
-    }
+    let releases: Vec<planner::Action> = ctx
+        .stores
+        .nodes
+        .select(|node| {
+            let state = node.labels.get(keys::STATE).map(String::as_str);
+            node.batch.as_deref() == Some(name.as_str()) && state.is_some_and(|s| s != "ready")
+        })
+        .iter()
+        .map(|node| planner::Action::PatchNode(planner::release(&node.name)))
+        .collect();
+    let released = act::apply_actions(ctx, pool.as_ref(), batch, &releases).await?;
     let waves = batch.status.as_ref().map_or(0, |s| s.total_waves);
     ctx.metrics.forget_batch(&batch.spec.pool_ref, &name, waves);
-    info!(batch = %name, probes_deleted = probes.len(), nodes_released = released, "cleaned up deleted batch");
+    info!(batch = %name, probes_deleted = deleted.probes_deleted, nodes_released = released.node_patches, "cleaned up deleted batch");
     Ok(Action::await_change())
-}
-
-async fn write_status(ctx: &Context, name: &str, status: &RolloutBatchStatus) -> Result<(), Error> {
-    act::may_write(ctx, &format!("writing status of batch {name}")).await?;
-    let api: Api<RolloutBatch> = Api::all(ctx.client.clone());
-    let params = PatchParams {
-        field_manager: Some(keys::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
-        .await
-        .map_err(Error::kube(format!("writing status of batch {name}")))?;
-    Ok(())
 }
 
 /// Times a reconcile into the duration histogram when dropped.
@@ -357,5 +321,5 @@ async fn stall(
         return Ok(());
     }
     warn!(batch = %name, reason = reason.as_str(), message, "batch stalled");
-    write_status(ctx, name, &status).await
+    write_status::<RolloutBatch>(ctx, name, &status).await
 }

@@ -4,18 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, warn};
 
-use crate::api::{GpuPool, GpuPoolStatus};
-use crate::keys;
+use crate::api::GpuPool;
 use crate::planner;
 
 use super::error::Error;
+use super::status::write_status;
 use super::{Context, events, observe};
 
 const RESYNC: Duration = Duration::from_secs(300);
@@ -51,7 +49,7 @@ pub async fn reconcile(
                 &invalid.error.to_string(),
                 Timestamp::now(),
             );
-            write_status(&ctx, &name, &status).await?;
+            write_status::<GpuPool>(&ctx, &name, &status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -61,7 +59,7 @@ pub async fn reconcile(
     ctx.metrics.observe_pool(&name, &plan.status);
     let changed = pool.status.as_ref() != Some(&plan.status);
     if changed {
-        write_status(&ctx, &name, &plan.status).await?;
+        write_status::<GpuPool>(&ctx, &name, &plan.status).await?;
     }
     events::publish(
         &ctx.recorder,
@@ -84,17 +82,4 @@ pub async fn reconcile(
     Ok(Action::requeue(plan.requeue_after.map_or(RESYNC, |d| {
         d.min(RESYNC) + Duration::from_millis(50)
     })))
-}
-
-async fn write_status(ctx: &Context, name: &str, status: &GpuPoolStatus) -> Result<(), Error> {
-    super::act::may_write(ctx, &format!("writing status of pool {name}")).await?;
-    let api: Api<GpuPool> = Api::all(ctx.client.clone());
-    let params = PatchParams {
-        field_manager: Some(keys::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    api.patch_status(name, &params, &Patch::Merge(json!({ "status": status })))
-        .await
-        .map_err(Error::kube(format!("writing status of pool {name}")))?;
-    Ok(())
 }

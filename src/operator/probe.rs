@@ -20,9 +20,7 @@ pub fn batch_label_value(batch: &str) -> String {
     if batch.len() <= 63 {
         return batch.to_string();
     }
-    let hash = batch.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = keys::stable_hash(batch.as_bytes());
     format!("{}-{hash:016x}", &batch[..40])
 }
 

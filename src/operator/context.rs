@@ -1,0 +1,136 @@
+//! What every reconcile shares: the operator's [`Config`] and the
+//! [`Context`] built from it once the watches and the election exist.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use super::deliveries::Deliveries;
+use super::observe::Stores;
+use super::{act, events, leader, metrics};
+
+/// How `gpufleet run` behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where probe pods live.
+    pub namespace: String,
+    /// Reconciles in flight at once, per kind.
+    pub concurrency: u16,
+    /// Only nodes with these labels are watched (`kubectl -l` syntax); none:
+    /// every node. Narrow it where the pools allow, to save memory.
+    pub node_selector: Option<String>,
+    /// Events per second across the process (bursts of 5× that).
+    pub events_per_second: f64,
+    /// Only pools and batches with these labels are handled (`kubectl -l`
+    /// syntax): to run several operators side by side, each on its shard.
+    pub selector: Option<String>,
+    /// Leader election; `None`: this replica always leads.
+    pub lease: Option<leader::LeaseConfig>,
+    /// Where to serve `/metrics`; `None`: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to serve `/healthz` and `/readyz`; `None`: nowhere.
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// Writes per second to the API server, and the burst above that.
+    pub qps: f64,
+    pub burst: f64,
+    /// The metrics registry (shared with the client, which counts requests).
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "gpufleet-system".into(),
+            concurrency: 4,
+            node_selector: None,
+            events_per_second: 5.0,
+            selector: None,
+            lease: None,
+            metrics_addr: None,
+            health_addr: None,
+            qps: 50.0,
+            burst: 100.0,
+            metrics: Arc::new(metrics::Metrics::new()),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub(super) stores: Stores,
+    pub(super) recorder: Recorder,
+    pub(super) event_limiter: events::Limiter,
+    /// Client-side rate limit on writes.
+    pub(super) write_limiter: events::Limiter,
+    /// Whether this replica may write.
+    pub(super) leadership: leader::Leadership,
+    pub(super) metrics: Arc<metrics::Metrics>,
+    pool_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Probe writes the probe watch has not shown yet.
+    pub(super) expectations: Arc<act::Expectations>,
+    /// Node writes the node watch has not delivered yet.
+    pub(super) deliveries: Arc<Deliveries>,
+    /// When each pool was last reconciled (see [`super::pool::EVERY`]).
+    pool_last_run: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+impl Context {
+    /// The context of one operator: the caches and trackers its watches
+    /// fill, and whether it leads.
+    pub(super) fn new(
+        client: Client,
+        config: Config,
+        stores: Stores,
+        expectations: Arc<act::Expectations>,
+        deliveries: Arc<Deliveries>,
+        leadership: leader::Leadership,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "gpufleet".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            event_limiter: events::Limiter::new(
+                config.events_per_second,
+                config.events_per_second * 5.0,
+            ),
+            write_limiter: events::Limiter::new(config.qps, config.burst),
+            leadership,
+            metrics: config.metrics.clone(),
+            client,
+            config,
+            stores,
+            pool_locks: Mutex::new(HashMap::new()),
+            pool_last_run: Mutex::new(HashMap::new()),
+            expectations,
+            deliveries,
+        }
+    }
+
+    /// How long until `pool` may be reconciled again, when it ran less than
+    /// `every` ago; otherwise `None`, and the run is recorded as now.
+    pub(super) fn pool_wait(&self, pool: &str, every: Duration) -> Option<Duration> {
+        let mut runs = self.pool_last_run.lock().expect("pool run map");
+        let now = std::time::Instant::now();
+        if let Some(last) = runs.get(pool) {
+            let since = now.duration_since(*last);
+            if since < every {
+                return Some(every - since);
+            }
+        }
+        runs.insert(pool.to_string(), now);
+        None
+    }
+
+    /// The lock that serialises the batches of one pool.
+    pub(super) fn pool_lock(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.pool_locks.lock().expect("pool lock map");
+        locks.entry(pool.to_string()).or_default().clone()
+    }
+}

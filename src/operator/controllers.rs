@@ -1,0 +1,144 @@
+//! The controllers: one for batches, one for pools, each with its error
+//! policy. The watches send them reconcile requests; a new leader
+//! reconciles everything at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, future};
+use kube::Client;
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::{Controller, controller, watcher};
+use tracing::warn;
+
+use crate::api::{GpuPool, RolloutBatch};
+
+use super::context::Context;
+use super::error::Error;
+use super::watches::{BatchRequests, PoolRequests};
+use super::{batch, leader, metrics, pool};
+
+/// The batch controller: batches' own changes (the controller's own
+/// watch), and the requests the other watches send: their pool's, nodes'
+/// and probes'. Runs until its watch ends.
+pub async fn batches(
+    client: Client,
+    watch: watcher::Config,
+    requests: BatchRequests,
+    ctx: Arc<Context>,
+) {
+    let config = controller::Config::default().concurrency(ctx.config.concurrency);
+    Controller::new(Api::<DeserializeGuard<RolloutBatch>>::all(client), watch)
+        .with_config(config)
+        .reconcile_on(stream_of(requests))
+        .reconcile_all_on(acquisitions(ctx.leadership.clone()))
+        .run(batch::reconcile, error_policy_batch, ctx)
+        .for_each(|result| {
+            if let Err(err) = result {
+                log_controller_error("rolloutbatch", &err);
+            }
+            future::ready(())
+        })
+        .await
+}
+
+/// The pool controller: pools' own changes and their nodes'. Runs until its
+/// watch ends.
+pub async fn pools(
+    client: Client,
+    watch: watcher::Config,
+    requests: PoolRequests,
+    ctx: Arc<Context>,
+) {
+    let config = controller::Config::default().concurrency(ctx.config.concurrency);
+    Controller::new(Api::<DeserializeGuard<GpuPool>>::all(client), watch)
+        .with_config(config)
+        .reconcile_on(stream_of(requests))
+        .reconcile_all_on(acquisitions(ctx.leadership.clone()))
+        .run(pool::reconcile, error_policy_pool, ctx)
+        .for_each(|result| {
+            if let Err(err) = result {
+                log_controller_error("gpupool", &err);
+            }
+            future::ready(())
+        })
+        .await
+}
+
+/// An unbounded receiver as a stream.
+fn stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A stream that yields each time this replica becomes leader, so that
+/// everything is reconciled at once by the new leader.
+fn acquisitions(
+    leadership: leader::Leadership,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(leadership, |mut l| async move {
+        l.acquired().await;
+        Some(((), l))
+    })
+}
+
+fn error_policy_batch(
+    batch: Arc<DeserializeGuard<RolloutBatch>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> controller::Action {
+    on_error("rolloutbatch", guarded_name(&batch), err, &ctx)
+}
+
+fn error_policy_pool(
+    pool: Arc<DeserializeGuard<GpuPool>>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> controller::Action {
+    on_error("gpupool", guarded_name(&pool), err, &ctx)
+}
+
+/// The name of an object, read or not.
+fn guarded_name<K: kube::Resource>(guard: &DeserializeGuard<K>) -> String {
+    match &guard.0 {
+        Ok(obj) => kube::ResourceExt::name_any(obj),
+        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A failed reconcile: counted by category, logged with the object, retried
+/// after a backoff that suits the error.
+fn on_error(kind: &'static str, name: String, err: &Error, ctx: &Context) -> controller::Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&metrics::ErrorLabels {
+            kind: kind.into(),
+            category: err.category().into(),
+        })
+        .inc();
+    warn!(kind, object = %name, category = err.category(), error = %err, "reconcile failed; retrying");
+    controller::Action::requeue(backoff(err))
+}
+
+/// Conflicts retry at once with fresh caches; other errors back off.
+fn backoff(err: &Error) -> Duration {
+    match err.category() {
+        "conflict" => Duration::from_millis(200),
+        "not_leader" => Duration::from_secs(30),
+        "transport" | "api" | "cache" => Duration::from_secs(5),
+        _ => Duration::from_secs(15),
+    }
+}
+
+fn log_controller_error<Q: std::error::Error + 'static>(
+    kind: &str,
+    err: &controller::Error<Error, Q>,
+) {
+    match err {
+        // Already logged with the object by the error policy.
+        controller::Error::ReconcilerFailed(..) => {}
+        other => warn!(kind, error = %other, "controller error"),
+    }
+}

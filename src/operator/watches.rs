@@ -1,0 +1,244 @@
+//! The watches: they feed the caches that plans are built from, and turn
+//! each change into reconcile requests for the controllers.
+
+use std::sync::Arc;
+
+use futures::future::{self, BoxFuture};
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tracing::{error, info, warn};
+
+use crate::api::{GpuPool, RolloutBatch};
+use crate::keys;
+use crate::planner::{NodeView, matches};
+
+use super::act;
+use super::context::Config;
+use super::deliveries::Deliveries;
+use super::observe::{self, Stores};
+
+/// Reconcile requests for batches, from the other watches.
+pub type BatchRequests =
+    tokio::sync::mpsc::UnboundedReceiver<ObjectRef<DeserializeGuard<RolloutBatch>>>;
+/// Reconcile requests for pools, from the node watch.
+pub type PoolRequests = tokio::sync::mpsc::UnboundedReceiver<ObjectRef<DeserializeGuard<GpuPool>>>;
+
+/// The four watches, not yet running, and what they fill.
+pub struct Watches {
+    /// The caches.
+    pub stores: Stores,
+    /// Probe writes the probe watch has not shown yet.
+    pub expectations: Arc<act::Expectations>,
+    /// Node writes the node watch has not delivered yet.
+    pub deliveries: Arc<Deliveries>,
+    /// How the controllers watch pools and batches themselves.
+    pub objects: watcher::Config,
+    pub batch_requests: BatchRequests,
+    pub pool_requests: PoolRequests,
+    /// Runs every watch; resolves (after logging which) when one ends.
+    pub run: BoxFuture<'static, ()>,
+}
+
+/// Sets up the watches of pools, batches, nodes and probe pods.
+///
+/// Nothing downstream can hold a watch back: requests go through unbounded
+/// channels (a few object references; the controllers deduplicate them), so
+/// a busy controller never stalls a watch into being closed by the API
+/// server.
+pub fn watches(client: &Client, config: &Config) -> Watches {
+    // Watches end and are re-established every minute or so: one that a
+    // restarted API server left hanging is replaced within that time.
+    let watch = watcher::Config::default().timeout(55);
+    let node_watch = match &config.node_selector {
+        Some(selector) => watch.clone().labels(selector),
+        None => watch.clone(),
+    };
+    let probe_watch = watch
+        .clone()
+        .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
+    let object_watch = match &config.selector {
+        Some(selector) => watch.clone().labels(selector),
+        None => watch.clone(),
+    };
+    let pools_api: Api<DeserializeGuard<GpuPool>> = Api::all(client.clone());
+    let batches_api: Api<DeserializeGuard<RolloutBatch>> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let probes_api: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
+
+    let (pool_store, pool_writer) = reflector::store::<DeserializeGuard<GpuPool>>();
+    let (batch_store, batch_writer) = reflector::store::<DeserializeGuard<RolloutBatch>>();
+    let node_cache = observe::NodeCache::default();
+    let mut node_writer = node_cache.writer();
+    let (probe_store, probe_writer) = reflector::store::<Pod>();
+    let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
+    let synced_tx = Arc::new(synced_tx);
+    let stores = Stores {
+        pools: pool_store,
+        batches: batch_store,
+        nodes: node_cache,
+        probes: probe_store,
+        synced,
+    };
+    let (batch_tx, batch_requests) = tokio::sync::mpsc::unbounded_channel();
+    let (pool_tx, pool_requests) = tokio::sync::mpsc::unbounded_channel();
+
+    let pool_watch = {
+        let (s, tx) = (stores.clone(), batch_tx.clone());
+        watcher(pools_api, object_watch.clone())
+            .default_backoff()
+            .reflect(pool_writer)
+            .for_each(drive(
+                "gpupools",
+                synced_tx.clone(),
+                move |pool: &DeserializeGuard<GpuPool>| {
+                    let name = match &pool.0 {
+                        Ok(p) => p.name_any(),
+                        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+                    };
+                    for batch in batches_of_pool(&s, &name) {
+                        let _ = tx.send(batch);
+                    }
+                },
+            ))
+    };
+    let batch_watch = watcher(batches_api, object_watch.clone())
+        .default_backoff()
+        .reflect(batch_writer)
+        .for_each(drive(
+            "rolloutbatches",
+            synced_tx.clone(),
+            |_: &DeserializeGuard<RolloutBatch>| {},
+        ));
+    // Nodes are cached as views, each built once per event (see
+    // `observe::NodeCache`), not as Node objects.
+    // Each event reaches the cache before the deliveries note it, so a
+    // write counted delivered is one the cache holds.
+    let deliveries = Arc::new(Deliveries::default());
+    let node_watch = {
+        let (s, btx, ptx) = (stores.clone(), batch_tx.clone(), pool_tx);
+        let deliveries = deliveries.clone();
+        watcher(nodes_api, node_watch)
+            .default_backoff()
+            .map_ok(observe::view_event)
+            .inspect_ok(move |event| {
+                node_writer(event);
+                deliveries.observe(event);
+            })
+            .for_each(drive(
+                "nodes",
+                synced_tx.clone(),
+                move |node: &Arc<NodeView>| {
+                    for batch in batches_of_node(&s, node) {
+                        let _ = btx.send(batch);
+                    }
+                    for pool in pools_of_node(&s, node) {
+                        let _ = ptx.send(pool);
+                    }
+                },
+            ))
+    };
+    let expectations = Arc::new(act::Expectations::default());
+    let probe_watch = {
+        let (tx, expectations) = (batch_tx, expectations.clone());
+        watcher(probes_api, probe_watch)
+            .default_backoff()
+            .modify(observe::strip_pod)
+            .reflect(probe_writer)
+            .inspect_ok(move |event| {
+                if let watcher::Event::Delete(pod) = event {
+                    expectations.observed_gone(&pod.name_any());
+                } else if let watcher::Event::Apply(pod) = event {
+                    expectations.observed(pod);
+                }
+            })
+            .for_each(drive("probe pods", synced_tx, move |pod: &Pod| {
+                if let Some(batch) = pod.annotations().get(keys::BATCH) {
+                    let _ = tx.send(ObjectRef::new(batch));
+                }
+            }))
+    };
+    let run = async move {
+        tokio::select! {
+            _ = pool_watch => error!("the pool watch ended"),
+            _ = batch_watch => error!("the batch watch ended"),
+            _ = node_watch => error!("the node watch ended"),
+            _ = probe_watch => error!("the probe watch ended"),
+        }
+    }
+    .boxed();
+    Watches {
+        stores,
+        expectations,
+        deliveries,
+        objects: object_watch,
+        batch_requests,
+        pool_requests,
+        run,
+    }
+}
+
+/// Drives one watch: counts it synced at its first full list, calls
+/// `changed` for every object added, changed or deleted after that, and logs
+/// errors (the watcher retries by itself, with backoff).
+fn drive<T>(
+    name: &'static str,
+    synced: Arc<tokio::sync::watch::Sender<usize>>,
+    mut changed: impl FnMut(&T),
+) -> impl FnMut(Result<watcher::Event<T>, watcher::Error>) -> future::Ready<()> {
+    let mut listed = false;
+    move |event| {
+        match event {
+            Ok(watcher::Event::InitDone) if !listed => {
+                listed = true;
+                synced.send_modify(|n| *n += 1);
+                info!(watch = name, "watch synced");
+            }
+            Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) => changed(&obj),
+            Ok(_) => {}
+            Err(err) => warn!(watch = name, %err, "watch error; retrying with backoff"),
+        }
+        future::ready(())
+    }
+}
+
+/// Every batch of a pool.
+fn batches_of_pool(stores: &Stores, pool: &str) -> Vec<ObjectRef<DeserializeGuard<RolloutBatch>>> {
+    stores
+        .batches()
+        .into_iter()
+        .filter(|b| b.spec.pool_ref == pool)
+        .map(|b| ObjectRef::new(&b.name_any()))
+        .collect()
+}
+
+/// A node concerns every batch of every pool that selects it (they share the
+/// concurrency budget and the breaker), and the batch that last touched it.
+fn batches_of_node(
+    stores: &Stores,
+    node: &NodeView,
+) -> Vec<ObjectRef<DeserializeGuard<RolloutBatch>>> {
+    let mut refs: Vec<_> = stores
+        .pools()
+        .into_iter()
+        .filter(|p| matches(&p.spec.node_selector, &node.labels))
+        .flat_map(|p| batches_of_pool(stores, &p.name_any()))
+        .collect();
+    if let Some(batch) = &node.batch {
+        refs.push(ObjectRef::new(batch));
+    }
+    refs
+}
+
+fn pools_of_node(stores: &Stores, node: &NodeView) -> Vec<ObjectRef<DeserializeGuard<GpuPool>>> {
+    stores
+        .pools()
+        .into_iter()
+        .filter(|p| matches(&p.spec.node_selector, &node.labels))
+        .map(|p| ObjectRef::new(&p.name_any()))
+        .collect()
+}
