@@ -1,7 +1,7 @@
 //! The benchmark harness as a CI smoke test: `gpufleet bench` at 1,000
 //! nodes (probes on, short delays) on its own control plane. It checks that
 //! the rollout completes and that gpufleet's node writes per admitted node
-//! stay within DESIGN.md's target of 3: counts from the API server's audit
+//! stay within the target of 3 (BENCHMARKS.md): counts from the API server's audit
 //! log, never timings.
 
 use std::process::Command;
