@@ -108,7 +108,7 @@ mmss() {
 # follow <pid> <log> <name> <phase> [packages]: waits for a go command that
 # writes to <log>, printing every $heartbeat seconds how long <name> has been
 # building and how far the command got: modules downloaded, or packages
-# compiled of the ones it needs (those in Go's build cache are skipped).
+# compiled of those not in Go's build cache, then linking.
 follow() {
   local pid="$1" log="$2" name="$3" phase="$4" total="${5:-}"
   local next=$((SECONDS + heartbeat)) got
@@ -117,7 +117,12 @@ follow() {
     (( SECONDS >= next )) || continue
     next=$((SECONDS + heartbeat))
     if [[ "$phase" == compiling ]]; then
-      got="$(grep -vc '^go: ' "$log" || true) of $total packages compiled"
+      got="$(grep -vc '^go: ' "$log" || true)"
+      if (( got < total )); then
+        got="$got of $total packages compiled"
+      else
+        got="$got packages compiled, linking"
+      fi
     else
       got="$(grep -c '^go: downloading' "$log" || true) modules downloaded"
     fi
@@ -135,8 +140,10 @@ build() {
   local log="$bin/.$name.log" deps="$bin/.$name.deps"
   echo "testbed: building $name ($key, $n of $of) ..." >&2
   start=$SECONDS
-  # The packages it needs; this downloads the modules that hold them.
-  (cd "$here/go/$dir" && exec go list -deps "$pkg") >"$deps" 2>"$log" &
+  # The packages it needs and Go's build cache lacks (a line each, empty for
+  # the others); this downloads the modules that hold them.
+  (cd "$here/go/$dir" && exec go list -trimpath -deps \
+    -f '{{if .Stale}}{{.ImportPath}}{{end}}' "$pkg") >"$deps" 2>"$log" &
   go_pid=$!
   if ! follow "$go_pid" "$log" "$name" "downloading modules"; then
     echo "testbed: listing the packages of $name failed:" >&2
@@ -146,7 +153,7 @@ build() {
   (cd "$here/go/$dir" && exec go build -v -trimpath \
     -ldflags "-s -w $ldflags" -o "$bin/.$name.tmp" "$pkg") >"$log" 2>&1 &
   go_pid=$!
-  if ! follow "$go_pid" "$log" "$name" compiling "$(wc -l <"$deps")"; then
+  if ! follow "$go_pid" "$log" "$name" compiling "$(grep -c . "$deps")"; then
     echo "testbed: building $name failed; the end of its output:" >&2
     tail -n 30 "$log" >&2
     exit 1
