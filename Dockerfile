@@ -15,10 +15,11 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the crate registry and the build between builds; the
-# binary is copied out of the cached target folder.
+# binary is copied out of the cached target folder. --no-default-features
+# leaves out the dev tools (`demo`, `bench`, the simulated fleet).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin gpufleet \
+    cargo build --release --locked --no-default-features --bin gpufleet \
     && install -D -m 0755 target/release/gpufleet /out/gpufleet
 
 # Debian 12, like the builder, so the binary finds the glibc it was linked

@@ -9,6 +9,9 @@ pub mod crds;
 pub mod keys;
 pub mod operator;
 pub mod planner;
+// The simulated fleet of the demo, the benchmark and the integration tests:
+// the `dev` feature, on by default; the production image leaves it out.
+#[cfg(feature = "dev")]
 pub mod simulate;
 pub mod view;
 pub mod vocabulary;

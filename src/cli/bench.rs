@@ -18,11 +18,11 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt};
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::crds;
@@ -35,6 +35,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 use serde::Serialize;
 use serde_json::json;
+
+use super::controlplane::ControlPlane;
 
 /// Label on every object the benchmark makes.
 const BENCH_LABEL: &str = "gpufleet.io/bench";
@@ -220,13 +222,19 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     let domains = args.nodes.div_ceil(NODES_PER_DOMAIN);
     let nodes = domains * NODES_PER_DOMAIN;
     let started = Instant::now();
-    let plane = ControlPlane::start(args.keep).await?;
+    // kube-controller-manager is the peer.
+    let tools: &[&str] = if args.peer {
+        &["kube-controller-manager"]
+    } else {
+        &[]
+    };
+    let plane = ControlPlane::start(tools, args.keep).await?;
     let control_plane_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "bench: control plane up in {control_plane_seconds:.1}s ({})",
         plane.dir.display()
     );
-    let client = plane.client().await?;
+    let client = client(&plane).await?;
     crds::install(&client, FIELD_MANAGER).await?;
     simulate::probe_namespace(&client, NAMESPACE, &Default::default()).await?;
 
@@ -255,11 +263,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     if args.keep {
         eprintln!("bench: the control plane keeps running (--keep):");
         eprintln!("  export KUBECONFIG={}", plane.kubeconfig.display());
-        eprintln!(
-            "  python3 {} down --dir {}",
-            plane.script.display(),
-            plane.dir.display()
-        );
+        eprintln!("  {}", plane.stop_hint());
     }
     drop(plane);
     Ok(report)
@@ -953,107 +957,24 @@ fn machine() -> Machine {
     }
 }
 
-/// The local control plane, run by `tests/testbed/controlplane.py`.
-struct ControlPlane {
-    script: PathBuf,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    audit_log: PathBuf,
-    pids: BTreeMap<String, u32>,
-    /// `up --watch-pid`: stops the control plane once this process exits.
-    watcher: Option<Child>,
+/// A client whose user agent is not gpufleet's, so the bench's own requests
+/// are not counted as the operator's. Node creation at scale: the test bed's
+/// API server answers lists of 100k nodes slowly.
+async fn client(plane: &ControlPlane) -> anyhow::Result<kube::Client> {
+    super::client::builder("gpufleet-bench")
+        .kubeconfig(Some(&plane.kubeconfig))
+        .read_timeout(Duration::from_secs(300))
+        .build()
+        .await
 }
 
-impl ControlPlane {
-    async fn start(keep: bool) -> anyhow::Result<ControlPlane> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = repo.join("tests/testbed/controlplane.py");
-        if !script.exists() {
-            bail!(
-                "gpufleet bench starts its control plane with {}, which is gone",
-                script.display()
-            );
-        }
-        let mut cmd = std::process::Command::new("python3");
-        cmd.arg(&script).args(["up", "--kwok", "--json"]);
-        if !keep {
-            cmd.arg("--watch-pid").arg(std::process::id().to_string());
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting python3 {}", script.display()))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            std::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .map(|_| line)
-        })
-        .await??;
-        let Ok(info) = serde_json::from_str::<serde_json::Value>(&line) else {
-            let _ = child.wait();
-            bail!("the control plane did not start (controlplane.py's messages are above)");
-        };
-        let field = |k: &str| {
-            info[k]
-                .as_str()
-                .map(PathBuf::from)
-                .ok_or_else(|| anyhow!("controlplane.py printed no {k}: {info}"))
-        };
-        let pids = match &info["pids"] {
-            serde_json::Value::Object(map) => map
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()? as u32)))
-                .collect(),
-            _ => BTreeMap::new(),
-        };
-        let dir = field("dir")?;
-        let mut plane = ControlPlane {
-            script,
-            kubeconfig: field("kubeconfig")?,
-            audit_log: field("audit_log").unwrap_or_else(|_| dir.join("audit.log")),
-            dir,
-            pids,
-            watcher: None,
-        };
-        if keep {
-            let _ = tokio::task::spawn_blocking(move || child.wait()).await?;
-            Ok(plane)
-        } else {
-            plane.watcher = Some(child);
-            Ok(plane)
-        }
-    }
+/// The audit log, read for the requests of one client.
+trait AuditLog {
+    fn audit_len(&self) -> u64;
+    fn requests_since(&self, from: u64, agent: &str) -> anyhow::Result<Requests>;
+}
 
-    /// A client whose user agent is not gpufleet's, so the bench's own
-    /// requests are not counted as the operator's.
-    async fn client(&self) -> anyhow::Result<kube::Client> {
-        let file = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await?;
-        config.headers.push((
-            http::header::USER_AGENT,
-            http::HeaderValue::from_static("gpufleet-bench"),
-        ));
-        // Node creation at scale: the default client timeouts are fine, but
-        // the test bed's API server answers lists of 100k nodes slowly.
-        config.read_timeout = Some(Duration::from_secs(300));
-        Ok(kube::Client::try_from(config)?)
-    }
-
-    /// A test bed binary from `tests/testbed/build.sh --print`'s folders.
-    fn tool(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let build = self.script.with_file_name("build.sh");
-        let out = std::process::Command::new(&build).arg("--print").output()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|dir| Path::new(dir).join(name))
-            .find(|p| p.exists())
-            .ok_or_else(|| anyhow!("{name} is not built: run {} first", build.display()))
-    }
-
+impl AuditLog for ControlPlane {
     fn audit_len(&self) -> u64 {
         std::fs::metadata(&self.audit_log)
             .map(|m| m.len())
@@ -1094,23 +1015,6 @@ impl ControlPlane {
                 .or_default() += 1;
         }
         Ok(requests)
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if let Some(mut watcher) = self.watcher.take() {
-            // SIGTERM: the watcher stops everything it started and removes its folder.
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &watcher.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && matches!(watcher.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = watcher.kill();
-            let _ = watcher.wait();
-        }
     }
 }
 

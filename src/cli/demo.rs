@@ -10,9 +10,8 @@
 //! once this process is gone, however it went. With `--kubeconfig` it uses
 //! a disposable cluster instead and removes what it created there.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,6 +27,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
+use super::controlplane::ControlPlane;
 use super::status::{Follow, Screen};
 
 /// Label on every object the demo makes; its operator handles only those.
@@ -162,7 +162,7 @@ async fn demo(args: Args, log: PathBuf) -> anyhow::Result<ExitCode> {
         None => {
             let started = Instant::now();
             let up = tokio::select! {
-                up = ControlPlane::start(args.keep) => up?,
+                up = start_plane(args.keep) => up?,
                 _ = tokio::signal::ctrl_c() => {
                     // controlplane.py got the same SIGINT and stops what it started.
                     println!("interrupted");
@@ -206,7 +206,7 @@ async fn demo(args: Args, log: PathBuf) -> anyhow::Result<ExitCode> {
     }
     let cleanup = session.finish(plane.is_some()).await;
     match plane.as_mut() {
-        Some(plane) if session.args.keep => plane.explain(&session.args.name),
+        Some(plane) if session.args.keep => explain(plane, &session.args.name),
         Some(plane) => {
             let t = Instant::now();
             plane.stop().await;
@@ -225,6 +225,15 @@ async fn demo(args: Args, log: PathBuf) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The local control plane: etcd, kube-apiserver and kwok, and kubectl to
+/// explore it with --keep; nothing else of the test bed.
+async fn start_plane(keep: bool) -> anyhow::Result<ControlPlane> {
+    let tools: &[&str] = if keep { &["kubectl"] } else { &[] };
+    println!("Starting a local control plane (etcd, kube-apiserver, kwok).");
+    println!("The first run on a machine builds them from source: minutes.");
+    ControlPlane::start(tools, keep).await
+}
+
 /// One line of the set-up list.
 fn step(what: &str, text: &str) {
     let lines = view::wrap(&format!("  {what:<15}{text}"), view::WIDTH, 17);
@@ -233,8 +242,9 @@ fn step(what: &str, text: &str) {
     }
 }
 
+/// The demo's client, the operator's in this process too.
 async fn connect(kubeconfig: &Path, context: Option<&str>) -> anyhow::Result<kube::Client> {
-    super::run::client(Some(kubeconfig), context).await
+    super::run::operator_client(Some(kubeconfig), context, None, None).await
 }
 
 /// A cluster with nodes the demo did not simulate is somebody's: refuse it
@@ -768,163 +778,18 @@ fn ignore_missing(result: kube::Result<()>) -> kube::Result<()> {
     }
 }
 
-/// The local control plane, run by `tests/testbed/controlplane.py`.
-struct ControlPlane {
-    script: PathBuf,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    server: String,
-    /// The k8s bin folder (its kubectl).
-    bin: Option<PathBuf>,
-    /// `up --watch-pid`, which stops the control plane once this process
-    /// exits; `None` with --keep.
-    watcher: Option<std::process::Child>,
-}
-
-impl ControlPlane {
-    async fn start(keep: bool) -> anyhow::Result<ControlPlane> {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = repo.join("tests/testbed/controlplane.py");
-        if !script.exists() {
-            bail!(
-                "gpufleet demo starts its control plane with {}, which is gone (the demo needs the clone it was built from); \
-                 or point it at a disposable cluster with --kubeconfig",
-                script.display()
-            );
-        }
-        println!(
-            "Starting a local control plane (the first run on a machine builds it from source: minutes)..."
-        );
-        let mut cmd = std::process::Command::new("python3");
-        cmd.arg(&script).args(["up", "--kwok", "--json"]);
-        if !keep {
-            cmd.arg("--watch-pid").arg(std::process::id().to_string());
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().map_err(|e| {
-            anyhow!(
-                "starting python3 {}: {e} (the demo needs Python 3.11 or later)",
-                script.display()
-            )
-        })?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        // Its one line on stdout; it prints nothing more there.
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            std::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .map(|_| line)
-        })
-        .await??;
-        let info: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(info) => info,
-            Err(_) => {
-                let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-                bail!("the control plane did not start (controlplane.py's messages are above)");
-            }
-        };
-        let field = |k: &str| {
-            info[k]
-                .as_str()
-                .map(PathBuf::from)
-                .ok_or_else(|| anyhow!("controlplane.py printed no {k}: {info}"))
-        };
-        let plane = ControlPlane {
-            script,
-            dir: field("dir")?,
-            kubeconfig: field("kubeconfig")?,
-            server: info["server"].as_str().unwrap_or_default().to_string(),
-            bin: info["kubectl"]
-                .as_str()
-                .and_then(|k| Path::new(k).parent().map(Path::to_path_buf)),
-            watcher: None,
-        };
-        if keep {
-            // Without --watch-pid, `up` returns once the plane runs.
-            tokio::task::spawn_blocking(move || child.wait()).await??;
-            Ok(plane)
-        } else {
-            Ok(ControlPlane {
-                watcher: Some(child),
-                ..plane
-            })
-        }
+/// With --keep: how to use the control plane, and how to stop it.
+fn explain(plane: &ControlPlane, name: &str) {
+    println!();
+    println!("The control plane keeps running (--keep); the operator stopped with the demo.");
+    println!("Explore it:");
+    println!("  export KUBECONFIG={}", plane.kubeconfig.display());
+    if let Some(bin) = plane.kubectl_dir() {
+        println!("  export PATH={}:$PATH", bin.display());
     }
-
-    /// Stops the control plane and waits until its watcher is gone.
-    async fn stop(&mut self) {
-        let Some(mut watcher) = self.watcher.take() else {
-            return;
-        };
-        // On Ctrl-C the watcher got SIGINT too and may be stopping already.
-        if exited(&mut watcher, Duration::from_millis(200)).await {
-            return;
-        }
-        // SIGTERM makes the watcher stop everything it started, remove its
-        // folder and exit.
-        let term = tokio::process::Command::new("kill")
-            .args(["-TERM", &watcher.id().to_string()])
-            .stdin(Stdio::null())
-            .status()
-            .await;
-        if term.is_ok_and(|s| s.success()) && exited(&mut watcher, Duration::from_secs(20)).await {
-            return;
-        }
-        let down = tokio::process::Command::new("python3")
-            .arg(&self.script)
-            .arg("down")
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .await;
-        if !down.is_ok_and(|s| s.success()) {
-            eprintln!(
-                "gpufleet: `controlplane.py down --dir {}` failed",
-                self.dir.display()
-            );
-        }
-        // The watcher exits once its folder is gone.
-        if !exited(&mut watcher, Duration::from_secs(15)).await {
-            let _ = watcher.kill();
-            let _ = watcher.wait();
-        }
-    }
-
-    /// With --keep: how to use the control plane, and how to stop it.
-    fn explain(&self, name: &str) {
-        println!();
-        println!("The control plane keeps running (--keep); the operator stopped with the demo.");
-        println!("Explore it:");
-        println!("  export KUBECONFIG={}", self.kubeconfig.display());
-        if let Some(bin) = &self.bin {
-            println!("  export PATH={}:$PATH", bin.display());
-        }
-        println!("  kubectl get gpufleet");
-        println!("  gpufleet status {name}");
-        println!("  gpufleet run --namespace gpufleet-{name}   # the operator again");
-        println!("Stop it:");
-        println!(
-            "  python3 {} down --dir {}",
-            self.script.display(),
-            self.dir.display()
-        );
-    }
-}
-
-/// Waits up to `timeout` for a child to exit (and reaps it).
-async fn exited(child: &mut std::process::Child, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    println!("  kubectl get gpufleet");
+    println!("  gpufleet status {name}");
+    println!("  gpufleet run --namespace gpufleet-{name}   # the operator again");
+    println!("Stop it:");
+    println!("  {}", plane.stop_hint());
 }

@@ -4,8 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "dev")]
 mod bench;
+mod client;
+#[cfg(feature = "dev")]
+mod controlplane;
 mod crds;
+#[cfg(feature = "dev")]
 mod demo;
 mod logging;
 mod plan;
@@ -33,6 +38,7 @@ enum Command {
     Plan(plan::Args),
     /// See it work: a simulated GB200/GB300 fleet rolled out on a local
     /// control plane, live, then summed up.
+    #[cfg(feature = "dev")]
     Demo(demo::Args),
     /// Where rollouts stand: every pool and batch, or one batch wave by wave.
     Status(status::Args),
@@ -48,6 +54,7 @@ enum Command {
     Why(plugin::WhyArgs),
     /// Measure the operator on a local control plane: N simulated nodes
     /// rolled out, wall time, memory, CPU and API requests (BENCHMARKS.md).
+    #[cfg(feature = "dev")]
     Bench(bench::Args),
 }
 
@@ -57,6 +64,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Plan(args) => plan::run(args),
+        #[cfg(feature = "dev")]
         Command::Demo(args) => demo::run(args),
         Command::Status(args) => status::run(args),
         Command::Approve(args) => plugin::approve(args),
@@ -64,6 +72,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => plugin::resume(args),
         Command::Retry(args) => plugin::retry(args),
         Command::Why(args) => plugin::why(args),
+        #[cfg(feature = "dev")]
         Command::Bench(args) => bench::run(args),
     }
 }

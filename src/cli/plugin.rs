@@ -19,7 +19,6 @@ use gpufleet::vocabulary::Gate;
 use k8s_openapi::api::core::v1::{Event, Node};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
 /// The field manager of the plugin's writes.
@@ -40,35 +39,12 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// A client, as kubectl would pick the cluster.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let options = KubeConfigOptions {
-            context: self.context.clone(),
-            ..Default::default()
-        };
-        let config = match &self.kubeconfig {
-            Some(path) => {
-                let file = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(file, &options).await?
-            }
-            None => match kube::Config::from_kubeconfig(&options).await {
-                Ok(config) => config,
-                Err(kubeconfig_err) => kube::Config::incluster().map_err(|_| {
-                    anyhow!("no cluster to talk to: {kubeconfig_err} (set KUBECONFIG or pass --kubeconfig)")
-                })?,
-            },
-        };
-        Ok(kube::Client::try_from(with_user_agent(config))?)
+        super::client::builder(super::client::PLUGIN_AGENT)
+            .kubeconfig(self.kubeconfig.as_deref())
+            .context(self.context.as_deref())
+            .build()
+            .await
     }
-}
-
-/// The plugin's requests name it, so the API server's audit log tells a
-/// person's commands from the operator's writes.
-fn with_user_agent(mut config: kube::Config) -> kube::Config {
-    let agent = concat!("kubectl-gpufleet/", env!("CARGO_PKG_VERSION"));
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(agent),
-    ));
-    config
 }
 
 /// How the user runs these commands: `kubectl gpufleet` when this binary was

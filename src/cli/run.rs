@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use gpufleet::operator;
 use gpufleet::operator::leader::LeaseConfig;
 use gpufleet::operator::metrics::Metrics;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::client;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -79,11 +79,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| "gpufleet".into());
             format!("{}-{}", host.trim(), std::process::id())
         });
-        let client = counted_client(
+        let client = operator_client(
             args.kubeconfig.as_deref(),
             args.context.as_deref(),
-            &identity,
-            metrics.clone(),
+            Some(&identity),
+            Some(metrics.clone()),
         )
         .await?;
         let config = operator::Config {
@@ -119,71 +119,33 @@ fn address(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
         .map_err(|e| anyhow::anyhow!("{flag} {value:?}: {e}"))
 }
 
-/// A client like [`client`] that also counts every request in `metrics`.
-pub async fn counted_client(
+/// The operator's client: every request counted in `metrics`, the replica's
+/// identity in the user agent (it tells replicas apart in the API server's
+/// audit log), and no request waiting forever on an API server that went
+/// away.
+pub async fn operator_client(
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
-    identity: &str,
-    metrics: Arc<Metrics>,
+    identity: Option<&str>,
+    metrics: Option<Arc<Metrics>>,
 ) -> anyhow::Result<kube::Client> {
-    let mut config = config(kubeconfig, context).await?;
-    // The replica's identity in the user agent tells replicas apart in the
-    // API server's audit log.
-    let agent = format!("gpufleet/{} ({identity})", env!("CARGO_PKG_VERSION"));
-    let value =
-        http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static("gpufleet"));
-    config.headers.push((http::header::USER_AGENT, value));
-    let counter =
-        tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-            metrics.observe_request(req.method(), req.uri());
-            req
-        });
-    Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&counter)
-        .build())
-}
-
-/// A client from the kubeconfig when one is given, else the usual inference
-/// (in-cluster service account, then `~/.kube/config`).
-pub async fn client(
-    kubeconfig: Option<&std::path::Path>,
-    context: Option<&str>,
-) -> anyhow::Result<kube::Client> {
-    let mut config = config(kubeconfig, context).await?;
-    let agent = concat!("gpufleet/", env!("CARGO_PKG_VERSION"));
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(agent),
-    ));
-    Ok(kube::Client::try_from(config)?)
-}
-
-async fn config(
-    kubeconfig: Option<&std::path::Path>,
-    context: Option<&str>,
-) -> anyhow::Result<kube::Config> {
-    let options = KubeConfigOptions {
-        context: context.map(String::from),
-        ..Default::default()
+    let agent = match identity {
+        Some(identity) => format!("{} ({identity})", client::OPERATOR_AGENT),
+        None => client::OPERATOR_AGENT.to_string(),
     };
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &options).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    // No request waits forever on an API server that went away: a response
-    // that sends nothing for this long is given up and retried. Watches end
-    // every 55 s on the server's side (see operator::run), so a live one
-    // never comes near it.
-    config.read_timeout = Some(READ_TIMEOUT);
-    config.reset_reader_on_write = true;
-    Ok(config)
+    let mut builder = client::builder(agent)
+        .kubeconfig(kubeconfig)
+        .context(context)
+        .read_timeout(READ_TIMEOUT);
+    if let Some(metrics) = metrics {
+        builder = builder.count_requests(metrics);
+    }
+    builder.build().await
 }
 
-/// How long a response may send nothing before the request is given up.
+/// How long a response may send nothing before the request is given up and
+/// retried. Watches end every 55 s on the server's side (see operator::run),
+/// so a live one never comes near it.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 
 /// Resolves on SIGTERM or Ctrl-C.

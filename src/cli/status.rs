@@ -163,7 +163,8 @@ impl Screen {
         self.drawn = lines.len();
     }
 
-    /// Keeps what was drawn: the next draw starts below it.
+    /// Keeps what was drawn: the next draw starts below it (the demo's).
+    #[cfg(feature = "dev")]
     pub fn keep(&mut self) {
         self.drawn = 0;
     }

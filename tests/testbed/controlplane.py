@@ -2,9 +2,11 @@
 """Starts and stops a real, local Kubernetes control plane for gpufleet's tests.
 
     controlplane.py up [--dir DIR] [--kwok] [--watch-pid PID] [--json]
+                       [--tools TOOL,...]
     controlplane.py down --dir DIR
 
-`up` runs tests/testbed/build.sh for the binaries, then starts etcd and
+`up` runs tests/testbed/build.sh for the binaries (all it builds, or with
+--tools only those, plus what the control plane itself runs), then starts etcd and
 kube-apiserver (and, with --kwok, kwok) on free ports of 127.0.0.1, each in its
 own session, with a fresh CA and admin client certificate, and writes
 DIR/kubeconfig. Without --watch-pid it returns and leaves them running; `down`
@@ -533,11 +535,13 @@ preferences: {{}}
         os.replace(tmp, self.kubeconfig)
 
     def result(self) -> dict:
+        kubectl = os.path.join(self.k8s_bin, "kubectl")
         return {
             "dir": self.dir,
             "kubeconfig": self.kubeconfig,
             "server": self.server,
-            "kubectl": os.path.join(self.k8s_bin, "kubectl"),
+            # None when it was not built (up --tools without kubectl).
+            "kubectl": kubectl if os.access(kubectl, os.X_OK) else None,
             "bin": self.bins,
             "pids": dict(self.pids),
             "ports": dict(self.ports),
@@ -599,16 +603,23 @@ def cache_root() -> str:
     return os.path.join(xdg, "gpufleet")
 
 
-def build_bins() -> list[str]:
-    r = subprocess.run([BUILD_SH], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+def build_bins(tools: list[str] | None, kwok: bool) -> list[str]:
+    """Runs build.sh for `tools` (None: everything it builds) and what the
+    control plane runs (kube-apiserver, etcd and, for --kwok, kwok)."""
+    needed = ["kube-apiserver", "etcd"] + (["kwok"] if kwok else [])
+    if tools is not None:
+        tools = list(dict.fromkeys(needed + tools))
+    r = subprocess.run([BUILD_SH, *(tools or [])], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         raise Failure(f"{BUILD_SH} failed with status {r.returncode}")
     bins = r.stdout.decode().split()
     # k8s, etcd, kwok first; the tools only tests use (helm, kstatus) follow.
     if len(bins) < 3:
         raise Failure(f"{BUILD_SH} printed {len(bins)} folders, expected at least 3: {bins}")
-    for folder, exe in ((bins[0], "kube-apiserver"), (bins[0], "kubectl"), (bins[1], "etcd"), (bins[2], "kwok")):
-        if not os.access(os.path.join(folder, exe), os.X_OK):
+    folder_of = {"kube-apiserver": bins[0], "kubectl": bins[0], "etcd": bins[1], "kwok": bins[2]}
+    for exe in tools if tools is not None else folder_of:
+        folder = folder_of.get(exe)
+        if folder is not None and not os.access(os.path.join(folder, exe), os.X_OK):
             raise Failure(f"{BUILD_SH} did not produce {os.path.join(folder, exe)}")
     return bins
 
@@ -683,7 +694,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise Failure(f"--watch-pid {watch_pid}: no such process")
         watch_start = st[1]
 
-    bins = build_bins()
+    tools = [t for t in args.tools.split(",") if t] if args.tools is not None else None
+    bins = build_bins(tools, args.kwok)
     state_dir = prepare_dir(args.dir, watch_pid is not None)
     plane = Plane(state_dir, bins, watch_pid is not None)
     try:
@@ -796,6 +808,11 @@ def main(argv: list[str]) -> int:
         help="stay in the foreground; stop everything and remove the dir once PID is gone",
     )
     up.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+    up.add_argument(
+        "--tools", metavar="TOOL,...",
+        help="build only these test bed tools if missing (default: all that build.sh builds); "
+        "kube-apiserver, etcd and, with --kwok, kwok are always built",
+    )
     down = sub.add_parser("down", help="stop a control plane and remove its dir")
     down.add_argument("--dir", required=True, help="the state dir that `up` printed")
     args = parser.parse_args(argv)
