@@ -67,13 +67,15 @@ fn scripts() -> anyhow::Result<PathBuf> {
 }
 
 fn scripts_in(root: &Path) -> anyhow::Result<PathBuf> {
-    // FNV-1a over names and contents: a stable name for this set of files.
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    // A stable name for this set of files: a hash of names and contents.
+    let mut bytes = Vec::new();
     for (name, text) in FILES {
-        for b in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        for part in [name.as_bytes(), text.as_bytes()] {
+            bytes.extend_from_slice(part);
+            bytes.push(0);
         }
     }
+    let hash = gpufleet::keys::stable_hash(&bytes);
     let dir = root.join(format!("scripts-{hash:016x}"));
     if dir.join("controlplane.py").exists() {
         return Ok(dir);

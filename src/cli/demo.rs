@@ -379,11 +379,9 @@ impl Fleet {
     }
 }
 
-/// FNV-1a: a stable hash for names, so a demo's faults are the same each run.
+/// A stable hash for names, so a demo's faults are the same each run.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    keys::stable_hash(bytes)
 }
 
 /// SplitMix64's finalizer: spreads similar names' hashes over the whole range.
