@@ -319,15 +319,23 @@ fn deleting_a_batch_leaves_its_nodes_safe() {
     let mut s = Scenario::new("ro-delete");
     let batch = "ro-delete-b";
     s.create_nodes(&s.fleet(batch, 2, 18));
-    // A long soak keeps wave 2 in flight.
-    s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 600}}"));
-    s.start_operator();
-    s.apply(&s.batch_yaml(batch, "spec: {waves: [{nodes: 18}, {percent: 100}]}"));
-    s.wait_until("wave 1 soaks", ROLLOUT, |s| s.count("soaking") == 18);
-    // Shorten the soak so wave 1 is admitted, then lengthen it for wave 2.
+    // Wave 1 alone, with a short soak, is admitted; then a long soak keeps
+    // wave 2 in flight. Wave 2 is approved only once the operator has seen
+    // the long soak (the pool's observedGeneration), so no timing decides
+    // whether wave 2 finishes before the batch is deleted.
     s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 1}}"));
+    s.start_operator();
+    let waves = "spec: {waves: [{nodes: 18}, {percent: 100}], approvedWaves: 1}";
+    s.apply(&s.batch_yaml(batch, waves));
     s.wait_until("wave 1 is admitted", ROLLOUT, |s| s.count("ready") == 18);
     s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 600}}"));
+    s.wait_until("the operator sees the long soak", ROLLOUT, |s| {
+        let pool = s.pool();
+        pool.metadata.generation.is_some()
+            && pool.status.and_then(|st| st.observed_generation) == pool.metadata.generation
+    });
+    let waves = "spec: {waves: [{nodes: 18}, {percent: 100}], approvedWaves: 2}";
+    s.apply(&s.batch_yaml(batch, waves));
     s.wait_until("wave 2 is in flight", ROLLOUT, |s| {
         s.count("validating") + s.count("soaking") > 0
     });
