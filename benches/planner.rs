@@ -29,7 +29,8 @@ use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::planner::preview::preview;
 use gpufleet::planner::sim::healthy_node;
 use gpufleet::planner::{
-    NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView, plan, probe_pod_name,
+    NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView, Termination, plan,
+    probe_pod_name,
 };
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
@@ -166,7 +167,19 @@ fn scenario(total: usize) -> Scenario {
                     } else {
                         ProbePhase::Running
                     },
-                    exit_code: passed.then_some(0),
+                    batch_uid: batch.metadata.uid.clone(),
+                    containers: 1,
+                    init_containers: 0,
+                    terminated: if passed {
+                        vec![Termination {
+                            container: "burn-in".into(),
+                            init: false,
+                            exit_code: 0,
+                            message: None,
+                        }]
+                    } else {
+                        Vec::new()
+                    },
                     message: None,
                     created: Some(now - SignedDuration::from_secs(115)),
                     deleting: false,

@@ -20,6 +20,9 @@ pub const ATTEMPT: &str = "gpufleet.io/attempt";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";
+/// Label on a probe pod: the UID of the batch that made it. A pod at a probe's
+/// name without the current batch's UID is not that batch's probe.
+pub const BATCH_UID: &str = "gpufleet.io/batch-uid";
 
 /// GPU Feature Discovery: the GPU product, such as `NVIDIA-GB200`.
 pub const GPU_PRODUCT: &str = "nvidia.com/gpu.product";

@@ -1,17 +1,19 @@
 //! Observe: the caches the watches fill, and the planner's snapshot built
 //! from them (no client required).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Node, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStatus, Node, Pod, PodSpec, PodStatus,
+};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
 use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
-use crate::planner::{Claim, NodeView, ProbeView, Snapshot, matches};
+use crate::planner::{Claim, NodeState, NodeView, ProbeView, Snapshot, matches, probe_pod_name};
 
 /// The watched objects: pools, batches and probe pods as the reflectors keep
 /// them, nodes as [`NodeView`]s.
@@ -148,39 +150,64 @@ pub fn view_event(event: watcher::Event<Node>) -> watcher::Event<Arc<NodeView>> 
 }
 
 /// Shrinks a probe pod before it is cached to what a `ProbeView` and the
-/// finalizer read: its name, annotations and times, the node it runs on,
-/// its phase and how its container ended. A whole Pod as the API server
-/// returns it (the template's container, default tolerations, the projected
-/// service-account volume, conditions, IPs) is several kilobytes in memory,
-/// and a wave keeps one probe per validating node.
+/// finalizer read: its name, labels, annotations and times, its controller
+/// owner reference (older probes' batch UID), the node it runs on, its
+/// containers' names, its phase, reason and message, and how each container
+/// ended. A whole Pod as the API server returns it (the template's
+/// containers, default tolerations, the projected service-account volume,
+/// conditions, IPs) is several kilobytes in memory, and a wave keeps one
+/// probe per validating node.
 pub fn strip_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
-    meta.owner_references = None;
+    meta.owner_references = meta
+        .owner_references
+        .take()
+        .map(|refs| {
+            refs.into_iter()
+                .filter(|o| o.controller == Some(true))
+                .collect::<Vec<_>>()
+        })
+        .filter(|refs| !refs.is_empty());
     meta.generate_name = None;
     meta.finalizers = None;
-    let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
-    pod.spec = Some(PodSpec {
-        node_name,
+    let names = |containers: Vec<Container>| -> Vec<Container> {
+        containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ..Default::default()
+            })
+            .collect()
+    };
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        node_name: spec.node_name,
+        containers: names(spec.containers),
+        init_containers: spec.init_containers.map(names),
         ..Default::default()
     });
     if let Some(status) = pod.status.take() {
-        let container_statuses = status.container_statuses.map(|statuses| {
-            statuses
-                .into_iter()
-                .map(|c| ContainerStatus {
-                    name: c.name,
-                    state: c.state.map(|state| ContainerState {
-                        terminated: state.terminated,
+        let ended = |statuses: Option<Vec<ContainerStatus>>| {
+            statuses.map(|statuses| {
+                statuses
+                    .into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        state: c.state.map(|state| ContainerState {
+                            terminated: state.terminated,
+                            ..Default::default()
+                        }),
                         ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect()
-        });
+                    })
+                    .collect()
+            })
+        };
         pod.status = Some(PodStatus {
             phase: status.phase,
-            container_statuses,
+            reason: status.reason,
+            message: status.message,
+            container_statuses: ended(status.container_statuses),
+            init_container_statuses: ended(status.init_container_statuses),
             ..Default::default()
         });
     }
@@ -195,6 +222,16 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
     let nodes = stores.nodes.select(|n| {
         matches(&pool.spec.node_selector, &n.labels) || n.batch.as_deref() == Some(batch_name)
     });
+    // The batch's probes, and any other pod at the name of a probe one of
+    // its validating nodes waits for: the planner decides whether such a
+    // pod is the batch's (by its batch UID) or a squatter to remove.
+    let awaited: BTreeSet<String> = nodes
+        .iter()
+        .filter(|n| {
+            n.batch.as_deref() == Some(batch_name) && n.state == Some(NodeState::Validating)
+        })
+        .map(|n| probe_pod_name(&n.name, n.attempt.max(1)))
+        .collect();
     let probes = stores
         .probes
         .state()
@@ -206,6 +243,10 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
                 .and_then(|a| a.get(keys::BATCH))
                 .map(String::as_str)
                 == Some(batch_name)
+                || p.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|n| awaited.contains(n))
         })
         .map(|p| ProbeView::from(p.as_ref()))
         .collect();
@@ -257,14 +298,22 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "gpufleet-probe-n1-1", "namespace": "gpufleet-system",
-                "labels": {"app.kubernetes.io/managed-by": "gpufleet"},
+                "labels": {"app.kubernetes.io/managed-by": "gpufleet", "gpufleet.io/batch-uid": "uid-b"},
                 "annotations": {"gpufleet.io/batch": "b", "gpufleet.io/attempt": "1"},
                 "creationTimestamp": "2026-01-01T00:00:00Z",
                 "managedFields": [{"manager": "gpufleet", "operation": "Apply"}],
+                "ownerReferences": [
+                    {"apiVersion": "gpufleet.io/v1alpha1", "kind": "RolloutBatch", "name": "b", "uid": "uid-b", "controller": true},
+                    {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "uid-x"},
+                ],
             },
             "spec": {
                 "nodeName": "n1",
-                "containers": [{"name": "burn-in", "image": "dcgm", "command": ["dcgmi", "diag", "-r", "3"]}],
+                "initContainers": [{"name": "setup", "image": "busybox"}],
+                "containers": [
+                    {"name": "inventory", "image": "cuda", "command": ["nvidia-smi", "-q"]},
+                    {"name": "burn-in", "image": "dcgm", "command": ["dcgmi", "diag", "-r", "3"]},
+                ],
                 "tolerations": [{"key": "gpufleet.io/onboarding", "operator": "Exists"}],
                 "volumes": [{"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}],
             },
@@ -272,11 +321,21 @@ mod tests {
                 "phase": "Failed",
                 "hostIP": "10.0.0.1",
                 "conditions": [{"type": "Ready", "status": "False"}],
-                "containerStatuses": [{
-                    "name": "burn-in", "image": "dcgm", "imageID": "", "ready": false, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 1, "message": "NVLink CRC errors", "reason": "Error"}},
-                    "lastState": {},
+                "initContainerStatuses": [{
+                    "name": "setup", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
                 }],
+                "containerStatuses": [
+                    {
+                        "name": "inventory", "image": "cuda", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 0, "reason": "Completed"}},
+                    },
+                    {
+                        "name": "burn-in", "image": "dcgm", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": 1, "message": "NVLink CRC errors", "reason": "Error"}},
+                        "lastState": {},
+                    },
+                ],
             },
         }))
         .unwrap()
@@ -288,11 +347,60 @@ mod tests {
         let mut stripped = whole.clone();
         strip_pod(&mut stripped);
         assert_eq!(ProbeView::from(&stripped), ProbeView::from(&whole));
-        assert_eq!(ProbeView::from(&stripped).exit_code, Some(1));
+        let view = ProbeView::from(&stripped);
+        let failed = view.failed_container().unwrap();
+        assert_eq!(
+            (failed.container.as_str(), failed.exit_code),
+            ("burn-in", 1)
+        );
+        assert_eq!(failed.message.as_deref(), Some("NVLink CRC errors"));
+        assert_eq!(view.terminated.len(), 3, "init and regular containers");
+        assert!(view.terminated[0].init && view.terminated[0].message.is_none());
+        assert_eq!((view.containers, view.init_containers), (2, 1));
+        assert_eq!(view.batch_uid.as_deref(), Some("uid-b"));
+        let owners = stripped.metadata.owner_references.as_ref().unwrap();
+        assert_eq!(owners.len(), 1, "only the controller reference is kept");
         let spec = stripped.spec.as_ref().unwrap();
-        assert!(spec.containers.is_empty() && spec.volumes.is_none());
+        assert!(
+            spec.containers
+                .iter()
+                .all(|c| c.image.is_none() && c.command.is_none())
+        );
+        assert!(spec.volumes.is_none() && spec.tolerations.is_none());
         assert!(stripped.metadata.managed_fields.is_none());
         assert!(stripped.status.as_ref().unwrap().conditions.is_none());
         assert_eq!(stripped.metadata.annotations, whole.metadata.annotations);
+    }
+
+    #[test]
+    fn a_probes_batch_uid_comes_from_its_label_else_its_controller() {
+        let mut pod = finished_pod();
+        pod.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(keys::BATCH_UID);
+        assert_eq!(
+            ProbeView::from(&pod).batch_uid.as_deref(),
+            Some("uid-b"),
+            "older probes carry the UID in their owner reference"
+        );
+        pod.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(keys::BATCH_UID.into(), "uid-other".into());
+        assert_eq!(
+            ProbeView::from(&pod).batch_uid,
+            None,
+            "label and owner disagree"
+        );
+        pod.metadata.owner_references = None;
+        pod.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .remove(keys::BATCH_UID);
+        assert_eq!(ProbeView::from(&pod).batch_uid, None);
     }
 }

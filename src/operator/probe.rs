@@ -39,6 +39,11 @@ pub fn probe_pod(
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
     labels.insert(keys::MANAGED_BY.into(), keys::MANAGER.into());
     labels.insert(BATCH_LABEL.into(), batch_label_value(&batch_name));
+    // The planner takes a pod at a probe's name as this batch's probe only
+    // when it carries this batch's UID (a UID fits a label value).
+    if let Some(uid) = batch.metadata.uid.as_ref() {
+        labels.insert(keys::BATCH_UID.into(), uid.clone());
+    }
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(keys::ATTEMPT.into(), request.attempt.to_string());
     annotations.insert(keys::BATCH.into(), batch_name.clone());
@@ -136,12 +141,19 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
         assert_eq!(labels["app"], "burn-in");
         assert_eq!(labels[keys::MANAGED_BY], "gpufleet");
         assert_eq!(labels[BATCH_LABEL], "row12");
+        assert_eq!(
+            labels[keys::BATCH_UID],
+            "0b0e8c5a-1111-2222-3333-444455556666"
+        );
         assert_eq!(meta.annotations.as_ref().unwrap()[keys::ATTEMPT], "2");
         let owner = &meta.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.name.as_str()),
             ("RolloutBatch", "row12")
         );
+        assert_eq!(owner.controller, Some(true));
+        let view = crate::planner::ProbeView::from(&pod);
+        assert!(view.made_by(Some("0b0e8c5a-1111-2222-3333-444455556666")));
         let spec = pod.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));

@@ -58,9 +58,10 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
         Some(selector) => watch.clone().labels(selector),
         None => watch.clone(),
     };
-    let probe_watch = watch
-        .clone()
-        .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER));
+    // Every pod of the probe namespace (gpufleet's own), not only those
+    // labelled as gpufleet's: a pod someone else made at a probe's name must
+    // be seen to be refused and removed (see `observe::snapshot`).
+    let probe_watch = watch.clone();
     let object_watch = match &config.selector {
         Some(selector) => watch.clone().labels(selector),
         None => watch.clone(),

@@ -59,7 +59,9 @@ pub use pool::{Breaker, PoolPlan, breaker, invalid_pool_status, parse_window, pl
 pub use probes::probe_pod_name;
 pub use release::release;
 pub use selector::{matches, to_query};
-pub use snapshot::{Claim, NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView};
+pub use snapshot::{
+    Claim, NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView, Termination,
+};
 pub use status::{stalled_status, tally};
 pub use waves::{domain_key, failure_budget};
 

@@ -11,7 +11,7 @@ use crate::keys;
 
 use super::ProbeRequest;
 use super::health::{Failure, FailureCategory};
-use super::snapshot::{NodeState, ProbePhase};
+use super::snapshot::{NodeState, ProbePhase, ProbeView, Termination};
 use super::state::Planner;
 
 /// The name of a node's probe pod for an attempt: deterministic, so a
@@ -42,53 +42,91 @@ impl Planner<'_> {
         let attempt = view.attempt.max(1);
         let name = probe_pod_name(&view.name, attempt);
         let since = view.since.unwrap_or(self.now);
-        let current = self
-            .probes
-            .get(view.name.as_str())
-            .into_iter()
-            .flatten()
-            .find(|p| p.name == name && !p.deleting)
-            .copied();
+        // The pod at the probe's name counts only if this batch made it for
+        // this node: a pod someone else made at that name (the name is
+        // deterministic) is no verdict. The probe namespace is gpufleet's
+        // own, so such a pod is deleted, and the node waits for its own
+        // probe within the same deadline. A pod with no batch UID at all is
+        // refused too (gpufleet has always set its controller owner
+        // reference, which stands in for the label on older probes): safer
+        // than taking a verdict nobody can vouch for.
+        let batch_uid = self.batch.metadata.uid.as_deref();
+        let (current, squatter) = match self
+            .probe_named
+            .get(name.as_str())
+            .copied()
+            .filter(|p| !p.deleting)
+        {
+            Some(p) if p.made_by(batch_uid) && p.node == view.name => (Some(p), None),
+            Some(p) => (None, Some(p)),
+            None => (None, None),
+        };
         let outcome = match current {
             None => {
                 let deadline = since + timeout;
                 if self.now >= deadline {
-                    Some(Err(Failure::new(
-                        FailureCategory::ProbeTimeout,
-                        format!("probe did not run within {timeout_seconds}s"),
-                    )))
+                    let message = match squatter {
+                        Some(_) => format!(
+                            "probe did not run within {timeout_seconds}s: a pod this batch did not make held the probe's name {name}"
+                        ),
+                        None => format!("probe did not run within {timeout_seconds}s"),
+                    };
+                    Some(Err(Failure::new(FailureCategory::ProbeTimeout, message)))
                 } else {
-                    self.creates.push(ProbeRequest {
-                        pod_name: name,
-                        node: view.name.clone(),
-                        attempt,
-                    });
+                    match squatter {
+                        // Our probe is made once the foreign pod is gone.
+                        Some(pod) => {
+                            self.deletes.insert(pod.name.clone());
+                        }
+                        None => self.creates.push(ProbeRequest {
+                            pod_name: name.clone(),
+                            node: view.name.clone(),
+                            attempt,
+                        }),
+                    }
                     self.wake_at(deadline);
                     None
                 }
             }
-            Some(probe) => match (probe.phase, probe.exit_code) {
-                (ProbePhase::Succeeded, _) | (_, Some(0)) if probe.phase != ProbePhase::Failed => {
+            Some(probe) => {
+                if let Some(failed) = probe.failed_container() {
+                    // Any container, init or regular, that exited non-zero
+                    // fails the probe at once, even while others still run.
+                    Some(Err(Failure::new(
+                        FailureCategory::ProbeFailed,
+                        container_failure_message(probe, failed),
+                    )))
+                } else if probe.phase == ProbePhase::Failed {
+                    Some(Err(Failure::new(
+                        FailureCategory::ProbeFailed,
+                        probe_failure_message(probe.message.as_deref()),
+                    )))
+                } else if probe.phase == ProbePhase::Succeeded && probe.all_exited_zero() {
+                    // Passed only when the pod is done and every container
+                    // ended with 0: one container finishing early (a quick
+                    // inventory beside a long burn-in) is not a verdict.
                     Some(Ok(()))
-                }
-                (ProbePhase::Failed, code) => Some(Err(Failure::new(
-                    FailureCategory::ProbeFailed,
-                    probe_failure_message(code, probe.message.as_deref()),
-                ))),
-                _ => {
+                } else {
                     let deadline = probe.created.unwrap_or(since).max(since) + timeout;
                     if self.now >= deadline {
-                        Some(Err(Failure::new(
-                            FailureCategory::ProbeTimeout,
-                            format!("probe timed out after {timeout_seconds}s"),
-                        )))
+                        let message = if probe.phase == ProbePhase::Succeeded {
+                            format!(
+                                "probe timed out after {timeout_seconds}s: its pod succeeded, but not every container reported exit 0"
+                            )
+                        } else {
+                            format!("probe timed out after {timeout_seconds}s")
+                        };
+                        Some(Err(Failure::new(FailureCategory::ProbeTimeout, message)))
                     } else {
                         self.wake_at(deadline);
                         None
                     }
                 }
-            },
+            }
         };
+        if let (Some(_), Some(pod)) = (&outcome, squatter) {
+            self.deletes.insert(pod.name.clone());
+        }
         let Some(outcome) = outcome else {
             return;
         };
@@ -141,16 +179,32 @@ impl Planner<'_> {
     }
 }
 
-/// A probe's failure in words: the exit code and the first lines of its
-/// termination message.
-fn probe_failure_message(exit_code: Option<i32>, message: Option<&str>) -> String {
-    let code = exit_code.map_or_else(
-        || "probe failed".to_string(),
-        |c| format!("probe failed (exit {c})"),
-    );
-    match message.map(first_lines) {
+/// A container's failure in words: its exit code, its name (unless it is the
+/// pod's only container) and the first lines of its termination message.
+fn container_failure_message(probe: &ProbeView, failed: &Termination) -> String {
+    let only = probe.containers == 1 && probe.init_containers == 0 && !failed.init;
+    let code = if only {
+        format!("probe failed (exit {})", failed.exit_code)
+    } else {
+        format!(
+            "probe failed (exit {}, {}container {})",
+            failed.exit_code,
+            if failed.init { "init " } else { "" },
+            failed.container
+        )
+    };
+    match failed.message.as_deref().map(first_lines) {
         Some(text) if !text.is_empty() => format!("{code}: {text}"),
         _ => code,
+    }
+}
+
+/// A failed pod none of whose containers exited non-zero, in words: the
+/// pod's own reason and message (e.g. its deadline passed).
+fn probe_failure_message(message: Option<&str>) -> String {
+    match message.map(first_lines) {
+        Some(text) if !text.is_empty() => format!("probe failed: {text}"),
+        _ => "probe failed".to_string(),
     }
 }
 

@@ -11,7 +11,8 @@ use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
 
 use super::{
-    Action, NodePatch, Plan, ProbePhase, ProbeView, Snapshot, TaintChange, TaintView, plan,
+    Action, NodePatch, Plan, ProbePhase, ProbeView, Snapshot, TaintChange, TaintView, Termination,
+    plan,
 };
 
 /// What a probe pod reports once it has run.
@@ -103,12 +104,16 @@ impl Sim {
                 Action::CreateProbe(req) => {
                     if self.snapshot.probes.iter().all(|p| p.name != req.pod_name) {
                         self.probes_created += 1;
+                        let (containers, init_containers) = self.template_containers();
                         self.snapshot.probes.push(ProbeView {
                             name: req.pod_name.clone(),
                             node: req.node.clone(),
                             attempt: req.attempt,
                             phase: ProbePhase::Pending,
-                            exit_code: None,
+                            batch_uid: self.batch.metadata.uid.clone(),
+                            containers: containers.len() as u32,
+                            init_containers: init_containers.len() as u32,
+                            terminated: Vec::new(),
                             message: None,
                             created: Some(self.now),
                             deleting: false,
@@ -125,21 +130,66 @@ impl Sim {
         self.batch.status = Some(plan.status.clone());
     }
 
-    /// Runs every probe that has not finished to its outcome.
+    /// The names of the pool's probe template's containers and init
+    /// containers (one `burn-in` container when the template names none).
+    pub fn template_containers(&self) -> (Vec<String>, Vec<String>) {
+        let spec = self
+            .pool
+            .spec
+            .health_checks
+            .probe
+            .as_ref()
+            .and_then(|p| p.template.spec.as_ref());
+        let mut containers: Vec<String> = spec
+            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        if containers.is_empty() {
+            containers.push("burn-in".into());
+        }
+        let init = spec
+            .and_then(|s| s.init_containers.as_ref())
+            .map(|cs| cs.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        (containers, init)
+    }
+
+    /// Runs every probe that has not finished to its outcome, as a kubelet
+    /// ends a pod: on a pass every container (init ones first) terminated
+    /// with 0 and the pod Succeeded; on a failure the first regular
+    /// container exited with the code and the pod Failed.
     pub fn finish_probes(&mut self) {
+        let (containers, init_containers) = self.template_containers();
+        let ended =
+            |name: &String, init: bool, exit_code: i32, message: Option<String>| Termination {
+                container: name.clone(),
+                init,
+                exit_code,
+                message,
+            };
         for probe in &mut self.snapshot.probes {
-            if matches!(probe.phase, ProbePhase::Succeeded | ProbePhase::Failed) {
+            if matches!(probe.phase, ProbePhase::Succeeded | ProbePhase::Failed)
+                || probe.batch_uid != self.batch.metadata.uid
+            {
                 continue;
             }
+            let inits = init_containers.iter().map(|c| ended(c, true, 0, None));
             match (self.outcome)(&probe.node, probe.attempt) {
                 Outcome::Pass => {
                     probe.phase = ProbePhase::Succeeded;
-                    probe.exit_code = Some(0);
+                    probe.terminated = inits
+                        .chain(containers.iter().map(|c| ended(c, false, 0, None)))
+                        .collect();
                 }
                 Outcome::Fail { exit_code, message } => {
                     probe.phase = ProbePhase::Failed;
-                    probe.exit_code = Some(exit_code);
-                    probe.message = Some(message);
+                    probe.terminated = inits
+                        .chain(std::iter::once(ended(
+                            &containers[0],
+                            false,
+                            exit_code,
+                            Some(message),
+                        )))
+                        .collect();
                 }
                 Outcome::Hang => probe.phase = ProbePhase::Running,
             }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 
@@ -254,6 +254,19 @@ pub enum ProbePhase {
     Unknown,
 }
 
+/// How one container of a probe pod ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Termination {
+    /// The container's name.
+    pub container: String,
+    /// It is an init container.
+    pub init: bool,
+    pub exit_code: i32,
+    /// Its termination message (else its reason), kept only for a non-zero
+    /// exit: a passing container's words are never read.
+    pub message: Option<String>,
+}
+
 /// What the planner knows of one probe pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeView {
@@ -264,9 +277,20 @@ pub struct ProbeView {
     /// The attempt it runs (its `gpufleet.io/attempt` annotation).
     pub attempt: u32,
     pub phase: ProbePhase,
-    /// The first terminated container's exit code, if any.
-    pub exit_code: Option<i32>,
-    /// The first terminated container's termination message, if any.
+    /// The UID of the batch that made it: its `gpufleet.io/batch-uid` label,
+    /// else the UID of its controller owner reference to a `RolloutBatch`
+    /// (probes made before the label). `None` when it has neither, or when
+    /// the two disagree: such a pod is nobody's probe.
+    pub batch_uid: Option<String>,
+    /// Regular containers in the pod's spec.
+    pub containers: u32,
+    /// Init containers in the pod's spec.
+    pub init_containers: u32,
+    /// The containers that terminated, init containers first, each in the
+    /// pod's order.
+    pub terminated: Vec<Termination>,
+    /// The pod's own reason and message when it failed (e.g.
+    /// `DeadlineExceeded`), if any.
     pub message: Option<String>,
     /// When the pod was created.
     pub created: Option<Timestamp>,
@@ -274,10 +298,34 @@ pub struct ProbeView {
     pub deleting: bool,
 }
 
+impl ProbeView {
+    /// Was this pod made by the batch of this UID? A batch without a UID
+    /// (never one the API server returns; only simulations) owns the pods
+    /// without one.
+    pub fn made_by(&self, batch_uid: Option<&str>) -> bool {
+        self.batch_uid.as_deref() == batch_uid
+    }
+
+    /// The first container, init or regular, that exited non-zero.
+    pub fn failed_container(&self) -> Option<&Termination> {
+        self.terminated.iter().find(|t| t.exit_code != 0)
+    }
+
+    /// Every regular container terminated, each with exit code 0, and so
+    /// did every init container that reported.
+    pub fn all_exited_zero(&self) -> bool {
+        let regular = self.terminated.iter().filter(|t| !t.init).count();
+        self.containers > 0
+            && regular >= self.containers as usize
+            && self.terminated.iter().all(|t| t.exit_code == 0)
+    }
+}
+
 impl From<&Pod> for ProbeView {
     fn from(pod: &Pod) -> Self {
         let meta = &pod.metadata;
         let status = pod.status.as_ref();
+        let spec = pod.spec.as_ref();
         let phase = match status.and_then(|s| s.phase.as_deref()) {
             Some("Pending") | None => ProbePhase::Pending,
             Some("Running") => ProbePhase::Running,
@@ -285,18 +333,59 @@ impl From<&Pod> for ProbeView {
             Some("Failed") => ProbePhase::Failed,
             Some(_) => ProbePhase::Unknown,
         };
-        let terminated = status
-            .and_then(|s| s.container_statuses.as_ref())
-            .into_iter()
+        let terminations = |statuses: Option<&Vec<ContainerStatus>>, init: bool| {
+            statuses
+                .into_iter()
+                .flatten()
+                .filter_map(move |c| {
+                    let t = c.state.as_ref()?.terminated.as_ref()?;
+                    Some(Termination {
+                        container: c.name.clone(),
+                        init,
+                        exit_code: t.exit_code,
+                        message: (t.exit_code != 0)
+                            .then(|| t.message.clone().or_else(|| t.reason.clone()))
+                            .flatten()
+                            .filter(|m| !m.trim().is_empty()),
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut terminated = terminations(
+            status.and_then(|s| s.init_container_statuses.as_ref()),
+            true,
+        );
+        terminated.extend(terminations(
+            status.and_then(|s| s.container_statuses.as_ref()),
+            false,
+        ));
+        let label_uid = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(keys::BATCH_UID))
+            .filter(|u| !u.is_empty());
+        let owner_uid = meta
+            .owner_references
+            .iter()
             .flatten()
-            .find_map(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()));
+            .find(|o| o.controller == Some(true) && o.kind == "RolloutBatch")
+            .map(|o| &o.uid)
+            .filter(|u| !u.is_empty());
+        let batch_uid = match (label_uid, owner_uid) {
+            (Some(a), Some(b)) if a != b => None,
+            (a, b) => a.or(b).cloned(),
+        };
+        let pod_message = status.and_then(|s| {
+            let words: Vec<&str> = [s.reason.as_deref(), s.message.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter(|w| !w.trim().is_empty())
+                .collect();
+            (!words.is_empty()).then(|| words.join(": "))
+        });
         ProbeView {
             name: meta.name.clone().unwrap_or_default(),
-            node: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .unwrap_or_default(),
+            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             attempt: meta
                 .annotations
                 .as_ref()
@@ -304,10 +393,15 @@ impl From<&Pod> for ProbeView {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
             phase,
-            exit_code: terminated.map(|t| t.exit_code),
-            message: terminated
-                .and_then(|t| t.message.clone().or_else(|| t.reason.clone()))
-                .filter(|m| !m.trim().is_empty()),
+            batch_uid,
+            containers: spec.map_or(0, |s| s.containers.len() as u32),
+            init_containers: spec
+                .and_then(|s| s.init_containers.as_ref())
+                .map_or(0, |c| c.len() as u32),
+            terminated,
+            message: (phase == ProbePhase::Failed)
+                .then_some(pod_message)
+                .flatten(),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
         }

@@ -55,6 +55,9 @@ pub(super) struct Planner<'a> {
     pub conflicts: Vec<(String, String)>,
     /// The batch's probe pods by node.
     pub probes: HashMap<&'a str, Vec<&'a ProbeView>>,
+    /// Every pod of the snapshot by name, whoever made it: a pod at a
+    /// probe's name may be bound to another node, or to none.
+    pub probe_named: HashMap<&'a str, &'a ProbeView>,
     /// Nodes of the pool in validation for other batches.
     pub validating_elsewhere: u32,
     pub breaker: Breaker,
@@ -110,8 +113,15 @@ impl<'a> Planner<'a> {
             .collect();
 
         let mut probes: HashMap<&str, Vec<&ProbeView>> = HashMap::new();
+        let mut probe_named: HashMap<&str, &ProbeView> = HashMap::new();
         for probe in &snapshot.probes {
             probes.entry(probe.node.as_str()).or_default().push(probe);
+            // Names are unique among live pods; one being deleted gives way
+            // to the live one of its name.
+            let slot = probe_named.entry(probe.name.as_str()).or_insert(probe);
+            if slot.deleting && !probe.deleting {
+                *slot = probe;
+            }
         }
         let validating_elsewhere = snapshot
             .nodes
@@ -136,6 +146,7 @@ impl<'a> Planner<'a> {
             wave_count,
             conflicts,
             probes,
+            probe_named,
             validating_elsewhere,
             breaker,
             creates: Vec::new(),

@@ -371,3 +371,70 @@ fn deleting_a_batch_leaves_its_nodes_safe() {
         s.probe_pods().is_empty()
     });
 }
+
+/// Issue 13, scenario 1: a probe of two containers, a quick inventory beside
+/// a long burn-in. The inventory ends (exit 0) while the burn-in still runs:
+/// the node stays validating and its probe pod is left running; only once
+/// the pod Succeeded with both containers 0 is the node admitted.
+#[test]
+fn a_probe_with_one_container_done_and_one_running_is_not_a_pass() {
+    let name = "ro-twoc";
+    let mut s = Scenario::with_probe_delay(
+        name,
+        &crate::support::testbed().kubeconfig,
+        Duration::from_secs(15),
+    );
+    let batch = "ro-twoc-b";
+    let nodes = s.fleet(batch, 1, 2);
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 2, minHealthyNodesPerDomain: 2}, healthChecks: {probe: {timeoutSeconds: 90, template: {spec: {containers: [{name: inventory, image: cuda}, {name: burn-in, image: dcgm}]}}}}}",
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}], maxConcurrent: 2}"));
+    s.wait_until("both probe pods run", Duration::from_secs(30), |s| {
+        let pods = s.probe_pods();
+        pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p.status.as_ref().and_then(|st| st.phase.as_deref()) == Some("Running"))
+    });
+    // The inventory ends at once; the burn-in runs on.
+    let status = r#"{"status": {"phase": "Running", "containerStatuses": [
+        {"name": "inventory", "image": "cuda", "imageID": "", "ready": false, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+        {"name": "burn-in", "image": "dcgm", "imageID": "", "ready": true, "restartCount": 0,
+         "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}}"#;
+    for pod in s.probe_pods() {
+        let pod = pod.metadata.name.unwrap();
+        s.kubectl(&[
+            "-n",
+            name,
+            "patch",
+            "pod",
+            &pod,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ])
+        .succeeds();
+    }
+    // Several reconciles (the operator looks every 5 s while probes run,
+    // and at once on each pod change): nothing moves on.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        assert_eq!(
+            s.count("validating"),
+            2,
+            "a node left validating on its inventory alone: {:?}",
+            s.by_state()
+        );
+        assert_eq!(s.probe_pods().len(), 2, "a running burn-in was deleted");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The burn-in ends well (the stand-in ends the pod: Succeeded, every
+    // container 0): now the nodes are admitted.
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 2);
+}

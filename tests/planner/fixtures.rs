@@ -31,7 +31,7 @@ spec:
 pub const BATCH: &str = r#"
 apiVersion: gpufleet.io/v1alpha1
 kind: RolloutBatch
-metadata: {name: row1, generation: 1}
+metadata: {name: row1, generation: 1, uid: 6f1c2a7e-0000-4000-8000-000000000001}
 spec:
   poolRef: east
   nodeSelector: {matchLabels: {gpufleet.io/batch: row1}}
@@ -39,6 +39,9 @@ spec:
   maxConcurrent: 8
   maxFailuresPerWave: 1
 "#;
+
+/// The fixture batch's UID: its probe pods carry it.
+pub const BATCH_UID: &str = "6f1c2a7e-0000-4000-8000-000000000001";
 
 pub fn pool() -> GpuPool {
     serde_norway::from_str(POOL).expect("pool fixture parses")

@@ -3,6 +3,7 @@
 //! way the operator applies them to the API server.
 
 mod fixtures;
+mod probes;
 mod properties;
 mod purity;
 mod rules;

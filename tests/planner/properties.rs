@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::keys;
 use gpufleet::planner::sim::{Outcome, Sim, healthy_node};
-use gpufleet::planner::{NodeState, NodeView, Snapshot, plan};
+use gpufleet::planner::{
+    NodeState, NodeView, ProbePhase, ProbeView, Snapshot, Termination, plan, probe_pod_name,
+};
 use proptest::prelude::*;
 
 use crate::fixtures::{t0, with_batch, with_pool};
@@ -425,5 +427,158 @@ proptest! {
         sim.run(300);
         prop_assert!(sim.snapshot.nodes.iter().all(|n| n.state() == NodeState::Pending));
         prop_assert_eq!(sim.probes_created, 0);
+    }
+}
+
+/// What happens to a probe pod between two plans, in the two-container
+/// probe property.
+#[derive(Clone, Debug)]
+enum ProbeOp {
+    Step,
+    /// A container of the probe of node `.0` ends with exit `.2`.
+    ContainerEnds(usize, usize, i32),
+    /// The pod of node `.0` reports a phase.
+    Phase(usize, ProbePhase),
+    /// Someone else's pod takes the probe's name of node `.0`: Succeeded,
+    /// every container 0, without this batch's UID (`.1`: another batch's).
+    Squat(usize, bool),
+    /// Probes run to their outcome honestly.
+    Finish,
+    Advance(i64),
+}
+
+fn probe_op() -> impl Strategy<Value = ProbeOp> {
+    prop_oneof![
+        4 => Just(ProbeOp::Step),
+        4 => (0usize..4, 0usize..2, prop_oneof![4 => Just(0), 1 => Just(3)])
+            .prop_map(|(n, c, e)| ProbeOp::ContainerEnds(n, c, e)),
+        2 => (0usize..4, prop_oneof![
+            Just(ProbePhase::Running),
+            Just(ProbePhase::Succeeded),
+            Just(ProbePhase::Failed),
+        ]).prop_map(|(n, p)| ProbeOp::Phase(n, p)),
+        1 => (0usize..4, any::<bool>()).prop_map(|(n, o)| ProbeOp::Squat(n, o)),
+        1 => Just(ProbeOp::Finish),
+        1 => (1i64..400).prop_map(ProbeOp::Advance),
+    ]
+}
+
+/// The probe pod a validating node's verdict may come from: its current
+/// attempt's, made by this batch for it, Succeeded, every container 0.
+fn a_passing_probe(sim: &Sim, node: &NodeView) -> bool {
+    let name = probe_pod_name(&node.name, node.attempt.max(1));
+    sim.snapshot.probes.iter().any(|p| {
+        p.name == name
+            && !p.deleting
+            && p.node == node.name
+            && p.batch_uid == sim.batch.metadata.uid
+            && p.phase == ProbePhase::Succeeded
+            && p.terminated.iter().all(|t| t.exit_code == 0)
+            && p.terminated.iter().filter(|t| !t.init).count() == 2
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A node leaves validating forward (to soaking, or beyond) only on a
+    /// probe pod this batch made for its current attempt that Succeeded
+    /// with every container exited 0 — whatever order containers end in,
+    /// whatever phase is reported, whoever squats on the name.
+    #[test]
+    fn a_node_passes_validation_only_on_its_own_succeeded_probe(
+        ops in prop::collection::vec(probe_op(), 1..60),
+    ) {
+        let pool = with_pool(
+            "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 1}, healthChecks: {soakSeconds: 0, probe: {timeoutSeconds: 600, retries: 1, template: {spec: {containers: [{name: inventory, image: x}, {name: burn-in, image: x}]}}}}}",
+        );
+        let batch = with_batch("spec: {waves: [{percent: 100}], maxConcurrent: 4, maxFailuresPerWave: 4}");
+        let nodes: Vec<NodeView> = (0..4)
+            .map(|i| healthy_node(&format!("n{i}"), "clique-0", "east", "row1"))
+            .collect();
+        let mut sim = Sim::new(
+            pool,
+            batch,
+            Snapshot {
+                nodes: nodes.into_iter().map(std::sync::Arc::new).collect(),
+                ..Default::default()
+            },
+            t0(),
+            |_, _| Outcome::Pass,
+        );
+        let containers = ["inventory", "burn-in"];
+        for op in ops.iter().chain(std::iter::once(&ProbeOp::Step)) {
+            match op {
+                ProbeOp::Step => {
+                    let before: BTreeMap<String, (NodeState, bool)> = sim
+                        .snapshot
+                        .nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), (n.state(), a_passing_probe(&sim, n))))
+                        .collect();
+                    sim.step();
+                    for node in sim.snapshot.nodes.iter() {
+                        let (was, passing) = before[&node.name];
+                        let forward = matches!(
+                            node.state(),
+                            NodeState::Soaking | NodeState::Ready | NodeState::Held
+                        );
+                        prop_assert!(
+                            was != NodeState::Validating || !forward || passing,
+                            "{} went from validating to {} without a passing probe of its own",
+                            node.name,
+                            node.state()
+                        );
+                    }
+                }
+                ProbeOp::ContainerEnds(n, c, exit) => {
+                    let node = format!("n{n}");
+                    if let Some(p) = sim.snapshot.probes.iter_mut().find(|p| p.node == node)
+                        && !p.terminated.iter().any(|t| t.container == containers[*c])
+                    {
+                        p.terminated.push(Termination {
+                            container: containers[*c].into(),
+                            init: false,
+                            exit_code: *exit,
+                            message: (*exit != 0).then(|| "diag failed".into()),
+                        });
+                    }
+                }
+                ProbeOp::Phase(n, phase) => {
+                    let node = format!("n{n}");
+                    if let Some(p) = sim.snapshot.probes.iter_mut().find(|p| p.node == node) {
+                        p.phase = *phase;
+                    }
+                }
+                ProbeOp::Squat(n, other_batch) => {
+                    let node = sim.snapshot.nodes[*n].clone();
+                    let name = probe_pod_name(&node.name, node.attempt.max(1));
+                    sim.snapshot.probes.retain(|p| p.name != name);
+                    sim.snapshot.probes.push(ProbeView {
+                        name,
+                        node: node.name.clone(),
+                        attempt: node.attempt.max(1),
+                        phase: ProbePhase::Succeeded,
+                        batch_uid: other_batch.then(|| "0d0e0a0d-0000-4000-8000-00000000beef".into()),
+                        containers: 2,
+                        init_containers: 0,
+                        terminated: containers
+                            .iter()
+                            .map(|c| Termination {
+                                container: (*c).into(),
+                                init: false,
+                                exit_code: 0,
+                                message: None,
+                            })
+                            .collect(),
+                        message: None,
+                        created: Some(sim.now),
+                        deleting: false,
+                    });
+                }
+                ProbeOp::Finish => sim.finish_probes(),
+                ProbeOp::Advance(s) => sim.advance(*s),
+            }
+        }
     }
 }
