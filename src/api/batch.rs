@@ -72,8 +72,9 @@ pub struct RolloutBatchSpec {
         validation = Rule::new("self.map(w, has(w.percent) ? 1 : 0).isSorted()").message("waves: a nodes target may not follow a percent target"),
     )]
     pub waves: Vec<Wave>,
-    /// Nodes in validation at once, across all batches of the pool: the limit
-    /// of power, cooling and test infrastructure.
+    /// Nodes in validation at once while this batch starts nodes, counting
+    /// every batch of the pool. The pool's `maxConcurrent`, when set, applies
+    /// as well; the lower wins.
     #[serde(default = "default_max_concurrent")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_concurrent: u32,

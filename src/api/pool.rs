@@ -75,6 +75,13 @@ pub struct GpuPoolSpec {
     /// Halts every rollout of the pool when too many of its nodes fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Nodes of the pool in validation at once, across all its batches: the
+    /// site's limit of power, cooling and test infrastructure. Each batch's
+    /// own `maxConcurrent` applies as well; the lower wins. Unset: only the
+    /// batches' limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_concurrent: Option<u32>,
 }
 
 /// The hardware facts a node must report, read from the labels of GPU Feature
@@ -184,6 +191,20 @@ pub struct HealthChecks {
     #[serde(default)]
     #[schemars(range(min = 0, max = 604800))]
     pub soak_seconds: u32,
+    /// How long a node that is not Ready yet, or not yet labelled by GPU
+    /// Feature Discovery and the device plugin, may take from registration
+    /// before its wave fails it. Until then it waits in `pending` with a
+    /// reason. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub startup_timeout_seconds: Option<u32>,
+}
+
+impl HealthChecks {
+    /// `startupTimeoutSeconds`, defaulted.
+    pub fn startup_timeout(&self) -> u32 {
+        self.startup_timeout_seconds.unwrap_or(600)
+    }
 }
 
 /// The burn-in probe run on each node.

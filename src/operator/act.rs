@@ -117,12 +117,22 @@ pub async fn apply_actions(
         })
         .collect();
     report.node_patches = patches.len();
-    let written: Vec<Written> = stream::iter(patches)
-        .map(|p| async move { patch_node(ctx, pool, &p).await })
-        .buffer_unordered(PARALLEL_WRITES)
-        .try_filter_map(|n| async move { Ok(n) })
-        .try_collect()
-        .await?;
+    // Nodes leaving validation are written before nodes entering it, so the
+    // cluster never shows more nodes validating than the caps allow, not
+    // even between two writes of one plan.
+    let (entering, others): (Vec<NodePatch>, Vec<NodePatch>) = patches
+        .into_iter()
+        .partition(|p| p.state == Some(crate::planner::NodeState::Validating));
+    let mut written: Vec<Written> = Vec::new();
+    for group in [others, entering] {
+        let more: Vec<Written> = stream::iter(group)
+            .map(|p| async move { patch_node(ctx, pool, &p).await })
+            .buffer_unordered(PARALLEL_WRITES)
+            .try_filter_map(|n| async move { Ok(n) })
+            .try_collect()
+            .await?;
+        written.extend(more);
+    }
     wait_for_cache(ctx, &written).await;
     drop(written);
 

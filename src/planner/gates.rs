@@ -1,7 +1,8 @@
 //! Gates: what lets the open wave's pending nodes start, and what holds them.
 //! In order: the wave's failure budget, the pool's circuit breaker, a pause,
 //! approval (`approvedWaves`), then the concurrency cap (nodes validating
-//! across every batch of the pool, at most `maxConcurrent`). A node that
+//! across every batch of the pool, at most the batch's `maxConcurrent` and
+//! the pool's, when set). A node that
 //! fails its static checks at start joins its wave as failed.
 //!
 //! To add a gate: a variant in `crate::vocabulary::Gate` (its words), and a
@@ -14,10 +15,41 @@ use crate::keys;
 use crate::vocabulary::Gate;
 
 use super::ProbeRequest;
+use super::health::Failure;
 use super::probes::probe_pod_name;
 use super::snapshot::NodeState;
 use super::state::Planner;
 use super::waves;
+
+impl Planner<'_> {
+    /// Keeps pending member `m`, which shows a `booting` failure, while it
+    /// is within its startup grace: says why on the node (once) and plans
+    /// again at the grace's end. False once the grace is over.
+    fn wait_for_startup(&mut self, m: usize, failure: &Failure) -> bool {
+        let view = self.members[m].view;
+        let grace =
+            SignedDuration::from_secs(i64::from(self.pool.spec.health_checks.startup_timeout()));
+        // A node without a creation time (a view built by hand, never one
+        // from the API server) gets no grace.
+        let Some(deadline) = view.created.map(|c| c + grace) else {
+            return false;
+        };
+        if self.now >= deadline {
+            return false;
+        }
+        let reason = format!(
+            "waiting for the node to start (until {deadline}): {}",
+            failure.message
+        );
+        if view.reason.as_deref() != Some(reason.as_str()) {
+            self.patch_of(m)
+                .annotations
+                .insert(keys::REASON, Some(reason));
+        }
+        self.wake_at(deadline);
+        true
+    }
+}
 
 /// What stops new starts, and at which wave (from 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,11 +147,16 @@ impl Planner<'_> {
                 _ => {}
             }
         }
-        let mut slots = self
-            .batch
+        // Both caps count every node of the pool in validation; the pool's
+        // (when set) and the batch's: the lower wins.
+        let cap = self
+            .pool
             .spec
             .max_concurrent
-            .saturating_sub(self.validating_elsewhere + validating_here);
+            .map_or(self.batch.spec.max_concurrent, |pool| {
+                pool.min(self.batch.spec.max_concurrent)
+            });
+        let mut slots = cap.saturating_sub(self.validating_elsewhere + validating_here);
         let batch_name = self.batch_name().to_string();
         for m in pending {
             let joined = [
@@ -127,7 +164,24 @@ impl Planner<'_> {
                 (keys::WAVE, Some((wave + 1).to_string())),
                 (keys::STARTED, Some(self.stamp())),
             ];
-            if let Some(failure) = self.static_check(m) {
+            let failure = self.static_check(m);
+            if let Some(failure) = failure.as_ref().filter(|f| f.booting) {
+                // Not Ready or not labelled yet: a new rack's nodes register
+                // before the driver and GPU Feature Discovery are up. It
+                // waits, pending, until `startupTimeoutSeconds` after it
+                // registered, then fails.
+                if self.wait_for_startup(m, failure) {
+                    continue;
+                }
+            }
+            if let Some(mut failure) = failure {
+                if failure.booting {
+                    failure.message = format!(
+                        "never became ready and labelled within {}s of registering: {}",
+                        self.pool.spec.health_checks.startup_timeout(),
+                        failure.message
+                    );
+                }
                 // It joins its wave as failed, held back by the onboarding
                 // taint like any node between start and admission: a node
                 // that failed a check never takes workloads from gpufleet's

@@ -62,6 +62,10 @@ impl FailureCategory {
 pub struct Failure {
     pub category: FailureCategory,
     pub message: String,
+    /// The node may still be starting: not Ready yet, or not yet labelled
+    /// by GPU Feature Discovery or the device plugin. A node that has not
+    /// started its rollout waits for this (`startupTimeoutSeconds`).
+    pub booting: bool,
 }
 
 impl Failure {
@@ -69,6 +73,15 @@ impl Failure {
         Failure {
             category,
             message: message.into(),
+            booting: false,
+        }
+    }
+
+    /// A failure a node that is still starting may show.
+    fn booting(category: FailureCategory, message: impl Into<String>) -> Self {
+        Failure {
+            booting: true,
+            ..Failure::new(category, message)
         }
     }
 }
@@ -87,12 +100,17 @@ pub fn static_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
     match node.conditions.get("Ready").map(String::as_str) {
         Some("True") => {}
         Some(status) => {
-            return Some(Failure::new(
+            return Some(Failure::booting(
                 NotReady,
                 format!("node is not Ready (Ready={status})"),
             ));
         }
-        None => return Some(Failure::new(NotReady, "node has no Ready condition yet")),
+        None => {
+            return Some(Failure::booting(
+                NotReady,
+                "node has no Ready condition yet",
+            ));
+        }
     }
     for unhealthy in &pool.health_checks.unhealthy_conditions {
         if node.conditions.get(&unhealthy.type_).map(String::as_str)
@@ -117,7 +135,7 @@ pub fn static_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
     let hw = &pool.hardware;
     match node.labels.get(keys::GPU_PRODUCT) {
         None => {
-            return Some(Failure::new(
+            return Some(Failure::booting(
                 WrongProduct,
                 format!("label {} is missing", keys::GPU_PRODUCT),
             ));
@@ -137,7 +155,7 @@ pub fn static_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
     let expected = hw.gpus_per_node;
     match node.labels.get(keys::GPU_COUNT) {
         None => {
-            return Some(Failure::new(
+            return Some(Failure::booting(
                 WrongGpuCount,
                 format!("label {} is missing", keys::GPU_COUNT),
             ));
@@ -155,7 +173,12 @@ pub fn static_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
     }
     if node.allocatable_gpus != Some(expected) {
         let have = node.allocatable_gpus_raw.as_deref().unwrap_or("absent");
-        return Some(Failure::new(
+        let make = if node.allocatable_gpus_raw.is_none() {
+            Failure::booting
+        } else {
+            Failure::new
+        };
+        return Some(make(
             WrongGpuCount,
             format!(
                 "allocatable {} is {have}, pool expects {expected}",
@@ -166,7 +189,7 @@ pub fn static_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
     if let Some(min) = &hw.min_driver_version {
         match node.labels.get(keys::DRIVER_VERSION) {
             None => {
-                return Some(Failure::new(
+                return Some(Failure::booting(
                     DriverTooOld,
                     format!(
                         "label {} is missing; pool needs driver {min} or newer",
@@ -195,7 +218,7 @@ pub fn static_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
     }
     let domain_label = &pool.topology.domain_label;
     if !domain_label.is_empty() && !node.labels.contains_key(domain_label) {
-        return Some(Failure::new(
+        return Some(Failure::booting(
             MissingDomainLabel,
             format!("label {domain_label} is missing; the pool groups nodes into domains by it"),
         ));

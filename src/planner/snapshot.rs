@@ -130,6 +130,8 @@ pub struct NodeView {
     pub taints: Vec<TaintView>,
     /// `spec.unschedulable`: cordoned (gpufleet never cordons).
     pub unschedulable: bool,
+    /// When the Node registered (`metadata.creationTimestamp`).
+    pub created: Option<Timestamp>,
     /// The Node is being deleted.
     pub deleting: bool,
 }
@@ -156,6 +158,7 @@ impl NodeView {
             allocatable_gpus_raw: None,
             taints: Vec::new(),
             unschedulable: false,
+            created: None,
             deleting: false,
         }
     }
@@ -239,6 +242,7 @@ impl From<&Node> for NodeView {
                 })
                 .unwrap_or_default(),
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
         }
     }

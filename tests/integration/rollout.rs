@@ -438,3 +438,88 @@ fn a_probe_with_one_container_done_and_one_running_is_not_a_pass() {
     s.wait_ready(batch, ROLLOUT);
     assert_eq!(s.count("ready"), 2);
 }
+
+/// Two batches of one pool share the pool's cap on nodes in validation,
+/// though each batch alone would allow three times as many.
+#[test]
+fn two_batches_of_a_pool_share_the_pools_cap() {
+    let name = "ro-poolcap";
+    let mut s = Scenario::with_probe_delay(
+        name,
+        &crate::support::testbed().kubeconfig,
+        Duration::from_secs(3),
+    );
+    let (a, b) = ("ro-poolcap-a", "ro-poolcap-b");
+    let mut nodes = s.fleet(a, 1, 18);
+    nodes.extend((0..18).map(|n| {
+        let node =
+            gpufleet::simulate::SimNode::gb200(format!("{name}-e0-n{n:02}"), format!("{name}-c9"));
+        s.labelled(node, b)
+    }));
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml("spec: {maxConcurrent: 6}"));
+    s.start_operator();
+    for batch in [a, b] {
+        s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}], maxConcurrent: 18}"));
+    }
+    let mut peak = 0;
+    s.wait_until("both batches are admitted", ROLLOUT * 2, |s| {
+        peak = peak.max(s.count("validating"));
+        s.count("ready") == 36
+    });
+    assert!(
+        (1..=6).contains(&peak),
+        "{peak} nodes validated at once; the pool allows 6"
+    );
+}
+
+/// A new rack's nodes register before GPU Feature Discovery labels them:
+/// they wait in `pending` with a reason, spend no failure budget, and go on
+/// once labelled; one never labelled fails when its startup grace ends.
+#[test]
+fn nodes_still_starting_wait_for_their_labels() {
+    let name = "ro-boot";
+    let mut s = Scenario::new(name);
+    let batch = "ro-boot-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    let nodes: Vec<String> = (0..4).map(|n| format!("{name}-d0-n{n:02}")).collect();
+    for node in &nodes {
+        s.kubectl(&["label", "node", node, "nvidia.com/gpu.product-"])
+            .succeeds();
+    }
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 3}, healthChecks: {startupTimeoutSeconds: 40}}",
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxFailuresPerWave: 1}",
+    ));
+    s.wait_until("the nodes say they wait", ROLLOUT, |s| {
+        s.seen()
+            .values()
+            .filter(|n| {
+                n.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("waiting for the node to start"))
+            })
+            .count()
+            == 4
+    });
+    assert_eq!(s.count("failed"), 0, "{:?}", s.by_state());
+    // GFD comes up on three of them.
+    for node in &nodes[..3] {
+        s.kubectl(&["label", "node", node, "nvidia.com/gpu.product=NVIDIA-GB200"])
+            .succeeds();
+    }
+    s.wait_until("three admitted, one failed", ROLLOUT, |s| {
+        s.count("ready") == 3 && s.count("failed") == 1
+    });
+    let seen = s.seen();
+    let failed = &seen[&nodes[3]];
+    let reason = failed.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.starts_with("never became ready and labelled within 40s of registering"),
+        "{reason}"
+    );
+}

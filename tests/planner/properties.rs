@@ -131,16 +131,25 @@ fn waves_yaml(draws: &[(bool, u32)]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// The pool's cap in a third of the cases, drawn from the order seed (the
+/// case's tuple of draws is full): 1 to 8 nodes.
+fn pool_cap(case: &Case) -> Option<u32> {
+    case.order_seed
+        .is_multiple_of(3)
+        .then(|| 1 + (case.order_seed / 3 % 8) as u32)
+}
+
 fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
     let probe = if case.probe {
         "{timeoutSeconds: 300, retries: 1, template: {spec: {containers: [{name: p, image: busybox}]}}}"
     } else {
         "null"
     };
-    let pool: GpuPool = with_pool(&format!(
+    let mut pool: GpuPool = with_pool(&format!(
         "spec: {{topology: {{nodesPerDomain: {}, minHealthyNodesPerDomain: {}}}, healthChecks: {{probe: {probe}, soakSeconds: {}}}}}",
         case.per_domain, case.min_healthy, case.soak
     ));
+    pool.spec.max_concurrent = pool_cap(case);
     let approved = case.approved.map_or("null".to_string(), |a| a.to_string());
     let batch: RolloutBatch = with_batch(&format!(
         "spec: {{waves: {}, maxConcurrent: {}, maxFailuresPerWave: {}, approvedWaves: {approved}, paused: {}}}",
@@ -235,6 +244,12 @@ fn check(
         "{validating} validating > maxConcurrent {}",
         case.max_concurrent
     );
+    if let Some(cap) = pool_cap(case) {
+        prop_assert!(
+            validating <= cap,
+            "{validating} validating > the pool's maxConcurrent {cap}"
+        );
+    }
 
     for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
         let fault = &faults[&node.name];

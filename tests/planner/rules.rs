@@ -197,6 +197,74 @@ fn static_checks_fail_nodes_with_actionable_reasons() {
     }
 }
 
+#[test]
+fn a_node_still_starting_waits_pending_until_its_startup_grace_ends() {
+    // Registered at t0, not Ready and not yet labelled by GFD: it waits with
+    // a reason, spending no budget, then fails once the grace (600 s) is
+    // over, unless it came up in time.
+    let mut nodes = nodes(1);
+    for n in nodes.iter_mut() {
+        n.created = Some(t0());
+    }
+    let slow = "n-d000-n00";
+    let late = "n-d000-n01";
+    for name in [slow, late] {
+        let n = view_mut(&mut nodes, name);
+        n.conditions.insert("Ready".into(), "False".into());
+        n.labels.remove(keys::GPU_PRODUCT);
+    }
+    let mut s = sim(pool(), batch(), nodes);
+    s.step();
+    assert_eq!(in_state(&s, Failed), Vec::<String>::new());
+    let waiting = node_mut(&mut s.snapshot.nodes, slow).clone();
+    assert_eq!(waiting.state, None);
+    let reason = waiting.reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "waiting for the node to start (until 2026-11-27T00:10:00Z): node is not Ready"
+        ),
+        "{reason}"
+    );
+    // Planning again writes nothing new to the waiting nodes.
+    let again = s.plan();
+    assert!(
+        again
+            .node_patches()
+            .all(|p| p.node != slow && p.node != late)
+    );
+    // `slow` comes up within its grace; `late` never does.
+    s.advance(300);
+    let n = node_mut(&mut s.snapshot.nodes, slow);
+    n.conditions.insert("Ready".into(), "True".into());
+    n.labels
+        .insert(keys::GPU_PRODUCT.into(), "NVIDIA-GB200".into());
+    s.step();
+    assert_eq!(in_state(&s, Failed), Vec::<String>::new());
+    assert!(in_state(&s, Validating).contains(&slow.to_string()));
+    s.advance(301);
+    s.step();
+    assert_eq!(in_state(&s, Failed), vec![late.to_string()]);
+    let failed = node_mut(&mut s.snapshot.nodes, late).clone();
+    assert!(failed.reason.unwrap_or_default().starts_with(
+        "never became ready and labelled within 600s of registering: node is not Ready"
+    ),);
+}
+
+#[test]
+fn a_node_that_is_wrong_rather_than_starting_fails_at_once() {
+    // Three GPUs reported is a fault, not a node still starting.
+    let mut nodes = nodes(1);
+    for n in nodes.iter_mut() {
+        n.created = Some(t0());
+    }
+    let n = view_mut(&mut nodes, "n-d000-n00");
+    n.allocatable_gpus = Some(3);
+    n.allocatable_gpus_raw = Some("3".into());
+    let mut s = sim(pool(), batch(), nodes);
+    s.step();
+    assert_eq!(in_state(&s, Failed), vec!["n-d000-n00".to_string()]);
+}
+
 // ---- Lifecycle ----------------------------------------------------------
 
 #[test]
@@ -657,6 +725,41 @@ fn concurrency_counts_validating_nodes_across_batches_of_the_pool() {
         2,
         "8 - 6 = 2 slots"
     );
+}
+
+#[test]
+fn the_pools_cap_holds_every_batch_of_the_pool_and_the_lower_cap_wins() {
+    // Another batch of the pool validates 3 nodes; the batch allows 8, the
+    // pool 5: 2 slots, not 5.
+    let with_busy = |pool_cap: Option<u32>| {
+        let mut nodes = nodes(2);
+        for i in 0..3 {
+            let mut n = healthy_node(&format!("busy-{i}"), "busy", "east", "row9");
+            n.state = Some(Validating);
+            nodes.push(n);
+        }
+        let mut pool = pool();
+        pool.spec.max_concurrent = pool_cap;
+        // One wave of all 8 nodes, so only the caps limit the starts.
+        let mut batch = batch();
+        batch.spec.waves = vec![gpufleet::api::Wave {
+            nodes: None,
+            percent: Some(100),
+        }];
+        let mut s = sim(pool, batch, nodes);
+        s.step();
+        in_state(&s, Validating)
+            .iter()
+            .filter(|n| n.starts_with("n-"))
+            .count()
+    };
+    assert_eq!(with_busy(Some(5)), 2, "pool cap 5 - 3 busy");
+    assert_eq!(
+        with_busy(Some(50)),
+        5,
+        "batch cap 8 - 3 busy: the lower wins"
+    );
+    assert_eq!(with_busy(None), 5, "no pool cap: the batch's");
 }
 
 #[test]
