@@ -17,6 +17,10 @@ pub const STARTED: &str = "gpufleet.io/started";
 pub const REASON: &str = "gpufleet.io/reason";
 /// Node and probe-pod annotation: the probe attempt, from 1.
 pub const ATTEMPT: &str = "gpufleet.io/attempt";
+/// Node annotation: the onboarding taints gpufleet added to the node, as
+/// `KEY:EFFECT[,KEY:EFFECT]`; empty when the node already carried the
+/// pool's taint when gpufleet started it. gpufleet removes only these.
+pub const TAINT: &str = "gpufleet.io/taint";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";

@@ -337,7 +337,14 @@ async fn patch_node(
                 effect: taint.effect.as_str().into(),
                 time_added: None,
             }),
-            TaintChange::Remove => taints.retain(|t| !ours(t)),
+            TaintChange::Remove if patch.taint_removals.is_empty() => taints.retain(|t| !ours(t)),
+            // Only the taints gpufleet recorded adding.
+            TaintChange::Remove => taints.retain(|t| {
+                !patch
+                    .taint_removals
+                    .iter()
+                    .any(|(k, e)| t.key == *k && t.effect == *e)
+            }),
             _ => {}
         }
         if attempt > 0 {

@@ -175,7 +175,8 @@ impl Planner<'_> {
                 }
             }
             if let Some(mut failure) = failure {
-                if failure.booting {
+                // Its grace is over (a view without a creation time has none).
+                if failure.booting && self.members[m].view.created.is_some() {
                     failure.message = format!(
                         "never became ready and labelled within {}s of registering: {}",
                         self.pool.spec.health_checks.startup_timeout(),

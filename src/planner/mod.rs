@@ -120,6 +120,10 @@ pub struct NodePatch {
     pub annotations: BTreeMap<&'static str, Option<String>>,
     /// What to do with the pool's onboarding taint.
     pub taint: TaintChange,
+    /// With `TaintChange::Remove`: the taints to remove, as (key, effect):
+    /// those gpufleet recorded adding (`gpufleet.io/taint`). Empty: the
+    /// pool's taint (a node started before gpufleet recorded its taints).
+    pub taint_removals: Vec<(String, String)>,
     /// Set when this patch fails or holds the node: why, for metrics.
     pub failure: Option<FailureCategory>,
 }

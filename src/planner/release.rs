@@ -30,6 +30,7 @@ pub fn release(node: &str) -> NodePatch {
         .map(|k| (k, None))
         .collect(),
         taint: TaintChange::Keep,
+        taint_removals: Vec::new(),
         failure: None,
     }
 }

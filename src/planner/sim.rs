@@ -256,6 +256,7 @@ pub fn apply_patch(
             keys::REASON => node.reason = value.map(String::from),
             keys::ATTEMPT => node.attempt = value.and_then(|v| v.parse().ok()).unwrap_or(0),
             keys::RETRY => node.retry = value.is_some(),
+            keys::TAINT => node.taints_added = value.map(super::snapshot::parse_taints),
             _ => {}
         }
     }
@@ -271,9 +272,15 @@ pub fn apply_patch(
                 });
             }
         }
-        TaintChange::Remove => node
+        TaintChange::Remove if patch.taint_removals.is_empty() => node
             .taints
             .retain(|t| !(t.key == taint_key && t.effect == taint_effect)),
+        TaintChange::Remove => node.taints.retain(|t| {
+            !patch
+                .taint_removals
+                .iter()
+                .any(|(k, e)| t.key == *k && t.effect == *e)
+        }),
     }
 }
 

@@ -116,6 +116,10 @@ pub struct NodeView {
     pub reason: Option<String>,
     /// `gpufleet.io/attempt` (0 when absent).
     pub attempt: u32,
+    /// `gpufleet.io/taint`: the onboarding taints gpufleet added, as
+    /// (key, effect); `None` when the annotation is absent (a node never
+    /// started, or started before gpufleet recorded its taints).
+    pub taints_added: Option<Vec<(String, String)>>,
     /// A person asked for a retry (`gpufleet.io/retry` is present).
     pub retry: bool,
     /// The Ready condition's status: `Some(true)` only for "True".
@@ -151,6 +155,7 @@ impl NodeView {
             started: None,
             reason: None,
             attempt: 0,
+            taints_added: None,
             retry: false,
             ready: None,
             conditions: BTreeMap::new(),
@@ -223,6 +228,7 @@ impl From<&Node> for NodeView {
             attempt: annotation(keys::ATTEMPT)
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
+            taints_added: annotation(keys::TAINT).map(|v| parse_taints(&v)),
             retry: annotation(keys::RETRY).is_some(),
             ready: conditions.get("Ready").map(|s| s == "True"),
             conditions,
@@ -246,6 +252,26 @@ impl From<&Node> for NodeView {
             deleting: meta.deletion_timestamp.is_some(),
         }
     }
+}
+
+/// `KEY:EFFECT[,KEY:EFFECT]` as (key, effect) pairs; malformed entries are
+/// skipped (nothing is removed for them).
+pub fn parse_taints(value: &str) -> Vec<(String, String)> {
+    value
+        .split(',')
+        .filter_map(|t| t.trim().rsplit_once(':'))
+        .filter(|(k, e)| !k.is_empty() && !e.is_empty())
+        .map(|(k, e)| (k.to_string(), e.to_string()))
+        .collect()
+}
+
+/// The written form of [`parse_taints`].
+pub fn format_taints(taints: &[(String, String)]) -> String {
+    taints
+        .iter()
+        .map(|(k, e)| format!("{k}:{e}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The phase of a probe pod.

@@ -195,6 +195,7 @@ impl<'a> Planner<'a> {
                 state: view.state,
                 annotations: BTreeMap::new(),
                 taint: TaintChange::Keep,
+                taint_removals: Vec::new(),
                 failure: None,
             })
         })

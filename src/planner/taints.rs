@@ -2,25 +2,67 @@
 //! start and verdict (put back if someone removed it), taken off when the
 //! node is admitted.
 
+use crate::keys;
 use crate::vocabulary::EventReason;
+
+use super::snapshot::format_taints;
 
 use super::state::Planner;
 use super::{EventTarget, TaintChange};
 
 impl Planner<'_> {
     /// Whether member `m` should carry the pool's onboarding taint; the
-    /// member must already have a patch (a transition made it).
+    /// member must already have a patch (a transition made it). gpufleet
+    /// records on the node (`gpufleet.io/taint`) each taint it adds and,
+    /// when the node already carried the pool's taint, that it added none;
+    /// it removes only what it recorded adding. A node started before
+    /// gpufleet recorded its taints (no annotation) loses the pool's taint
+    /// at admission, as it did then.
     pub(super) fn set_taint(&mut self, m: usize, present: bool) {
         let taint = &self.pool.spec.onboarding.taint;
-        let has = self.members[m]
-            .view
-            .has_taint(&taint.key, taint.effect.as_str());
-        if let Some(patch) = self.members[m].patch.as_mut() {
-            patch.taint = match (present, has) {
-                (true, false) => TaintChange::Add,
-                (false, true) => TaintChange::Remove,
-                _ => TaintChange::Keep,
+        let (key, effect) = (taint.key.clone(), taint.effect.as_str().to_string());
+        let view = self.members[m].view;
+        let has = view.has_taint(&key, &effect);
+        let recorded = view.taints_added.clone();
+        let Some(patch) = self.members[m].patch.as_mut() else {
+            return;
+        };
+        if present {
+            patch.taint = if has {
+                TaintChange::Keep
+            } else {
+                TaintChange::Add
             };
+            let mut added = recorded.clone().unwrap_or_default();
+            if !has && !added.contains(&(key.clone(), effect.clone())) {
+                added.push((key, effect));
+            }
+            if recorded.as_ref() != Some(&added) {
+                patch
+                    .annotations
+                    .insert(keys::TAINT, Some(format_taints(&added)));
+            }
+            return;
+        }
+        let removals = match recorded {
+            Some(added) => added,
+            None if has => vec![(key, effect)],
+            None => Vec::new(),
+        };
+        let present_ones: Vec<(String, String)> = removals
+            .into_iter()
+            .filter(|(k, e)| view.has_taint(k, e))
+            .collect();
+        patch.taint = if present_ones.is_empty() {
+            TaintChange::Keep
+        } else {
+            TaintChange::Remove
+        };
+        patch.taint_removals = present_ones;
+        // Also drops a record this same plan made (started and admitted at
+        // once: the taint was never written).
+        if view.taints_added.is_some() || patch.annotations.contains_key(keys::TAINT) {
+            patch.annotations.insert(keys::TAINT, None);
         }
     }
 

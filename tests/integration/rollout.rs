@@ -523,3 +523,35 @@ fn nodes_still_starting_wait_for_their_labels() {
         "{reason}"
     );
 }
+
+/// Another controller's taint with the pool's own key and effect, there
+/// before the rollout, stays after admission: gpufleet removes only the
+/// taints it recorded adding.
+#[test]
+fn a_taint_gpufleet_did_not_add_survives_admission() {
+    let name = "ro-foreign";
+    let mut s = Scenario::new(name);
+    let batch = "ro-foreign-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    let theirs = format!("{name}-d0-n00");
+    s.kubectl(&[
+        "taint",
+        "node",
+        &theirs,
+        "gpufleet.io/onboarding=driver-upgrade:NoSchedule",
+    ])
+    .succeeds();
+    s.apply(&s.pool_yaml("spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}}"));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}]}"));
+    s.wait_until("the domain is admitted", ROLLOUT, |s| s.count("ready") == 4);
+    let seen = s.seen();
+    assert!(
+        seen[&theirs].tainted,
+        "the other controller's taint was removed"
+    );
+    for n in 1..4 {
+        let node = format!("{name}-d0-n{n:02}");
+        assert!(!seen[&node].tainted, "{node} keeps gpufleet's taint");
+    }
+}

@@ -3,7 +3,8 @@
 use gpufleet::keys;
 use gpufleet::planner::sim::{Outcome, healthy_node};
 use gpufleet::planner::{
-    Action, Claim, NodeState::*, ProbePhase, TaintChange, plan, plan_pool, probe_pod_name, release,
+    Action, Claim, NodeState::*, ProbePhase, TaintChange, TaintView, plan, plan_pool,
+    probe_pod_name, release,
 };
 use gpufleet::vocabulary::EventReason;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -317,6 +318,64 @@ fn a_healthy_node_goes_pending_validating_soaking_ready_in_three_writes() {
         s.node_writes
     );
     assert_eq!(condition(&plan, "Ready").status, "True");
+}
+
+#[test]
+fn gpufleet_removes_only_the_onboarding_taint_it_added() {
+    // n00 already carried the pool's taint (another controller's) when
+    // the rollout started: gpufleet records that it added none, and leaves
+    // it at admission. The others get gpufleet's taint, removed at admission.
+    let pool = with_pool("spec: {healthChecks: {probe: null, soakSeconds: 60}}");
+    let mut nodes = nodes(1);
+    view_mut(&mut nodes, "n-d000-n00").taints.push(TaintView {
+        key: "gpufleet.io/onboarding".into(),
+        value: Some("someone-else".into()),
+        effect: "NoSchedule".into(),
+        time_added: None,
+    });
+    let mut s = sim(pool, batch(), nodes);
+    s.step();
+    let n00 = node_mut(&mut s.snapshot.nodes, "n-d000-n00").clone();
+    assert_eq!(n00.taints_added, Some(vec![]));
+    let n01 = node_mut(&mut s.snapshot.nodes, "n-d000-n01").clone();
+    assert_eq!(
+        n01.taints_added,
+        Some(vec![("gpufleet.io/onboarding".into(), "NoSchedule".into())])
+    );
+    s.advance(60);
+    s.step();
+    assert_eq!(in_state(&s, Ready).len(), 4);
+    let n00 = node_mut(&mut s.snapshot.nodes, "n-d000-n00").clone();
+    assert_eq!(n00.taints.len(), 1, "the other controller's taint stays");
+    assert_eq!(n00.taints_added, None, "the record goes at admission");
+    let n01 = node_mut(&mut s.snapshot.nodes, "n-d000-n01").clone();
+    assert!(n01.taints.is_empty());
+}
+
+#[test]
+fn a_taint_changed_in_the_pool_mid_rollout_is_not_stranded() {
+    // Nodes start under taint A; the pool switches to taint B while they
+    // soak: gpufleet puts B on (the node must stay held back) and removes
+    // both A and B at admission.
+    let pool = with_pool("spec: {healthChecks: {probe: null, soakSeconds: 60}}");
+    let mut s = sim(pool, batch(), nodes(1));
+    s.step();
+    s.pool.spec.onboarding.taint.key = "example.com/burn-in".into();
+    s.advance(10);
+    s.step();
+    for n in s.snapshot.nodes.iter() {
+        assert!(
+            n.has_taint("example.com/burn-in", "NoSchedule"),
+            "{}",
+            n.name
+        );
+    }
+    s.advance(60);
+    s.step();
+    assert_eq!(in_state(&s, Ready).len(), 4);
+    for n in s.snapshot.nodes.iter() {
+        assert!(n.taints.is_empty(), "{} keeps {:?}", n.name, n.taints);
+    }
 }
 
 #[test]
