@@ -24,8 +24,10 @@ pub const TAINT: &str = "gpufleet.io/taint";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";
-/// Label on a probe pod: the UID of the batch that made it. A pod at a probe's
-/// name without the current batch's UID is not that batch's probe.
+/// The UID of the batch that wrote a thing: a label on a probe pod (a pod at
+/// a probe's name without the current batch's UID is not its probe) and an
+/// annotation on a node beside its state (a state label without the current
+/// batch's UID is foreign: the node is validated again).
 pub const BATCH_UID: &str = "gpufleet.io/batch-uid";
 
 /// GPU Feature Discovery: the GPU product, such as `NVIDIA-GB200`.

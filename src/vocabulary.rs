@@ -129,6 +129,8 @@ pub enum EventReason {
     CircuitBreakerCleared,
     /// Several events of one kind folded into one (rate limiting).
     NodeEventsFolded,
+    /// A node's state label was not written by its batch: validated again.
+    ForeignState,
 }
 
 impl EventReason {
@@ -146,6 +148,7 @@ impl EventReason {
             EventReason::CircuitBreakerTripped => "CircuitBreakerTripped",
             EventReason::CircuitBreakerCleared => "CircuitBreakerCleared",
             EventReason::NodeEventsFolded => "NodeEventsFolded",
+            EventReason::ForeignState => "ForeignState",
         }
     }
 }

@@ -161,6 +161,7 @@ impl Planner<'_> {
         for m in pending {
             let joined = [
                 (keys::BATCH, Some(batch_name.clone())),
+                (keys::BATCH_UID, self.batch.metadata.uid.clone()),
                 (keys::WAVE, Some((wave + 1).to_string())),
                 (keys::STARTED, Some(self.stamp())),
             ];

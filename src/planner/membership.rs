@@ -60,6 +60,18 @@ pub fn claimants<'c>(
     claimants
 }
 
+/// Did this batch write the node's state? Its UID beside the state says so;
+/// a node started before gpufleet recorded UIDs (or by a batch without one,
+/// in simulations) is recognised by the batch's name alone.
+fn wrote(node: &NodeView, batch_name: &str, batch_uid: Option<&str>) -> bool {
+    let named = node.batch.as_deref() == Some(batch_name);
+    match (node.batch_uid.as_deref(), batch_uid) {
+        (Some(recorded), Some(uid)) => named && recorded == uid,
+        (None, _) => named,
+        (Some(_), None) => false,
+    }
+}
+
 /// Why a node of the input is not a member of the batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -93,8 +105,14 @@ impl Mismatch {
 #[derive(Clone, Copy)]
 pub struct Placed<'a> {
     pub view: &'a NodeView,
-    /// Its state as the node says it.
+    /// Its state as the node says it, when this batch wrote it; pending
+    /// when the state is foreign (see `foreign`).
     pub state: NodeState,
+    /// The node's state label says it is in progress, failed or held, but
+    /// not for this batch (another batch's UID, none, or another batch's
+    /// name): it was moved here mid-rollout, re-registered, or someone else
+    /// wrote the label. Its validation starts again under this batch.
+    pub foreign: Option<NodeState>,
     /// Its domain, by place in [`Membership::domains`].
     pub domain: u32,
 }
@@ -174,6 +192,7 @@ struct Candidate<'a> {
     name: (u128, u128),
     view: &'a NodeView,
     state: NodeState,
+    foreign: Option<NodeState>,
 }
 
 /// The first 32 bytes of a name, zero-padded, as two big-endian numbers.
@@ -210,6 +229,7 @@ impl<'a> Membership<'a> {
     ) -> Self {
         let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
         let batch_name = batch.metadata.name.as_deref().unwrap_or_default();
+        let batch_uid = batch.metadata.uid.as_deref();
         let domain_label = &pool.spec.topology.domain_label;
         let mut pool_nodes = Vec::new();
         let mut is_member = vec![false; nodes.len()];
@@ -235,8 +255,18 @@ impl<'a> Membership<'a> {
                 continue;
             }
             pool_nodes.push(node);
-            let state = node.state();
+            let recorded = node.state();
             let in_batch = matches(&batch.spec.node_selector, &node.labels);
+            // Ready nodes are never demoted, whoever admitted them.
+            let foreign = (in_batch
+                && !matches!(recorded, NodeState::Pending | NodeState::Ready)
+                && !wrote(node, batch_name, batch_uid))
+            .then_some(recorded);
+            let state = if foreign.is_some() {
+                NodeState::Pending
+            } else {
+                recorded
+            };
             if !in_batch && report {
                 outsiders.push((i, Mismatch::PoolOnly));
             }
@@ -269,6 +299,7 @@ impl<'a> Membership<'a> {
                 name: name_prefix(&node.name),
                 view: node,
                 state,
+                foreign,
             });
         }
         conflicts.sort();
@@ -361,6 +392,7 @@ fn place<'a>(
         .map(|c| Placed {
             view: c.view,
             state: c.state,
+            foreign: c.foreign,
             domain: domain_of_group[c.group as usize],
         })
         .collect();

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | membership, domains, claims, domain size needed | `membership.rs` |
 //! | wave targets and assignment, failure budget size | `waves.rs` |
+//! | provenance: a state this batch did not write starts over | `provenance.rs` |
 //! | retries asked for by a person | `retry.rs` |
 //! | the onboarding taint | `taints.rs` |
 //! | probes: create, verdict, timeout, retries, strays | `probes.rs` |
@@ -33,6 +34,7 @@ mod membership;
 mod pool;
 pub mod preview;
 mod probes;
+mod provenance;
 mod release;
 mod retry;
 mod selector;
@@ -166,6 +168,7 @@ pub struct Event {
 pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Timestamp) -> Plan {
     let mut planner = Planner::new(pool, batch, snapshot, now);
     let departed = planner.departed();
+    planner.reset_foreign_states();
     planner.handle_retries();
     planner.restore_taints();
     for m in 0..planner.members.len() {

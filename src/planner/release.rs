@@ -20,6 +20,7 @@ pub fn release(node: &str) -> NodePatch {
         state: None,
         annotations: [
             keys::BATCH,
+            keys::BATCH_UID,
             keys::WAVE,
             keys::SINCE,
             keys::STARTED,

@@ -250,6 +250,7 @@ pub fn apply_patch(
         let value = value.as_deref();
         match *key {
             keys::BATCH => node.batch = value.map(String::from),
+            keys::BATCH_UID => node.batch_uid = value.map(String::from),
             keys::WAVE => node.wave = value.and_then(|v| v.parse().ok()),
             keys::SINCE => node.since = value.and_then(|v| v.parse().ok()),
             keys::STARTED => node.started = value.and_then(|v| v.parse().ok()),

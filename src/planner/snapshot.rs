@@ -106,6 +106,8 @@ pub struct NodeView {
     pub state: Option<NodeState>,
     /// `gpufleet.io/batch`.
     pub batch: Option<String>,
+    /// `gpufleet.io/batch-uid`.
+    pub batch_uid: Option<String>,
     /// `gpufleet.io/wave`.
     pub wave: Option<u32>,
     /// `gpufleet.io/since`.
@@ -150,6 +152,7 @@ impl NodeView {
             labels: BTreeMap::new(),
             state: None,
             batch: None,
+            batch_uid: None,
             wave: None,
             since: None,
             started: None,
@@ -221,6 +224,7 @@ impl From<&Node> for NodeView {
                 .and_then(|l| l.get(keys::STATE))
                 .and_then(|s| s.parse().ok()),
             batch: annotation(keys::BATCH),
+            batch_uid: annotation(keys::BATCH_UID),
             wave: annotation(keys::WAVE).and_then(|w| w.parse().ok()),
             since: annotation(keys::SINCE).and_then(|s| s.parse().ok()),
             started: annotation(keys::STARTED).and_then(|s| s.parse().ok()),

@@ -27,6 +27,8 @@ pub(super) struct Member<'a> {
     pub state: NodeState,
     /// `gpufleet.io/retry` is on the node.
     pub retry: bool,
+    /// The state the node's label claims, when this batch did not write it.
+    pub foreign: Option<NodeState>,
     /// Between start and verdict, and the onboarding taint is missing.
     pub untainted: bool,
     /// Known to pass the static checks (they depend on the node alone,
@@ -104,6 +106,7 @@ impl<'a> Planner<'a> {
                     wave: domains[p.domain as usize].wave,
                     state: p.state,
                     retry: p.view.retry,
+                    foreign: p.foreign,
                     untainted: held_back && !p.view.has_taint(&taint.key, taint.effect.as_str()),
                     healthy: held_back && static_failure(pool_spec, p.view).is_none(),
                     passed: false,

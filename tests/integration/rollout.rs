@@ -555,3 +555,41 @@ fn a_taint_gpufleet_did_not_add_survives_admission() {
         assert!(!seen[&node].tainted, "{node} keeps gpufleet's taint");
     }
 }
+
+/// `kubectl label node X gpufleet.io/state=held` (or a kubelet's
+/// `--node-labels`) on the nodes of a paused batch admits nothing: a state
+/// the batch did not write sends the node back to pending.
+#[test]
+fn a_forged_state_label_admits_nothing() {
+    let name = "ro-forge";
+    let mut s = Scenario::new(name);
+    let batch = "ro-forge-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    s.apply(&s.pool_yaml("spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}}"));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}], paused: true}"));
+    s.wait_until("the operator reports on the batch", ROLLOUT, |s| {
+        s.condition(batch, "Ready").is_some()
+    });
+    for n in 0..4 {
+        let node = format!("{name}-d0-n{n:02}");
+        s.kubectl(&[
+            "label",
+            "node",
+            &node,
+            "gpufleet.io/state=held",
+            "--overwrite",
+        ])
+        .succeeds();
+    }
+    s.wait_until("gpufleet sends them back to pending", ROLLOUT, |s| {
+        let seen = s.seen();
+        seen.values().all(|n| {
+            n.state.is_none()
+                && n.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("its state label said held"))
+        })
+    });
+    assert_eq!(s.count("ready"), 0, "{:?}", s.by_state());
+}

@@ -544,6 +544,72 @@ fn a_ready_node_is_never_demoted() {
     assert_eq!(in_state(&s, Ready).len(), 4);
 }
 
+// ---- Provenance -----------------------------------------------------------
+
+#[test]
+fn a_state_label_the_batch_did_not_write_moves_nothing_forward() {
+    // Someone (a kubelet's --node-labels, a person) labels pending nodes
+    // `held` and `soaking` while the batch is paused: under the old rule
+    // they were admitted at once. Now they go back to pending and wait.
+    let mut nodes = nodes(1);
+    for n in nodes.iter_mut() {
+        n.state = Some(if n.name.ends_with("0") { Held } else { Soaking });
+    }
+    let mut b = batch();
+    b.metadata.uid = Some("uid-row1".into());
+    b.spec.paused = true;
+    let mut s = sim(pool(), b, nodes);
+    let plan = s.step();
+    assert_eq!(in_state(&s, Ready), Vec::<String>::new());
+    assert_eq!(in_state(&s, Pending).len(), 4);
+    let n = node_mut(&mut s.snapshot.nodes, "n-d000-n00").clone();
+    assert_eq!(
+        n.reason.as_deref(),
+        Some("its state label said held, which batch row1 did not write; validating it again")
+    );
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(e) if e.reason == EventReason::ForeignState))
+    );
+    // Unpaused, they are validated like any node: probes first.
+    s.batch.spec.paused = false;
+    s.step();
+    assert_eq!(in_state(&s, Validating).len(), 4);
+    let n = node_mut(&mut s.snapshot.nodes, "n-d000-n01").clone();
+    assert_eq!(n.batch_uid.as_deref(), Some("uid-row1"));
+}
+
+#[test]
+fn a_node_moved_from_another_batch_is_validated_again() {
+    // The node soaked for batch `row0` (another UID); it now matches row1.
+    let mut nodes = nodes(1);
+    for n in nodes.iter_mut() {
+        n.state = Some(Soaking);
+        n.batch = Some("row0".into());
+        n.batch_uid = Some("uid-row0".into());
+        n.since = Some(t0());
+    }
+    let mut b = batch();
+    b.metadata.uid = Some("uid-row1".into());
+    let mut s = sim(pool(), b, nodes);
+    s.advance(3600);
+    let plan = s.step();
+    assert_eq!(in_state(&s, Ready), Vec::<String>::new());
+    assert_eq!(in_state(&s, Validating).len(), 4);
+    assert_eq!(
+        plan.actions
+            .iter()
+            .filter(|a| matches!(a, Action::CreateProbe(_)))
+            .count(),
+        4
+    );
+    // A node this batch did start, with its UID, keeps its state.
+    let mut s2 = sim(pool(), s.batch.clone(), s.snapshot.nodes.clone());
+    s2.step();
+    assert_eq!(in_state(&s2, Validating).len(), 4);
+}
+
 // ---- Waves ----------------------------------------------------------------
 
 #[test]
