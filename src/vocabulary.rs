@@ -36,6 +36,8 @@ pub enum ConditionType {
     NodeConflicts,
     /// Pool: too many of its nodes failed recently; every rollout halts.
     CircuitBreakerTripped,
+    /// Batch: some domains have nodes in another batch too; they are held.
+    SplitDomains,
 }
 
 impl ConditionType {
@@ -46,6 +48,7 @@ impl ConditionType {
             ConditionType::Stalled => "Stalled",
             ConditionType::NodeConflicts => "NodeConflicts",
             ConditionType::CircuitBreakerTripped => "CircuitBreakerTripped",
+            ConditionType::SplitDomains => "SplitDomains",
         }
     }
 }
@@ -87,6 +90,10 @@ pub enum Reason {
     WithinLimit,
     /// Reconciling=False.
     NoWorkInProgress,
+    /// Some domains span this batch and another.
+    DomainsSplit,
+    /// No domain spans two batches.
+    NoSplitDomains,
 }
 
 impl Reason {
@@ -109,6 +116,8 @@ impl Reason {
             Reason::TooManyFailures => "TooManyFailures",
             Reason::WithinLimit => "WithinLimit",
             Reason::NoWorkInProgress => "NoWorkInProgress",
+            Reason::DomainsSplit => "DomainsSplit",
+            Reason::NoSplitDomains => "NoSplitDomains",
         }
     }
 }

@@ -2,7 +2,8 @@
 //! the domain in this batch has a verdict, if the domain then has enough
 //! healthy nodes (its passed members plus its nodes already ready in the
 //! pool, at least [`needed_healthy`]); else its passed nodes are held, and
-//! admitted by a later plan once the domain recovers.
+//! admitted by a later plan once the domain recovers. A domain split across
+//! batches is held whole, whatever its count: never admitted piecemeal.
 
 use crate::keys;
 use crate::vocabulary::EventReason;
@@ -29,6 +30,16 @@ impl Planner<'_> {
                 .filter(|&m| self.members[m].passed)
                 .collect();
             if passed.is_empty() {
+                continue;
+            }
+            if self.domains[d].split > 0 {
+                let reason = format!(
+                    "domain {} is split: {} of its nodes belong to another batch of the pool; a domain is admitted whole, from one batch: select all its nodes in one batch",
+                    self.domains[d].key, self.domains[d].split
+                );
+                for m in passed {
+                    self.hold(m, &reason);
+                }
                 continue;
             }
             let needed = needed_healthy(&self.pool.spec.topology, &self.domains[d].key);

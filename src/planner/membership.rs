@@ -125,6 +125,9 @@ pub struct Domain {
     pub members: Range<usize>,
     /// Ready nodes of this domain in the whole pool (any batch).
     pub ready_in_pool: u32,
+    /// Nodes of this domain, not ready, that another batch of the pool
+    /// selects: the domain is split, and is never admitted piecemeal.
+    pub split: u32,
     /// The wave that takes it, from 0.
     pub wave: usize,
 }
@@ -154,6 +157,8 @@ pub struct Membership<'a> {
 struct Group {
     members: u32,
     ready_in_pool: u32,
+    /// See [`Domain::split`].
+    elsewhere: u32,
     /// The lowest `gpufleet.io/wave` of its members this batch started.
     started_in: Option<u32>,
 }
@@ -271,6 +276,16 @@ impl<'a> Membership<'a> {
                 outsiders.push((i, Mismatch::PoolOnly));
             }
             if !in_batch && state != NodeState::Ready {
+                // Another batch's node: its domain is split if this batch
+                // holds part of it (a group with no member of this batch
+                // becomes no domain).
+                let other_batch = other_batches.iter().any(|c| {
+                    c.pool.as_deref() == Some(pool_name) && matches(&c.selector, &node.labels)
+                });
+                if other_batch {
+                    let g = groups.get(domain_key_ref(domain_label, &node.name, &node.labels));
+                    groups.list[g].elsewhere += 1;
+                }
                 continue;
             }
             let g = groups.get(domain_key_ref(domain_label, &node.name, &node.labels));
@@ -382,6 +397,7 @@ fn place<'a>(
             key,
             members: at..at + size,
             ready_in_pool: list[g].ready_in_pool,
+            split: list[g].elsewhere,
             wave: 0,
         });
         started_in.push(list[g].started_in);

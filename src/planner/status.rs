@@ -352,7 +352,7 @@ impl Planner<'_> {
             },
         ];
         let conflicted = !self.conflicts.is_empty();
-        if conflicted || has(prev) {
+        if conflicted || has(prev, ConditionType::NodeConflicts) {
             conditions.push(if conflicted {
                 let named: Vec<String> = self
                     .conflicts
@@ -375,6 +375,33 @@ impl Planner<'_> {
                     false,
                     Reason::NoConflicts,
                     "no node is claimed twice".into(),
+                )
+            });
+        }
+        let split: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|d| d.split > 0)
+            .map(|d| format!("{} ({} elsewhere)", d.key, d.split))
+            .collect();
+        if !split.is_empty() || has(prev, ConditionType::SplitDomains) {
+            conditions.push(if split.is_empty() {
+                c(
+                    ConditionType::SplitDomains,
+                    false,
+                    Reason::NoSplitDomains,
+                    "no domain spans two batches".into(),
+                )
+            } else {
+                c(
+                    ConditionType::SplitDomains,
+                    true,
+                    Reason::DomainsSplit,
+                    format!(
+                        "{} domains have nodes in another batch of the pool and are held whole: {}; select each domain's nodes in one batch",
+                        split.len(),
+                        bounded_list(&split)
+                    ),
                 )
             });
         }
@@ -455,8 +482,7 @@ impl Planner<'_> {
     }
 }
 
-/// A NodeConflicts condition is present (it stays, False, once it was set).
-fn has(prev: &[Condition]) -> bool {
-    prev.iter()
-        .any(|c| c.type_ == ConditionType::NodeConflicts.as_str())
+/// A condition of this type is present (it stays, False, once it was set).
+fn has(prev: &[Condition], type_: ConditionType) -> bool {
+    prev.iter().any(|c| c.type_ == type_.as_str())
 }

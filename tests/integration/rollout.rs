@@ -593,3 +593,51 @@ fn a_forged_state_label_admits_nothing() {
     });
     assert_eq!(s.count("ready"), 0, "{:?}", s.by_state());
 }
+
+/// Nodes moved to another pool and batch mid-rollout (soaking for the
+/// first) are validated again by the second: their probes run anew, they
+/// are not adopted as soaking. The first pool no longer selects them, so it
+/// cannot release them first: the second batch must see the foreign state.
+#[test]
+fn nodes_moved_to_another_pool_are_validated_again() {
+    let kubeconfig = &crate::support::testbed().kubeconfig;
+    // Probes of 10 s: a node validating again is seen doing so.
+    let delay = Duration::from_secs(10);
+    let mut from = Scenario::with_probe_delay("ro-move", kubeconfig, delay);
+    let mut to = Scenario::with_probe_delay("ro-move2", kubeconfig, delay);
+    from.create_nodes(&from.fleet("ro-move-a", 1, 4));
+    let topology = "topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}";
+    from.apply(&from.pool_yaml(&format!(
+        "spec: {{{topology}, healthChecks: {{soakSeconds: 600}}}}"
+    )));
+    from.start_operator();
+    from.apply(&from.batch_yaml("ro-move-a", "spec: {waves: [{percent: 100}]}"));
+    from.wait_until("the nodes soak for the first pool", ROLLOUT, |s| {
+        s.count("soaking") == 4
+    });
+    from.kill_operator();
+    // A short soak in the new pool: a node adopted as soaking would be
+    // admitted within seconds.
+    to.apply(&to.pool_yaml(&format!(
+        "spec: {{{topology}, healthChecks: {{soakSeconds: 2}}}}"
+    )));
+    to.apply(&to.batch_yaml("ro-move2-b", "spec: {waves: [{percent: 100}]}"));
+    for n in 0..4 {
+        let node = format!("ro-move-d0-n{n:02}");
+        from.kubectl(&[
+            "label",
+            "node",
+            &node,
+            "gpufleet.io/test=ro-move2",
+            "gpufleet.io/pool=ro-move2",
+            "gpufleet.io/batch=ro-move2-b",
+            "--overwrite",
+        ])
+        .succeeds();
+    }
+    to.start_operator();
+    to.wait_until("the second pool validates them", ROLLOUT, |s| {
+        s.count("validating") == 4 || s.count("ready") > 0
+    });
+    assert_eq!(to.count("ready"), 0, "{:?}", to.by_state());
+}

@@ -544,6 +544,52 @@ fn a_ready_node_is_never_demoted() {
     assert_eq!(in_state(&s, Ready).len(), 4);
 }
 
+#[test]
+fn a_domain_split_across_batches_is_held_whole_and_reported() {
+    // Clique 000's last two nodes belong to batch row2: row1 holds its two
+    // (2 of 4 would do under minHealthyNodesPerDomain 2), never piecemeal.
+    let mut nodes = nodes(2);
+    for name in ["n-d000-n02", "n-d000-n03"] {
+        view_mut(&mut nodes, name)
+            .labels
+            .insert("gpufleet.io/batch".into(), "row2".into());
+    }
+    let pool = with_pool("spec: {topology: {minHealthyNodesPerDomain: 2}}");
+    let mut s = sim(pool, batch(), nodes);
+    s.snapshot.other_batches.push(Claim {
+        name: "row2".into(),
+        pool: Some("east".into()),
+        selector: LabelSelector {
+            match_labels: Some([("gpufleet.io/batch".to_string(), "row2".to_string())].into()),
+            ..Default::default()
+        },
+    });
+    s.batch.spec.approved_waves = None;
+    s.run(200);
+    let held = in_state(&s, Held);
+    assert_eq!(held, ["n-d000-n00", "n-d000-n01"]);
+    let n = node_mut(&mut s.snapshot.nodes, "n-d000-n00").clone();
+    assert!(
+        n.reason
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("domain n-clique-000 is split"),
+        "{:?}",
+        n.reason
+    );
+    assert_eq!(in_state(&s, Ready).len(), 4, "the other domain is whole");
+    let split = condition(&s.plan(), "SplitDomains").clone();
+    assert_eq!(
+        (split.status.as_str(), split.reason.as_str()),
+        ("True", "DomainsSplit")
+    );
+    assert!(
+        split.message.contains("n-clique-000 (2 elsewhere)"),
+        "{}",
+        split.message
+    );
+}
+
 // ---- Provenance -----------------------------------------------------------
 
 #[test]
