@@ -88,8 +88,6 @@ pub enum Reason {
     TooManyFailures,
     /// Pool breaker: within the limit.
     WithinLimit,
-    /// Reconciling=False.
-    NoWorkInProgress,
     /// Some domains span this batch and another.
     DomainsSplit,
     /// No domain spans two batches.
@@ -115,7 +113,6 @@ impl Reason {
             Reason::Observed => "Observed",
             Reason::TooManyFailures => "TooManyFailures",
             Reason::WithinLimit => "WithinLimit",
-            Reason::NoWorkInProgress => "NoWorkInProgress",
             Reason::DomainsSplit => "DomainsSplit",
             Reason::NoSplitDomains => "NoSplitDomains",
         }
@@ -247,7 +244,7 @@ impl Gate {
         }
     }
 
-    /// The label value of the gate in metrics (snake_case, bounded).
+    /// The gate as one bounded snake_case word (logs, `Display`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Gate::Probes => "probes",

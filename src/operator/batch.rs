@@ -197,7 +197,8 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         .nodes
         .select(|node| {
             let state = node.labels.get(keys::STATE).map(String::as_str);
-            node.batch.as_deref() == Some(name.as_str()) && state.is_some_and(|s| s != "ready")
+            node.batch.as_deref() == Some(name.as_str())
+                && state.is_some_and(|s| s != planner::NodeState::Ready.as_str())
         })
         .iter()
         .map(|node| planner::Action::PatchNode(planner::release(&node.name)))

@@ -60,15 +60,17 @@ pub fn claimants<'c>(
     claimants
 }
 
-/// Did this batch write the node's state? Its UID beside the state says so;
-/// a node started before gpufleet recorded UIDs (or by a batch without one,
-/// in simulations) is recognised by the batch's name alone.
+/// Did this batch write the node's state? Its UID beside the state says so.
+/// The batch's name alone is not enough: anyone who can write the node can
+/// write a name, so a node started before gpufleet recorded UIDs is
+/// validated again. Only a batch without a UID (built by hand, in
+/// simulations; never one from the API server) goes by its name.
 fn wrote(node: &NodeView, batch_name: &str, batch_uid: Option<&str>) -> bool {
     let named = node.batch.as_deref() == Some(batch_name);
     match (node.batch_uid.as_deref(), batch_uid) {
         (Some(recorded), Some(uid)) => named && recorded == uid,
-        (None, _) => named,
-        (Some(_), None) => false,
+        (None, None) => named,
+        (None, Some(_)) | (Some(_), None) => false,
     }
 }
 

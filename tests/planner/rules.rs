@@ -627,6 +627,24 @@ fn a_state_label_the_batch_did_not_write_moves_nothing_forward() {
 }
 
 #[test]
+fn a_forged_label_with_the_batch_name_but_no_uid_moves_nothing_forward() {
+    // The batch's name is easy to write beside a forged label; its UID is
+    // what gpufleet checks.
+    let mut nodes = nodes(1);
+    for n in nodes.iter_mut() {
+        n.state = Some(Held);
+        n.batch = Some("row1".into());
+    }
+    let mut b = batch();
+    b.metadata.uid = Some("uid-row1".into());
+    b.spec.paused = true;
+    let mut s = sim(pool(), b, nodes);
+    s.step();
+    assert_eq!(in_state(&s, Ready), Vec::<String>::new());
+    assert_eq!(in_state(&s, Pending).len(), 4);
+}
+
+#[test]
 fn a_node_moved_from_another_batch_is_validated_again() {
     // The node soaked for batch `row0` (another UID); it now matches row1.
     let mut nodes = nodes(1);
