@@ -1,7 +1,9 @@
 //! Act: turns a plan's actions into API calls, and nothing clever. Every
 //! write is idempotent, so a restart at any instant repeats nothing harmful:
 //! patches set absolute values, a probe that exists is not made twice, a
-//! probe that is gone is not an error.
+//! probe that is gone is not an error. Every node patch is conditional on
+//! the version the plan read: a node that changed since is left alone and
+//! the batch is planned again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
-use crate::api::{GpuPool, RolloutBatch};
+use crate::api::{GpuPool, RolloutBatch, TaintSpec};
 use crate::keys;
 use crate::planner::{Action, NodePatch, NodeView, Plan, TaintChange};
 
@@ -81,6 +83,9 @@ pub struct Report {
     pub probes_created: usize,
     pub probes_deleted: usize,
     pub events: usize,
+    /// Nodes whose patch was refused because they changed since the plan
+    /// read them (sorted): the plan is stale for them, plan again.
+    pub conflicts: Vec<String>,
 }
 
 /// Applies a plan's node and probe actions (see [`apply_actions`]).
@@ -125,16 +130,22 @@ pub async fn apply_actions(
         .partition(|p| p.state == Some(crate::planner::NodeState::Validating));
     let mut written: Vec<Written> = Vec::new();
     for group in [others, entering] {
-        let more: Vec<Written> = stream::iter(group)
-            .map(|p| async move { patch_node(ctx, pool, &p).await })
+        let results: Vec<(String, Patched)> = stream::iter(group)
+            .map(|p| async move { Ok((p.node.clone(), patch_node(ctx, pool, &p).await?)) })
             .buffer_unordered(PARALLEL_WRITES)
-            .try_filter_map(|n| async move { Ok(n) })
             .try_collect()
             .await?;
-        written.extend(more);
+        for (node, result) in results {
+            match result {
+                Patched::Written(w) => written.push(w),
+                Patched::Gone => {}
+                Patched::Conflict => report.conflicts.push(node),
+            }
+        }
     }
     wait_for_cache(ctx, &written).await;
     drop(written);
+    report.conflicts.sort();
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     // Each pod is built from the template as its request goes out, not all
@@ -142,8 +153,10 @@ pub async fn apply_actions(
     let creates: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
+            // A node whose patch met a conflict did not start: no probe.
             Action::CreateProbe(req)
                 if pool.is_some()
+                    && report.conflicts.binary_search(&req.node).is_err()
                     && !Expectations::expected(&ctx.expectations.creates, &req.pod_name) =>
             {
                 Some(req.clone())
@@ -244,26 +257,79 @@ async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<(), 
     }
 }
 
+/// What became of one node patch.
+enum Patched {
+    /// Written: the version, with the node registered to note the watch's
+    /// deliveries until it is dropped (see [`deliveries`]).
+    Written(Written),
+    /// The node is gone.
+    Gone,
+    /// The node changed since the plan read it: nothing written; plan again.
+    Conflict,
+}
+
 /// One patch to one node: the state label, the annotations, and when asked
-/// the onboarding taint. Labels and annotations are a merge patch; a taint
-/// change replaces the taint list, so it carries the resourceVersion it was
-/// computed from and is recomputed from a fresh read on conflict, leaving
-/// every other taint as it is (the cached view keeps every field of every
-/// taint, so the list is written back as it was read). Returns the version
-/// written, with the node registered to note the watch's deliveries until
-/// it is dropped (see [`deliveries`]), or `None` if the node is gone.
-/// Without a pool there is no taint to touch: labels and annotations only.
+/// the onboarding taint, as one merge patch conditional on the
+/// `resourceVersion` the plan read (`NodePatch::resource_version`): a
+/// decision is never applied to a node that changed since it was made. A
+/// taint change replaces the taint list, computed from the cached node of
+/// that very version (every field of every taint kept, so the list is
+/// written back as it was read). Without a pool there is no taint to
+/// touch: labels and annotations only.
 async fn patch_node(
     ctx: &Context,
     pool: Option<&GpuPool>,
     patch: &NodePatch,
-) -> Result<Option<Written>, Error> {
+) -> Result<Patched, Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let what = || format!("patching node {}", patch.node);
     let params = PatchParams {
         field_manager: Some(keys::FIELD_MANAGER.into()),
         ..Default::default()
     };
+    let taint = match (patch.taint, pool) {
+        (TaintChange::Keep, _) => None,
+        (_, Some(pool)) => Some(&pool.spec.onboarding.taint),
+        (change, None) => {
+            warn!(node = %patch.node, ?change, "no pool to take the taint from; leaving taints as they are");
+            None
+        }
+    };
+    let cached = ctx.stores.nodes.get(&patch.node);
+    let Some(body) = patch_body(patch, taint, cached.as_deref()) else {
+        debug!(node = %patch.node, "node changed since the plan; planning again");
+        return Ok(Patched::Conflict);
+    };
+    may_write(ctx, &what()).await?;
+    // Registered before the write goes out, so the watch cannot deliver it
+    // unnoticed.
+    let ticket = ctx.deliveries.register(&patch.node);
+    match nodes
+        .patch(&patch.node, &params, &Patch::Merge(&body))
+        .await
+    {
+        // Only the version is kept: a wave patches thousands of nodes in
+        // one reconcile, and whole Nodes held until the cache caught up
+        // cost tens of kilobytes each.
+        Ok(node) => Ok(Patched::Written(Written {
+            ticket,
+            resource_version: node.metadata.resource_version,
+        })),
+        Err(err) if is_not_found(&err) => Ok(Patched::Gone),
+        Err(err) if is_conflict(&err) => {
+            debug!(node = %patch.node, "node changed since the plan; planning again");
+            Ok(Patched::Conflict)
+        }
+        Err(err) => Err(Error::kube(what())(err)),
+    }
+}
+
+/// The merge patch that applies `patch` to its node, conditional on the
+/// version the plan read (`NodePatch::resource_version`; without one, the
+/// cached node's). A taint change writes the whole list, computed from the
+/// cached node of that very version; `None` when the cache has moved past
+/// it: the node changed since the plan, and the decision is stale.
+fn patch_body(patch: &NodePatch, taint: Option<&TaintSpec>, cached: Option<&NodeView>) -> Option<Value> {
     let mut metadata = Map::new();
     metadata.insert(
         "labels".into(),
@@ -280,107 +346,39 @@ async fn patch_node(
         })
         .collect();
     metadata.insert("annotations".into(), Value::Object(annotations));
-
-    may_write(ctx, &what()).await?;
-    // Registered before the write goes out, so the watch cannot deliver it
-    // unnoticed.
-    let ticket = ctx.deliveries.register(&patch.node);
-    let taint = match (patch.taint, pool) {
-        (TaintChange::Keep, _) => None,
-        (_, Some(pool)) => Some(&pool.spec.onboarding.taint),
-        (change, None) => {
-            warn!(node = %patch.node, ?change, "no pool to take the taint from; leaving taints as they are");
-            None
-        }
-    };
-    let Some(taint) = taint else {
-        let body = json!({ "metadata": metadata });
-        return match nodes
-            .patch(&patch.node, &params, &Patch::Merge(&body))
-            .await
-        {
-            Ok(node) => Ok(Some(Written {
-                ticket,
-                resource_version: node.metadata.resource_version,
-            })),
-            Err(err) if is_not_found(&err) => Ok(None),
-            Err(err) => Err(Error::kube(what())(err)),
-        };
-    };
-    // The first attempt works from the cache; a conflict means the cache
-    // was behind, so later ones read the node afresh.
-    let mut current: Option<(Option<String>, Vec<Taint>)> = ctx
-        .stores
-        .nodes
-        .get(&patch.node)
-        .map(|view| (view.resource_version.clone(), taints_of(&view)));
-    for attempt in 0..5 {
-        let (resource_version, mut taints) = match current.take() {
-            Some(current) => current,
-            None => match nodes
-                .get_opt(&patch.node)
-                .await
-                .map_err(Error::kube(what()))?
-            {
-                Some(node) => (
-                    node.metadata.resource_version,
-                    node.spec.and_then(|s| s.taints).unwrap_or_default(),
-                ),
-                None => return Ok(None),
-            },
-        };
-        let ours = |t: &Taint| t.key == taint.key && t.effect == taint.effect.as_str();
-        match patch.taint {
-            TaintChange::Add if !taints.iter().any(ours) => taints.push(Taint {
-                key: taint.key.clone(),
-                value: taint.value.clone(),
-                effect: taint.effect.as_str().into(),
-                time_added: None,
-            }),
-            TaintChange::Remove if patch.taint_removals.is_empty() => taints.retain(|t| !ours(t)),
-            // Only the taints gpufleet recorded adding.
-            TaintChange::Remove => taints.retain(|t| {
-                !patch
-                    .taint_removals
-                    .iter()
-                    .any(|(k, e)| t.key == *k && t.effect == *e)
-            }),
-            _ => {}
-        }
-        if attempt > 0 {
-            may_write(ctx, &what()).await?;
-        }
-        let mut meta = metadata.clone();
-        meta.insert("resourceVersion".into(), json!(resource_version));
-        let body = json!({ "metadata": meta, "spec": { "taints": taints } });
-        match nodes
-            .patch(&patch.node, &params, &Patch::Merge(&body))
-            .await
-        {
-            // Only the version is kept: a wave patches thousands of nodes
-            // in one reconcile, and whole Nodes held until the cache caught
-            // up cost tens of kilobytes each.
-            Ok(node) => {
-                return Ok(Some(Written {
-                    ticket,
-                    resource_version: node.metadata.resource_version,
-                }));
-            }
-            Err(err) if is_not_found(&err) => return Ok(None),
-            Err(err) if is_conflict(&err) => {
-                debug!(node = %patch.node, attempt, "node changed under us; re-reading it");
-            }
-            Err(err) => return Err(Error::kube(what())(err)),
-        }
+    let version = patch
+        .resource_version
+        .clone()
+        .or_else(|| cached.and_then(|v| v.resource_version.clone()));
+    if let Some(version) = &version {
+        metadata.insert("resourceVersion".into(), json!(version));
     }
-    Err(Error::kube(what())(kube::Error::Api(
-        kube::core::Status::failure(
-            "node kept changing during five attempts to patch it",
-            "Conflict",
-        )
-        .with_code(409)
-        .boxed(),
-    )))
+    let mut body = json!({ "metadata": metadata });
+    let Some(taint) = taint.filter(|_| patch.taint != TaintChange::Keep) else {
+        return Some(body);
+    };
+    let view = cached.filter(|v| v.resource_version == version)?;
+    let mut taints = taints_of(view);
+    let ours = |t: &Taint| t.key == taint.key && t.effect == taint.effect.as_str();
+    match patch.taint {
+        TaintChange::Add if !taints.iter().any(ours) => taints.push(Taint {
+            key: taint.key.clone(),
+            value: taint.value.clone(),
+            effect: taint.effect.as_str().into(),
+            time_added: None,
+        }),
+        TaintChange::Remove if patch.taint_removals.is_empty() => taints.retain(|t| !ours(t)),
+        // Only the taints gpufleet recorded adding.
+        TaintChange::Remove => taints.retain(|t| {
+            !patch
+                .taint_removals
+                .iter()
+                .any(|(k, e)| t.key == *k && t.effect == *e)
+        }),
+        _ => {}
+    }
+    body["spec"] = json!({ "taints": taints });
+    Some(body)
 }
 
 /// A cached node's taints as the API spells them, every field kept.
@@ -420,6 +418,58 @@ mod tests {
                 ));
         }
         pod
+    }
+
+    fn admit(version: &str) -> NodePatch {
+        NodePatch {
+            node: "n1".into(),
+            state: Some(crate::planner::NodeState::Ready),
+            annotations: Default::default(),
+            taint: TaintChange::Remove,
+            taint_removals: Vec::new(),
+            failure: None,
+            resource_version: Some(version.into()),
+        }
+    }
+
+    fn tainted(version: &str) -> NodeView {
+        let mut view = NodeView::named("n1");
+        view.resource_version = Some(version.into());
+        view.taints.push(crate::planner::TaintView {
+            key: "gpufleet.io/onboarding".into(),
+            value: None,
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        view
+    }
+
+    fn taint() -> TaintSpec {
+        serde_json::from_value(json!({"key": "gpufleet.io/onboarding", "effect": "NoSchedule"}))
+            .expect("taint")
+    }
+
+    #[test]
+    fn a_decision_is_written_only_on_the_version_it_was_made_from() {
+        // Made from version 5, and the cache still shows 5: written,
+        // conditional on 5, taint removed.
+        let body = patch_body(&admit("5"), Some(&taint()), Some(&tainted("5"))).expect("body");
+        assert_eq!(body["metadata"]["resourceVersion"], "5");
+        assert_eq!(body["spec"]["taints"], json!([]));
+        // The node changed since (the cache shows 6): not written at all,
+        // not recomputed from the newer node either.
+        assert_eq!(
+            patch_body(&admit("5"), Some(&taint()), Some(&tainted("6"))),
+            None
+        );
+        // A state-only patch is conditional too, whatever the cache shows.
+        let mut label = admit("5");
+        label.taint = TaintChange::Keep;
+        let body = patch_body(&label, Some(&taint()), Some(&tainted("6"))).expect("body");
+        assert_eq!(body["metadata"]["resourceVersion"], "5");
+        let body = patch_body(&label, None, None).expect("body");
+        assert_eq!(body["metadata"]["resourceVersion"], "5");
+        assert!(body.get("spec").is_none());
     }
 
     #[test]

@@ -30,6 +30,11 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// ...and this often while probes run.
 const IN_FLIGHT_RESYNC: Duration = Duration::from_secs(5);
 
+/// How soon a batch is planned again after some of its node writes met a
+/// conflict: at once, but not in a hot loop should a node change all the
+/// time.
+const CONFLICT_REQUEUE: Duration = Duration::from_millis(200);
+
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<RolloutBatch>>,
     ctx: Arc<Context>,
@@ -112,6 +117,21 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     let plan = planner::plan(&pool, batch, &snapshot, now);
     let report = act::apply(ctx, &pool, batch, &plan).await?;
+    if !report.conflicts.is_empty() {
+        // Some nodes changed after the plan read them, and their decisions
+        // were not applied: the plan's status and their events would be
+        // untrue. Plan again at once from the fresh cache; what was written
+        // shows there.
+        info!(
+            batch = %name,
+            pool = %pool_name,
+            conflicts = report.conflicts.len(),
+            first = %report.conflicts[0],
+            "nodes changed since the plan read them; planning again"
+        );
+        ctx.metrics.record_conflicts(report.conflicts.len());
+        return Ok(Action::requeue(CONFLICT_REQUEUE));
+    }
     record(ctx, &pool, batch, &snapshot, &plan, now);
     let status_changed = batch.status.as_ref() != Some(&plan.status);
     if status_changed {
@@ -191,22 +211,42 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     let pool = ctx.stores.pool(&batch.spec.pool_ref).ok().flatten();
     let deleted = act::apply_actions(ctx, pool.as_ref(), batch, &probes).await?;
     // The nodes this batch last touched that carry a state short of ready
-    // (the label as written, known to the planner or not).
-    let releases: Vec<planner::Action> = ctx
-        .stores
-        .nodes
-        .select(|node| {
-            let state = node.labels.get(keys::STATE).map(String::as_str);
-            node.batch.as_deref() == Some(name.as_str())
-                && state.is_some_and(|s| s != planner::NodeState::Ready.as_str())
-        })
-        .iter()
-        .map(|node| planner::Action::PatchNode(planner::release(&node.name)))
-        .collect();
-    let released = act::apply_actions(ctx, pool.as_ref(), batch, &releases).await?;
+    // (the label as written, known to the planner or not). A node that
+    // changes between the read and the write is read again; should one
+    // keep changing, the finalizer stays and the cleanup is tried again.
+    let mut released = 0;
+    for round in 0.. {
+        let releases: Vec<planner::Action> = ctx
+            .stores
+            .nodes
+            .select(|node| {
+                let state = node.labels.get(keys::STATE).map(String::as_str);
+                node.batch.as_deref() == Some(name.as_str())
+                    && state.is_some_and(|s| s != planner::NodeState::Ready.as_str())
+            })
+            .iter()
+            .map(|node| planner::Action::PatchNode(planner::release(node)))
+            .collect();
+        let report = act::apply_actions(ctx, pool.as_ref(), batch, &releases).await?;
+        released += report.node_patches - report.conflicts.len();
+        if report.conflicts.is_empty() {
+            break;
+        }
+        if round == 4 {
+            return Err(Error::kube(format!(
+                "releasing node {} of deleted batch {name}",
+                report.conflicts[0]
+            ))(kube::Error::Api(
+                kube::core::Status::failure("the node kept changing", "Conflict")
+                    .with_code(409)
+                    .boxed(),
+            )));
+        }
+        tokio::time::sleep(CONFLICT_REQUEUE).await;
+    }
     let waves = batch.status.as_ref().map_or(0, |s| s.total_waves);
     ctx.metrics.forget_batch(&batch.spec.pool_ref, &name, waves);
-    info!(batch = %name, probes_deleted = deleted.probes_deleted, nodes_released = released.node_patches, "cleaned up deleted batch");
+    info!(batch = %name, probes_deleted = deleted.probes_deleted, nodes_released = released, "cleaned up deleted batch");
     Ok(Action::await_change())
 }
 

@@ -83,6 +83,7 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     pub leader: Gauge,
     pub last_progress: Family<BatchLabels, Gauge>,
+    pub write_conflicts: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +99,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Node writes refused as stale (the batch is planned again).
+    pub fn record_conflicts(&self, count: usize) {
+        self.write_conflicts.inc_by(count as u64);
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gpufleet");
         let m = Metrics {
@@ -125,6 +131,7 @@ impl Metrics {
             api_requests: Family::default(),
             leader: Gauge::default(),
             last_progress: Family::default(),
+            write_conflicts: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -152,6 +159,11 @@ impl Metrics {
             "pool_domains",
             "Domains of a pool",
             m.pool_domains_total.clone(),
+        );
+        r.register(
+            "node_write_conflicts",
+            "Node writes refused because the node changed since the plan read it",
+            m.write_conflicts.clone(),
         );
         r.register(
             "pool_breaker_tripped",

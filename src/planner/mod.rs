@@ -128,6 +128,9 @@ pub struct NodePatch {
     pub taint_removals: Vec<(String, String)>,
     /// Set when this patch fails or holds the node: why, for metrics.
     pub failure: Option<FailureCategory>,
+    /// The node's `resourceVersion` the decision was made from: the write
+    /// is conditional on it, and a node changed since means plan again.
+    pub resource_version: Option<String>,
 }
 
 /// What a patch does to the onboarding taint.

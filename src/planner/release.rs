@@ -8,15 +8,16 @@ use std::collections::BTreeSet;
 
 use crate::keys;
 
-use super::snapshot::NodeState;
+use super::snapshot::{NodeState, NodeView};
 use super::state::Planner;
 use super::{NodePatch, TaintChange};
 
 /// The patch that leaves a node safe when its batch lets go of it: the state
-/// label and rollout annotations go, the onboarding taint stays.
-pub fn release(node: &str) -> NodePatch {
+/// label and rollout annotations go, the onboarding taint stays. The write
+/// is conditional on the version of `node` seen.
+pub fn release(node: &NodeView) -> NodePatch {
     NodePatch {
-        node: node.to_string(),
+        node: node.name.clone(),
         state: None,
         annotations: [
             keys::BATCH,
@@ -33,6 +34,7 @@ pub fn release(node: &str) -> NodePatch {
         taint: TaintChange::Keep,
         taint_removals: Vec::new(),
         failure: None,
+        resource_version: node.resource_version.clone(),
     }
 }
 
@@ -54,7 +56,7 @@ impl Planner<'_> {
             .filter(|n| n.state.is_some() && n.state() != NodeState::Ready && !n.deleting)
             .filter(|n| n.batch.as_deref() == Some(batch_name))
             .filter(|n| !conflicted.contains(n.name.as_str()))
-            .map(|n| release(&n.name))
+            .map(|n| release(n))
             .collect()
     }
 }

@@ -200,6 +200,7 @@ impl<'a> Planner<'a> {
                 taint: TaintChange::Keep,
                 taint_removals: Vec::new(),
                 failure: None,
+                resource_version: view.resource_version.clone(),
             })
         })
     }

@@ -1154,7 +1154,13 @@ fn a_node_that_leaves_the_batch_is_released_safely() {
         .node_patches()
         .find(|p| p.node == "n-d000-n00")
         .expect("released");
-    assert_eq!(patch, &release("n-d000-n00"));
+    let view = s
+        .snapshot
+        .nodes
+        .iter()
+        .find(|n| n.name == "n-d000-n00")
+        .expect("node");
+    assert_eq!(patch, &release(view));
     assert_eq!(
         patch.taint,
         TaintChange::Keep,
