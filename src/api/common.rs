@@ -60,6 +60,12 @@ pub struct ConditionMatch {
     /// The condition status that means unhealthy: "True" (the default), "False" or "Unknown".
     #[serde(default = "default_condition_status")]
     pub status: ConditionStatus,
+    /// Seconds this condition must stay unhealthy before it fails a node in
+    /// progress; overrides `healthChecks.conditionTimeoutSeconds`. 0 fails
+    /// at once (for conditions that never clear by themselves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub timeout_seconds: Option<u32>,
 }
 
 fn default_condition_status() -> ConditionStatus {

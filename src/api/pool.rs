@@ -198,12 +198,28 @@ pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub startup_timeout_seconds: Option<u32>,
+    /// Seconds a condition must stay bad (Ready not True, or an
+    /// `unhealthyConditions` entry matching) before it fails a node that is
+    /// validating, soaking or held, counted from the condition's
+    /// lastTransitionTime, as Cluster API's MachineHealthCheck does; a
+    /// condition's own `timeoutSeconds` overrides it. The node is not
+    /// admitted meanwhile, and a soak counts only time the node spent
+    /// healthy: a condition that recovers restarts it. Default 60; 0 fails
+    /// at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub condition_timeout_seconds: Option<u32>,
 }
 
 impl HealthChecks {
     /// `startupTimeoutSeconds`, defaulted.
     pub fn startup_timeout(&self) -> u32 {
         self.startup_timeout_seconds.unwrap_or(600)
+    }
+
+    /// `conditionTimeoutSeconds`, defaulted.
+    pub fn condition_timeout(&self) -> u32 {
+        self.condition_timeout_seconds.unwrap_or(60)
     }
 }
 

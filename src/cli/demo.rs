@@ -609,7 +609,7 @@ impl Session {
                 "hardware": {"gpuProduct": ["NVIDIA-GB200", "NVIDIA-GB300"], "gpusPerNode": 4, "minDriverVersion": "570.133.20"},
                 "topology": {"domainLabel": "nvidia.com/gpu.clique", "nodesPerDomain": NODES_PER_DOMAIN, "minHealthyNodesPerDomain": 16},
                 "healthChecks": {
-                    "unhealthyConditions": [{"type": "GpuXidError", "status": "True"}, {"type": "NVLinkDown", "status": "True"}],
+                    "unhealthyConditions": [{"type": "GpuXidError", "status": "True", "timeoutSeconds": 0}, {"type": "NVLinkDown", "status": "True", "timeoutSeconds": 0}],
                     "probe": {
                         "timeoutSeconds": self.args.probe_seconds.ceil() as u32 + 60,
                         "retries": 0,

@@ -7,6 +7,8 @@ use std::fmt;
 use crate::api::GpuPoolSpec;
 use crate::keys;
 
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
 use super::snapshot::NodeView;
 
 /// Why a node failed or is held, in a small fixed set: metric and event
@@ -96,36 +98,131 @@ impl fmt::Display for Failure {
 /// Checked in order: Ready, unhealthy conditions, cordon, product, GPU count
 /// (label and allocatable), driver version, domain label.
 pub fn static_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
+    bad_conditions(pool, node)
+        .next()
+        .map(|bad| bad.failure)
+        .or_else(|| resource_failure(pool, node))
+}
+
+/// A watched condition that is bad now: Ready not True, or a match of
+/// `unhealthyConditions`.
+struct BadCondition<'a> {
+    type_: &'a str,
+    failure: Failure,
+    /// Seconds it may stay bad before it fails a node in progress.
+    timeout: u32,
+}
+
+/// The node's bad conditions, Ready first, then `unhealthyConditions` in
+/// order.
+fn bad_conditions<'a>(
+    pool: &'a GpuPoolSpec,
+    node: &'a NodeView,
+) -> impl Iterator<Item = BadCondition<'a>> + 'a {
     use FailureCategory::*;
-    match node.conditions.get("Ready").map(String::as_str) {
-        Some("True") => {}
-        Some(status) => {
-            return Some(Failure::booting(
-                NotReady,
-                format!("node is not Ready (Ready={status})"),
-            ));
-        }
-        None => {
-            return Some(Failure::booting(
-                NotReady,
-                "node has no Ready condition yet",
-            ));
-        }
+    let default = pool.health_checks.condition_timeout();
+    let ready = match node.conditions.get("Ready").map(String::as_str) {
+        Some("True") => None,
+        Some(status) => Some(Failure::booting(
+            NotReady,
+            format!("node is not Ready (Ready={status})"),
+        )),
+        None => Some(Failure::booting(
+            NotReady,
+            "node has no Ready condition yet",
+        )),
     }
-    for unhealthy in &pool.health_checks.unhealthy_conditions {
-        if node.conditions.get(&unhealthy.type_).map(String::as_str)
-            == Some(unhealthy.status.as_str())
-        {
-            return Some(Failure::new(
+    .map(|failure| BadCondition {
+        type_: "Ready",
+        failure,
+        timeout: default,
+    });
+    let unhealthy = pool
+        .health_checks
+        .unhealthy_conditions
+        .iter()
+        .filter(|u| {
+            node.conditions.get(&u.type_).map(String::as_str) == Some(u.status.as_str())
+        })
+        .map(move |u| BadCondition {
+            type_: &u.type_,
+            failure: Failure::new(
                 UnhealthyCondition,
-                format!(
-                    "condition {} is {}",
-                    unhealthy.type_,
-                    unhealthy.status.as_str()
-                ),
-            ));
+                format!("condition {} is {}", u.type_, u.status.as_str()),
+            ),
+            timeout: u.timeout_seconds.unwrap_or(default),
+        });
+    ready.into_iter().chain(unhealthy)
+}
+
+/// How a node in validation, soak or hold stands against its static checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Every check passes; `recovered` is when its last watched condition
+    /// (Ready and `unhealthyConditions`) turned good, if the reporter said.
+    Healthy { recovered: Option<Timestamp> },
+    /// A watched condition is bad, but for less than its timeout: the node
+    /// is not admitted, and fails at `until` unless it recovers.
+    Tolerated { until: Timestamp, message: String },
+    /// A check fails.
+    Failed(Failure),
+}
+
+/// The node's standing at `now`: a bad condition fails it only once it has
+/// been bad for its timeout (`conditionTimeoutSeconds`, or the condition's
+/// own), counted from its lastTransitionTime; without one, at once. Every
+/// other check fails at once.
+pub fn standing(pool: &GpuPoolSpec, node: &NodeView, now: Timestamp) -> Standing {
+    let mut tolerated: Option<(Timestamp, String)> = None;
+    for bad in bad_conditions(pool, node) {
+        let since = node.condition_since.get(bad.type_).copied();
+        let until = since.map(|s| {
+            s.checked_add(SignedDuration::from_secs(i64::from(bad.timeout)))
+                .unwrap_or(Timestamp::MAX)
+        });
+        match (since, until) {
+            (Some(since), Some(until)) if bad.timeout > 0 && now < until => {
+                if tolerated.as_ref().is_none_or(|(t, _)| until < *t) {
+                    let message = format!(
+                        "{} since {since}; fails at {until} unless it recovers",
+                        bad.failure.message
+                    );
+                    tolerated = Some((until, message));
+                }
+            }
+            (Some(since), _) if bad.timeout > 0 => {
+                let mut failure = bad.failure;
+                failure.message = format!(
+                    "{} since {since}, longer than the {}s tolerated",
+                    failure.message, bad.timeout
+                );
+                return Standing::Failed(failure);
+            }
+            _ => return Standing::Failed(bad.failure),
         }
     }
+    if let Some(failure) = resource_failure(pool, node) {
+        return Standing::Failed(failure);
+    }
+    if let Some((until, message)) = tolerated {
+        return Standing::Tolerated { until, message };
+    }
+    let watched = std::iter::once("Ready").chain(
+        pool.health_checks
+            .unhealthy_conditions
+            .iter()
+            .map(|u| u.type_.as_str()),
+    );
+    let recovered = watched
+        .filter_map(|t| node.condition_since.get(t))
+        .max()
+        .copied();
+    Standing::Healthy { recovered }
+}
+
+/// The first check other than conditions the node fails.
+fn resource_failure(pool: &GpuPoolSpec, node: &NodeView) -> Option<Failure> {
+    use FailureCategory::*;
     if node.unschedulable {
         return Some(Failure::new(
             Cordoned,

@@ -28,8 +28,10 @@ pub fn probe_pod_name(node: &str, attempt: u32) -> String {
 impl Planner<'_> {
     /// A validating member: its static checks, then its probe's verdict.
     pub(super) fn check_validating(&mut self, m: usize) {
-        if let Some(failure) = self.static_check(m) {
-            return self.fail(m, failure);
+        // A condition bad for less than its timeout lets the probe go on:
+        // the soak after it does not pass while one is bad.
+        if self.check_standing(m).is_err() {
+            return;
         }
         let Some(probe_spec) = self.pool.spec.health_checks.probe.as_ref() else {
             // The probe was removed from the pool: nothing left to wait for.

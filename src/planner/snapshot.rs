@@ -128,6 +128,9 @@ pub struct NodeView {
     pub ready: Option<bool>,
     /// Every condition type with its status ("True", "False", "Unknown").
     pub conditions: BTreeMap<String, String>,
+    /// When each condition last changed status (its lastTransitionTime),
+    /// where the reporter said.
+    pub condition_since: BTreeMap<String, Timestamp>,
     /// `status.allocatable["nvidia.com/gpu"]`, when it parses as a count.
     pub allocatable_gpus: Option<u32>,
     /// The raw allocatable value, for messages when it does not parse.
@@ -162,6 +165,7 @@ impl NodeView {
             retry: false,
             ready: None,
             conditions: BTreeMap::new(),
+            condition_since: BTreeMap::new(),
             allocatable_gpus: None,
             allocatable_gpus_raw: None,
             taints: Vec::new(),
@@ -209,6 +213,14 @@ impl From<&Node> for NodeView {
                     .collect()
             })
             .unwrap_or_default();
+        let condition_since: BTreeMap<String, Timestamp> = status
+            .and_then(|s| s.conditions.as_ref())
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| Some((c.type_.clone(), c.last_transition_time.as_ref()?.0)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let allocatable_gpus_raw = status
             .and_then(|s| s.allocatable.as_ref())
             .and_then(|a| a.get(keys::GPU_RESOURCE))
@@ -236,6 +248,7 @@ impl From<&Node> for NodeView {
             retry: annotation(keys::RETRY).is_some(),
             ready: conditions.get("Ready").map(|s| s == "True"),
             conditions,
+            condition_since,
             allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
             allocatable_gpus_raw,
             taints: spec

@@ -12,7 +12,7 @@ use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
 use crate::vocabulary::EventReason;
 
-use super::health::{Failure, static_failure};
+use super::health::{Failure, Standing, standing, static_failure};
 use super::membership::{Domain, Membership};
 use super::pool::{Breaker, breaker};
 use super::snapshot::{NodeState, NodeView, ProbeView, Snapshot};
@@ -31,10 +31,10 @@ pub(super) struct Member<'a> {
     pub foreign: Option<NodeState>,
     /// Between start and verdict, and the onboarding taint is missing.
     pub untainted: bool,
-    /// Known to pass the static checks (they depend on the node alone,
-    /// which a plan does not change); checked up front for nodes in
-    /// progress, whose checks every plan repeats.
-    pub healthy: bool,
+    /// How a node in progress (validating, soaking, held) stands against
+    /// its static checks now (they depend on the node alone, which a plan
+    /// does not change); checked up front, as every plan repeats them.
+    pub standing: Option<Standing>,
     /// Soaking and its soak is over (or held): passed, waiting for its domain.
     pub passed: bool,
     /// Boxed: most members have none, and the planner makes several passes
@@ -108,7 +108,7 @@ impl<'a> Planner<'a> {
                     retry: p.view.retry,
                     foreign: p.foreign,
                     untainted: held_back && !p.view.has_taint(&taint.key, taint.effect.as_str()),
-                    healthy: held_back && static_failure(pool_spec, p.view).is_none(),
+                    standing: held_back.then(|| standing(pool_spec, p.view, now)),
                     passed: false,
                     patch: None,
                 }
@@ -222,12 +222,38 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The member's first static failure, unless known healthy.
+    /// The member's first static failure: what stops a node from starting.
     pub fn static_check(&self, m: usize) -> Option<Failure> {
-        if self.members[m].healthy {
-            return None;
-        }
         static_failure(&self.pool.spec, self.members[m].view)
+    }
+
+    /// Checks member `m`, in progress, against its static checks: fails it
+    /// on a failed check (`Err`); while a bad condition is tolerated, says
+    /// so on the node and plans again when its time is up (`Ok(None)`: not
+    /// healthy, not failed); `Ok(Some(recovered))` when healthy, with when
+    /// its last watched condition turned good.
+    pub fn check_standing(&mut self, m: usize) -> Result<Option<Option<Timestamp>>, ()> {
+        let standing = match self.members[m].standing.clone() {
+            Some(standing) => standing,
+            // Moved into progress by this plan: its checks passed at start.
+            None => standing(&self.pool.spec, self.members[m].view, self.now),
+        };
+        match standing {
+            Standing::Healthy { recovered } => Ok(Some(recovered)),
+            Standing::Tolerated { until, message } => {
+                if self.members[m].view.reason.as_deref() != Some(message.as_str()) {
+                    self.patch_of(m)
+                        .annotations
+                        .insert(keys::REASON, Some(message));
+                }
+                self.wake_at(until);
+                Ok(None)
+            }
+            Standing::Failed(failure) => {
+                self.fail(m, failure);
+                Err(())
+            }
+        }
     }
 
     /// Fails member `m`: state, reason, its probes deleted, events.

@@ -529,6 +529,88 @@ fn a_node_that_turns_unhealthy_while_soaking_fails() {
     assert_eq!(reason_of(&s, "n-d000-n01"), "condition GpuXidError is True");
 }
 
+/// Sets `condition` on `node` to `status`, changed at the sim's now.
+fn flip(s: &mut gpufleet::planner::sim::Sim, node: &str, condition: &str, status: &str) {
+    let now = s.now;
+    let n = node_mut(&mut s.snapshot.nodes, node);
+    n.conditions.insert(condition.into(), status.into());
+    n.condition_since.insert(condition.into(), now);
+}
+
+#[test]
+fn a_condition_that_blips_during_the_soak_restarts_it_and_fails_nobody() {
+    // Soak 300 s. n01's kubelet reports Ready=False for 20 s mid-soak: it
+    // is neither failed (the old rule failed it at once) nor admitted while
+    // bad, and its soak counts again from its recovery.
+    let pool = with_pool("spec: {healthChecks: {soakSeconds: 300}}");
+    let mut s = sim(pool, batch(), nodes(1));
+    s.step();
+    s.finish_probes();
+    s.step();
+    assert_eq!(in_state(&s, Soaking).len(), 4);
+    s.advance(100);
+    flip(&mut s, "n-d000-n01", "Ready", "False");
+    s.advance(10);
+    s.step();
+    assert_eq!(s.state("n-d000-n01"), Some(Soaking));
+    let reason = reason_of(&s, "n-d000-n01");
+    assert!(
+        reason.starts_with("node is not Ready (Ready=False) since ")
+            && reason.ends_with("unless it recovers"),
+        "{reason}"
+    );
+    s.advance(10);
+    flip(&mut s, "n-d000-n01", "Ready", "True");
+    let recovered = s.now;
+    s.step();
+    assert_eq!(reason_of(&s, "n-d000-n01"), "", "the tolerance's words go");
+    // The others' soak ends; n01's restarted at its recovery, and the
+    // domain is admitted whole once n01 has soaked 300 s on end.
+    s.advance(200);
+    s.step();
+    assert_eq!(in_state(&s, Ready).len(), 0);
+    let plan = s.plan();
+    let wake = plan.requeue_after.expect("a wake-up at n01's soak end");
+    assert_eq!(
+        recovered + k8s_openapi::jiff::SignedDuration::from_secs(300),
+        s.now + k8s_openapi::jiff::SignedDuration::try_from(wake).expect("duration")
+    );
+    s.advance(100);
+    s.step();
+    assert_eq!(in_state(&s, Ready).len(), 4);
+    assert_eq!(in_state(&s, Failed), Vec::<String>::new());
+}
+
+#[test]
+fn a_condition_fails_a_node_in_progress_only_after_its_timeout() {
+    // Default tolerance 60 s; GpuXidError tolerates none (timeoutSeconds 0).
+    let pool = with_pool(
+        "spec: {healthChecks: {unhealthyConditions: [{type: GpuXidError, status: 'True', timeoutSeconds: 0}]}}",
+    );
+    let mut s = sim(pool, with_batch("spec: {maxFailuresPerWave: 4}"), nodes(1));
+    s.step();
+    // Validating: n00 reports Ready=False while its probe runs; the probe
+    // passes, and the node soaks instead of failing.
+    flip(&mut s, "n-d000-n00", "Ready", "False");
+    flip(&mut s, "n-d000-n01", "GpuXidError", "True");
+    s.advance(5);
+    s.finish_probes();
+    s.step();
+    assert_eq!(s.state("n-d000-n00"), Some(Soaking));
+    assert_eq!(s.state("n-d000-n01"), Some(Failed));
+    assert_eq!(reason_of(&s, "n-d000-n01"), "condition GpuXidError is True");
+    // n00 stays bad past 60 s: it fails, saying for how long.
+    s.advance(56);
+    s.step();
+    assert_eq!(s.state("n-d000-n00"), Some(Failed));
+    let reason = reason_of(&s, "n-d000-n00");
+    assert!(
+        reason.starts_with("node is not Ready (Ready=False) since ")
+            && reason.ends_with(", longer than the 60s tolerated"),
+        "{reason}"
+    );
+}
+
 #[test]
 fn a_ready_node_is_never_demoted() {
     let mut s = sim(pool(), batch(), nodes(1));
