@@ -21,6 +21,12 @@ pub const ATTEMPT: &str = "gpufleet.io/attempt";
 /// `KEY:EFFECT[,KEY:EFFECT]`; empty when the node already carried the
 /// pool's taint when gpufleet started it. gpufleet removes only these.
 pub const TAINT: &str = "gpufleet.io/taint";
+/// Node annotation: when gpufleet admitted the node (RFC 3339). gpufleet
+/// never moves a ready node, so a node that carries it with any state but
+/// `ready` lost its label in service (someone removed or changed it): it is
+/// left alone, never re-tainted or re-probed, until a person labels it
+/// ready again or asks for a retry.
+pub const ADMITTED: &str = "gpufleet.io/admitted";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";

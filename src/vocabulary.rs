@@ -38,6 +38,9 @@ pub enum ConditionType {
     CircuitBreakerTripped,
     /// Batch: some domains have nodes in another batch too; they are held.
     SplitDomains,
+    /// Batch: some nodes gpufleet admitted lost their ready label since;
+    /// they are left alone in service.
+    LostState,
 }
 
 impl ConditionType {
@@ -49,6 +52,7 @@ impl ConditionType {
             ConditionType::NodeConflicts => "NodeConflicts",
             ConditionType::CircuitBreakerTripped => "CircuitBreakerTripped",
             ConditionType::SplitDomains => "SplitDomains",
+            ConditionType::LostState => "LostState",
         }
     }
 }
@@ -92,6 +96,10 @@ pub enum Reason {
     DomainsSplit,
     /// No domain spans two batches.
     NoSplitDomains,
+    /// Some admitted nodes lost their ready label.
+    StateLabelLost,
+    /// No admitted node lost its ready label.
+    NoLostState,
 }
 
 impl Reason {
@@ -115,6 +123,8 @@ impl Reason {
             Reason::WithinLimit => "WithinLimit",
             Reason::DomainsSplit => "DomainsSplit",
             Reason::NoSplitDomains => "NoSplitDomains",
+            Reason::StateLabelLost => "StateLabelLost",
+            Reason::NoLostState => "NoLostState",
         }
     }
 }
@@ -137,6 +147,8 @@ pub enum EventReason {
     NodeEventsFolded,
     /// A node's state label was not written by its batch: validated again.
     ForeignState,
+    /// A node gpufleet admitted lost its ready label: left alone.
+    StateLost,
 }
 
 impl EventReason {
@@ -155,6 +167,7 @@ impl EventReason {
             EventReason::CircuitBreakerCleared => "CircuitBreakerCleared",
             EventReason::NodeEventsFolded => "NodeEventsFolded",
             EventReason::ForeignState => "ForeignState",
+            EventReason::StateLost => "StateLost",
         }
     }
 }

@@ -409,6 +409,11 @@ fn table(p: &Preview) -> String {
             ),
             (Mismatch::Deleting, "Being deleted", true),
             (
+                Mismatch::LostState,
+                "Admitted, then lost the ready label (left in service; label them ready, or retry them)",
+                true,
+            ),
+            (
                 Mismatch::PoolOnly,
                 "Pool's selector only (other batches)",
                 false,

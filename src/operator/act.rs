@@ -329,7 +329,11 @@ async fn patch_node(
 /// cached node's). A taint change writes the whole list, computed from the
 /// cached node of that very version; `None` when the cache has moved past
 /// it: the node changed since the plan, and the decision is stale.
-fn patch_body(patch: &NodePatch, taint: Option<&TaintSpec>, cached: Option<&NodeView>) -> Option<Value> {
+fn patch_body(
+    patch: &NodePatch,
+    taint: Option<&TaintSpec>,
+    cached: Option<&NodeView>,
+) -> Option<Value> {
     let mut metadata = Map::new();
     metadata.insert(
         "labels".into(),

@@ -46,7 +46,12 @@ impl Planner<'_> {
             let healthy = self.domains[d].ready_in_pool + passed.len() as u32;
             if healthy >= needed {
                 for m in passed {
-                    self.transition(m, NodeState::Ready, &[(keys::REASON, None)]);
+                    let stamp = self.stamp();
+                    self.transition(
+                        m,
+                        NodeState::Ready,
+                        &[(keys::REASON, None), (keys::ADMITTED, Some(stamp))],
+                    );
                     self.set_taint(m, false);
                     self.members[m].passed = false;
                 }

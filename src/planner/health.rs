@@ -141,9 +141,7 @@ fn bad_conditions<'a>(
         .health_checks
         .unhealthy_conditions
         .iter()
-        .filter(|u| {
-            node.conditions.get(&u.type_).map(String::as_str) == Some(u.status.as_str())
-        })
+        .filter(|u| node.conditions.get(&u.type_).map(String::as_str) == Some(u.status.as_str()))
         .map(move |u| BadCondition {
             type_: &u.type_,
             failure: Failure::new(

@@ -87,6 +87,9 @@ pub enum Mismatch {
     Neither,
     /// Being deleted: the planner ignores it.
     Deleting,
+    /// Admitted once, then its `ready` label was removed or changed by
+    /// someone else: left alone in service (see `Membership::lost`).
+    LostState,
 }
 
 impl Mismatch {
@@ -99,6 +102,9 @@ impl Mismatch {
             Mismatch::PoolOnly => "matches the pool's selector but not the batch's",
             Mismatch::Neither => "matches neither the pool's nor the batch's selector",
             Mismatch::Deleting => "is being deleted",
+            Mismatch::LostState => {
+                "was admitted, then lost its ready label: left alone in service; label it gpufleet.io/state=ready, or annotate gpufleet.io/retry to validate it again"
+            }
         }
     }
 }
@@ -142,6 +148,12 @@ pub struct Membership<'a> {
     pub is_member: Vec<bool>,
     /// Nodes claimed twice: name, and who else claims them ("batch b2").
     pub conflicts: Vec<(String, String)>,
+    /// Nodes of the batch that gpufleet admitted and whose state label
+    /// someone has since removed or changed (`gpufleet.io/admitted` with a
+    /// state other than ready), by place in the input: they are in service,
+    /// so they are left alone (never re-tainted, never re-probed) until a
+    /// person labels them ready again or asks for a retry.
+    pub lost: Vec<usize>,
     /// Members, ordered by (domain key, name).
     pub members: Vec<Placed<'a>>,
     /// Domains, ordered by key.
@@ -241,6 +253,7 @@ impl<'a> Membership<'a> {
         let mut pool_nodes = Vec::new();
         let mut is_member = vec![false; nodes.len()];
         let mut conflicts = Vec::new();
+        let mut lost = Vec::new();
         let mut outsiders = Vec::new();
         let mut groups = Groups::default();
         let mut candidates: Vec<Candidate> = Vec::new();
@@ -264,12 +277,23 @@ impl<'a> Membership<'a> {
             pool_nodes.push(node);
             let recorded = node.state();
             let in_batch = matches(&batch.spec.node_selector, &node.labels);
+            let admitted_once = node.admitted.is_some() && recorded != NodeState::Ready;
+            if in_batch && admitted_once && !node.retry {
+                lost.push(i);
+                if report {
+                    outsiders.push((i, Mismatch::LostState));
+                }
+                continue;
+            }
             // Ready nodes are never demoted, whoever admitted them.
+            // One that lost its label in service and that a person asked to
+            // retry starts again from pending (`retry.rs`).
             let foreign = (in_batch
+                && !admitted_once
                 && !matches!(recorded, NodeState::Pending | NodeState::Ready)
                 && !wrote(node, batch_name, batch_uid))
             .then_some(recorded);
-            let state = if foreign.is_some() {
+            let state = if foreign.is_some() || (in_batch && admitted_once) {
                 NodeState::Pending
             } else {
                 recorded
@@ -344,6 +368,7 @@ impl<'a> Membership<'a> {
             pool_nodes,
             is_member,
             conflicts,
+            lost,
             members,
             domains,
             wave_count,

@@ -170,7 +170,8 @@ pub struct Event {
 /// Plans one batch of one pool.
 pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Timestamp) -> Plan {
     let mut planner = Planner::new(pool, batch, snapshot, now);
-    let departed = planner.departed();
+    let mut departed = planner.departed();
+    departed.extend(planner.left_in_service());
     planner.reset_foreign_states();
     planner.handle_retries();
     planner.restore_taints();

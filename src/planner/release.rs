@@ -54,6 +54,8 @@ impl Planner<'_> {
             .filter(|(_, member)| !**member)
             .map(|(n, _)| n)
             .filter(|n| n.state.is_some() && n.state() != NodeState::Ready && !n.deleting)
+            // Admitted once: in service, left alone (`provenance.rs`).
+            .filter(|n| n.admitted.is_none())
             .filter(|n| n.batch.as_deref() == Some(batch_name))
             .filter(|n| !conflicted.contains(n.name.as_str()))
             .map(|n| release(n))

@@ -1,6 +1,7 @@
 //! `gpufleet.io/retry`: a person sends a failed or held node through
-//! validation again. On any other node the request is just acknowledged
-//! (the annotation removed).
+//! validation again, or a node that lost its ready label in service (then
+//! its admission is forgotten). On any other node the request is just
+//! acknowledged (the annotation removed).
 
 use crate::keys;
 use crate::vocabulary::EventReason;
@@ -16,7 +17,8 @@ impl Planner<'_> {
                 continue;
             }
             let view = self.members[m].view;
-            if matches!(view.state(), NodeState::Failed | NodeState::Held) {
+            let lost = view.admitted.is_some() && view.state() != NodeState::Ready;
+            if lost || matches!(view.state(), NodeState::Failed | NodeState::Held) {
                 self.transition(
                     m,
                     NodeState::Pending,
@@ -24,6 +26,7 @@ impl Planner<'_> {
                         (keys::RETRY, None),
                         (keys::REASON, None),
                         (keys::ATTEMPT, None),
+                        (keys::ADMITTED, None),
                     ],
                 );
                 self.event(

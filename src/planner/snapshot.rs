@@ -128,6 +128,8 @@ pub struct NodeView {
     pub ready: Option<bool>,
     /// Every condition type with its status ("True", "False", "Unknown").
     pub conditions: BTreeMap<String, String>,
+    /// `gpufleet.io/admitted`: when gpufleet admitted the node.
+    pub admitted: Option<Timestamp>,
     /// When each condition last changed status (its lastTransitionTime),
     /// where the reporter said.
     pub condition_since: BTreeMap<String, Timestamp>,
@@ -165,6 +167,7 @@ impl NodeView {
             retry: false,
             ready: None,
             conditions: BTreeMap::new(),
+            admitted: None,
             condition_since: BTreeMap::new(),
             allocatable_gpus: None,
             allocatable_gpus_raw: None,
@@ -248,6 +251,7 @@ impl From<&Node> for NodeView {
             retry: annotation(keys::RETRY).is_some(),
             ready: conditions.get("Ready").map(|s| s == "True"),
             conditions,
+            admitted: annotation(keys::ADMITTED).and_then(|s| s.parse().ok()),
             condition_since,
             allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
             allocatable_gpus_raw,

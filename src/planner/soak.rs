@@ -32,7 +32,11 @@ impl Planner<'_> {
             self.patch_of(m).annotations.insert(keys::REASON, None);
         }
         let soak = SignedDuration::from_secs(i64::from(self.pool.spec.health_checks.soak_seconds));
-        let since = if self.members[m].patch.as_ref().is_some_and(|p| p.state != view.state) {
+        let since = if self.members[m]
+            .patch
+            .as_ref()
+            .is_some_and(|p| p.state != view.state)
+        {
             self.now
         } else {
             view.since.unwrap_or(self.now)

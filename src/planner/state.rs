@@ -55,6 +55,8 @@ pub(super) struct Planner<'a> {
     pub wave_count: usize,
     /// Nodes claimed twice: name, and who else claims them.
     pub conflicts: Vec<(String, String)>,
+    /// Nodes admitted once that lost their ready label: left alone.
+    pub lost: Vec<&'a NodeView>,
     /// The batch's probe pods by node.
     pub probes: HashMap<&'a str, Vec<&'a ProbeView>>,
     /// Every pod of the snapshot by name, whoever made it: a pod at a
@@ -81,6 +83,7 @@ impl<'a> Planner<'a> {
             pool_nodes,
             is_member,
             conflicts,
+            lost,
             members,
             domains,
             wave_count,
@@ -148,6 +151,7 @@ impl<'a> Planner<'a> {
             domains,
             wave_count,
             conflicts,
+            lost: lost.into_iter().map(|i| &*snapshot.nodes[i]).collect(),
             probes,
             probe_named,
             validating_elsewhere,

@@ -405,6 +405,30 @@ impl Planner<'_> {
                 )
             });
         }
+        if !self.lost.is_empty() || has(prev, ConditionType::LostState) {
+            conditions.push(if self.lost.is_empty() {
+                c(
+                    ConditionType::LostState,
+                    false,
+                    Reason::NoLostState,
+                    "no admitted node lost its ready label".into(),
+                )
+            } else {
+                let named: Vec<String> = self.lost.iter().map(|n| n.name.clone()).collect();
+                c(
+                    ConditionType::LostState,
+                    true,
+                    Reason::StateLabelLost,
+                    format!(
+                        "{} nodes were admitted, then lost their ready label, and are left alone in service: {}; label them {}=ready, or annotate {} to validate them again",
+                        named.len(),
+                        bounded_list(&named),
+                        crate::keys::STATE,
+                        crate::keys::RETRY,
+                    ),
+                )
+            });
+        }
         conditions
     }
 

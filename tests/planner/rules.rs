@@ -612,6 +612,67 @@ fn a_condition_fails_a_node_in_progress_only_after_its_timeout() {
 }
 
 #[test]
+fn an_admitted_node_that_loses_its_label_is_left_in_service() {
+    // Scenario 9: all four admitted; someone removes n01's state label and
+    // sets n02's to held. Under the old rule both were started again:
+    // re-tainted (a NoExecute taint evicts their jobs) and re-probed.
+    let mut s = sim(pool(), batch(), nodes(1));
+    s.run(20);
+    assert_eq!(in_state(&s, Ready).len(), 4);
+    let n = node_mut(&mut s.snapshot.nodes, "n-d000-n01");
+    n.labels.remove(keys::STATE);
+    n.state = None;
+    let n = node_mut(&mut s.snapshot.nodes, "n-d000-n02");
+    n.labels.insert(keys::STATE.into(), "held".into());
+    n.state = Some(Held);
+    let plan = s.step();
+    assert!(
+        plan.actions
+            .iter()
+            .all(|a| !matches!(a, Action::CreateProbe(_))),
+        "{:?}",
+        plan.actions
+    );
+    for p in plan.node_patches() {
+        assert_eq!(p.taint, TaintChange::Keep, "{p:?}");
+        assert_eq!(
+            p.state,
+            s.snapshot
+                .nodes
+                .iter()
+                .find(|n| n.name == p.node)
+                .unwrap()
+                .state
+        );
+    }
+    assert!(reason_of(&s, "n-d000-n01").contains("left in service"));
+    assert!(reason_of(&s, "n-d000-n02").contains("state label became held"));
+    let lost = condition(&plan, "LostState");
+    assert_eq!(lost.status, "True");
+    assert!(
+        lost.message.contains("n-d000-n01, n-d000-n02"),
+        "{}",
+        lost.message
+    );
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(e) if e.reason == EventReason::StateLost))
+    );
+    assert_eq!(s.step().changes().count(), 0, "told once");
+    // A person asks for a retry of n01: it is validated again.
+    node_mut(&mut s.snapshot.nodes, "n-d000-n01").retry = true;
+    let plan = s.step();
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateProbe(r) if r.node == "n-d000-n01"))
+    );
+    assert_eq!(s.state("n-d000-n01"), Some(Validating));
+    assert_eq!(s.state("n-d000-n02"), Some(Held), "n02 still left alone");
+}
+
+#[test]
 fn a_ready_node_is_never_demoted() {
     let mut s = sim(pool(), batch(), nodes(1));
     s.run(20);
