@@ -27,6 +27,11 @@ pub const TAINT: &str = "gpufleet.io/taint";
 /// left alone, never re-tainted or re-probed, until a person labels it
 /// ready again or asks for a retry.
 pub const ADMITTED: &str = "gpufleet.io/admitted";
+/// Node annotation: the generation of the pool under which the node was
+/// sent back to pending as part of a short-circuit (many nodes failing the
+/// same way at once: a suspected configuration error). While it matches
+/// the pool's generation, the batch is halted.
+pub const SUSPECT: &str = "gpufleet.io/suspect";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";

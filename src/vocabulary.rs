@@ -100,6 +100,8 @@ pub enum Reason {
     StateLabelLost,
     /// No admitted node lost its ready label.
     NoLostState,
+    /// Many in-flight nodes failed the same way at once.
+    SuspectedMisconfiguration,
 }
 
 impl Reason {
@@ -125,6 +127,7 @@ impl Reason {
             Reason::NoSplitDomains => "NoSplitDomains",
             Reason::StateLabelLost => "StateLabelLost",
             Reason::NoLostState => "NoLostState",
+            Reason::SuspectedMisconfiguration => "SuspectedMisconfiguration",
         }
     }
 }
@@ -149,6 +152,8 @@ pub enum EventReason {
     ForeignState,
     /// A node gpufleet admitted lost its ready label: left alone.
     StateLost,
+    /// Many nodes failed the same way at once: halted, none failed.
+    SuspectedMisconfiguration,
 }
 
 impl EventReason {
@@ -168,6 +173,7 @@ impl EventReason {
             EventReason::NodeEventsFolded => "NodeEventsFolded",
             EventReason::ForeignState => "ForeignState",
             EventReason::StateLost => "StateLost",
+            EventReason::SuspectedMisconfiguration => "SuspectedMisconfiguration",
         }
     }
 }
@@ -195,6 +201,9 @@ pub enum Gate {
     Complete,
     /// The batch or its pool cannot be read or found: fix the object.
     InvalidSpec,
+    /// Many nodes failed the same way at once: a suspected configuration
+    /// error; halted until the pool changes.
+    SuspectedMisconfiguration,
 }
 
 impl Gate {
@@ -210,6 +219,7 @@ impl Gate {
             Gate::NoNodes => Reason::NoNodes,
             Gate::Complete => Reason::RolloutComplete,
             Gate::InvalidSpec => Reason::InvalidSpec,
+            Gate::SuspectedMisconfiguration => Reason::SuspectedMisconfiguration,
         }
     }
 
@@ -217,7 +227,10 @@ impl Gate {
     pub const fn stalls(self) -> bool {
         matches!(
             self,
-            Gate::FailureBudget | Gate::CircuitBreaker | Gate::InvalidSpec
+            Gate::FailureBudget
+                | Gate::CircuitBreaker
+                | Gate::InvalidSpec
+                | Gate::SuspectedMisconfiguration
         )
     }
 
@@ -238,6 +251,7 @@ impl Gate {
             Gate::NoNodes => "no nodes yet",
             Gate::Complete => "complete",
             Gate::InvalidSpec => "halted: the batch or its pool is invalid",
+            Gate::SuspectedMisconfiguration => "halted: suspected misconfiguration",
         }
     }
 
@@ -254,6 +268,7 @@ impl Gate {
             Gate::NoNodes => "no nodes",
             Gate::Complete => "complete",
             Gate::InvalidSpec => "halted, the batch or its pool is invalid",
+            Gate::SuspectedMisconfiguration => "halted, suspected misconfiguration",
         }
     }
 
@@ -269,11 +284,12 @@ impl Gate {
             Gate::NoNodes => "no_nodes",
             Gate::Complete => "complete",
             Gate::InvalidSpec => "invalid_spec",
+            Gate::SuspectedMisconfiguration => "suspected_misconfiguration",
         }
     }
 
     /// Every gate.
-    pub const ALL: [Gate; 9] = [
+    pub const ALL: [Gate; 10] = [
         Gate::Probes,
         Gate::Soak,
         Gate::Approval,
@@ -283,6 +299,7 @@ impl Gate {
         Gate::NoNodes,
         Gate::Complete,
         Gate::InvalidSpec,
+        Gate::SuspectedMisconfiguration,
     ];
 }
 

@@ -209,12 +209,34 @@ pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub condition_timeout_seconds: Option<u32>,
+    /// Short-circuit: when more than this percentage of the nodes in flight
+    /// (validating or soaking) fail in one pass for the very same reason,
+    /// and at least `shortCircuitMinNodes` of them, gpufleet does not fail
+    /// them (no failure budget or circuit breaker spent): it suspects a
+    /// configuration error, such as a typo in the probe, sends them back to
+    /// pending and halts the batch (Stalled, SuspectedMisconfiguration)
+    /// until the pool changes. Default 50; 100 turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub short_circuit_percent: Option<u32>,
+    /// The fewest same-reason failures that can short-circuit. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub short_circuit_min_nodes: Option<u32>,
 }
 
 impl HealthChecks {
     /// `startupTimeoutSeconds`, defaulted.
     pub fn startup_timeout(&self) -> u32 {
         self.startup_timeout_seconds.unwrap_or(600)
+    }
+
+    /// `shortCircuitPercent` and `shortCircuitMinNodes`, defaulted.
+    pub fn short_circuit(&self) -> (u32, u32) {
+        (
+            self.short_circuit_percent.unwrap_or(50),
+            self.short_circuit_min_nodes.unwrap_or(3).max(1),
+        )
     }
 
     /// `conditionTimeoutSeconds`, defaulted.

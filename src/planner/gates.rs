@@ -115,6 +115,8 @@ impl Planner<'_> {
             stop(Gate::FailureBudget, w)
         } else if self.breaker.tripped {
             stop(Gate::CircuitBreaker, wave)
+        } else if self.suspected.is_some() {
+            stop(Gate::SuspectedMisconfiguration, wave)
         } else if spec.paused {
             stop(Gate::Paused, wave)
         } else if spec.approved_waves.is_some_and(|a| wave as u32 >= a) {
@@ -164,6 +166,7 @@ impl Planner<'_> {
                 (keys::BATCH_UID, self.batch.metadata.uid.clone()),
                 (keys::WAVE, Some((wave + 1).to_string())),
                 (keys::STARTED, Some(self.stamp())),
+                (keys::SUSPECT, None),
             ];
             let failure = self.static_check(m);
             if let Some(failure) = failure.as_ref().filter(|f| f.booting) {

@@ -14,6 +14,7 @@
 //! | probes: create, verdict, timeout, retries, strays | `probes.rs` |
 //! | the soak | `soak.rs` |
 //! | gates: failure budget, breaker, pause, approval, concurrency | `gates.rs` |
+//! | short-circuit: many failing the same way at once | `shortcircuit.rs` |
 //! | admission of whole domains, holding | `admission.rs` |
 //! | releasing nodes that left the batch | `release.rs` |
 //! | status, conditions, events | `status.rs` (words: `crate::vocabulary`) |
@@ -38,6 +39,7 @@ mod provenance;
 mod release;
 mod retry;
 mod selector;
+mod shortcircuit;
 pub mod sim;
 mod snapshot;
 mod soak;
@@ -175,6 +177,7 @@ pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Time
     planner.reset_foreign_states();
     planner.handle_retries();
     planner.restore_taints();
+    planner.deferring = true;
     for m in 0..planner.members.len() {
         match planner.members[m].state {
             NodeState::Validating => planner.check_validating(m),
@@ -182,6 +185,7 @@ pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Time
             _ => {}
         }
     }
+    planner.settle_failures();
     planner.delete_stray_probes();
     // Admitting a domain can complete a wave and open the next, whose
     // nodes may then start (and, without probe or soak, be admitted) in

@@ -258,6 +258,7 @@ pub fn apply_patch(
             keys::ATTEMPT => node.attempt = value.and_then(|v| v.parse().ok()).unwrap_or(0),
             keys::RETRY => node.retry = value.is_some(),
             keys::ADMITTED => node.admitted = value.and_then(|v| v.parse().ok()),
+            keys::SUSPECT => node.suspect = value.and_then(|v| v.parse().ok()),
             keys::TAINT => node.taints_added = value.map(super::snapshot::parse_taints),
             _ => {}
         }

@@ -130,6 +130,8 @@ pub struct NodeView {
     pub conditions: BTreeMap<String, String>,
     /// `gpufleet.io/admitted`: when gpufleet admitted the node.
     pub admitted: Option<Timestamp>,
+    /// `gpufleet.io/suspect`: the pool generation of a short-circuit.
+    pub suspect: Option<i64>,
     /// When each condition last changed status (its lastTransitionTime),
     /// where the reporter said.
     pub condition_since: BTreeMap<String, Timestamp>,
@@ -168,6 +170,7 @@ impl NodeView {
             ready: None,
             conditions: BTreeMap::new(),
             admitted: None,
+            suspect: None,
             condition_since: BTreeMap::new(),
             allocatable_gpus: None,
             allocatable_gpus_raw: None,
@@ -252,6 +255,7 @@ impl From<&Node> for NodeView {
             ready: conditions.get("Ready").map(|s| s == "True"),
             conditions,
             admitted: annotation(keys::ADMITTED).and_then(|s| s.parse().ok()),
+            suspect: annotation(keys::SUSPECT).and_then(|s| s.parse().ok()),
             condition_since,
             allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
             allocatable_gpus_raw,

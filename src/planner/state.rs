@@ -65,6 +65,13 @@ pub(super) struct Planner<'a> {
     /// Nodes of the pool in validation for other batches.
     pub validating_elsewhere: u32,
     pub breaker: Breaker,
+    /// While set, `fail` only records the failure here: the failures of
+    /// nodes in flight are settled together (`shortcircuit.rs`).
+    pub deferring: bool,
+    pub deferred: Vec<(usize, Failure)>,
+    /// Why the batch is halted as a suspected misconfiguration under the
+    /// pool's current generation, if it is.
+    pub suspected: Option<String>,
     pub creates: Vec<ProbeRequest>,
     pub deletes: BTreeSet<String>,
     pub events: Vec<Event>,
@@ -156,6 +163,9 @@ impl<'a> Planner<'a> {
             probe_named,
             validating_elsewhere,
             breaker,
+            deferring: false,
+            deferred: Vec::new(),
+            suspected: None,
             creates: Vec::new(),
             deletes: BTreeSet::new(),
             events: Vec::new(),
@@ -260,8 +270,14 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Fails member `m`: state, reason, its probes deleted, events.
+    /// Fails member `m`: state, reason, its probes deleted, events. While
+    /// deferring, only records the failure.
     pub fn fail(&mut self, m: usize, failure: Failure) {
+        if self.deferring {
+            self.members[m].passed = false;
+            self.deferred.push((m, failure));
+            return;
+        }
         let name = self.members[m].view.name.clone();
         self.transition(
             m,

@@ -263,6 +263,19 @@ impl Planner<'_> {
                     self.batch.spec.approved_waves.unwrap_or_default()
                 ),
             ),
+            Some(Stop {
+                gate: Gate::SuspectedMisconfiguration,
+                wave,
+            }) => verdict(
+                Gate::SuspectedMisconfiguration,
+                Some(wave),
+                format!(
+                    "wave {} of {} halted: {}",
+                    wave + 1,
+                    self.wave_count,
+                    self.suspected.as_deref().unwrap_or_default()
+                ),
+            ),
             // Any other gate: its headline and where the wave stands.
             Some(Stop { gate, wave }) => verdict(
                 gate,

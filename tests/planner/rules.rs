@@ -673,6 +673,99 @@ fn an_admitted_node_that_loses_its_label_is_left_in_service() {
 }
 
 #[test]
+fn many_nodes_failing_the_same_way_at_once_halt_as_a_suspected_misconfiguration() {
+    // Scenario 10: a typo in the probe's command fails every probe alike.
+    // Under the old rule all eight failed, spending the failure budget and
+    // tripping the breaker; now none fails: they go back to pending, marked
+    // with the pool's generation, and the batch halts until the pool changes.
+    let pool = with_pool(
+        "metadata: {generation: 1}\nspec: {healthChecks: {probe: {retries: 0}}, circuitBreaker: {maxFailedPercent: 10, window: 1h}}",
+    );
+    let typo = |_: &str, _: u32| Outcome::Fail {
+        exit_code: 127,
+        message: "exec: \"dcgmi-diag\": executable file not found in $PATH".into(),
+    };
+    let mut s = sim_with(
+        pool,
+        with_batch("spec: {maxConcurrent: 8, maxFailuresPerWave: 8}"),
+        nodes(2),
+        typo,
+    );
+    s.step();
+    let started = in_state(&s, Validating);
+    assert_eq!(started.len(), 4, "the first wave's domain");
+    s.finish_probes();
+    let plan = s.step();
+    assert_eq!(in_state(&s, Failed), Vec::<String>::new());
+    assert_eq!(in_state(&s, Pending).len(), 8);
+    for node in &started {
+        let view = s.snapshot.nodes.iter().find(|n| &n.name == node).unwrap();
+        assert_eq!(view.suspect, Some(1), "{node}");
+    }
+    assert_eq!(
+        plan.status.gate.as_ref().map(|g| g.name),
+        Some(gpufleet::vocabulary::Gate::SuspectedMisconfiguration)
+    );
+    let stalled = condition(&plan, "Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "SuspectedMisconfiguration")
+    );
+    assert!(
+        stalled
+            .message
+            .contains("4 of 4 nodes in flight failed the same way"),
+        "{}",
+        stalled.message
+    );
+    assert!(plan.actions.iter().any(
+        |a| matches!(a, Action::Event(e) if e.reason == EventReason::SuspectedMisconfiguration)
+    ));
+    let pool_plan = plan_pool(&s.pool, &s.snapshot.nodes, s.now);
+    assert!(!pool_plan.breaker.tripped, "no failure reached the breaker");
+    // Halted: nothing starts again under the same pool.
+    assert_eq!(s.step().changes().count(), 0);
+    // The pool is fixed (a new generation): they start again and pass.
+    s.pool.metadata.generation = Some(2);
+    s.pool.spec.health_checks.probe.as_mut().unwrap().retries = 1;
+    let mut fixed = gpufleet::planner::sim::Sim::new(
+        s.pool.clone(),
+        s.batch.clone(),
+        s.snapshot.clone(),
+        s.now,
+        |_, _| Outcome::Pass,
+    );
+    fixed.run(50);
+    assert_eq!(in_state(&fixed, Ready).len(), 8);
+    assert!(fixed.snapshot.nodes.iter().all(|n| n.suspect.is_none()));
+}
+
+#[test]
+fn a_few_nodes_failing_alike_fail_as_usual() {
+    // Two of eight fail the same way: below the short-circuit (50%), so
+    // they fail and count against the budget.
+    let fail_two = |node: &str, _: u32| {
+        if node.ends_with("n00") {
+            Outcome::Fail {
+                exit_code: 1,
+                message: "dcgmi diag: GPU 2 failed the memory test".into(),
+            }
+        } else {
+            Outcome::Pass
+        }
+    };
+    let mut s = sim_with(
+        with_pool("spec: {healthChecks: {probe: {retries: 0}}}"),
+        with_batch("spec: {maxConcurrent: 8, maxFailuresPerWave: 8}"),
+        nodes(2),
+        fail_two,
+    );
+    s.run(50);
+    assert_eq!(in_state(&s, Failed), vec!["n-d000-n00", "n-d001-n00"]);
+    assert!(s.snapshot.nodes.iter().all(|n| n.suspect.is_none()));
+}
+
+#[test]
 fn a_ready_node_is_never_demoted() {
     let mut s = sim(pool(), batch(), nodes(1));
     s.run(20);
