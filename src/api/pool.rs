@@ -273,7 +273,9 @@ pub struct GpuPoolStatus {
     #[serde(default)]
     pub domains: DomainCounts,
     /// The circuit breaker's state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Serialized as null when unset: the status is written as a merge
+    // patch, in which only a null removes what an earlier write left.
+    #[serde(default)]
     pub breaker: Option<BreakerStatus>,
     /// `Ready`, `Stalled` and `CircuitBreakerTripped`, keyed by type.
     #[serde(default)]
@@ -295,8 +297,9 @@ pub struct BreakerStatus {
     /// Failures the window tolerates before tripping.
     #[serde(default)]
     pub limit: u32,
-    /// When the breaker last tripped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the breaker tripped, while it is tripped.
+    // Null when unset, as `breaker`: else it outlives the trip.
+    #[serde(default)]
     pub tripped_at: Option<Time>,
     /// The pool's failures within the window, oldest first: the breaker's
     /// memory. A failure stays here, and counts, for its whole window

@@ -30,8 +30,8 @@ fn fail(nodes: &mut [NodeView], name: &str, since: Option<Timestamp>) {
     n.labels.insert("gpufleet.io/batch".into(), "older".into());
 }
 
-/// The pool as its reconcile leaves it: `status` written back the way the
-/// API server stores it (through JSON, times to the second).
+/// The pool with `status` as given, the way the API server stores it
+/// (through JSON, times to the second).
 fn with_status(pool: &GpuPool, status: &GpuPoolStatus) -> GpuPool {
     let mut pool = pool.clone();
     let stored = serde_json::to_value(status).unwrap();
@@ -39,9 +39,41 @@ fn with_status(pool: &GpuPool, status: &GpuPoolStatus) -> GpuPool {
     pool
 }
 
+/// A JSON merge patch (RFC 7386), as the API server applies one.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let target = target.as_object_mut().unwrap();
+    for (key, value) in fields {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(
+                target.entry(key.clone()).or_insert(serde_json::Value::Null),
+                value,
+            );
+        }
+    }
+}
+
+/// The pool's reconcile at `now`, its status written as the operator writes
+/// it: a merge patch of the status.
 fn reconcile(pool: &mut GpuPool, nodes: &[NodeView], now: Timestamp) -> PoolPlan {
     let plan = plan_pool(pool, nodes, now);
-    *pool = with_status(pool, &plan.status);
+    let mut stored = serde_json::to_value(&pool.status).unwrap();
+    merge_patch(&mut stored, &serde_json::to_value(&plan.status).unwrap());
+    pool.status = Some(serde_json::from_value(stored).unwrap());
+    // Else the operator writes the status again on every reconcile.
+    assert_eq!(
+        pool.status.as_ref(),
+        Some(&plan.status),
+        "the stored status is the plan's"
+    );
     plan
 }
 
@@ -291,4 +323,25 @@ fn a_failure_time_is_kept_to_the_second_so_it_matches_the_node_again() {
         ledger(&first),
         [("n-d005-n00".into(), t0() + SignedDuration::from_secs(1))]
     );
+}
+
+#[test]
+fn removing_the_breaker_forgets_its_failures() {
+    let mut pool = breaker_pool();
+    let mut nodes = nodes(6);
+    for name in ["n-d005-n00", "n-d005-n01", "n-d005-n02"] {
+        fail(&mut nodes, name, Some(t0()));
+    }
+    assert!(reconcile(&mut pool, &nodes, t0()).breaker.tripped);
+    pool.spec.circuit_breaker = None;
+    let plan = reconcile(&mut pool, &nodes, at(1));
+    assert_eq!(plan.status.breaker, None);
+    // Put back after the nodes were retried: nothing is remembered.
+    pool.spec = breaker_pool().spec;
+    for n in &mut nodes {
+        n.state = Some(Pending);
+    }
+    let plan = reconcile(&mut pool, &nodes, at(2));
+    assert!(!plan.breaker.tripped);
+    assert!(ledger(&plan).is_empty());
 }
