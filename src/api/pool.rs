@@ -272,8 +272,12 @@ fn default_probe_retries() -> u32 {
 }
 
 /// Halts every rollout of the pool when more than `maxFailedPercent` of the
-/// pool's nodes failed within `window`. It clears by itself once the window
-/// passes or the failed nodes are retried.
+/// pool's nodes failed within `window`. It clears by itself once enough of
+/// the failures are older than the window. A failure counts for its whole
+/// window whatever later happens to its node: retrying, relabelling or
+/// deleting the node, or deleting its batch, does not clear the breaker
+/// (`status.breaker.failures` remembers it). Raising `maxFailedPercent`
+/// does; removing `circuitBreaker` forgets the failures.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
@@ -307,7 +311,9 @@ pub struct GpuPoolStatus {
     #[serde(default)]
     pub domains: DomainCounts,
     /// The circuit breaker's state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Serialized as null when unset: the status is written as a merge
+    // patch, in which only a null removes what an earlier write left.
+    #[serde(default)]
     pub breaker: Option<BreakerStatus>,
     /// `Ready`, `Stalled` and `CircuitBreakerTripped`, keyed by type.
     #[serde(default)]
@@ -322,13 +328,40 @@ pub struct BreakerStatus {
     /// True while every rollout of the pool is halted.
     #[serde(default)]
     pub tripped: bool,
-    /// Nodes of the pool that failed within the window.
+    /// Failures within the window: the pool's nodes failed now and those
+    /// remembered in `failures`, each counted once (at most 4096 remembered).
     #[serde(default)]
     pub failed_in_window: u32,
     /// Failures the window tolerates before tripping.
     #[serde(default)]
     pub limit: u32,
-    /// When the breaker last tripped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the breaker tripped, while it is tripped.
+    // Null when unset, as `breaker`: else it outlives the trip.
+    #[serde(default)]
     pub tripped_at: Option<Time>,
+    /// The pool's failures within the window, oldest first: the breaker's
+    /// memory. A failure stays here, and counts, for its whole window
+    /// whatever later happens to its node (relabelled, retried, released
+    /// with its batch, or deleted). At most the 4096 most recent are kept,
+    /// so once failed nodes lose their labels `failedInWindow` counts at
+    /// most 4096 of them.
+    // Always serialized, even empty: the status is written as a merge patch,
+    // which replaces a list it names and keeps one it omits.
+    #[serde(default)]
+    #[schemars(length(max = 4096))]
+    pub failures: Vec<BreakerFailure>,
+}
+
+/// One failure the circuit breaker remembers, identified by its node and
+/// the time it failed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerFailure {
+    /// The node that failed.
+    #[schemars(length(max = 253))]
+    pub node: String,
+    /// When it failed: the node's `gpufleet.io/since` when it failed, to the
+    /// second. A node labelled `failed` without `gpufleet.io/since` counts
+    /// from when gpufleet first saw it failed.
+    pub at: Time,
 }

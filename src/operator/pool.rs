@@ -19,8 +19,10 @@ use super::{Context, events, observe};
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// A pool is reconciled at most this often. Its status and metrics report
-/// capacity; nothing decides from them (each batch's plan computes the
-/// breaker from the nodes), so they may lag a second. Without this, every
+/// capacity, which may lag a second. Each batch's plan counts the breaker's
+/// ledger in the pool's status together with the nodes failed now, so the
+/// lag matters only for a failure erased from its node within that second,
+/// before this reconcile recorded it. Without this, every
 /// node a rollout admits re-counted the whole pool and wrote its status: 214
 /// pool status writes for a 1,000-node rollout.
 pub const EVERY: Duration = Duration::from_secs(1);

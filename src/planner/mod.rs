@@ -59,7 +59,9 @@ use crate::vocabulary::EventReason;
 pub use conditions::{condition, is_true};
 pub use health::{Failure, FailureCategory, compare_versions, static_failure};
 pub use membership::{Mismatch, claimants, needed_healthy};
-pub use pool::{Breaker, PoolPlan, breaker, invalid_pool_status, parse_window, plan_pool};
+pub use pool::{
+    Breaker, LEDGER_MAX, PoolPlan, breaker, invalid_pool_status, parse_window, plan_pool,
+};
 pub use probes::probe_pod_name;
 pub use release::release;
 pub use selector::{matches, to_query};

@@ -2,12 +2,16 @@
 //! breaker that halts every rollout of the pool when too many nodes fail.
 
 use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::api::{BreakerStatus, DomainCounts, GpuCounts, GpuPool, GpuPoolSpec, GpuPoolStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{
+    BreakerFailure, BreakerStatus, CircuitBreaker, DomainCounts, GpuCounts, GpuPool, GpuPoolStatus,
+};
 
 use crate::vocabulary::{ConditionType, EventReason, Reason};
 
@@ -58,35 +62,115 @@ pub fn parse_window(window: &str) -> Option<SignedDuration> {
     (any && number.is_empty()).then(|| SignedDuration::from_secs_f64(total))
 }
 
-/// The breaker of a pool over its nodes at `now`. Without a configured
-/// breaker it never trips.
-pub fn breaker(pool: &GpuPoolSpec, pool_nodes: &[&NodeView], now: Timestamp) -> Breaker {
-    let Some(cb) = &pool.circuit_breaker else {
-        return Breaker::default();
-    };
-    let window = parse_window(&cb.window).unwrap_or(SignedDuration::from_hours(1));
-    let start = now - window;
-    let failed: Vec<Option<Timestamp>> = pool_nodes
+/// Most failures the breaker remembers (`status.breaker.failures`): the most
+/// recent ones. Bounded so that the pool's status stays small (a failure
+/// takes about 100 bytes of it). Deciding whether the breaker is tripped,
+/// and when it clears, needs only the `limit + 1` most recent failures, so
+/// the ledger is exact for a limit under this (a pool under 40,960 nodes at
+/// 10%); above it, failed nodes that lost their labels count only as far as
+/// the ledger holds them.
+pub const LEDGER_MAX: usize = 4096;
+
+/// A failure as the breaker counts it: when, to the second (as the status
+/// stores it), and which node.
+type Counted<'a> = (Timestamp, &'a str);
+
+/// `t` to the whole second, as a `Time` in the status keeps it: a ledger
+/// entry read back must equal the failure it was written from.
+fn to_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// The failures the breaker counts at `now`: those of the ledger in the
+/// pool's status and those of the pool's nodes failed now, each (node, time)
+/// once, within the window (after `start`), oldest first, at most
+/// [`LEDGER_MAX`] (the most recent). A node failed without
+/// `gpufleet.io/since` is the ledger's failure of that node if it has one,
+/// else a failure at `now` (which the pool's status then remembers).
+fn counted_failures<'a>(
+    ledger: &'a [BreakerFailure],
+    pool_nodes: &[&'a NodeView],
+    start: Timestamp,
+    now: Timestamp,
+) -> Vec<Counted<'a>> {
+    let mut failures: Vec<Counted<'a>> = ledger
         .iter()
-        .filter(|n| n.state() == NodeState::Failed)
-        .map(|n| n.since)
-        .filter(|since| since.is_none_or(|s| s > start))
+        .map(|f| (to_second(f.at.0), f.node.as_str()))
+        .filter(|(at, _)| *at > start)
         .collect();
-    let total = pool_nodes.len() as u64;
-    let limit = (u64::from(cb.max_failed_percent) * total / 100) as u32;
-    let failed_in_window = failed.len() as u32;
+    let remembered = failures.len();
+    let mut sinceless: Vec<&str> = Vec::new();
+    for node in pool_nodes.iter().filter(|n| n.state() == NodeState::Failed) {
+        match node.since {
+            Some(since) => {
+                let at = to_second(since);
+                if at > start {
+                    failures.push((at, node.name.as_str()));
+                }
+            }
+            None => sinceless.push(node.name.as_str()),
+        }
+    }
+    let now = to_second(now);
+    if !sinceless.is_empty() && now > start {
+        let known: HashSet<&str> = failures[..remembered].iter().map(|f| f.1).collect();
+        failures.extend(
+            sinceless
+                .into_iter()
+                .filter(|name| !known.contains(name))
+                .map(|name| (now, name)),
+        );
+    }
+    failures.sort_unstable();
+    failures.dedup();
+    let excess = failures.len().saturating_sub(LEDGER_MAX);
+    failures.drain(..excess);
+    failures
+}
+
+/// The breaker's verdict over the counted failures.
+fn verdict(
+    cb: &CircuitBreaker,
+    failures: &[Counted],
+    pool_size: usize,
+    window: SignedDuration,
+) -> Breaker {
+    let limit = (u64::from(cb.max_failed_percent) * pool_size as u64 / 100) as u32;
+    let failed_in_window = failures.len() as u32;
     let tripped = failed_in_window > limit;
-    let next_change = if tripped {
-        failed.iter().flatten().min().map(|s| *s + window)
-    } else {
-        None
-    };
     Breaker {
         tripped,
         failed_in_window,
         limit,
-        next_change,
+        next_change: failures
+            .first()
+            .filter(|_| tripped)
+            .map(|(at, _)| *at + window),
     }
+}
+
+fn window_of(cb: &CircuitBreaker) -> SignedDuration {
+    parse_window(&cb.window).unwrap_or(SignedDuration::from_hours(1))
+}
+
+/// The breaker of a pool over its nodes at `now`: the failures remembered
+/// in the pool's status together with its nodes failed now. Without a
+/// configured breaker it never trips.
+pub fn breaker(pool: &GpuPool, pool_nodes: &[&NodeView], now: Timestamp) -> Breaker {
+    let Some(cb) = &pool.spec.circuit_breaker else {
+        return Breaker::default();
+    };
+    let window = window_of(cb);
+    let failures = counted_failures(ledger(pool), pool_nodes, now - window, now);
+    verdict(cb, &failures, pool_nodes.len(), window)
+}
+
+/// The failures remembered in the pool's status.
+fn ledger(pool: &GpuPool) -> &[BreakerFailure] {
+    pool.status
+        .as_ref()
+        .and_then(|s| s.breaker.as_ref())
+        .map_or(&[], |b| b.failures.as_slice())
 }
 
 /// What the pool's reconcile decided.
@@ -124,7 +208,14 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
         .iter()
         .filter(|(key, (ready, _))| *ready >= needed_healthy(&spec.topology, key))
         .count() as u32;
-    let breaker = breaker(spec, &members, now);
+    let (breaker, failures) = match &spec.circuit_breaker {
+        Some(cb) => {
+            let window = window_of(cb);
+            let failures = counted_failures(ledger(pool), &members, now - window, now);
+            (verdict(cb, &failures, members.len(), window), failures)
+        }
+        None => (Breaker::default(), Vec::new()),
+    };
 
     let previous = pool.status.clone().unwrap_or_default();
     let generation = pool.metadata.generation;
@@ -190,9 +281,7 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
             .breaker
             .as_ref()
             .and_then(|b| b.tripped_at.clone())
-            .or(Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                now,
-            )))
+            .or(Some(Time(now)))
     } else {
         None
     };
@@ -209,6 +298,13 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
             failed_in_window: breaker.failed_in_window,
             limit: breaker.limit,
             tripped_at,
+            failures: failures
+                .iter()
+                .map(|&(at, node)| BreakerFailure {
+                    node: node.to_string(),
+                    at: Time(at),
+                })
+                .collect(),
         }),
         conditions,
     };

@@ -147,7 +147,7 @@ impl<'a> Planner<'a> {
                     && matches(&pool_spec.node_selector, &n.labels)
             })
             .count() as u32;
-        let breaker = breaker(pool_spec, &pool_nodes, now);
+        let breaker = breaker(pool, &pool_nodes, now);
         Planner {
             pool,
             batch,

@@ -191,3 +191,62 @@ fn printer_columns_show_progress() {
         ran.stdout
     );
 }
+
+/// The pool's status as the operator writes it (a merge patch of the whole
+/// status) reads back as written: the breaker's ledger is replaced, not
+/// merged, and a cleared `trippedAt` or breaker is gone.
+#[test]
+fn a_pool_status_written_as_a_merge_patch_reads_back_as_written() {
+    use gpufleet::api::{BreakerFailure, BreakerStatus, GpuPool, GpuPoolStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    let tb = testbed();
+    tb.kubectl(&["apply", "-f", "-"])
+        .stdin(crate::validation::pool("ledger-pool").to_string())
+        .succeeds();
+    let at = |s: &str| Time(s.parse().unwrap());
+    let failure = |node: &str, t: &str| BreakerFailure {
+        node: node.into(),
+        at: at(t),
+    };
+    let tripped = GpuPoolStatus {
+        breaker: Some(BreakerStatus {
+            tripped: true,
+            failed_in_window: 3,
+            limit: 2,
+            tripped_at: Some(at("2026-11-27T00:20:00Z")),
+            failures: vec![
+                failure("n-a", "2026-11-27T00:00:00Z"),
+                failure("n-b", "2026-11-27T00:10:00Z"),
+                failure("n-c", "2026-11-27T00:20:00Z"),
+            ],
+        }),
+        ..Default::default()
+    };
+    let cleared = GpuPoolStatus {
+        breaker: Some(BreakerStatus {
+            failed_in_window: 0,
+            limit: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let unset = GpuPoolStatus::default();
+    for status in [tripped, cleared, unset] {
+        tb.kubectl(&[
+            "patch",
+            "gpool",
+            "ledger-pool",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+        ])
+        .arg(json!({ "status": status }).to_string())
+        .succeeds();
+        let ran = tb
+            .kubectl(&["get", "gpool", "ledger-pool", "-o", "json"])
+            .succeeds();
+        let pool: GpuPool = serde_json::from_str(&ran.stdout).expect("GpuPool deserializes");
+        assert_eq!(pool.status, Some(status));
+    }
+}

@@ -2,6 +2,7 @@
 //! tests. No cluster: the planner is pure, and `Sim` applies its plans the
 //! way the operator applies them to the API server.
 
+mod breaker;
 mod fixtures;
 mod probes;
 mod properties;
