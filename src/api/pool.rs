@@ -209,8 +209,8 @@ pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub condition_timeout_seconds: Option<u32>,
-    /// Short-circuit: when more than this percentage of the nodes in flight
-    /// (validating or soaking) fail in one pass for the very same reason,
+    /// Short-circuit: when more than this percentage of the nodes a wave
+    /// has started fail in one pass for the very same reason,
     /// and at least `shortCircuitMinNodes` of them, gpufleet does not fail
     /// them (no failure budget or circuit breaker spent): it suspects a
     /// configuration error, such as a typo in the probe, sends them back to

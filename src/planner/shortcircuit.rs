@@ -1,6 +1,7 @@
 //! The short-circuit, after Cluster API's MachineHealthCheck `maxUnhealthy`:
-//! when many nodes in flight fail in one pass for the very same reason
-//! (category and words), the likelier cause is the configuration (a typo in
+//! when more than `shortCircuitPercent` of the nodes a wave has started fail
+//! in one pass for the very same reason (category and words), the likelier
+//! cause is the configuration (a typo in
 //! the probe's image or command, a wrong driver floor) rather than that many
 //! trays. Those nodes are not failed, so no failure budget or circuit
 //! breaker is spent on them: they go back to pending, their probes deleted,
@@ -41,37 +42,45 @@ impl Planner<'_> {
     pub(super) fn settle_failures(&mut self) {
         self.deferring = false;
         let deferred = std::mem::take(&mut self.deferred);
-        let in_flight = self
-            .members
-            .iter()
-            .filter(|m| matches!(m.state, NodeState::Validating | NodeState::Soaking))
-            .count() as u64;
-        let mut by_reason: BTreeMap<(FailureCategory, &str), u64> = BTreeMap::new();
-        for (_, f) in &deferred {
-            *by_reason
-                .entry((f.category, f.message.as_str()))
-                .or_default() += 1;
+        if deferred.is_empty() {
+            return self.find_suspected();
+        }
+        // Per wave, the nodes it has started so far (in flight or decided):
+        // a typo fails every node started under it, while at a wave's tail
+        // a few real faults alike stay a small share of the wave.
+        let mut started = vec![0u64; self.wave_count];
+        for m in &self.members {
+            if m.state != NodeState::Pending {
+                started[m.wave] += 1;
+            }
+        }
+        let mut by_reason: BTreeMap<(usize, FailureCategory, &str), u64> = BTreeMap::new();
+        for (m, f) in &deferred {
+            let key = (self.members[*m].wave, f.category, f.message.as_str());
+            *by_reason.entry(key).or_default() += 1;
         }
         let (percent, min_nodes) = self.pool.spec.health_checks.short_circuit();
-        let suspicious: Vec<((FailureCategory, String), u64)> = by_reason
+        let suspicious: Vec<(usize, FailureCategory, String, u64)> = by_reason
             .into_iter()
-            .filter(|(_, n)| {
-                *n >= u64::from(min_nodes) && *n * 100 > u64::from(percent) * in_flight
+            .filter(|((wave, _, _), n)| {
+                *n >= u64::from(min_nodes) && *n * 100 > u64::from(percent) * started[*wave]
             })
-            .map(|((c, message), n)| ((c, message.to_string()), n))
+            .map(|((wave, c, message), n)| (wave, c, message.to_string(), n))
             .collect();
         for (m, failure) in deferred {
-            match suspicious
-                .iter()
-                .find(|((c, message), _)| *c == failure.category && *message == failure.message)
-            {
-                Some((_, n)) => self.suspect(m, &failure, *n, in_flight),
+            let wave = self.members[m].wave;
+            match suspicious.iter().find(|(w, c, message, _)| {
+                *w == wave && *c == failure.category && *message == failure.message
+            }) {
+                Some((_, _, _, n)) => self.suspect(m, &failure, *n, started[wave]),
                 None => self.fail(m, failure),
             }
         }
-        for ((_, message), n) in &suspicious {
+        for (wave, _, message, n) in &suspicious {
             let message = format!(
-                "{n} of {in_flight} nodes in flight failed the same way at once: {message}; none is failed: suspected misconfiguration; fix the pool (its probe or checks), or raise healthChecks.shortCircuitPercent if the nodes are at fault"
+                "{n} of the {} nodes wave {} started failed the same way at once: {message}; none is failed: suspected misconfiguration; fix the pool (its probe or checks), or raise healthChecks.shortCircuitPercent if the nodes are at fault",
+                started[*wave],
+                wave + 1
             );
             self.event(
                 EventTarget::Batch,
@@ -86,9 +95,9 @@ impl Planner<'_> {
     }
 
     /// Sends member `m` back to pending as part of a short-circuit.
-    fn suspect(&mut self, m: usize, failure: &Failure, n: u64, in_flight: u64) {
+    fn suspect(&mut self, m: usize, failure: &Failure, n: u64, started: u64) {
         let reason = format!(
-            "{n} of {in_flight} nodes in flight failed the same way at once ({failure}); sent back to pending, not failed: suspected misconfiguration; the batch resumes when the pool changes"
+            "{n} of the {started} nodes its wave started failed the same way at once ({failure}); sent back to pending, not failed: suspected misconfiguration; the batch resumes when the pool changes"
         );
         let generation = self.pool_generation().to_string();
         self.transition(

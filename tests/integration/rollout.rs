@@ -641,3 +641,49 @@ fn nodes_moved_to_another_pool_are_validated_again() {
     });
     assert_eq!(to.count("ready"), 0, "{:?}", to.by_state());
 }
+
+/// 5. A condition that goes bad for a moment during the soak fails nobody:
+///    the node waits, says why, and is admitted once it has soaked again.
+#[test]
+fn a_condition_blip_during_the_soak_fails_nobody() {
+    let name = "ro-blip";
+    let mut s = Scenario::new(name);
+    let batch = "ro-blip-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    let blip = format!("{name}-d0-n01");
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, healthChecks: {unhealthyConditions: [{type: GpuXidError}, {type: NVLinkDown}], soakSeconds: 15}}",
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxFailuresPerWave: 0}",
+    ));
+    s.wait_until("the nodes soak", ROLLOUT, |s| s.count("soaking") == 4);
+    s.rt.block_on(gpufleet::simulate::set_condition(
+        &s.client,
+        &blip,
+        "NVLinkDown",
+        "True",
+        "LinkFlap",
+    ))
+    .expect("setting NVLinkDown");
+    s.wait_until("the node says it waits", ROLLOUT, |s| {
+        s.seen()[&blip]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("condition NVLinkDown is True since"))
+    });
+    assert_eq!(s.count("failed"), 0, "{:?}", s.by_state());
+    s.rt.block_on(gpufleet::simulate::set_condition(
+        &s.client,
+        &blip,
+        "NVLinkDown",
+        "False",
+        "LinkUp",
+    ))
+    .expect("clearing NVLinkDown");
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 4, "{:?}", s.by_state());
+    assert_eq!(s.count("failed"), 0);
+}

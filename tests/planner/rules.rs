@@ -714,7 +714,7 @@ fn many_nodes_failing_the_same_way_at_once_halt_as_a_suspected_misconfiguration(
     assert!(
         stalled
             .message
-            .contains("4 of 4 nodes in flight failed the same way"),
+            .contains("4 of the 4 nodes its wave started failed the same way"),
         "{}",
         stalled.message
     );
