@@ -2,8 +2,14 @@
 //! API server: for tests, property tests and benchmarks of the planner, and
 //! for previews. Probe pods get their outcome from a callback, as kwok gives
 //! them from annotations.
+//!
+//! [`Sim`] holds one pool and one batch and applies whole plans. [`Cluster`]
+//! holds several pools and batches sharing one set of nodes and probe pods:
+//! plans are made on caches that may lag behind it, applied one action at a
+//! time (or cut short), between writes of other actors.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
@@ -11,8 +17,8 @@ use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
 
 use super::{
-    Action, NodePatch, Plan, ProbePhase, ProbeView, Snapshot, TaintChange, TaintView, Termination,
-    plan,
+    Action, Claim, NodePatch, NodeView, Plan, ProbePhase, ProbeView, Snapshot, TaintChange,
+    TaintView, Termination, plan,
 };
 
 /// What a probe pod reports once it has run.
@@ -94,7 +100,7 @@ impl Sim {
                         // Copy-on-write, as the operator's cache replaces a
                         // node's view on every change.
                         apply_patch(
-                            std::sync::Arc::make_mut(node),
+                            Arc::make_mut(node),
                             patch,
                             &taint.key,
                             taint.effect.as_str(),
@@ -335,4 +341,493 @@ pub fn fleet(
             })
         })
         .collect()
+}
+
+/// Node views by name, as a node cache holds them.
+pub type NodeMap = BTreeMap<String, Arc<NodeView>>;
+
+/// Probe pods by name.
+pub type PodMap = BTreeMap<String, PodRecord>;
+
+/// A pod in a [`Cluster`]'s probe namespace: what the planner reads of it,
+/// and the `gpufleet.io/batch` annotation the operator's snapshot selects a
+/// batch's pods by.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodRecord {
+    pub view: ProbeView,
+    pub batch: Option<String>,
+    /// The change that created it: tells apart two pods of one name.
+    pub created_seq: u64,
+    /// The change that ended it (Succeeded or Failed).
+    pub ended_seq: Option<u64>,
+}
+
+/// How a node patch reaches the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// As `act` writes today: a merge patch of the state label and the
+    /// annotations onto whatever node has the name now; a taint change is
+    /// worked out against the node as it is at write time (a conflict on the
+    /// cached `resourceVersion` makes `act` read the node afresh and retry).
+    Merge,
+    /// Only onto the node at the version the plan read, as a precondition on
+    /// `resourceVersion` that nothing retries: a node changed since is a
+    /// conflict, and nothing is written.
+    Conditional,
+}
+
+/// What one action did to a [`Cluster`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// A node was patched: how it was, and how it is.
+    Node {
+        before: Arc<NodeView>,
+        after: Arc<NodeView>,
+    },
+    /// No node of that name.
+    NodeGone,
+    /// [`Write::Conditional`]: the node changed since the plan read it.
+    Conflict,
+    ProbeCreated,
+    /// A pod of that name exists already (AlreadyExists).
+    ProbeExists,
+    ProbeDeleted,
+    /// No pod of that name (NotFound).
+    ProbeAbsent,
+    /// An event: nothing in the cluster changes.
+    Nothing,
+}
+
+/// What a reconcile reads: the node and pod caches as of some point of the
+/// cluster's history.
+#[derive(Clone, Debug, Default)]
+pub struct Cache {
+    pub nodes: NodeMap,
+    pub pods: PodMap,
+    /// The last node event the node cache holds.
+    pub node_seq: u64,
+    /// The last pod event the pod cache holds.
+    pub pod_seq: u64,
+}
+
+/// How many past states of the caches a [`Cluster`] keeps, for plans made
+/// on a lagging cache.
+const HISTORY: usize = 16;
+
+/// One simulated cluster shared by several pools and batches: live nodes and
+/// probe pods, changed one action (or one foreign write) at a time, each
+/// change numbered (the number is also the object's `resourceVersion`).
+/// Caches that lag behind the live cluster are taken from its recent
+/// history: a node cache never lags behind gpufleet's own node writes (the
+/// operator waits until the watch delivers them, and the watch delivers in
+/// order), a pod cache may lag behind anything (the operator only remembers
+/// its own pod writes to avoid repeating them).
+pub struct Cluster {
+    pub pools: Vec<GpuPool>,
+    pub batches: Vec<RolloutBatch>,
+    pub now: Timestamp,
+    nodes: NodeMap,
+    pods: PodMap,
+    seq: u64,
+    node_history: VecDeque<(u64, NodeMap)>,
+    pod_history: VecDeque<(u64, PodMap)>,
+    /// The change number of gpufleet's last node write.
+    own_node_write: u64,
+}
+
+impl Cluster {
+    pub fn new(
+        pools: Vec<GpuPool>,
+        batches: Vec<RolloutBatch>,
+        nodes: impl IntoIterator<Item = NodeView>,
+        now: Timestamp,
+    ) -> Self {
+        let mut cluster = Cluster {
+            pools,
+            batches,
+            now,
+            nodes: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            seq: 0,
+            node_history: VecDeque::new(),
+            pod_history: VecDeque::new(),
+            own_node_write: 0,
+        };
+        for node in nodes {
+            cluster.add_node(node);
+        }
+        // No cache starts before the nodes registered.
+        cluster.node_history.clear();
+        cluster
+            .node_history
+            .push_back((cluster.seq, cluster.nodes.clone()));
+        cluster.pod_history.push_back((cluster.seq, PodMap::new()));
+        cluster
+    }
+
+    /// The live nodes.
+    pub fn nodes(&self) -> &NodeMap {
+        &self.nodes
+    }
+
+    /// The live node of this name.
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeView>> {
+        self.nodes.get(name)
+    }
+
+    /// The live pods.
+    pub fn pods(&self) -> &PodMap {
+        &self.pods
+    }
+
+    /// The number of the last change.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The number of the last node change.
+    pub fn node_seq(&self) -> u64 {
+        self.node_history.back().map_or(0, |(seq, _)| *seq)
+    }
+
+    /// The number of the last pod change.
+    pub fn pod_seq(&self) -> u64 {
+        self.pod_history.back().map_or(0, |(seq, _)| *seq)
+    }
+
+    /// The pool of batch `b`.
+    pub fn pool_of(&self, b: usize) -> Option<&GpuPool> {
+        let name = &self.batches[b].spec.pool_ref;
+        self.pools
+            .iter()
+            .find(|p| p.metadata.name.as_ref() == Some(name))
+    }
+
+    fn node_changed(&mut self) {
+        self.seq += 1;
+        self.node_history.push_back((self.seq, self.nodes.clone()));
+        if self.node_history.len() > HISTORY {
+            self.node_history.pop_front();
+        }
+    }
+
+    fn pods_changed(&mut self) {
+        self.seq += 1;
+        self.pod_history.push_back((self.seq, self.pods.clone()));
+        if self.pod_history.len() > HISTORY {
+            self.pod_history.pop_front();
+        }
+    }
+
+    /// Stores a changed node under the next change number.
+    fn put_node(&mut self, mut node: NodeView) -> Arc<NodeView> {
+        node.resource_version = Some((self.seq + 1).to_string());
+        let node = Arc::new(node);
+        self.nodes.insert(node.name.clone(), node.clone());
+        self.node_changed();
+        node
+    }
+
+    /// Registers a node (replacing none: remove the old one first). A node
+    /// without a creation time is created now.
+    pub fn add_node(&mut self, mut node: NodeView) -> Arc<NodeView> {
+        node.created.get_or_insert(self.now);
+        node.state = node.labels.get(keys::STATE).and_then(|s| s.parse().ok());
+        self.put_node(node)
+    }
+
+    /// Deletes a node; its pods stay, as they do until the pod garbage
+    /// collector notices.
+    pub fn remove_node(&mut self, name: &str) -> Option<Arc<NodeView>> {
+        let node = self.nodes.remove(name)?;
+        self.node_changed();
+        Some(node)
+    }
+
+    /// Someone else writes a node: `edit` changes its view (the parsed state
+    /// follows the `gpufleet.io/state` label). A write that changes nothing
+    /// is no change, as with the API server. Returns the node before and
+    /// after, if it exists.
+    pub fn edit_node(
+        &mut self,
+        name: &str,
+        edit: impl FnOnce(&mut NodeView),
+    ) -> Option<(Arc<NodeView>, Arc<NodeView>)> {
+        let before = self.nodes.get(name)?.clone();
+        let mut node = (*before).clone();
+        edit(&mut node);
+        node.state = node.labels.get(keys::STATE).and_then(|s| s.parse().ok());
+        if node == *before {
+            return Some((before.clone(), before));
+        }
+        let after = self.put_node(node);
+        Some((before, after))
+    }
+
+    /// The caches as they were `node_lag` node changes and `pod_lag` pod
+    /// changes ago, as far back as the cluster remembers; the node cache
+    /// never from before gpufleet's last node write.
+    pub fn cache(&self, node_lag: usize, pod_lag: usize) -> Cache {
+        let (node_seq, nodes) = self
+            .node_history
+            .iter()
+            .rev()
+            .take(node_lag + 1)
+            .take_while(|(seq, _)| *seq >= self.own_node_write)
+            .last()
+            .or(self.node_history.back())
+            .cloned()
+            .unwrap_or_default();
+        let back = pod_lag.min(self.pod_history.len().saturating_sub(1));
+        let (pod_seq, pods) = self
+            .pod_history
+            .iter()
+            .nth_back(back)
+            .cloned()
+            .unwrap_or_default();
+        Cache {
+            nodes,
+            pods,
+            node_seq,
+            pod_seq,
+        }
+    }
+
+    /// The planner's snapshot for batch `b` from `cache`, built as the
+    /// operator builds it (`operator::observe::snapshot`): every node of the
+    /// pool and any node naming the batch, the batch's pods and any pod at
+    /// the name of a probe one of its validating nodes waits for, and every
+    /// other pool and batch as a claim. `None` when the batch's pool is gone.
+    pub fn snapshot(&self, b: usize, cache: &Cache) -> Option<Snapshot> {
+        let pool = self.pool_of(b)?;
+        let batch = &self.batches[b];
+        let batch_name = batch.metadata.name.as_deref().unwrap_or_default();
+        let pool_name = pool.metadata.name.as_deref().unwrap_or_default();
+        let nodes: Vec<Arc<NodeView>> = cache
+            .nodes
+            .values()
+            .filter(|n| {
+                super::matches(&pool.spec.node_selector, &n.labels)
+                    || n.batch.as_deref() == Some(batch_name)
+            })
+            .cloned()
+            .collect();
+        let awaited: BTreeSet<String> = nodes
+            .iter()
+            .filter(|n| {
+                n.batch.as_deref() == Some(batch_name)
+                    && n.state == Some(super::NodeState::Validating)
+            })
+            .map(|n| super::probe_pod_name(&n.name, n.attempt.max(1)))
+            .collect();
+        let probes = cache
+            .pods
+            .values()
+            .filter(|p| p.batch.as_deref() == Some(batch_name) || awaited.contains(&p.view.name))
+            .map(|p| p.view.clone())
+            .collect();
+        let other_pools = self
+            .pools
+            .iter()
+            .filter(|p| p.metadata.name.as_deref() != Some(pool_name))
+            .map(|p| Claim {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                pool: None,
+                selector: p.spec.node_selector.clone(),
+            })
+            .collect();
+        let other_batches = self
+            .batches
+            .iter()
+            .filter(|o| o.metadata.name.as_deref() != Some(batch_name))
+            .map(|o| Claim {
+                name: o.metadata.name.clone().unwrap_or_default(),
+                pool: Some(o.spec.pool_ref.clone()),
+                selector: o.spec.node_selector.clone(),
+            })
+            .collect();
+        Some(Snapshot {
+            nodes,
+            probes,
+            other_pools,
+            other_batches,
+        })
+    }
+
+    /// Plans batch `b` on `snapshot` at the cluster's time.
+    pub fn plan(&self, b: usize, snapshot: &Snapshot) -> Option<Plan> {
+        let pool = self.pool_of(b)?;
+        Some(plan(pool, &self.batches[b], snapshot, self.now))
+    }
+
+    /// A plan's writes in the order `act` sends them: node patches that do
+    /// not enter validation, then those that do (so the cluster never shows
+    /// more nodes validating than the caps allow), then probe creations, then
+    /// deletions. Events change nothing and are left out.
+    pub fn writes_in_order(plan: &Plan) -> Vec<&Action> {
+        let entering = |a: &Action| matches!(a, Action::PatchNode(p) if p.state == Some(super::NodeState::Validating));
+        let mut writes: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::PatchNode(_)) && !entering(a))
+            .collect();
+        writes.extend(plan.actions.iter().filter(|a| entering(a)));
+        writes.extend(
+            plan.actions
+                .iter()
+                .filter(|a| matches!(a, Action::CreateProbe(_))),
+        );
+        writes.extend(
+            plan.actions
+                .iter()
+                .filter(|a| matches!(a, Action::DeleteProbe { .. })),
+        );
+        writes
+    }
+
+    /// Applies one action of batch `b`'s plan, made from `read`, to the live
+    /// cluster.
+    pub fn apply(&mut self, b: usize, action: &Action, write: Write, read: &Snapshot) -> Applied {
+        match action {
+            Action::PatchNode(patch) => {
+                let Some(before) = self.nodes.get(&patch.node).cloned() else {
+                    return Applied::NodeGone;
+                };
+                if write == Write::Conditional {
+                    let read_version = read
+                        .nodes
+                        .iter()
+                        .find(|n| n.name == patch.node)
+                        .map(|n| n.resource_version.clone());
+                    if read_version.is_some_and(|v| v != before.resource_version) {
+                        return Applied::Conflict;
+                    }
+                }
+                let Some(pool) = self.pool_of(b) else {
+                    return Applied::Nothing;
+                };
+                let taint = pool.spec.onboarding.taint.clone();
+                let mut node = (*before).clone();
+                apply_patch(&mut node, patch, &taint.key, taint.effect.as_str());
+                let after = self.put_node(node);
+                self.own_node_write = self.seq;
+                Applied::Node { before, after }
+            }
+            Action::CreateProbe(req) => {
+                if self.pods.contains_key(&req.pod_name) {
+                    return Applied::ProbeExists;
+                }
+                let containers = self
+                    .pool_of(b)
+                    .and_then(|p| p.spec.health_checks.probe.as_ref())
+                    .and_then(|p| p.template.spec.as_ref())
+                    .map(|s| {
+                        (
+                            s.containers.len().max(1) as u32,
+                            s.init_containers.as_ref().map_or(0, |c| c.len() as u32),
+                        )
+                    })
+                    .unwrap_or((1, 0));
+                let batch = &self.batches[b];
+                let record = PodRecord {
+                    view: ProbeView {
+                        name: req.pod_name.clone(),
+                        node: req.node.clone(),
+                        attempt: req.attempt,
+                        phase: ProbePhase::Pending,
+                        batch_uid: batch.metadata.uid.clone(),
+                        containers: containers.0,
+                        init_containers: containers.1,
+                        terminated: Vec::new(),
+                        message: None,
+                        created: Some(self.now),
+                        deleting: false,
+                    },
+                    batch: batch.metadata.name.clone(),
+                    created_seq: self.seq + 1,
+                    ended_seq: None,
+                };
+                self.pods.insert(req.pod_name.clone(), record);
+                self.pods_changed();
+                Applied::ProbeCreated
+            }
+            Action::DeleteProbe { pod_name } => {
+                if self.pods.remove(pod_name).is_none() {
+                    return Applied::ProbeAbsent;
+                }
+                self.pods_changed();
+                Applied::ProbeDeleted
+            }
+            Action::Event(_) => Applied::Nothing,
+        }
+    }
+
+    /// Writes batch `b`'s status, as the operator does after acting.
+    pub fn set_status(&mut self, b: usize, plan: &Plan) {
+        self.batches[b].status = Some(plan.status.clone());
+    }
+
+    /// Ends the pods that have not ended and whose node exists, each as
+    /// `outcome` says (a pod that hangs keeps running, and is asked again
+    /// next time), as a kubelet ends them: on a pass every container exited
+    /// 0 and the pod Succeeded; on a failure its first container exited with
+    /// the code and the pod Failed. Returns the pods that ended, as they
+    /// ended, each ending a change of its own.
+    pub fn finish_probes(
+        &mut self,
+        mut outcome: impl FnMut(&ProbeView) -> Outcome,
+    ) -> Vec<ProbeView> {
+        let names: Vec<String> = self
+            .pods
+            .values()
+            .filter(|p| !matches!(p.view.phase, ProbePhase::Succeeded | ProbePhase::Failed))
+            .filter(|p| self.nodes.contains_key(&p.view.node))
+            .map(|p| p.view.name.clone())
+            .collect();
+        let mut ended = Vec::new();
+        for name in names {
+            let Some(record) = self.pods.get_mut(&name) else {
+                continue;
+            };
+            let probe = &mut record.view;
+            let done = |container: u32, exit_code: i32| Termination {
+                container: if container == 0 {
+                    "burn-in".to_string()
+                } else {
+                    format!("c{container}")
+                },
+                init: false,
+                exit_code,
+                message: (exit_code != 0).then(|| "failed".to_string()),
+            };
+            match outcome(probe) {
+                Outcome::Pass => {
+                    probe.phase = ProbePhase::Succeeded;
+                    probe.terminated = (0..probe.containers).map(|c| done(c, 0)).collect();
+                }
+                Outcome::Fail { exit_code, message } => {
+                    probe.phase = ProbePhase::Failed;
+                    let mut failed = done(0, exit_code);
+                    failed.message = Some(message);
+                    probe.terminated = vec![failed];
+                }
+                Outcome::Hang => {
+                    if probe.phase != ProbePhase::Running {
+                        probe.phase = ProbePhase::Running;
+                        self.pods_changed();
+                    }
+                    continue;
+                }
+            }
+            ended.push(probe.clone());
+            record.ended_seq = Some(self.seq + 1);
+            self.pods_changed();
+        }
+        ended
+    }
+
+    /// Moves the clock.
+    pub fn advance(&mut self, seconds: i64) {
+        self.now += SignedDuration::from_secs(seconds);
+    }
 }

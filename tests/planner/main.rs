@@ -2,8 +2,10 @@
 //! tests. No cluster: the planner is pure, and `Sim` applies its plans the
 //! way the operator applies them to the API server.
 
+mod actors;
 mod breaker;
 mod fixtures;
+mod known_bugs;
 mod probes;
 mod properties;
 mod purity;

@@ -116,7 +116,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 /// Increasing wave targets from the random draws: node targets first, then
 /// percents, as the CRD's rules require.
-fn waves_yaml(draws: &[(bool, u32)]) -> String {
+pub(crate) fn waves_yaml(draws: &[(bool, u32)]) -> String {
     let mut nodes: Vec<u32> = draws.iter().filter(|(n, _)| *n).map(|(_, v)| *v).collect();
     let mut pct: Vec<u32> = draws.iter().filter(|(n, _)| !*n).map(|(_, v)| *v).collect();
     nodes.sort();
