@@ -335,10 +335,12 @@ fn patch_body(
     cached: Option<&NodeView>,
 ) -> Option<Value> {
     let mut metadata = Map::new();
-    metadata.insert(
-        "labels".into(),
-        json!({ keys::STATE: patch.state.map(|s| s.as_str()) }),
-    );
+    if !patch.leave_state {
+        metadata.insert(
+            "labels".into(),
+            json!({ keys::STATE: patch.state.map(|s| s.as_str()) }),
+        );
+    }
     let annotations: Map<String, Value> = patch
         .annotations
         .iter()
@@ -432,6 +434,7 @@ mod tests {
             taint: TaintChange::Remove,
             taint_removals: Vec::new(),
             failure: None,
+            leave_state: false,
             resource_version: Some(version.into()),
         }
     }

@@ -278,13 +278,6 @@ impl<'a> Membership<'a> {
             let recorded = node.state();
             let in_batch = matches(&batch.spec.node_selector, &node.labels);
             let admitted_once = node.admitted.is_some() && recorded != NodeState::Ready;
-            if in_batch && admitted_once && !node.retry {
-                lost.push(i);
-                if report {
-                    outsiders.push((i, Mismatch::LostState));
-                }
-                continue;
-            }
             // Ready nodes are never demoted, whoever admitted them.
             // One that lost its label in service and that a person asked to
             // retry starts again from pending (`retry.rs`).
@@ -325,6 +318,13 @@ impl<'a> Membership<'a> {
             let claimed_by = claimants(pool_name, &node.labels, other_pools, other_batches);
             if !claimed_by.is_empty() {
                 conflicts.push((node.name.clone(), claimed_by.join(", ")));
+                continue;
+            }
+            if admitted_once && !node.retry {
+                lost.push(i);
+                if report {
+                    outsiders.push((i, Mismatch::LostState));
+                }
                 continue;
             }
             is_member[i] = true;

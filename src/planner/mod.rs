@@ -122,6 +122,9 @@ pub struct NodePatch {
     pub node: String,
     /// The new `gpufleet.io/state` label; `None` removes it (pending).
     pub state: Option<NodeState>,
+    /// Leave the state label as it is (`state` is then what the plan saw):
+    /// a patch that only says something on the node.
+    pub leave_state: bool,
     /// Annotations to set (`Some`) or remove (`None`).
     pub annotations: BTreeMap<&'static str, Option<String>>,
     /// What to do with the pool's onboarding taint.

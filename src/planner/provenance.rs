@@ -42,6 +42,7 @@ impl Planner<'_> {
                 taint: TaintChange::Keep,
                 taint_removals: Vec::new(),
                 failure: None,
+                leave_state: true,
                 resource_version: view.resource_version.clone(),
             });
             self.event(

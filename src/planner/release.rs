@@ -34,6 +34,7 @@ pub fn release(node: &NodeView) -> NodePatch {
         taint: TaintChange::Keep,
         taint_removals: Vec::new(),
         failure: None,
+        leave_state: false,
         resource_version: node.resource_version.clone(),
     }
 }

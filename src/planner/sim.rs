@@ -242,13 +242,15 @@ pub fn apply_patch(
     taint_key: &str,
     taint_effect: &str,
 ) {
-    node.state = patch.state;
-    match patch.state {
-        Some(state) => {
+    match (patch.leave_state, patch.state) {
+        (true, _) => {}
+        (false, Some(state)) => {
+            node.state = Some(state);
             node.labels
                 .insert(keys::STATE.into(), state.as_str().into());
         }
-        None => {
+        (false, None) => {
+            node.state = None;
             node.labels.remove(keys::STATE);
         }
     }

@@ -214,6 +214,7 @@ impl<'a> Planner<'a> {
                 taint: TaintChange::Keep,
                 taint_removals: Vec::new(),
                 failure: None,
+                leave_state: false,
                 resource_version: view.resource_version.clone(),
             })
         })
