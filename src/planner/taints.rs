@@ -5,7 +5,7 @@
 use crate::keys;
 use crate::vocabulary::EventReason;
 
-use super::snapshot::format_taints;
+use super::snapshot::{format_taints, parse_taints};
 
 use super::state::Planner;
 use super::{EventTarget, TaintChange};
@@ -15,17 +15,21 @@ impl Planner<'_> {
     /// member must already have a patch (a transition made it). gpufleet
     /// records on the node (`gpufleet.io/taint`) each taint it adds and,
     /// when the node already carried the pool's taint, that it added none;
-    /// it removes only what it recorded adding. A node started before
-    /// gpufleet recorded its taints (no annotation) loses the pool's taint
-    /// at admission, as it did then.
+    /// it removes only what it recorded adding. Without a record (someone
+    /// removed it, or an older gpufleet started the node) it removes
+    /// nothing: a taint it cannot show it added stays. The record this plan
+    /// made counts over the node's (started and admitted in one plan).
     pub(super) fn set_taint(&mut self, m: usize, present: bool) {
         let taint = &self.pool.spec.onboarding.taint;
         let (key, effect) = (taint.key.clone(), taint.effect.as_str().to_string());
         let view = self.members[m].view;
         let has = view.has_taint(&key, &effect);
-        let recorded = view.taints_added.clone();
         let Some(patch) = self.members[m].patch.as_mut() else {
             return;
+        };
+        let recorded = match patch.annotations.get(keys::TAINT) {
+            Some(planned) => planned.as_deref().map(parse_taints),
+            None => view.taints_added.clone(),
         };
         if present {
             patch.taint = if has {
@@ -44,11 +48,7 @@ impl Planner<'_> {
             }
             return;
         }
-        let removals = match recorded {
-            Some(added) => added,
-            None if has => vec![(key, effect)],
-            None => Vec::new(),
-        };
+        let removals = recorded.unwrap_or_default();
         let present_ones: Vec<(String, String)> = removals
             .into_iter()
             .filter(|(k, e)| view.has_taint(k, e))

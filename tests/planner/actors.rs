@@ -1185,10 +1185,16 @@ impl World {
         track.stale_verdict = stale_verdict;
         track.moved_from = None;
         track.label_by = patch.state.map(|_| b);
-        if matches!(
-            patch.state,
-            Some(NodeState::Validating | NodeState::Soaking)
-        ) {
+        // Held counts when the same plan started the node: without a probe
+        // and with no soak a node goes from pending to held in one plan.
+        let started_now =
+            patch.annotations.contains_key(keys::STARTED) && patch.state == Some(NodeState::Held);
+        if started_now
+            || matches!(
+                patch.state,
+                Some(NodeState::Validating | NodeState::Soaking)
+            )
+        {
             track.started_by.insert(b, seq);
         }
         for removed in had.difference(&has) {
@@ -1318,6 +1324,16 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// The gaps of `known_bugs.rs` fixed since: open in every property. The
+/// operator writes node patches conditionally (`operator::act`), so the
+/// properties do too.
+fn fixed_gaps() -> Gaps {
+    Gaps {
+        start_and_admit_at_once: true,
+        ..Gaps::default()
+    }
+}
+
 fn run(case: &Case, gaps: Gaps, random_outcomes: bool) -> Result<World, TestCaseError> {
     let mut world = World::new(case, gaps, random_outcomes);
     for op in &case.ops {
@@ -1335,9 +1351,9 @@ proptest! {
     /// with probes that pass, fail or hang.
     #[test]
     fn several_actors_keep_the_invariants_on_one_cluster(
-        case in case(4, true, false, true, None),
+        case in case(4, true, false, true, Some(Write::Conditional)),
     ) {
-        run(&case, Gaps::default(), true)?;
+        run(&case, fixed_gaps(), true)?;
     }
 }
 
@@ -1349,9 +1365,9 @@ proptest! {
     /// settles once left alone.
     #[test]
     fn killed_after_any_action_keeps_the_invariants(
-        case in case(3, false, true, true, Some(Write::Merge)),
+        case in case(3, false, true, true, Some(Write::Conditional)),
     ) {
-        run(&case, Gaps::default(), true)?;
+        run(&case, fixed_gaps(), true)?;
     }
 
     /// Killed after any write, without foreign writers and with every
@@ -1359,20 +1375,20 @@ proptest! {
     /// the same nodes admitted, failed and held as a run never killed.
     #[test]
     fn killed_after_any_action_ends_as_a_run_never_killed(
-        mut case in case(0, false, true, false, Some(Write::Merge)),
+        mut case in case(0, false, true, false, Some(Write::Conditional)),
     ) {
         // No failure budget to halt a wave sooner in one run than in the other.
         for batch in &mut case.batches {
             batch.budget = 100;
         }
-        let killed = run(&case, Gaps::default(), false)?;
+        let killed = run(&case, fixed_gaps(), false)?;
         let mut whole = case.clone();
         for op in &mut whole.ops {
             if let Op::Plan { keep, .. } = op {
                 *keep = None;
             }
         }
-        let never = run(&whole, Gaps::default(), false)?;
+        let never = run(&whole, fixed_gaps(), false)?;
         prop_assert_eq!(killed.verdicts(), never.verdicts());
     }
 }

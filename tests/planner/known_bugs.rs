@@ -53,8 +53,8 @@ fn node_patches_only(plan: &Plan) -> Plan {
     }
 }
 
+/// Fixed: `set_taint` reads the record the same plan made.
 #[test]
-#[ignore = "planner bug: a node registered with the pool's onboarding taint and started and admitted in one plan (no probe, soakSeconds 0) loses that taint, which gpufleet did not add: at admission `set_taint` reads the node's record (none yet) rather than the one the same plan just made (empty), and takes the path for nodes started before records"]
 fn started_and_admitted_in_one_plan_a_node_keeps_the_taint_it_registered_with() {
     // With a soak, the record is written first and the taint stays.
     let mut soaked = sim(
@@ -167,34 +167,46 @@ fn a_state_label_rewritten_beside_the_batch_uid_moves_nothing_forward() {
     );
 }
 
+/// Fixed: without a record gpufleet removes nothing.
 #[test]
-#[ignore = "planner bug: gpufleet.io/taint is trusted as written: anyone who can write the node's annotations makes gpufleet remove at admission a taint it never added (a forged record), or the taint the node registered with (a removed record: the path for nodes started before records)"]
-fn only_taints_gpufleet_added_are_removed_whatever_the_record_says() {
-    let mut drained = healthy_node("n0", "clique-0", "east", "row1");
-    drained.taints.push(taint("maintenance.test/drain", None));
+fn a_node_whose_taint_record_was_removed_keeps_the_taint_it_registered_with() {
     let mut sim = sim(
         with_pool(NO_PROBE),
         with_batch(ALL_AT_ONCE),
-        [drained, registered_tainted("n1")],
+        [registered_tainted("n1")],
     );
     sim.step();
-    assert_eq!(sim.state("n0"), Some(NodeState::Soaking));
     assert_eq!(sim.state("n1"), Some(NodeState::Soaking));
+    node_mut(&mut sim.snapshot.nodes, "n1").taints_added = None;
+    sim.run(20);
+    assert_eq!(sim.state("n1"), Some(NodeState::Ready));
+    let node = sim.snapshot.nodes.iter().find(|n| n.name == "n1").unwrap();
+    assert!(
+        has_taint(node, "gpufleet.io/onboarding"),
+        "{:?}",
+        node.taints
+    );
+}
+
+#[test]
+#[ignore = "known limitation: gpufleet.io/taint is trusted as written: anyone who can write the node's annotations (the node's own kubelet included) can list a taint there and gpufleet removes it at admission. Closing it needs the record kept where only gpufleet writes (not built)"]
+fn a_forged_taint_record_removes_nothing_gpufleet_did_not_add() {
+    let mut drained = healthy_node("n0", "clique-0", "east", "row1");
+    drained.taints.push(taint("maintenance.test/drain", None));
+    let mut sim = sim(with_pool(NO_PROBE), with_batch(ALL_AT_ONCE), [drained]);
+    sim.step();
+    assert_eq!(sim.state("n0"), Some(NodeState::Soaking));
     node_mut(&mut sim.snapshot.nodes, "n0").taints_added = Some(vec![
         ("gpufleet.io/onboarding".into(), "NoSchedule".into()),
         ("maintenance.test/drain".into(), "NoSchedule".into()),
     ]);
-    node_mut(&mut sim.snapshot.nodes, "n1").taints_added = None;
     sim.run(20);
     assert_eq!(sim.state("n0"), Some(NodeState::Ready));
-    assert_eq!(sim.state("n1"), Some(NodeState::Ready));
-    let node = |name: &str| sim.snapshot.nodes.iter().find(|n| n.name == name).unwrap();
+    let node = sim.snapshot.nodes.iter().find(|n| n.name == "n0").unwrap();
     assert!(
-        has_taint(node("n0"), "maintenance.test/drain")
-            && has_taint(node("n1"), "gpufleet.io/onboarding"),
-        "taints gpufleet did not add were removed: n0 {:?}, n1 {:?}",
-        node("n0").taints,
-        node("n1").taints
+        has_taint(node, "maintenance.test/drain"),
+        "{:?}",
+        node.taints
     );
 }
 
@@ -232,20 +244,6 @@ fn plan_on_a_cache_from_before_the_node_registered_again(write: Write) -> NodeVi
     (**cluster.node("n0").unwrap()).clone()
 }
 
-#[test]
-#[ignore = "planner/act gap: a plan made on a node cache that has not yet seen a node deleted and registered again is written onto the new node (act's node patches are merge patches, not conditional on the version the plan read; on a conflict act re-reads only the taints): the fresh node, never validated, is admitted and loses the taint it registered with (likewise, a taint someone adds after the plan's view is recorded as gpufleet's, and removed at admission). A NodePatch would need the resourceVersion it was planned from, and act a precondition on it that makes it plan again (sim::Write::Conditional)"]
-fn a_plan_on_a_lagging_cache_does_not_admit_a_node_registered_again_since() {
-    let node = plan_on_a_cache_from_before_the_node_registered_again(Write::Merge);
-    assert!(
-        node.state != Some(NodeState::Ready) && has_taint(&node, "gpufleet.io/onboarding"),
-        "the new n0 was admitted by a plan about the old one: {:?}, taints {:?}",
-        node.state,
-        node.taints
-    );
-}
-
-/// The same with writes conditional on the version the plan read: the
-/// write is refused, and the new node stays as it registered.
 #[test]
 fn with_conditional_writes_a_plan_on_a_lagging_cache_leaves_a_new_node_alone() {
     let node = plan_on_a_cache_from_before_the_node_registered_again(Write::Conditional);
