@@ -182,6 +182,7 @@ fn scenario(total: usize) -> Scenario {
                     },
                     message: None,
                     created: Some(now - SignedDuration::from_secs(115)),
+                    run: None,
                     deleting: false,
                 });
                 validating += 1;

@@ -21,6 +21,10 @@ pub const ATTEMPT: &str = "gpufleet.io/attempt";
 /// `KEY:EFFECT[,KEY:EFFECT]`; empty when the node already carried the
 /// pool's taint when gpufleet started it. gpufleet removes only these.
 pub const TAINT: &str = "gpufleet.io/taint";
+/// Node annotation: the state gpufleet wrote in the state label, beside
+/// it. A label that does not match it (rewritten alone, by `kubectl label`
+/// or a kubelet's `--node-labels`) is foreign: the node is validated again.
+pub const RECORDED_STATE: &str = "gpufleet.io/recorded-state";
 /// Node annotation: when gpufleet admitted the node (RFC 3339). gpufleet
 /// never moves a ready node, so a node that carries it with any state but
 /// `ready` lost its label in service (someone removed or changed it): it is

@@ -48,6 +48,9 @@ pub fn probe_pod(
     annotations.insert(keys::ATTEMPT.into(), request.attempt.to_string());
     annotations.insert(keys::BATCH.into(), batch_name.clone());
     annotations.insert("gpufleet.io/node".into(), request.node.clone());
+    if let Some(run) = request.run {
+        annotations.insert(keys::STARTED.into(), run.to_string());
+    }
     meta.name = Some(request.pod_name.clone());
     meta.generate_name = None;
     meta.namespace = Some(namespace.to_string());
@@ -132,6 +135,7 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
             pod_name: "gpufleet-probe-n1-2".into(),
             node: "n1".into(),
             attempt: 2,
+            run: None,
         };
         let pod = probe_pod(&pool, &batch, &req, "gpufleet-system").unwrap();
         let meta = &pod.metadata;

@@ -216,6 +216,7 @@ impl Planner<'_> {
                     pod_name: probe_pod_name(&node, 1),
                     node,
                     attempt: 1,
+                    run: Some(self.now),
                 });
                 self.wake_at(self.now + SignedDuration::from_secs(i64::from(timeout)));
             } else {

@@ -281,10 +281,12 @@ impl<'a> Membership<'a> {
             // Ready nodes are never demoted, whoever admitted them.
             // One that lost its label in service and that a person asked to
             // retry starts again from pending (`retry.rs`).
+            // A label rewritten alone (the state gpufleet recorded beside
+            // it differs) is foreign too.
             let foreign = (in_batch
                 && !admitted_once
                 && !matches!(recorded, NodeState::Pending | NodeState::Ready)
-                && !wrote(node, batch_name, batch_uid))
+                && (!wrote(node, batch_name, batch_uid) || node.recorded_state != Some(recorded)))
             .then_some(recorded);
             let state = if foreign.is_some() || (in_batch && admitted_once) {
                 NodeState::Pending

@@ -154,6 +154,9 @@ pub struct ProbeRequest {
     pub pod_name: String,
     pub node: String,
     pub attempt: u32,
+    /// When the node's run started (`gpufleet.io/started`): the pod carries
+    /// it, and is a verdict for that run only.
+    pub run: Option<Timestamp>,
 }
 
 /// Where an event goes.

@@ -28,6 +28,7 @@ pub fn probe_pod_name(node: &str, attempt: u32) -> String {
 impl Planner<'_> {
     /// A validating member: its static checks, then its probe's verdict.
     pub(super) fn check_validating(&mut self, m: usize) {
+        self.restamp_since(m);
         // A condition bad for less than its timeout lets the probe go on:
         // the soak after it does not pass while one is bad.
         if self.check_standing(m).is_err() {
@@ -59,7 +60,13 @@ impl Planner<'_> {
             .copied()
             .filter(|p| !p.deleting)
         {
-            Some(p) if p.made_by(batch_uid) && p.node == view.name => (Some(p), None),
+            // Made for this run of the node, too: a pod left from an earlier
+            // run at the same name (a plan cut short before deleting it, or
+            // a pod cache behind) is no verdict for this one. A pod without
+            // a run (made by an older gpufleet) is made again.
+            Some(p) if p.made_by(batch_uid) && p.node == view.name && p.run == view.started => {
+                (Some(p), None)
+            }
             Some(p) => (None, Some(p)),
             None => (None, None),
         };
@@ -84,6 +91,7 @@ impl Planner<'_> {
                             pod_name: name.clone(),
                             node: view.name.clone(),
                             attempt,
+                            run: view.started,
                         }),
                     }
                     self.wake_at(deadline);
@@ -156,6 +164,7 @@ impl Planner<'_> {
                     pod_name: probe_pod_name(&node, next),
                     node,
                     attempt: next,
+                    run: view.started,
                 });
                 self.wake_at(self.now + timeout);
             }

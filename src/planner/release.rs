@@ -27,6 +27,7 @@ pub fn release(node: &NodeView) -> NodePatch {
             keys::STARTED,
             keys::ATTEMPT,
             keys::REASON,
+            keys::RECORDED_STATE,
         ]
         .into_iter()
         .map(|k| (k, None))

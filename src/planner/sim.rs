@@ -122,6 +122,7 @@ impl Sim {
                             terminated: Vec::new(),
                             message: None,
                             created: Some(self.now),
+                            run: req.run,
                             deleting: false,
                         });
                     }
@@ -266,6 +267,7 @@ pub fn apply_patch(
             keys::ATTEMPT => node.attempt = value.and_then(|v| v.parse().ok()).unwrap_or(0),
             keys::RETRY => node.retry = value.is_some(),
             keys::ADMITTED => node.admitted = value.and_then(|v| v.parse().ok()),
+            keys::RECORDED_STATE => node.recorded_state = value.and_then(|v| v.parse().ok()),
             keys::SUSPECT => node.suspect = value.and_then(|v| v.parse().ok()),
             keys::TAINT => node.taints_added = value.map(super::snapshot::parse_taints),
             _ => {}
@@ -743,6 +745,7 @@ impl Cluster {
                         terminated: Vec::new(),
                         message: None,
                         created: Some(self.now),
+                        run: req.run,
                         deleting: false,
                     },
                     batch: batch.metadata.name.clone(),

@@ -130,6 +130,8 @@ pub struct NodeView {
     pub conditions: BTreeMap<String, String>,
     /// `gpufleet.io/admitted`: when gpufleet admitted the node.
     pub admitted: Option<Timestamp>,
+    /// `gpufleet.io/recorded-state`: the state gpufleet last wrote.
+    pub recorded_state: Option<NodeState>,
     /// `gpufleet.io/suspect`: the pool generation of a short-circuit.
     pub suspect: Option<i64>,
     /// When each condition last changed status (its lastTransitionTime),
@@ -170,6 +172,7 @@ impl NodeView {
             ready: None,
             conditions: BTreeMap::new(),
             admitted: None,
+            recorded_state: None,
             suspect: None,
             condition_since: BTreeMap::new(),
             allocatable_gpus: None,
@@ -255,6 +258,7 @@ impl From<&Node> for NodeView {
             ready: conditions.get("Ready").map(|s| s == "True"),
             conditions,
             admitted: annotation(keys::ADMITTED).and_then(|s| s.parse().ok()),
+            recorded_state: annotation(keys::RECORDED_STATE).and_then(|s| s.parse().ok()),
             suspect: annotation(keys::SUSPECT).and_then(|s| s.parse().ok()),
             condition_since,
             allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
@@ -348,6 +352,9 @@ pub struct ProbeView {
     /// `DeadlineExceeded`), if any.
     pub message: Option<String>,
     /// When the pod was created.
+    /// `gpufleet.io/started` on the pod: the run of the node it was made
+    /// for (absent on pods made before runs were recorded).
+    pub run: Option<Timestamp>,
     pub created: Option<Timestamp>,
     /// The pod is being deleted.
     pub deleting: bool,
@@ -453,6 +460,11 @@ impl From<&Pod> for ProbeView {
             init_containers: spec
                 .and_then(|s| s.init_containers.as_ref())
                 .map_or(0, |c| c.len() as u32),
+            run: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(keys::STARTED))
+                .and_then(|r| r.parse().ok()),
             terminated,
             message: (phase == ProbePhase::Failed)
                 .then_some(pod_message)

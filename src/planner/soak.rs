@@ -14,6 +14,7 @@ use super::state::Planner;
 
 impl Planner<'_> {
     pub(super) fn check_soaking_or_held(&mut self, m: usize) {
+        self.restamp_since(m);
         let recovered = match self.check_standing(m) {
             Ok(Some(recovered)) => recovered,
             // Failed, or a condition is bad for now: not passed.

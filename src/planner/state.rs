@@ -232,8 +232,25 @@ impl<'a> Planner<'a> {
         let patch = self.patch_of(m);
         patch.state = (state != NodeState::Pending).then_some(state);
         patch.annotations.insert(keys::SINCE, Some(since));
+        patch.annotations.insert(
+            keys::RECORDED_STATE,
+            patch.state.map(|s| s.as_str().to_string()),
+        );
         for (key, value) in annotations {
             patch.annotations.insert(key, value.clone());
+        }
+    }
+
+    /// A member in progress whose `gpufleet.io/since` someone removed: its
+    /// clock starts again now, written back, so that its soak ends and its
+    /// probe deadline comes (counting from `now` at every plan, neither
+    /// ever did).
+    pub fn restamp_since(&mut self, m: usize) {
+        if self.members[m].view.since.is_none() && self.members[m].patch.is_none() {
+            let stamp = self.stamp();
+            self.patch_of(m)
+                .annotations
+                .insert(keys::SINCE, Some(stamp));
         }
     }
 

@@ -85,8 +85,8 @@ fn started_and_admitted_in_one_plan_a_node_keeps_the_taint_it_registered_with() 
     );
 }
 
+/// Fixed: a missing since is written again, and the clock runs from there.
 #[test]
-#[ignore = "planner bug: a soaking node whose gpufleet.io/since someone removed soaks from `now` at every plan and never passes (soak.rs: `since.unwrap_or(now)`), so its domain and wave wait forever; a validating node without it never reaches its probe deadline either (probes.rs)"]
 fn a_soak_ends_though_someone_removed_when_it_began() {
     let mut sim = sim(
         with_pool(NO_PROBE),
@@ -105,8 +105,8 @@ fn a_soak_ends_though_someone_removed_when_it_began() {
     );
 }
 
+/// Fixed: a probe pod carries the run it was made for (`gpufleet.io/started`).
 #[test]
-#[ignore = "planner bug: a probe pod left from an earlier run of the same node and attempt passes the validation of a new run: probes.rs takes any pod at the probe's name that the batch made for the node, whenever it was made. Left by a plan cut short before its deletes (here), or seen in a pod cache that has not caught up with its deletion"]
 fn a_probe_left_from_an_earlier_run_is_no_verdict_for_a_new_one() {
     let mut sim = sim(
         with_pool(ONE_NODE),
@@ -142,8 +142,9 @@ fn a_probe_left_from_an_earlier_run_is_no_verdict_for_a_new_one() {
     );
 }
 
+/// Fixed: the state gpufleet wrote is recorded beside the label
+/// (`gpufleet.io/recorded-state`); a label rewritten alone is foreign.
 #[test]
-#[ignore = "planner bug: provenance ties the state label to the batch (the UID annotation beside it), not to the state itself: someone who rewrites only the label of a node gpufleet started (validating to soaking) moves it forward, and it is admitted though every probe of it fails. The threat model (docs/architecture.md) says a foreign state never moves a node forward; the same rewrite admits a failed node (failed to held or soaking)"]
 fn a_state_label_rewritten_beside_the_batch_uid_moves_nothing_forward() {
     let mut sim = sim_with(
         with_pool(ONE_NODE),

@@ -73,7 +73,7 @@ fn pod(uid: Option<&str>, phase: &str, init: Vec<Value>, containers: Vec<Value>)
             "namespace": "gpufleet-system",
             "labels": labels,
             "ownerReferences": owners,
-            "annotations": {"gpufleet.io/batch": "row1", "gpufleet.io/attempt": "1"},
+            "annotations": {"gpufleet.io/batch": "row1", "gpufleet.io/attempt": "1", "gpufleet.io/started": t0().to_string()},
             "creationTimestamp": t0().to_string(),
         },
         "spec": {

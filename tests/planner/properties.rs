@@ -588,6 +588,7 @@ proptest! {
                             .collect(),
                         message: None,
                         created: Some(sim.now),
+                        run: None,
                         deleting: false,
                     });
                 }

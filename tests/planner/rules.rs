@@ -431,7 +431,14 @@ fn a_failed_probe_uses_a_retry_then_fails_the_node_with_its_message() {
             .contains(&Action::CreateProbe(gpufleet::planner::ProbeRequest {
                 pod_name: probe_pod_name("n-d000-n02", 2),
                 node: "n-d000-n02".into(),
-                attempt: 2
+                attempt: 2,
+                run: s
+                    .snapshot
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == "n-d000-n02")
+                    .unwrap()
+                    .started,
             }))
     );
     assert!(reason_of(&s, "n-d000-n02").starts_with("attempt 1 failed: probe failed (exit 3)"));
