@@ -135,7 +135,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     record(ctx, &pool, batch, &snapshot, &plan, now);
     let status_changed = batch.status.as_ref() != Some(&plan.status);
     if status_changed {
-        write_status::<RolloutBatch>(ctx, &name, &plan.status).await?;
+        write_status::<RolloutBatch>(ctx, &name, &plan.status, batch.status.as_ref()).await?;
     }
     let batch_ref = batch.object_ref(&());
     events::publish(
@@ -362,5 +362,5 @@ async fn stall(
         return Ok(());
     }
     warn!(batch = %name, reason = reason.as_str(), message, "batch stalled");
-    write_status::<RolloutBatch>(ctx, name, &status).await
+    write_status::<RolloutBatch>(ctx, name, &status, Some(&previous)).await
 }

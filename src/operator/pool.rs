@@ -51,7 +51,7 @@ pub async fn reconcile(
                 &invalid.error.to_string(),
                 Timestamp::now(),
             );
-            write_status::<GpuPool>(&ctx, &name, &status).await?;
+            write_status::<GpuPool>(&ctx, &name, &status, None).await?;
             return Ok(Action::await_change());
         }
     };
@@ -61,7 +61,7 @@ pub async fn reconcile(
     ctx.metrics.observe_pool(&name, &plan.status);
     let changed = pool.status.as_ref() != Some(&plan.status);
     if changed {
-        write_status::<GpuPool>(&ctx, &name, &plan.status).await?;
+        write_status::<GpuPool>(&ctx, &name, &plan.status, pool.status.as_ref()).await?;
     }
     events::publish(
         &ctx.recorder,
