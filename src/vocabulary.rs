@@ -102,6 +102,8 @@ pub enum Reason {
     NoLostState,
     /// Many in-flight nodes failed the same way at once.
     SuspectedMisconfiguration,
+    /// A bug panicked while reconciling the object.
+    InternalError,
 }
 
 impl Reason {
@@ -128,6 +130,7 @@ impl Reason {
             Reason::StateLabelLost => "StateLabelLost",
             Reason::NoLostState => "NoLostState",
             Reason::SuspectedMisconfiguration => "SuspectedMisconfiguration",
+            Reason::InternalError => "InternalError",
         }
     }
 }

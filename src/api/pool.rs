@@ -284,9 +284,10 @@ pub struct CircuitBreaker {
     /// Percent of the pool's nodes that may fail within the window (0-100).
     #[schemars(range(min = 0, max = 100))]
     pub max_failed_percent: u32,
-    /// How far back failures count, such as `30m` or `1h` (the default).
+    /// How far back failures count, such as `30m` or `1h` (the default); a
+    /// window longer than 366 days counts as 366 days.
     #[serde(default = "default_window")]
-    #[schemars(regex(pattern = DURATION))]
+    #[schemars(regex(pattern = DURATION), length(max = 32))]
     pub window: String,
 }
 

@@ -337,6 +337,19 @@ fn record(
 }
 
 /// Marks a batch Stalled with a reason, for problems planning cannot fix.
+/// Stalls batch `name` with reason InternalError: a bug panicked while
+/// reconciling it.
+pub(super) async fn stall_internal(ctx: &Context, name: &str, message: &str) -> Result<(), Error> {
+    stall(
+        ctx,
+        name,
+        None,
+        Reason::InternalError,
+        &format!("gpufleet hit an internal error on this batch and stopped working on it: {message}; the rest of the fleet carries on. Report it with the operator's log"),
+    )
+    .await
+}
+
 async fn stall(
     ctx: &Context,
     name: &str,

@@ -33,7 +33,7 @@ pub async fn batches(
         .with_config(config)
         .reconcile_on(stream_of(requests))
         .reconcile_all_on(acquisitions(ctx.leadership.clone()))
-        .run(batch::reconcile, error_policy_batch, ctx)
+        .run(reconcile_batch, error_policy_batch, ctx)
         .for_each(|result| {
             if let Err(err) = result {
                 log_controller_error("rolloutbatch", &err);
@@ -56,7 +56,7 @@ pub async fn pools(
         .with_config(config)
         .reconcile_on(stream_of(requests))
         .reconcile_all_on(acquisitions(ctx.leadership.clone()))
-        .run(pool::reconcile, error_policy_pool, ctx)
+        .run(reconcile_pool, error_policy_pool, ctx)
         .for_each(|result| {
             if let Err(err) = result {
                 log_controller_error("gpupool", &err);
@@ -82,6 +82,62 @@ fn acquisitions(
         l.acquired().await;
         Some(((), l))
     })
+}
+
+/// Runs `reconcile`, turning a panic inside it into an error: kube's
+/// controller re-raises a reconcile's panic, which took the whole process
+/// (every pool) down, and the restarted process panicked again.
+pub async fn guard_panics<T>(
+    what: &str,
+    reconcile: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(reconcile).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(object = %what, %message, "reconcile panicked; the object is stalled, the rest carries on");
+            Err(Error::Panic {
+                what: what.to_string(),
+                message,
+            })
+        }
+    }
+}
+
+async fn reconcile_batch(
+    guard: Arc<DeserializeGuard<RolloutBatch>>,
+    ctx: Arc<Context>,
+) -> Result<controller::Action, Error> {
+    let name = guarded_name(&guard);
+    let result = guard_panics(
+        &format!("batch {name}"),
+        batch::reconcile(guard, ctx.clone()),
+    )
+    .await;
+    if let Err(Error::Panic { message, .. }) = &result {
+        // Said on the object, so a person sees it without the log.
+        if let Err(err) = batch::stall_internal(&ctx, &name, message).await {
+            log_controller_error_msg("rolloutbatch", &err);
+        }
+    }
+    result
+}
+
+async fn reconcile_pool(
+    guard: Arc<DeserializeGuard<GpuPool>>,
+    ctx: Arc<Context>,
+) -> Result<controller::Action, Error> {
+    let name = guarded_name(&guard);
+    guard_panics(&format!("pool {name}"), pool::reconcile(guard, ctx)).await
+}
+
+fn log_controller_error_msg(kind: &str, err: &Error) {
+    warn!(kind, error = %err, "could not write the internal error on the object");
 }
 
 fn error_policy_batch(
@@ -140,5 +196,31 @@ fn log_controller_error<Q: std::error::Error + 'static>(
         // Already logged with the object by the error policy.
         controller::Error::ReconcilerFailed(..) => {}
         other => warn!(kind, error = %other, "controller error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_reconcile_is_an_error_not_the_end_of_the_process() {
+        let result: Result<(), Error> = guard_panics("batch b", async {
+            let times: Vec<u32> = Vec::new();
+            if times.is_empty() {
+                panic!("index out of bounds: the len is 0");
+            }
+            Ok(())
+        })
+        .await;
+        match result {
+            Err(Error::Panic { what, message }) => {
+                assert_eq!(what, "batch b");
+                assert!(message.contains("index out of bounds"), "{message}");
+            }
+            other => panic!("expected a Panic error, got {other:?}"),
+        }
+        let fine: Result<u32, Error> = guard_panics("pool p", async { Ok(7) }).await;
+        assert_eq!(fine.unwrap(), 7);
     }
 }

@@ -25,6 +25,10 @@ pub enum Error {
     /// This replica lost the lease mid-reconcile: it writes nothing more.
     #[error("not the leader: {0} left undone")]
     NotLeader(String),
+    /// A bug panicked inside one reconcile: that object is stalled with
+    /// reason InternalError, and the rest of the fleet carries on.
+    #[error("internal error reconciling {what}: {message}")]
+    Panic { what: String, message: String },
 }
 
 impl Error {
@@ -42,6 +46,7 @@ impl Error {
             Error::Finalizer { .. } => "finalizer",
             Error::Cache(_) => "cache",
             Error::NotLeader(_) => "not_leader",
+            Error::Panic { .. } => "internal",
         }
     }
 

@@ -17,7 +17,7 @@ use crate::vocabulary::Gate;
 use super::ProbeRequest;
 use super::health::Failure;
 use super::probes::probe_pod_name;
-use super::snapshot::NodeState;
+use super::snapshot::{NodeState, later};
 use super::state::Planner;
 use super::waves;
 
@@ -31,7 +31,7 @@ impl Planner<'_> {
             SignedDuration::from_secs(i64::from(self.pool.spec.health_checks.startup_timeout()));
         // A node without a creation time (a view built by hand, never one
         // from the API server) gets no grace.
-        let Some(deadline) = view.created.map(|c| c + grace) else {
+        let Some(deadline) = view.created.map(|c| later(c, grace)) else {
             return false;
         };
         if self.now >= deadline {
@@ -218,7 +218,10 @@ impl Planner<'_> {
                     attempt: 1,
                     run: Some(self.now),
                 });
-                self.wake_at(self.now + SignedDuration::from_secs(i64::from(timeout)));
+                self.wake_at(later(
+                    self.now,
+                    SignedDuration::from_secs(i64::from(timeout)),
+                ));
             } else {
                 self.transition(m, NodeState::Soaking, &annotations);
                 self.check_soaking_or_held(m);

@@ -173,7 +173,9 @@ pub enum Standing {
 pub fn standing(pool: &GpuPoolSpec, node: &NodeView, now: Timestamp) -> Standing {
     let mut tolerated: Option<(Timestamp, String)> = None;
     for bad in bad_conditions(pool, node) {
-        let since = node.condition_since.get(bad.type_).copied();
+        // A transition in the future (the reporter's clock, or a forged
+        // status) counts from now.
+        let since = node.condition_since.get(bad.type_).map(|s| (*s).min(now));
         let until = since.map(|s| {
             s.checked_add(SignedDuration::from_secs(i64::from(bad.timeout)))
                 .unwrap_or(Timestamp::MAX)

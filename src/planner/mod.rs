@@ -218,10 +218,7 @@ fn finish(mut planner: Planner, status: RolloutBatchStatus, departed: Vec<NodePa
         planner.wake_at(at);
     }
     let now = planner.now;
-    let requeue_after = planner.wake.map(|at| {
-        let secs = at.duration_since(now).as_secs_f64().max(0.0);
-        Duration::from_secs_f64(secs)
-    });
+    let requeue_after = planner.wake.map(|at| snapshot::requeue_until(now, at));
     let mut actions: Vec<Action> = planner
         .members
         .iter_mut()

@@ -17,7 +17,7 @@ use crate::vocabulary::{ConditionType, EventReason, Reason};
 
 use super::conditions::{condition, is_true};
 use super::membership::needed_healthy;
-use super::snapshot::{NodeState, NodeView};
+use super::snapshot::{NodeState, NodeView, earlier, later, requeue_until};
 use super::status::tally;
 use super::{Event, EventTarget, matches, waves};
 
@@ -33,7 +33,11 @@ pub struct Breaker {
     pub next_change: Option<Timestamp>,
 }
 
-/// Parses a duration such as `90s`, `30m`, `1h30m` or `1.5h`.
+/// The longest breaker window: 366 days.
+const MAX_WINDOW_SECONDS: f64 = 366.0 * 86_400.0;
+
+/// Parses a duration such as `90s`, `30m`, `1h30m` or `1.5h`; longer than
+/// 366 days counts as 366 days.
 pub fn parse_window(window: &str) -> Option<SignedDuration> {
     let mut total = 0f64;
     let mut number = String::new();
@@ -59,7 +63,10 @@ pub fn parse_window(window: &str) -> Option<SignedDuration> {
         number.clear();
         any = true;
     }
-    (any && number.is_empty()).then(|| SignedDuration::from_secs_f64(total))
+    // A window longer than a year counts as a year: the pattern the CRD
+    // checks takes any number of digits, and no value may panic.
+    let total = total.min(MAX_WINDOW_SECONDS);
+    (any && number.is_empty() && total.is_finite()).then(|| SignedDuration::from_secs_f64(total))
 }
 
 /// Most failures the breaker remembers (`status.breaker.failures`): the most
@@ -145,7 +152,7 @@ fn verdict(
         next_change: failures
             .first()
             .filter(|_| tripped)
-            .map(|(at, _)| *at + window),
+            .map(|(at, _)| later(*at, window)),
     }
 }
 
@@ -161,7 +168,7 @@ pub fn breaker(pool: &GpuPool, pool_nodes: &[&NodeView], now: Timestamp) -> Brea
         return Breaker::default();
     };
     let window = window_of(cb);
-    let failures = counted_failures(ledger(pool), pool_nodes, now - window, now);
+    let failures = counted_failures(ledger(pool), pool_nodes, earlier(now, window), now);
     verdict(cb, &failures, pool_nodes.len(), window)
 }
 
@@ -211,7 +218,7 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
     let (breaker, failures) = match &spec.circuit_breaker {
         Some(cb) => {
             let window = window_of(cb);
-            let failures = counted_failures(ledger(pool), &members, now - window, now);
+            let failures = counted_failures(ledger(pool), &members, earlier(now, window), now);
             (verdict(cb, &failures, members.len(), window), failures)
         }
         None => (Breaker::default(), Vec::new()),
@@ -308,9 +315,7 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
         }),
         conditions,
     };
-    let requeue_after = breaker
-        .next_change
-        .map(|at| Duration::from_secs_f64(at.duration_since(now).as_secs_f64().max(0.0)));
+    let requeue_after = breaker.next_change.map(|at| requeue_until(now, at));
     PoolPlan {
         status,
         events,

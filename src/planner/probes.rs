@@ -11,7 +11,7 @@ use crate::keys;
 
 use super::ProbeRequest;
 use super::health::{Failure, FailureCategory};
-use super::snapshot::{NodeState, ProbePhase, ProbeView, Termination};
+use super::snapshot::{NodeState, ProbePhase, ProbeView, Termination, later};
 use super::state::Planner;
 
 /// The name of a node's probe pod for an attempt: deterministic, so a
@@ -44,7 +44,15 @@ impl Planner<'_> {
         let view = self.members[m].view;
         let attempt = view.attempt.max(1);
         let name = probe_pod_name(&view.name, attempt);
-        let since = view.since.unwrap_or(self.now);
+        let since = if self.members[m]
+            .patch
+            .as_ref()
+            .is_some_and(|p| p.annotations.contains_key(keys::SINCE))
+        {
+            self.now
+        } else {
+            view.since.unwrap_or(self.now)
+        };
         // The pod at the probe's name counts only if this batch made it for
         // this node: a pod someone else made at that name (the name is
         // deterministic) is no verdict. The probe namespace is gpufleet's
@@ -72,7 +80,7 @@ impl Planner<'_> {
         };
         let outcome = match current {
             None => {
-                let deadline = since + timeout;
+                let deadline = later(since, timeout);
                 if self.now >= deadline {
                     let message = match squatter {
                         Some(_) => format!(
@@ -117,7 +125,7 @@ impl Planner<'_> {
                     // inventory beside a long burn-in) is not a verdict.
                     Some(Ok(()))
                 } else {
-                    let deadline = probe.created.unwrap_or(since).max(since) + timeout;
+                    let deadline = later(probe.created.unwrap_or(since).max(since), timeout);
                     if self.now >= deadline {
                         let message = if probe.phase == ProbePhase::Succeeded {
                             format!(
@@ -166,7 +174,7 @@ impl Planner<'_> {
                     attempt: next,
                     run: view.started,
                 });
-                self.wake_at(self.now + timeout);
+                self.wake_at(later(self.now, timeout));
             }
             Err(failure) => self.fail(m, failure),
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{self as jiff, Timestamp};
 
 use crate::keys;
 
@@ -498,4 +498,39 @@ pub struct Snapshot {
     pub other_pools: Vec<Claim>,
     /// The other batches of any pool, to find nodes two batches claim.
     pub other_batches: Vec<Claim>,
+}
+
+/// `t + d`, saturating at the ends of time: a timestamp from the cluster may
+/// be anything jiff can hold (a node's kubelet may write
+/// `gpufleet.io/since: 9999-12-30T21:59:00Z`), and no value may panic.
+pub fn later(t: Timestamp, d: jiff::SignedDuration) -> Timestamp {
+    t.checked_add(d).unwrap_or(if d.is_negative() {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
+}
+
+/// `t - d`, saturating at the ends of time.
+pub fn earlier(t: Timestamp, d: jiff::SignedDuration) -> Timestamp {
+    t.checked_sub(d).unwrap_or(if d.is_negative() {
+        Timestamp::MAX
+    } else {
+        Timestamp::MIN
+    })
+}
+
+/// The longest a plan asks to wait before planning again: a timer far in
+/// the future (at the end of time) must still fit a tokio timer.
+pub const MAX_REQUEUE: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// How long from `now` until `at`, for a requeue: never negative, at most
+/// [`MAX_REQUEUE`].
+pub fn requeue_until(now: Timestamp, at: Timestamp) -> std::time::Duration {
+    let secs = at.duration_since(now).as_secs_f64();
+    if secs.is_nan() || secs <= 0.0 {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_secs_f64(secs.min(MAX_REQUEUE.as_secs_f64()))
+    }
 }

@@ -33,10 +33,11 @@ impl Planner<'_> {
             self.patch_of(m).annotations.insert(keys::REASON, None);
         }
         let soak = SignedDuration::from_secs(i64::from(self.pool.spec.health_checks.soak_seconds));
+        // Moved here, or its time written again, by this plan: from now.
         let since = if self.members[m]
             .patch
             .as_ref()
-            .is_some_and(|p| p.state != view.state)
+            .is_some_and(|p| p.state != view.state || p.annotations.contains_key(keys::SINCE))
         {
             self.now
         } else {

@@ -18,6 +18,11 @@ use super::pool::{Breaker, breaker};
 use super::snapshot::{NodeState, NodeView, ProbeView, Snapshot};
 use super::{Event, EventTarget, NodePatch, ProbeRequest, TaintChange, matches};
 
+/// How far ahead of the planner's clock a time gpufleet wrote may be (its
+/// replicas' clocks differ a little); further ahead, it was not gpufleet.
+pub const FUTURE_SKEW: k8s_openapi::jiff::SignedDuration =
+    k8s_openapi::jiff::SignedDuration::from_secs(600);
+
 /// One member node of the batch, and what this plan does to it.
 pub(super) struct Member<'a> {
     pub view: &'a NodeView,
@@ -241,12 +246,17 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// A member in progress whose `gpufleet.io/since` someone removed: its
-    /// clock starts again now, written back, so that its soak ends and its
-    /// probe deadline comes (counting from `now` at every plan, neither
-    /// ever did).
+    /// A member in progress whose `gpufleet.io/since` someone removed, or
+    /// set in the future (more than [`FUTURE_SKEW`] ahead: gpufleet writes
+    /// it from its own clock): its clock starts again now, written back, so
+    /// that its soak ends and its probe deadline comes (counting from `now`
+    /// at every plan, or from 9999, neither ever did).
     pub fn restamp_since(&mut self, m: usize) {
-        if self.members[m].view.since.is_none() && self.members[m].patch.is_none() {
+        let skewed = self.members[m]
+            .view
+            .since
+            .is_some_and(|s| s > super::snapshot::later(self.now, FUTURE_SKEW));
+        if (self.members[m].view.since.is_none() || skewed) && self.members[m].patch.is_none() {
             let stamp = self.stamp();
             self.patch_of(m)
                 .annotations

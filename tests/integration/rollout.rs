@@ -687,3 +687,35 @@ fn a_condition_blip_during_the_soak_fails_nobody() {
     assert_eq!(s.count("ready"), 4, "{:?}", s.by_state());
     assert_eq!(s.count("failed"), 0);
 }
+
+/// #14 scenario 1: a node's kubelet may write any annotation on its node. A
+/// `gpufleet.io/since` in the year 9999 used to overflow the time
+/// arithmetic and panic the operator (every pool with it), again at every
+/// restart; now the node's clock starts again and the rollout completes.
+#[test]
+fn a_since_in_the_year_9999_stops_nothing() {
+    let name = "ro-9999";
+    let mut s = Scenario::new(name);
+    let batch = "ro-9999-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, circuitBreaker: {maxFailedPercent: 50, window: 200000000h}}",
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxFailuresPerWave: 0}",
+    ));
+    s.wait_until("a node validates", ROLLOUT, |s| s.count("validating") > 0);
+    let node = format!("{name}-d0-n00");
+    s.kubectl(&[
+        "annotate",
+        "node",
+        &node,
+        "--overwrite",
+        "gpufleet.io/since=9999-12-30T21:59:00Z",
+    ])
+    .succeeds();
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 4, "{:?}", s.by_state());
+}

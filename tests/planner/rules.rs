@@ -1454,3 +1454,39 @@ fn a_probe_phase_unknown_waits_for_its_deadline() {
         Some(std::time::Duration::from_secs(600))
     );
 }
+
+#[test]
+fn a_since_in_the_far_future_is_written_again_and_the_rollout_goes_on() {
+    // A node's own kubelet may write `gpufleet.io/since: 9999-12-30T21:59:00Z`.
+    // It used to overflow the time arithmetic and panic the operator, every
+    // pool with it; now the node's clock starts again from now.
+    let mut s = sim(pool(), batch(), nodes(1));
+    s.step();
+    assert_eq!(in_state(&s, Validating).len(), 4);
+    let forged: k8s_openapi::jiff::Timestamp = "9999-12-30T21:59:00Z".parse().unwrap();
+    node_mut(&mut s.snapshot.nodes, "n-d000-n00").since = Some(forged);
+    let plan = s.step();
+    let patch = plan
+        .node_patches()
+        .find(|p| p.node == "n-d000-n00")
+        .expect("since written again");
+    assert_eq!(
+        patch.annotations.get(keys::SINCE),
+        Some(&Some(s.now.to_string()))
+    );
+    s.finish_probes();
+    s.step();
+    node_mut(&mut s.snapshot.nodes, "n-d000-n01").since = Some(forged);
+    s.run(50);
+    assert_eq!(in_state(&s, Ready).len(), 4);
+}
+
+#[test]
+fn a_window_of_two_hundred_million_hours_plans_without_panicking() {
+    let pool = with_pool("spec: {circuitBreaker: {maxFailedPercent: 10, window: 200000000h}}");
+    let mut s = sim(pool, batch(), nodes(1));
+    s.run(50);
+    assert_eq!(in_state(&s, Ready).len(), 4);
+    let pool_plan = plan_pool(&s.pool, &s.snapshot.nodes, s.now);
+    assert!(!pool_plan.breaker.tripped);
+}
