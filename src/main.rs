@@ -11,7 +11,8 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("gpufleet: {err:#}");
+            // An error may quote the cluster (an API server's message).
+            eprintln!("gpufleet: {}", gpufleet::view::safe(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

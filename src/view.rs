@@ -50,6 +50,46 @@ pub struct WaveRow {
     pub budget: u32,
 }
 
+/// The colours gpufleet's own views use (SGR parameters): the only escape
+/// sequences [`safe`] lets through.
+const OWN_COLOURS: [&str; 6] = ["0", "2", "31", "32", "33", "36"];
+
+/// A line made safe for a terminal: text from the cluster (a probe's
+/// termination message, an annotation, an event) may carry escape
+/// sequences that erase lines, move the cursor, write the clipboard (OSC
+/// 52) or forge links (OSC 8), the class of kubectl's CVE-2021-25743. Every
+/// control character (C0, DEL, C1) goes, but tab and newline; the only
+/// escape sequences kept are gpufleet's own colours (`ESC [ N m`, N one of
+/// [`OWN_COLOURS`]). JSON output never goes through this: it stays exact.
+pub fn safe(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && c != '\n')
+    {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(c) = rest.chars().next() {
+        if c == '\x1b' {
+            let own = OWN_COLOURS.iter().find_map(|n| {
+                let seq = format!("\x1b[{n}m");
+                rest.starts_with(&seq).then_some(seq)
+            });
+            if let Some(seq) = own {
+                out.push_str(&seq);
+                rest = &rest[seq.len()..];
+                continue;
+            }
+        }
+        if !c.is_control() || c == '\t' || c == '\n' {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The waves of a batch, from its status.
 pub fn wave_rows(batch: &RolloutBatch) -> Vec<WaveRow> {
     let Some(status) = &batch.status else {
@@ -905,6 +945,23 @@ conditions:
             }
         }
         n
+    }
+
+    #[test]
+    fn cluster_text_cannot_drive_the_terminal() {
+        // Erase line, cursor up, an OSC 8 link, an OSC 52 clipboard write,
+        // a C1 CSI, a bell: all gone; gpufleet's own colours and tabs stay.
+        let reason = "probe failed\x1b[2K\x1b[1A ok\x1b]8;;http://x\x07link\x1b]8;;\x07 \x1b]52;c;ZWNobyBoaQ==\x07\u{9b}31m\x07\tend";
+        let line = format!("\x1b[32m██\x1b[0m {reason}");
+        let cleaned = safe(&line);
+        assert!(!cleaned.contains('\x07') && !cleaned.contains('\u{9b}'));
+        assert!(
+            cleaned.starts_with("\x1b[32m██\x1b[0m probe failed"),
+            "{cleaned:?}"
+        );
+        assert_eq!(cleaned.matches('\x1b').count(), 2, "{cleaned:?}");
+        assert!(cleaned.ends_with("\tend"));
+        assert_eq!(safe("plain"), "plain");
     }
 
     #[test]

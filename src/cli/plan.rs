@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let preview = preview(&pool, &batch, &nodes);
     let text = match args.output {
         Output::Json => serde_json::to_string_pretty(&preview)? + "\n",
-        Output::Table => table(&preview),
+        Output::Table => gpufleet::view::safe(&table(&preview)).into_owned(),
     };
     match io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),

@@ -317,12 +317,13 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
             api.patch(&view.name, &params, &Patch::Merge(&body))
                 .await
                 .with_context(|| format!("annotating node {}", view.name))?;
-            println!(
+            let line = format!(
                 "node {}: retry requested (it was {}: {})",
                 view.name,
                 view.state().as_str(),
                 view.reason.as_deref().unwrap_or("no reason recorded")
             );
+            println!("{}", gpufleet::view::safe(&line));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -362,7 +363,7 @@ pub fn why(args: WhyArgs) -> anyhow::Result<ExitCode> {
         let membership = if view.batch.is_none() { Some(membership(&client, &view).await?) } else { None };
         let events = node_events(&client, name, args.events).await?;
         for line in view::why(&view, membership.as_deref(), &events, Timestamp::now()) {
-            println!("{line}");
+            println!("{}", gpufleet::view::safe(&line));
         }
         let hint = match view.state {
             Some(NodeState::Failed) => Some(format!("Fix the cause, then `{} retry {name}` sends it through validation again.", cmd())),
@@ -375,7 +376,7 @@ pub fn why(args: WhyArgs) -> anyhow::Result<ExitCode> {
         if let Some(hint) = hint {
             println!();
             for line in view::wrap(&hint, view::WIDTH, 0) {
-                println!("{line}");
+                println!("{}", gpufleet::view::safe(&line));
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -470,8 +471,15 @@ async fn node_events(
         .await
         .context("listing the node's events")?
         .items;
+    // Only what gpufleet reported: anyone who can create an Event could
+    // otherwise put "NodeAdmitted" lines in `why`.
     let mut lines: Vec<EventLine> = events
         .into_iter()
+        .filter(|e| {
+            let gpufleet = Some(gpufleet::keys::FIELD_MANAGER);
+            e.reporting_component.as_deref() == gpufleet
+                || e.source.as_ref().and_then(|s| s.component.as_deref()) == gpufleet
+        })
         .map(|e| EventLine {
             at: e
                 .series

@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 fn print_lines(lines: &[String]) {
     let mut out = std::io::stdout().lock();
     for line in lines {
-        let _ = writeln!(out, "{line}");
+        let _ = writeln!(out, "{}", gpufleet::view::safe(line));
     }
 }
 
@@ -157,7 +157,7 @@ impl Screen {
             let _ = write!(out, "\x1b[{}A\r\x1b[J", self.drawn);
         }
         for line in lines {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "{}", gpufleet::view::safe(line));
         }
         let _ = out.flush();
         self.drawn = lines.len();
@@ -176,7 +176,7 @@ impl Screen {
         let minor_changed = minor != self.last_minor;
         let due = self.last_print.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
         if major_changed || minor_changed && (due || force) {
-            println!("{line}");
+            println!("{}", gpufleet::view::safe(line));
             self.last_major = major.to_string();
             self.last_minor = minor.to_string();
             self.last_print = Some(Instant::now());

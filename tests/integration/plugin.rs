@@ -272,6 +272,29 @@ fn plugin_why_and_retry_bring_a_fixed_node_back() {
         why.contains("`kubectl gpufleet retry ui-retry-d0-n07`"),
         "{why}"
     );
+    // #14 scenario 5: text from the cluster cannot drive the terminal, and
+    // an Event someone else reported cannot pose as gpufleet's.
+    s.kubectl(&[
+        "annotate",
+        "node",
+        "ui-retry-d0-n01",
+        "--overwrite",
+        "gpufleet.io/reason=fine\u{1b}[2K\u{1b}[1Aforged\u{1b}]52;c;ZWNobw==\u{7}\u{1b}]8;;http://x\u{7}link",
+    ])
+    .succeeds();
+    s.apply(
+        "apiVersion: v1\nkind: Event\nmetadata: {name: ui-retry-forged, namespace: default}\ninvolvedObject: {kind: Node, name: ui-retry-d0-n01, apiVersion: v1}\nreason: NodeAdmittedForged\nmessage: admitted by gpufleet\ntype: Normal\nreportingComponent: intruder\nsource: {component: intruder}\n",
+    );
+    let injected = succeeds(&["why", "ui-retry-d0-n01"]);
+    assert!(
+        !injected.contains('\u{1b}') && !injected.contains('\u{7}'),
+        "escape sequences reached the terminal: {injected:?}"
+    );
+    assert!(injected.contains("fine[2K[1Aforged"), "{injected:?}");
+    assert!(
+        !injected.contains("NodeAdmittedForged"),
+        "an event gpufleet did not report is shown:\n{injected}"
+    );
     let good = succeeds(&["why", "ui-retry-d0-n00"]);
     assert!(
         good.starts_with("node ui-retry-d0-n00: ready\n")
