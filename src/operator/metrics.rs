@@ -323,6 +323,27 @@ impl Metrics {
         }
     }
 
+    /// Forgets a deleted pool's series.
+    pub fn forget_pool(&self, pool: &str) {
+        let p = PoolLabels { pool: pool.into() };
+        for state in NodeState::ALL {
+            self.pool_nodes.remove(&PoolStateLabels {
+                pool: pool.into(),
+                state: state.as_str().into(),
+            });
+        }
+        for family in [
+            &self.pool_gpus_ready,
+            &self.pool_gpus_total,
+            &self.pool_domains_complete,
+            &self.pool_domains_total,
+            &self.pool_breaker_tripped,
+        ] {
+            family.remove(&p);
+        }
+        self.onboarding_seconds.remove(&p);
+    }
+
     /// Forgets a deleted batch's series.
     pub fn forget_batch(&self, pool: &str, batch: &str, waves: u32) {
         let b = BatchLabels {
@@ -440,6 +461,18 @@ mod tests {
             ),
             ("get", "leases".into())
         );
+    }
+
+    #[test]
+    fn a_deleted_pool_leaves_no_series() {
+        let m = Metrics::new();
+        m.observe_pool("east", &GpuPoolStatus::default());
+        m.observe_pool("west", &GpuPoolStatus::default());
+        assert!(m.encode().contains("pool=\"east\""));
+        m.forget_pool("east");
+        let text = m.encode();
+        assert!(!text.contains("pool=\"east\""), "{text}");
+        assert!(text.contains("pool=\"west\""), "{text}");
     }
 
     #[test]

@@ -90,9 +90,20 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
 
     let pool_watch = {
         let (s, tx) = (stores.clone(), batch_tx.clone());
+        let metrics = config.metrics.clone();
         watcher(pools_api, object_watch.clone())
             .default_backoff()
             .reflect(pool_writer)
+            .inspect_ok(move |event| {
+                // A deleted pool leaves no series behind.
+                if let watcher::Event::Delete(pool) = event {
+                    let name = match &pool.0 {
+                        Ok(p) => p.name_any(),
+                        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+                    };
+                    metrics.forget_pool(&name);
+                }
+            })
             .for_each(drive(
                 "gpupools",
                 synced_tx.clone(),
