@@ -44,15 +44,7 @@ impl Planner<'_> {
         let view = self.members[m].view;
         let attempt = view.attempt.max(1);
         let name = probe_pod_name(&view.name, attempt);
-        let since = if self.members[m]
-            .patch
-            .as_ref()
-            .is_some_and(|p| p.annotations.contains_key(keys::SINCE))
-        {
-            self.now
-        } else {
-            view.since.unwrap_or(self.now)
-        };
+        let since = self.since(m);
         // The pod at the probe's name counts only if this batch made it for
         // this node: a pod someone else made at that name (the name is
         // deterministic) is no verdict. The probe namespace is gpufleet's

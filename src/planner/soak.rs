@@ -5,11 +5,11 @@
 //! (`conditionTimeoutSeconds`) and meanwhile keeps it from passing. A held
 //! node is re-checked the same way on every plan.
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::SignedDuration;
 
 use crate::keys;
 
-use super::snapshot::NodeState;
+use super::snapshot::{NodeState, later};
 use super::state::Planner;
 
 impl Planner<'_> {
@@ -33,18 +33,9 @@ impl Planner<'_> {
             self.patch_of(m).annotations.insert(keys::REASON, None);
         }
         let soak = SignedDuration::from_secs(i64::from(self.pool.spec.health_checks.soak_seconds));
-        // Moved here, or its time written again, by this plan: from now.
-        let since = if self.members[m]
-            .patch
-            .as_ref()
-            .is_some_and(|p| p.state != view.state || p.annotations.contains_key(keys::SINCE))
-        {
-            self.now
-        } else {
-            view.since.unwrap_or(self.now)
-        };
+        let since = self.since(m);
         let start = recovered.map_or(since, |r| r.max(since));
-        let done_at = start.checked_add(soak).unwrap_or(Timestamp::MAX);
+        let done_at = later(start, soak);
         if self.now >= done_at {
             self.members[m].passed = true;
         } else {

@@ -264,6 +264,19 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// When member `m` entered its state: now if this plan wrote its time
+    /// (a transition, or [`Self::restamp_since`]), else its `since`.
+    pub fn since(&self, m: usize) -> Timestamp {
+        let written = self.members[m]
+            .patch
+            .as_ref()
+            .is_some_and(|p| p.annotations.contains_key(keys::SINCE));
+        match self.members[m].view.since {
+            Some(since) if !written => since,
+            _ => self.now,
+        }
+    }
+
     /// The member's first static failure: what stops a node from starting.
     pub fn static_check(&self, m: usize) -> Option<Failure> {
         static_failure(&self.pool.spec, self.members[m].view)
