@@ -183,6 +183,9 @@ fn scenario(total: usize) -> Scenario {
                     message: None,
                     created: Some(now - SignedDuration::from_secs(115)),
                     run: None,
+                    started_at: Some(now - SignedDuration::from_secs(114)),
+                    not_running: None,
+                    evicted: false,
                     deleting: false,
                 });
                 validating += 1;

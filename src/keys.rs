@@ -36,6 +36,12 @@ pub const ADMITTED: &str = "gpufleet.io/admitted";
 /// same way at once: a suspected configuration error). While it matches
 /// the pool's generation, the batch is halted.
 pub const SUSPECT: &str = "gpufleet.io/suspect";
+/// Node annotation: how many runs of the node's current probe attempt never
+/// ran (never created, never started, evicted). Such a run is not evidence
+/// against the node: it is tried again, and the batch halts once a node
+/// reaches the probe's `notStartedLimit`. Removed when the node leaves
+/// validation.
+pub const PROBE_MISSES: &str = "gpufleet.io/probe-misses";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";

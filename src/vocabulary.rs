@@ -104,6 +104,13 @@ pub enum Reason {
     SuspectedMisconfiguration,
     /// A bug panicked while reconciling the object.
     InternalError,
+    /// The API server refuses the batch's probe pods.
+    ProbeRejected,
+    /// The API server refused another write (a node patch): a person must
+    /// change the pool, the batch or the policy.
+    WriteRejected,
+    /// Probes of the batch do not run (never started, evicted).
+    ProbesNotRunning,
 }
 
 impl Reason {
@@ -131,6 +138,9 @@ impl Reason {
             Reason::NoLostState => "NoLostState",
             Reason::SuspectedMisconfiguration => "SuspectedMisconfiguration",
             Reason::InternalError => "InternalError",
+            Reason::ProbeRejected => "ProbeRejected",
+            Reason::WriteRejected => "WriteRejected",
+            Reason::ProbesNotRunning => "ProbesNotRunning",
         }
     }
 }
@@ -157,6 +167,9 @@ pub enum EventReason {
     StateLost,
     /// Many nodes failed the same way at once: halted, none failed.
     SuspectedMisconfiguration,
+    /// A node's probe never ran (not created, not started, evicted): it is
+    /// made again, and the node is not failed.
+    ProbeNotRun,
 }
 
 impl EventReason {
@@ -177,6 +190,7 @@ impl EventReason {
             EventReason::ForeignState => "ForeignState",
             EventReason::StateLost => "StateLost",
             EventReason::SuspectedMisconfiguration => "SuspectedMisconfiguration",
+            EventReason::ProbeNotRun => "ProbeNotRun",
         }
     }
 }
@@ -207,6 +221,12 @@ pub enum Gate {
     /// Many nodes failed the same way at once: a suspected configuration
     /// error; halted until the pool changes.
     SuspectedMisconfiguration,
+    /// The API server refuses the probe pods (admission, validation,
+    /// quota): no node starts until one can be created.
+    ProbeRejected,
+    /// A node's probe did not run `notStartedLimit` times: no node starts
+    /// until probes run again.
+    ProbesNotRunning,
 }
 
 impl Gate {
@@ -223,6 +243,8 @@ impl Gate {
             Gate::Complete => Reason::RolloutComplete,
             Gate::InvalidSpec => Reason::InvalidSpec,
             Gate::SuspectedMisconfiguration => Reason::SuspectedMisconfiguration,
+            Gate::ProbeRejected => Reason::ProbeRejected,
+            Gate::ProbesNotRunning => Reason::ProbesNotRunning,
         }
     }
 
@@ -234,6 +256,8 @@ impl Gate {
                 | Gate::CircuitBreaker
                 | Gate::InvalidSpec
                 | Gate::SuspectedMisconfiguration
+                | Gate::ProbeRejected
+                | Gate::ProbesNotRunning
         )
     }
 
@@ -255,6 +279,8 @@ impl Gate {
             Gate::Complete => "complete",
             Gate::InvalidSpec => "halted: the batch or its pool is invalid",
             Gate::SuspectedMisconfiguration => "halted: suspected misconfiguration",
+            Gate::ProbeRejected => "halted: probe pods refused",
+            Gate::ProbesNotRunning => "halted: probes cannot run",
         }
     }
 
@@ -272,6 +298,8 @@ impl Gate {
             Gate::Complete => "complete",
             Gate::InvalidSpec => "halted, the batch or its pool is invalid",
             Gate::SuspectedMisconfiguration => "halted, suspected misconfiguration",
+            Gate::ProbeRejected => "halted, probe pods refused",
+            Gate::ProbesNotRunning => "halted, probes cannot run",
         }
     }
 
@@ -288,11 +316,13 @@ impl Gate {
             Gate::Complete => "complete",
             Gate::InvalidSpec => "invalid_spec",
             Gate::SuspectedMisconfiguration => "suspected_misconfiguration",
+            Gate::ProbeRejected => "probe_rejected",
+            Gate::ProbesNotRunning => "probes_not_running",
         }
     }
 
     /// Every gate.
-    pub const ALL: [Gate; 10] = [
+    pub const ALL: [Gate; 12] = [
         Gate::Probes,
         Gate::Soak,
         Gate::Approval,
@@ -303,6 +333,8 @@ impl Gate {
         Gate::Complete,
         Gate::InvalidSpec,
         Gate::SuspectedMisconfiguration,
+        Gate::ProbeRejected,
+        Gate::ProbesNotRunning,
     ];
 }
 

@@ -39,9 +39,11 @@ pub struct TaintSpec {
     /// The taint key, a qualified name such as `gpufleet.io/onboarding`.
     #[schemars(length(min = 1, max = 316), regex(pattern = QUALIFIED_NAME))]
     pub key: String,
-    /// The taint value; empty by default.
+    /// The taint value; empty by default. The API's rules for a label
+    /// value: at most 63 letters, digits, `-`, `_` and `.`, starting and
+    /// ending with a letter or digit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = 63), regex(pattern = LABEL_VALUE))]
     pub value: Option<String>,
     /// NoSchedule, PreferNoSchedule or NoExecute.
     pub effect: TaintEffect,
@@ -147,6 +149,9 @@ pub struct DomainCounts {
 
 /// A Kubernetes qualified name with an optional DNS prefix (label keys, taint keys).
 pub const QUALIFIED_NAME: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
+
+/// A label value (also a taint's value), by the API's own rule.
+pub const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 
 /// A dotted version such as `570.133.20`.
 pub const DOTTED_VERSION: &str = r"^[0-9]+(\.[0-9]+){1,3}$";

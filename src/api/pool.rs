@@ -253,7 +253,8 @@ pub struct Probe {
     /// with the container's termination message as the reason.
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
-    /// Seconds a probe may take from its creation before it counts as failed.
+    /// Seconds a probe may run, from when its pod started running, before
+    /// it counts as failed (the pod's activeDeadlineSeconds too).
     #[serde(default = "default_probe_timeout")]
     #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: u32,
@@ -261,6 +262,31 @@ pub struct Probe {
     #[serde(default = "default_probe_retries")]
     #[schemars(range(min = 0, max = 10))]
     pub retries: u32,
+    /// Seconds a probe pod may take to start running (be created, bound,
+    /// admitted by the kubelet, pull its image) before that run counts as
+    /// never run. A probe that never ran is no verdict on the node: it is
+    /// tried again, and fails nothing. Default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub start_timeout_seconds: Option<u32>,
+    /// How many runs of one node's probe may never run before the batch
+    /// halts (Stalled, ProbesNotRunning): no new node starts while probes
+    /// cannot run, and the nodes waiting keep trying. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub not_started_limit: Option<u32>,
+}
+
+impl Probe {
+    /// `startTimeoutSeconds`, defaulted.
+    pub fn start_timeout(&self) -> u32 {
+        self.start_timeout_seconds.unwrap_or(600)
+    }
+
+    /// `notStartedLimit`, defaulted.
+    pub fn not_started_limit(&self) -> u32 {
+        self.not_started_limit.unwrap_or(3).max(1)
+    }
 }
 
 fn default_probe_timeout() -> u32 {

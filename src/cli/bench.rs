@@ -997,7 +997,14 @@ impl AuditLog for ControlPlane {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            let verb = entry["verb"].as_str().unwrap_or("?");
+            let mut verb = entry["verb"].as_str().unwrap_or("?");
+            // A probe's dry run before its node starts is no pod made.
+            if entry["requestURI"]
+                .as_str()
+                .is_some_and(|uri| uri.contains("dryRun="))
+            {
+                verb = "dry-run";
+            }
             let object = &entry["objectRef"];
             let mut resource = object["resource"].as_str().unwrap_or("(none)").to_string();
             if let Some(sub) = object["subresource"].as_str() {

@@ -86,6 +86,33 @@ pub struct Report {
     /// Nodes whose patch was refused because they changed since the plan
     /// read them (sorted): the plan is stale for them, plan again.
     pub conflicts: Vec<String>,
+    /// The API server refused a probe pod (admission, validation, quota,
+    /// a missing namespace), in its words. Nodes the plan meant to start
+    /// were not started: the plan's status is untrue, plan again.
+    pub probe_rejected: Option<String>,
+    /// Nodes the plan meant to start that were left pending because the
+    /// probe's dry run was refused.
+    pub starts_withheld: usize,
+}
+
+/// Is this a refusal of the request itself (admission, validation, RBAC,
+/// a missing namespace), which asking again will not change? Not a
+/// conflict, a rate limit or a server error.
+pub fn is_rejection(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if matches!(s.code, 400 | 403 | 404 | 422))
+}
+
+/// The API server's words for a refusal, one line, at most 500 characters.
+fn refusal(err: &kube::Error) -> String {
+    let text = match err {
+        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
+        other => other.to_string(),
+    };
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(500) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    }
 }
 
 /// Applies a plan's node and probe actions (see [`apply_actions`]).
@@ -114,10 +141,62 @@ pub async fn apply_actions(
     actions: &[Action],
 ) -> Result<Report, Error> {
     let mut report = Report::default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let batch_uid = batch.metadata.uid.clone().unwrap_or_default();
+    // Nodes are started (tainted, labelled validating) only when their
+    // probe can be made: one dry run of a starting node's probe asks the
+    // API server's admission (Pod Security, validation, quota) first. A
+    // refusal starts nothing, and says why on the batch.
+    let starting: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            // Entering validation from pending: a start writes the wave.
+            Action::PatchNode(p)
+                if p.state == Some(crate::planner::NodeState::Validating)
+                    && p.annotations.contains_key(keys::WAVE) =>
+            {
+                Some(p.node.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let trial = actions.iter().find_map(|a| match a {
+        Action::CreateProbe(req) if starting.contains(&req.node.as_str()) => Some(req),
+        _ => None,
+    });
+    let mut withheld: Vec<String> = Vec::new();
+    if let (Some(pool), Some(req)) = (pool, trial)
+        && let Some(pod) = probe_pod(pool, batch, req, &ctx.config.namespace)
+    {
+        may_write(ctx, &format!("trying probe pod {}", req.pod_name)).await?;
+        let params = PostParams {
+            dry_run: true,
+            field_manager: Some(keys::FIELD_MANAGER.into()),
+        };
+        match pods.create(&params, &pod).await {
+            Ok(_) => {}
+            Err(err) if is_conflict(&err) => {}
+            Err(err) if is_rejection(&err) => {
+                let message = refusal(&err);
+                warn!(batch = %batch_uid, %message, "the API server refuses probe pods; starting no node");
+                ctx.note_probe_rejection(&batch_uid, Some(message.clone()));
+                report.probe_rejected = Some(message);
+                withheld = starting.iter().map(|n| n.to_string()).collect();
+            }
+            Err(err) => {
+                return Err(Error::kube(format!(
+                    "trying probe pod {}/{}",
+                    ctx.config.namespace, req.pod_name
+                ))(err));
+            }
+        }
+    }
+    withheld.sort();
+    report.starts_withheld = withheld.len();
     let patches: Vec<NodePatch> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::PatchNode(p) => Some(p.clone()),
+            Action::PatchNode(p) if withheld.binary_search(&p.node).is_err() => Some(p.clone()),
             _ => None,
         })
         .collect();
@@ -147,16 +226,17 @@ pub async fn apply_actions(
     drop(written);
     report.conflicts.sort();
 
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     // Each pod is built from the template as its request goes out, not all
     // up front: a wave start creates a probe for every node it takes.
-    let creates: Vec<_> = actions
+    let mut creates: Vec<_> = actions
         .iter()
         .filter_map(|a| match a {
-            // A node whose patch met a conflict did not start: no probe.
+            // A node whose patch met a conflict, or that was not started,
+            // has no probe to make.
             Action::CreateProbe(req)
                 if pool.is_some()
                     && report.conflicts.binary_search(&req.node).is_err()
+                    && withheld.binary_search(&req.node).is_err()
                     && !Expectations::expected(&ctx.expectations.creates, &req.pod_name) =>
             {
                 Some(req.clone())
@@ -164,46 +244,30 @@ pub async fn apply_actions(
             _ => None,
         })
         .collect();
-    report.probes_created = creates.len();
-    stream::iter(creates)
-        .map(|req| {
-            let pods = pods.clone();
-            async move {
-                let Some(pod) =
-                    pool.and_then(|pool| probe_pod(pool, batch, &req, &ctx.config.namespace))
-                else {
-                    return Ok(());
-                };
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                may_write(ctx, &format!("creating probe pod {name}")).await?;
-                match pods
-                    .create(
-                        &PostParams {
-                            field_manager: Some(keys::FIELD_MANAGER.into()),
-                            ..Default::default()
-                        },
-                        &pod,
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        Expectations::expect(&ctx.expectations.creates, &name);
-                        Ok(())
-                    }
-                    Err(err) if is_conflict(&err) => {
-                        debug!(pod = %name, "probe exists already");
-                        Ok(())
-                    }
-                    Err(err) => Err(Error::kube(format!(
-                        "creating probe pod {}/{name}",
-                        ctx.config.namespace
-                    ))(err)),
-                }
+    // While the API server refuses this batch's probes, one pod asks first;
+    // the rest follow once it is made.
+    let mut rest = Vec::new();
+    if ctx.probe_rejection(&batch_uid).is_some() && creates.len() > 1 {
+        rest = creates.split_off(1);
+    }
+    for round in [creates, rest] {
+        if round.is_empty() || report.probe_rejected.is_some() {
+            continue;
+        }
+        report.probes_created += round.len();
+        let refused: Vec<Option<String>> = stream::iter(round)
+            .map(|req| create_probe(ctx, &pods, pool, batch, req))
+            .buffer_unordered(PARALLEL_WRITES)
+            .try_collect()
+            .await?;
+        match refused.into_iter().flatten().next() {
+            Some(message) => {
+                ctx.note_probe_rejection(&batch_uid, Some(message.clone()));
+                report.probe_rejected = Some(message);
             }
-        })
-        .buffer_unordered(PARALLEL_WRITES)
-        .try_collect::<Vec<()>>()
-        .await?;
+            None => ctx.note_probe_rejection(&batch_uid, None),
+        }
+    }
 
     let deletes: Vec<String> = actions
         .iter()
@@ -238,6 +302,47 @@ pub async fn may_write(ctx: &Context, what: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::NotLeader(what.to_string()))
+    }
+}
+
+/// Creates one probe pod. `Ok(Some(message))`: the API server refused it
+/// (admission, validation, quota): not an error of the reconcile, but a
+/// condition on the batch. A pod that exists already is fine.
+async fn create_probe(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    pool: Option<&GpuPool>,
+    batch: &RolloutBatch,
+    req: crate::planner::ProbeRequest,
+) -> Result<Option<String>, Error> {
+    let Some(pod) = pool.and_then(|pool| probe_pod(pool, batch, &req, &ctx.config.namespace))
+    else {
+        return Ok(None);
+    };
+    let name = req.pod_name;
+    may_write(ctx, &format!("creating probe pod {name}")).await?;
+    let params = PostParams {
+        field_manager: Some(keys::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match pods.create(&params, &pod).await {
+        Ok(_) => {
+            Expectations::expect(&ctx.expectations.creates, &name);
+            Ok(None)
+        }
+        Err(err) if is_conflict(&err) => {
+            debug!(pod = %name, "probe exists already");
+            Ok(None)
+        }
+        Err(err) if is_rejection(&err) => {
+            let message = refusal(&err);
+            warn!(pod = %name, %message, "the API server refused a probe pod");
+            Ok(Some(message))
+        }
+        Err(err) => Err(Error::kube(format!(
+            "creating probe pod {}/{name}",
+            ctx.config.namespace
+        ))(err)),
     }
 }
 

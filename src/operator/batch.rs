@@ -30,6 +30,16 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// ...and this often while probes run.
 const IN_FLIGHT_RESYNC: Duration = Duration::from_secs(5);
 
+/// How soon a batch whose pool's lock another batch holds tries again.
+const POOL_BUSY_REQUEUE: Duration = Duration::from_millis(250);
+
+/// How soon a write the API server refused is tried again: a person has to
+/// change something first.
+const REJECTED_REQUEUE: Duration = Duration::from_secs(60);
+
+/// How often a batch whose probe pods are refused tries again.
+const PROBE_REJECTED_REQUEUE: Duration = Duration::from_secs(15);
+
 /// How soon a batch is planned again after some of its node writes met a
 /// conflict: at once, but not in a hot loop should a node change all the
 /// time.
@@ -85,9 +95,14 @@ pub async fn reconcile(
 async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     let name = batch.name_any();
     let pool_name = &batch.spec.pool_ref;
-    // One batch of a pool at a time: they share the concurrency budget.
+    // One batch of a pool at a time: they share the concurrency budget. A
+    // batch whose pool is busy comes back shortly rather than holding one
+    // of the controller's reconcile slots while it waits: a busy pool's
+    // batches never keep other pools' batches waiting.
     let lock = ctx.pool_lock(pool_name);
-    let _guard = lock.lock().await;
+    let Ok(_guard) = lock.try_lock() else {
+        return Ok(Action::requeue(POOL_BUSY_REQUEUE));
+    };
     let pool = match ctx.stores.pool(pool_name) {
         Ok(Some(pool)) => pool,
         Ok(None) => {
@@ -113,10 +128,51 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::requeue(RESYNC));
         }
     };
-    let snapshot = observe::snapshot(&ctx.stores, &pool, batch);
+    let mut snapshot = observe::snapshot(&ctx.stores, &pool, batch);
+    snapshot.probe_rejection = batch
+        .metadata
+        .uid
+        .as_deref()
+        .and_then(|uid| ctx.probe_rejection(uid));
     let now = Timestamp::now();
     let plan = planner::plan(&pool, batch, &snapshot, now);
-    let report = act::apply(ctx, &pool, batch, &plan).await?;
+    let report = match act::apply(ctx, &pool, batch, &plan).await {
+        Ok(report) => report,
+        // A write the API server refuses (an onboarding taint it finds
+        // invalid, a policy that forbids it): asking again the same way
+        // will not help, and the log is not where a person looks. Said on
+        // the batch, and tried again now and then.
+        Err(Error::Kube { what, source }) if act::is_rejection(&source) => {
+            let message = match &source {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            };
+            stall(
+                ctx,
+                &name,
+                batch.metadata.generation,
+                Reason::WriteRejected,
+                &format!(
+                    "the API server refused {what}: {message}; fix the pool or batch (its onboarding taint, its selectors) or the policy that refuses it"
+                ),
+            )
+            .await?;
+            return Ok(Action::requeue(REJECTED_REQUEUE));
+        }
+        Err(err) => return Err(err),
+    };
+    if report.starts_withheld > 0 && snapshot.probe_rejection.is_none() {
+        // The plan started nodes whose probes the API server refuses (its
+        // dry run said so): none was started, and the plan's status would
+        // say otherwise. Plan again at once, now knowing.
+        info!(
+            batch = %name,
+            pool = %pool_name,
+            withheld = report.starts_withheld,
+            "probe pods are refused; starting no node"
+        );
+        return Ok(Action::requeue(CONFLICT_REQUEUE));
+    }
     if !report.conflicts.is_empty() {
         // Some nodes changed after the plan read them, and their decisions
         // were not applied: the plan's status and their events would be
@@ -177,6 +233,8 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     // rather than at the probe's deadline.
     let ceiling = if plan.status.nodes.validating > 0 {
         IN_FLIGHT_RESYNC
+    } else if snapshot.probe_rejection.is_some() || report.probe_rejected.is_some() {
+        PROBE_REJECTED_REQUEUE
     } else {
         RESYNC
     };
@@ -246,6 +304,9 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     }
     let waves = batch.status.as_ref().map_or(0, |s| s.total_waves);
     ctx.metrics.forget_batch(&batch.spec.pool_ref, &name, waves);
+    if let Some(uid) = batch.metadata.uid.as_deref() {
+        ctx.note_probe_rejection(uid, None);
+    }
     info!(batch = %name, probes_deleted = deleted.probes_deleted, nodes_released = released, "cleaned up deleted batch");
     Ok(Action::await_change())
 }

@@ -77,7 +77,14 @@ pub struct Context {
     pub(super) deliveries: Arc<Deliveries>,
     /// When each pool was last reconciled (see [`super::pool::EVERY`]).
     pool_last_run: Mutex<HashMap<String, std::time::Instant>>,
+    /// Batches (by UID) whose probe pods the API server refused, with its
+    /// message and when it last did (see [`Context::probe_rejection`]).
+    probe_rejections: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a refused probe pod stops new starts without a new refusal:
+/// then a start is tried again (behind a dry run, see `act`).
+pub const REJECTION_HOLDS: Duration = Duration::from_secs(15);
 
 impl Context {
     /// The context of one operator: the caches and trackers its watches
@@ -108,6 +115,7 @@ impl Context {
             stores,
             pool_locks: Mutex::new(HashMap::new()),
             pool_last_run: Mutex::new(HashMap::new()),
+            probe_rejections: Mutex::new(HashMap::new()),
             expectations,
             deliveries,
         }
@@ -116,7 +124,9 @@ impl Context {
     /// How long until `pool` may be reconciled again, when it ran less than
     /// `every` ago; otherwise `None`, and the run is recorded as now.
     pub(super) fn pool_wait(&self, pool: &str, every: Duration) -> Option<Duration> {
+        let pools = self.pool_names();
         let mut runs = self.pool_last_run.lock().expect("pool run map");
+        runs.retain(|name, _| pools.contains(name));
         let now = std::time::Instant::now();
         if let Some(last) = runs.get(pool) {
             let since = now.duration_since(*last);
@@ -128,9 +138,47 @@ impl Context {
         None
     }
 
+    /// The API server's last refusal of a probe pod of the batch with this
+    /// UID, if it came within [`REJECTION_HOLDS`].
+    pub(super) fn probe_rejection(&self, batch_uid: &str) -> Option<String> {
+        let mut map = self.probe_rejections.lock().expect("rejection map");
+        map.retain(|_, (_, at)| at.elapsed() < REJECTION_HOLDS);
+        map.get(batch_uid).map(|(message, _)| message.clone())
+    }
+
+    /// Notes a refusal (`Some`), or that a probe pod was created (`None`).
+    pub(super) fn note_probe_rejection(&self, batch_uid: &str, message: Option<String>) {
+        let mut map = self.probe_rejections.lock().expect("rejection map");
+        match message {
+            Some(message) => {
+                map.insert(batch_uid.to_string(), (message, std::time::Instant::now()));
+            }
+            None => {
+                map.remove(batch_uid);
+            }
+        }
+    }
+
+    /// The names of the pools in the cache: what this replica keeps per
+    /// pool is dropped once its pool is gone.
+    fn pool_names(&self) -> std::collections::BTreeSet<String> {
+        self.stores
+            .pools
+            .state()
+            .iter()
+            .filter_map(|p| match &p.0 {
+                Ok(pool) => pool.metadata.name.clone(),
+                Err(invalid) => invalid.metadata.name.clone(),
+            })
+            .collect()
+    }
+
     /// The lock that serialises the batches of one pool.
     pub(super) fn pool_lock(&self, pool: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let pools = self.pool_names();
         let mut locks = self.pool_locks.lock().expect("pool lock map");
+        // A deleted pool's lock goes once no batch holds it.
+        locks.retain(|name, lock| pools.contains(name) || Arc::strong_count(lock) > 1);
         locks.entry(pool.to_string()).or_default().clone()
     }
 }

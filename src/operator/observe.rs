@@ -13,7 +13,7 @@ use kube::runtime::watcher;
 
 use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
-use crate::planner::{Claim, NodeState, NodeView, ProbeView, Snapshot, matches, probe_pod_name};
+use crate::planner::{Claim, NodeState, NodeView, ProbeView, Snapshot, awaited_probe, matches};
 
 /// The watched objects: pools, batches and probe pods as the reflectors keep
 /// them, nodes as [`NodeView`]s.
@@ -230,7 +230,7 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
         .filter(|n| {
             n.batch.as_deref() == Some(batch_name) && n.state == Some(NodeState::Validating)
         })
-        .map(|n| probe_pod_name(&n.name, n.attempt.max(1)))
+        .map(|n| awaited_probe(n))
         .collect();
     let probes = stores
         .probes
@@ -278,6 +278,7 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
         probes,
         other_pools,
         other_batches,
+        probe_rejection: None,
     }
 }
 

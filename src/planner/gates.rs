@@ -107,6 +107,36 @@ impl Planner<'_> {
             .min()
     }
 
+    /// A node in validation whose probe did not run `notStartedLimit`
+    /// times (as this plan leaves it), with its reason: probes cannot run,
+    /// so no new node starts.
+    pub(super) fn probes_not_running(&self) -> Option<(String, String)> {
+        let limit = self
+            .pool
+            .spec
+            .health_checks
+            .probe
+            .as_ref()?
+            .not_started_limit();
+        self.members.iter().find_map(|member| {
+            if member.state != NodeState::Validating {
+                return None;
+            }
+            let patched = member.patch.as_ref().map(|p| &p.annotations);
+            let misses = match patched.and_then(|a| a.get(keys::PROBE_MISSES)) {
+                Some(value) => value.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0),
+                None => member.view.probe_misses,
+            };
+            (misses >= limit).then(|| {
+                let reason = match patched.and_then(|a| a.get(keys::REASON)) {
+                    Some(value) => value.clone().unwrap_or_default(),
+                    None => member.view.reason.clone().unwrap_or_default(),
+                };
+                (member.view.name.clone(), reason)
+            })
+        })
+    }
+
     /// The gate that holds the open wave `wave` back, if any.
     fn gate(&self, wave: usize) -> Option<Stop> {
         let spec = &self.batch.spec;
@@ -117,6 +147,10 @@ impl Planner<'_> {
             stop(Gate::CircuitBreaker, wave)
         } else if self.suspected.is_some() {
             stop(Gate::SuspectedMisconfiguration, wave)
+        } else if self.snapshot.probe_rejection.is_some() {
+            stop(Gate::ProbeRejected, wave)
+        } else if self.probes_not_running().is_some() {
+            stop(Gate::ProbesNotRunning, wave)
         } else if spec.paused {
             stop(Gate::Paused, wave)
         } else if spec.approved_waves.is_some_and(|a| wave as u32 >= a) {

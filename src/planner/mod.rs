@@ -62,7 +62,7 @@ pub use membership::{Mismatch, claimants, needed_healthy};
 pub use pool::{
     Breaker, LEDGER_MAX, PoolPlan, breaker, invalid_pool_status, parse_window, plan_pool,
 };
-pub use probes::probe_pod_name;
+pub use probes::{awaited_probe, probe_pod_name, probe_run_pod_name};
 pub use release::release;
 pub use selector::{matches, to_query};
 pub use snapshot::{

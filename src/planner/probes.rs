@@ -1,18 +1,24 @@
 //! The burn-in probe: one pod per node and attempt, created when the node
 //! starts; its verdict moves the node to soaking or, after the pool's
-//! retries, to failed. A probe that never appears or never finishes fails
-//! the node at its deadline. Probes no node waits on are deleted.
+//! retries, to failed. A probe that ran but never finished fails the node
+//! at its deadline (`timeoutSeconds`, counted from when its pod began to
+//! run). A probe that never ran (never created, not started within
+//! `startTimeoutSeconds`, evicted, refused by the kubelet) is no evidence
+//! against the node: it is made again, fails nothing, and halts the batch
+//! once a node has counted `notStartedLimit` of them. Probes no node waits
+//! on are deleted.
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::jiff::SignedDuration;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::keys;
+use crate::vocabulary::EventReason;
 
-use super::ProbeRequest;
 use super::health::{Failure, FailureCategory};
 use super::snapshot::{NodeState, ProbePhase, ProbeView, Termination, later};
 use super::state::Planner;
+use super::{EventTarget, ProbeRequest};
 
 /// The name of a node's probe pod for an attempt: deterministic, so a
 /// restarted operator finds the pod it made instead of making a second one.
@@ -22,7 +28,42 @@ pub fn probe_pod_name(node: &str, attempt: u32) -> String {
         return name;
     }
     let hash = keys::stable_hash(node.as_bytes());
-    format!("gpufleet-probe-{}-{hash:016x}-{attempt}", &node[..200])
+    format!("gpufleet-probe-{}-{hash:016x}-{attempt}", prefix(node, 200))
+}
+
+/// At most the first `bytes` bytes of `text`, cut at a character boundary
+/// (node names are ASCII, but no value may panic).
+fn prefix(text: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The name of the pod a node in validation waits for: its attempt's
+/// name ([`probe_pod_name`]), with `r` and the count of runs that never ran
+/// when there were any (a new run gets a new pod, made while the old one
+/// goes). The last segment tells the two forms apart: digits alone, or
+/// digits, `r`, digits.
+pub fn probe_run_pod_name(node: &str, attempt: u32, misses: u32) -> String {
+    if misses == 0 {
+        return probe_pod_name(node, attempt);
+    }
+    let name = format!("gpufleet-probe-{node}-{attempt}r{misses}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = keys::stable_hash(node.as_bytes());
+    format!(
+        "gpufleet-probe-{}-{hash:016x}-{attempt}r{misses}",
+        prefix(node, 200)
+    )
+}
+
+/// The probe pod `view`, a node in validation, waits for.
+pub fn awaited_probe(view: &super::NodeView) -> String {
+    probe_run_pod_name(&view.name, view.attempt.max(1), view.probe_misses)
 }
 
 impl Planner<'_> {
@@ -43,7 +84,7 @@ impl Planner<'_> {
         let (timeout_seconds, retries) = (probe_spec.timeout_seconds, probe_spec.retries);
         let view = self.members[m].view;
         let attempt = view.attempt.max(1);
-        let name = probe_pod_name(&view.name, attempt);
+        let name = awaited_probe(view);
         let since = self.since(m);
         // The pod at the probe's name counts only if this batch made it for
         // this node: a pod someone else made at that name (the name is
@@ -70,17 +111,25 @@ impl Planner<'_> {
             Some(p) => (None, Some(p)),
             None => (None, None),
         };
+        let start_timeout = SignedDuration::from_secs(i64::from(probe_spec.start_timeout()));
+        let start_seconds = probe_spec.start_timeout();
         let outcome = match current {
             None => {
-                let deadline = later(since, timeout);
+                let deadline = later(since, start_timeout);
                 if self.now >= deadline {
-                    let message = match squatter {
-                        Some(_) => format!(
-                            "probe did not run within {timeout_seconds}s: a pod this batch did not make held the probe's name {name}"
-                        ),
-                        None => format!("probe did not run within {timeout_seconds}s"),
-                    };
-                    Some(Err(Failure::new(FailureCategory::ProbeTimeout, message)))
+                    Some(Verdict::NotRun(
+                        match (squatter, &self.snapshot.probe_rejection) {
+                            (Some(_), _) => format!(
+                                "a pod this batch did not make held the probe's name {name} for {start_seconds}s"
+                            ),
+                            (None, Some(refused)) => {
+                                format!("the API server refused its pod: {refused}")
+                            }
+                            (None, None) => {
+                                format!("its pod was not created within {start_seconds}s")
+                            }
+                        },
+                    ))
                 } else {
                     match squatter {
                         // Our probe is made once the foreign pod is gone.
@@ -98,41 +147,7 @@ impl Planner<'_> {
                     None
                 }
             }
-            Some(probe) => {
-                if let Some(failed) = probe.failed_container() {
-                    // Any container, init or regular, that exited non-zero
-                    // fails the probe at once, even while others still run.
-                    Some(Err(Failure::new(
-                        FailureCategory::ProbeFailed,
-                        container_failure_message(probe, failed),
-                    )))
-                } else if probe.phase == ProbePhase::Failed {
-                    Some(Err(Failure::new(
-                        FailureCategory::ProbeFailed,
-                        probe_failure_message(probe.message.as_deref()),
-                    )))
-                } else if probe.phase == ProbePhase::Succeeded && probe.all_exited_zero() {
-                    // Passed only when the pod is done and every container
-                    // ended with 0: one container finishing early (a quick
-                    // inventory beside a long burn-in) is not a verdict.
-                    Some(Ok(()))
-                } else {
-                    let deadline = later(probe.created.unwrap_or(since).max(since), timeout);
-                    if self.now >= deadline {
-                        let message = if probe.phase == ProbePhase::Succeeded {
-                            format!(
-                                "probe timed out after {timeout_seconds}s: its pod succeeded, but not every container reported exit 0"
-                            )
-                        } else {
-                            format!("probe timed out after {timeout_seconds}s")
-                        };
-                        Some(Err(Failure::new(FailureCategory::ProbeTimeout, message)))
-                    } else {
-                        self.wake_at(deadline);
-                        None
-                    }
-                }
-            }
+            Some(probe) => self.verdict_of(probe, since, timeout, start_timeout, timeout_seconds),
         };
         if let (Some(_), Some(pod)) = (&outcome, squatter) {
             self.deletes.insert(pod.name.clone());
@@ -144,11 +159,12 @@ impl Planner<'_> {
             self.deletes.insert(p.name.clone());
         }
         match outcome {
-            Ok(()) => {
+            Verdict::Pass => {
                 self.transition(m, NodeState::Soaking, &[(keys::REASON, None)]);
                 self.check_soaking_or_held(m);
             }
-            Err(failure) if attempt <= retries => {
+            Verdict::NotRun(why) => self.not_run(m, attempt, &why),
+            Verdict::Fail(failure) if attempt <= retries => {
                 let next = attempt + 1;
                 let reason = format!("attempt {attempt} failed: {failure}; retrying");
                 self.transition(
@@ -161,15 +177,143 @@ impl Planner<'_> {
                 );
                 let node = view.name.clone();
                 self.creates.push(ProbeRequest {
-                    pod_name: probe_pod_name(&node, next),
+                    pod_name: probe_run_pod_name(&node, next, view.probe_misses),
                     node,
                     attempt: next,
                     run: view.started,
                 });
-                self.wake_at(later(self.now, timeout));
+                self.wake_at(later(self.now, start_timeout));
             }
-            Err(failure) => self.fail(m, failure),
+            Verdict::Fail(failure) => self.fail(m, failure),
         }
+    }
+
+    /// What this batch's own probe pod for the node's current run says:
+    /// nothing yet (`None`: its deadline is noted), a pass, a failure of
+    /// the node, or that it never ran.
+    fn verdict_of(
+        &mut self,
+        probe: &ProbeView,
+        since: Timestamp,
+        timeout: SignedDuration,
+        start_timeout: SignedDuration,
+        timeout_seconds: u32,
+    ) -> Option<Verdict> {
+        if probe.evicted {
+            // Taken off the node by the kubelet or the scheduler: whatever
+            // its containers did, no verdict on the hardware.
+            return Some(Verdict::NotRun(format!(
+                "its pod was evicted: {}",
+                first_lines(probe.message.as_deref().unwrap_or("no reason given"))
+            )));
+        }
+        if let Some(failed) = probe.failed_container() {
+            // Any container, init or regular, that exited non-zero fails
+            // the probe at once, even while others still run.
+            return Some(Verdict::Fail(Failure::new(
+                FailureCategory::ProbeFailed,
+                container_failure_message(probe, failed),
+            )));
+        }
+        if probe.phase == ProbePhase::Failed {
+            return Some(match probe.started_at {
+                // Refused by the kubelet (admission, resources) before any
+                // container ran: the infrastructure, not the node's GPUs.
+                None => Verdict::NotRun(format!(
+                    "its pod failed before it ran: {}",
+                    first_lines(probe.message.as_deref().unwrap_or("no reason given"))
+                )),
+                Some(_) => Verdict::Fail(Failure::new(
+                    FailureCategory::ProbeFailed,
+                    probe_failure_message(probe.message.as_deref()),
+                )),
+            });
+        }
+        if probe.phase == ProbePhase::Succeeded && probe.all_exited_zero() {
+            // Passed only when the pod is done and every container ended
+            // with 0: one container finishing early (a quick inventory
+            // beside a long burn-in) is not a verdict.
+            return Some(Verdict::Pass);
+        }
+        let Some(started) = probe.started_at else {
+            // Not running yet: unscheduled, pulling its image, waiting on
+            // the kubelet. Its start has a deadline of its own.
+            let deadline = later(probe.created.unwrap_or(since).max(since), start_timeout);
+            if self.now < deadline {
+                self.wake_at(deadline);
+                return None;
+            }
+            let seconds = start_timeout.as_secs();
+            return Some(Verdict::NotRun(match probe.not_running.as_deref() {
+                Some(why) => format!(
+                    "its pod did not start within {seconds}s: {}",
+                    first_lines(why)
+                ),
+                None => format!("its pod did not start within {seconds}s"),
+            }));
+        };
+        // The run's deadline counts from when the pod began to run: a pod
+        // kept waiting by a busy API server or kubelet is not a slow GPU.
+        let deadline = later(started.max(since), timeout);
+        if self.now < deadline {
+            self.wake_at(deadline);
+            return None;
+        }
+        let message = if probe.phase == ProbePhase::Succeeded {
+            format!(
+                "probe timed out after {timeout_seconds}s: its pod succeeded, but not every container reported exit 0"
+            )
+        } else {
+            format!("probe timed out after {timeout_seconds}s")
+        };
+        Some(Verdict::Fail(Failure::new(
+            FailureCategory::ProbeTimeout,
+            message,
+        )))
+    }
+
+    /// Member `m`'s probe run never ran: not a failure of the node. The
+    /// run is counted on the node and made again (a new run, so a pod left
+    /// from this one is no verdict for the next); once a node has counted
+    /// the pool's `notStartedLimit`, the batch halts (see [`Self::gate`]).
+    fn not_run(&mut self, m: usize, attempt: u32, why: &str) {
+        let Some(probe) = self.pool.spec.health_checks.probe.as_ref() else {
+            return;
+        };
+        let (limit, start_timeout) = (probe.not_started_limit(), probe.start_timeout());
+        let misses = self.members[m].view.probe_misses.saturating_add(1);
+        let mut reason = format!(
+            "probe attempt {attempt} did not run ({misses} of {limit} allowed): {why}; not a failure of the node; trying again"
+        );
+        if misses >= limit {
+            reason.push_str("; the batch starts no new node until probes run");
+        }
+        let node = self.members[m].view.name.clone();
+        self.transition(
+            m,
+            NodeState::Validating,
+            &[
+                (keys::PROBE_MISSES, Some(misses.to_string())),
+                (keys::STARTED, Some(self.stamp())),
+                (keys::REASON, Some(reason.clone())),
+            ],
+        );
+        self.creates.push(ProbeRequest {
+            pod_name: probe_run_pod_name(&node, attempt, misses),
+            node: node.clone(),
+            attempt,
+            run: Some(self.now),
+        });
+        self.event(
+            EventTarget::Node(node),
+            true,
+            EventReason::ProbeNotRun,
+            reason,
+        );
+        self.wake_at(later(
+            self.now,
+            SignedDuration::from_secs(i64::from(start_timeout)),
+        ));
     }
 
     /// Probes that belong to no node in validation: read already, stale
@@ -179,7 +323,7 @@ impl Planner<'_> {
             .members
             .iter()
             .filter(|m| m.state == NodeState::Validating)
-            .map(|m| probe_pod_name(&m.view.name, m.view.attempt.max(1)))
+            .map(|m| awaited_probe(m.view))
             .chain(self.creates.iter().map(|c| c.pod_name.clone()))
             .collect();
         for probe in &self.snapshot.probes {
@@ -188,6 +332,17 @@ impl Planner<'_> {
             }
         }
     }
+}
+
+/// What a probe run came to.
+enum Verdict {
+    /// It passed.
+    Pass,
+    /// It ran and failed, or overran: evidence against the node.
+    Fail(Failure),
+    /// It never ran (never created, never started, evicted), in words: no
+    /// evidence either way.
+    NotRun(String),
 }
 
 /// A container's failure in words: its exit code, its name (unless it is the

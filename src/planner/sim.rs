@@ -31,10 +31,13 @@ pub enum Outcome {
     },
     /// Never finishes: the probe times out.
     Hang,
+    /// Its pod never starts running (unschedulable, image never pulled):
+    /// the run does not count against the node.
+    NeverStarts,
 }
 
 /// Decides how the probe of a node ends, by node name and attempt.
-type OutcomeFn = Box<dyn Fn(&str, u32) -> Outcome>;
+pub type OutcomeFn = Box<dyn Fn(&str, u32) -> Outcome>;
 
 /// A simulated cluster holding one pool and one batch.
 pub struct Sim {
@@ -48,7 +51,7 @@ pub struct Sim {
     pub probes_created: u32,
     /// Every action applied, in order.
     pub log: Vec<Action>,
-    outcome: OutcomeFn,
+    pub outcome: OutcomeFn,
 }
 
 impl Sim {
@@ -123,6 +126,9 @@ impl Sim {
                             message: None,
                             created: Some(self.now),
                             run: req.run,
+                            started_at: None,
+                            not_running: None,
+                            evicted: false,
                             deleting: false,
                         });
                     }
@@ -180,7 +186,13 @@ impl Sim {
                 continue;
             }
             let inits = init_containers.iter().map(|c| ended(c, true, 0, None));
-            match (self.outcome)(&probe.node, probe.attempt) {
+            let outcome = (self.outcome)(&probe.node, probe.attempt);
+            if outcome == Outcome::NeverStarts {
+                probe.not_running = Some("Unschedulable: 0/1 nodes are available".into());
+                continue;
+            }
+            probe.started_at.get_or_insert(self.now);
+            match outcome {
                 Outcome::Pass => {
                     probe.phase = ProbePhase::Succeeded;
                     probe.terminated = inits
@@ -199,6 +211,7 @@ impl Sim {
                         .collect();
                 }
                 Outcome::Hang => probe.phase = ProbePhase::Running,
+                Outcome::NeverStarts => {}
             }
         }
     }
@@ -269,6 +282,9 @@ pub fn apply_patch(
             keys::ADMITTED => node.admitted = value.and_then(|v| v.parse().ok()),
             keys::RECORDED_STATE => node.recorded_state = value.and_then(|v| v.parse().ok()),
             keys::SUSPECT => node.suspect = value.and_then(|v| v.parse().ok()),
+            keys::PROBE_MISSES => {
+                node.probe_misses = value.and_then(|v| v.parse().ok()).unwrap_or(0)
+            }
             keys::TAINT => node.taints_added = value.map(super::snapshot::parse_taints),
             _ => {}
         }
@@ -622,7 +638,7 @@ impl Cluster {
                 n.batch.as_deref() == Some(batch_name)
                     && n.state == Some(super::NodeState::Validating)
             })
-            .map(|n| super::probe_pod_name(&n.name, n.attempt.max(1)))
+            .map(|n| super::awaited_probe(n))
             .collect();
         let probes = cache
             .pods
@@ -655,6 +671,7 @@ impl Cluster {
             probes,
             other_pools,
             other_batches,
+            probe_rejection: None,
         })
     }
 
@@ -746,6 +763,10 @@ impl Cluster {
                         message: None,
                         created: Some(self.now),
                         run: req.run,
+                        // This cluster's kubelets start a pod at once.
+                        started_at: Some(self.now),
+                        not_running: None,
+                        evicted: false,
                         deleting: false,
                     },
                     batch: batch.metadata.name.clone(),
@@ -815,6 +836,12 @@ impl Cluster {
                     let mut failed = done(0, exit_code);
                     failed.message = Some(message);
                     probe.terminated = vec![failed];
+                }
+                Outcome::NeverStarts => {
+                    if probe.started_at.take().is_some() {
+                        self.pods_changed();
+                    }
+                    continue;
                 }
                 Outcome::Hang => {
                     if probe.phase != ProbePhase::Running {

@@ -134,6 +134,8 @@ pub struct NodeView {
     pub recorded_state: Option<NodeState>,
     /// `gpufleet.io/suspect`: the pool generation of a short-circuit.
     pub suspect: Option<i64>,
+    /// `gpufleet.io/probe-misses`: runs of its probe that never ran.
+    pub probe_misses: u32,
     /// When each condition last changed status (its lastTransitionTime),
     /// where the reporter said.
     pub condition_since: BTreeMap<String, Timestamp>,
@@ -174,6 +176,7 @@ impl NodeView {
             admitted: None,
             recorded_state: None,
             suspect: None,
+            probe_misses: 0,
             condition_since: BTreeMap::new(),
             allocatable_gpus: None,
             allocatable_gpus_raw: None,
@@ -260,6 +263,9 @@ impl From<&Node> for NodeView {
             admitted: annotation(keys::ADMITTED).and_then(|s| s.parse().ok()),
             recorded_state: annotation(keys::RECORDED_STATE).and_then(|s| s.parse().ok()),
             suspect: annotation(keys::SUSPECT).and_then(|s| s.parse().ok()),
+            probe_misses: annotation(keys::PROBE_MISSES)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
             condition_since,
             allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
             allocatable_gpus_raw,
@@ -351,11 +357,22 @@ pub struct ProbeView {
     /// The pod's own reason and message when it failed (e.g.
     /// `DeadlineExceeded`), if any.
     pub message: Option<String>,
-    /// When the pod was created.
     /// `gpufleet.io/started` on the pod: the run of the node it was made
     /// for (absent on pods made before runs were recorded).
     pub run: Option<Timestamp>,
+    /// When the pod was created.
     pub created: Option<Timestamp>,
+    /// When it began to run: the earliest start of any of its containers,
+    /// else, for a pod past Pending, when the kubelet took it. `None`: it
+    /// never ran (unscheduled, pulling its image, refused by the kubelet).
+    pub started_at: Option<Timestamp>,
+    /// Why it is not running or why it ended without running, in the pod's
+    /// own words: a waiting container's reason and message (such as
+    /// `ErrImagePull`), the PodScheduled condition's, or the pod's reason.
+    pub not_running: Option<String>,
+    /// The kubelet or the scheduler removed it (`Evicted`, `Preempting`):
+    /// whatever its containers did, it is no verdict on the node.
+    pub evicted: bool,
     /// The pod is being deleted.
     pub deleting: bool,
 }
@@ -437,6 +454,61 @@ impl From<&Pod> for ProbeView {
             (Some(a), Some(b)) if a != b => None,
             (a, b) => a.or(b).cloned(),
         };
+        // The earliest start of any container, init or regular.
+        let started_at = status
+            .into_iter()
+            .flat_map(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| {
+                let state = c.state.as_ref()?;
+                state
+                    .running
+                    .as_ref()
+                    .and_then(|r| r.started_at.as_ref())
+                    .or_else(|| state.terminated.as_ref()?.started_at.as_ref())
+                    .map(|t| t.0)
+            })
+            .min()
+            .or_else(|| {
+                // A pod that failed shows its containers' starts, if any
+                // ran; a running or finished one without them ran anyway.
+                matches!(phase, ProbePhase::Running | ProbePhase::Succeeded).then(|| {
+                    status
+                        .and_then(|s| s.start_time.as_ref())
+                        .map(|t| t.0)
+                        .or(meta.creation_timestamp.as_ref().map(|t| t.0))
+                })?
+            });
+        let words = |reason: Option<&str>, message: Option<&str>| -> Option<String> {
+            let words: Vec<&str> = [reason, message]
+                .into_iter()
+                .flatten()
+                .filter(|w| !w.trim().is_empty())
+                .collect();
+            (!words.is_empty()).then(|| words.join(": "))
+        };
+        let waiting = status
+            .into_iter()
+            .flat_map(|s| {
+                s.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.container_statuses.iter().flatten())
+            })
+            .find_map(|c| {
+                let w = c.state.as_ref()?.waiting.as_ref()?;
+                words(w.reason.as_deref(), w.message.as_deref())
+            });
+        let unscheduled = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            .and_then(|c| words(c.reason.as_deref(), c.message.as_deref()));
         let pod_message = status.and_then(|s| {
             let words: Vec<&str> = [s.reason.as_deref(), s.message.as_deref()]
                 .into_iter()
@@ -467,9 +539,14 @@ impl From<&Pod> for ProbeView {
                 .and_then(|r| r.parse().ok()),
             terminated,
             message: (phase == ProbePhase::Failed)
-                .then_some(pod_message)
+                .then_some(pod_message.clone())
                 .flatten(),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            started_at,
+            not_running: waiting.or(unscheduled).or(pod_message),
+            evicted: status
+                .and_then(|s| s.reason.as_deref())
+                .is_some_and(|r| matches!(r, "Evicted" | "Preempting")),
             deleting: meta.deletion_timestamp.is_some(),
         }
     }
@@ -498,6 +575,10 @@ pub struct Snapshot {
     pub other_pools: Vec<Claim>,
     /// The other batches of any pool, to find nodes two batches claim.
     pub other_batches: Vec<Claim>,
+    /// The API server refused this batch's probe pods lately (admission:
+    /// Pod Security, pod validation, quota, RBAC), in its own words: no
+    /// node starts until a probe can be created again.
+    pub probe_rejection: Option<String>,
 }
 
 /// `t + d`, saturating at the ends of time: a timestamp from the cluster may

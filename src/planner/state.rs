@@ -233,6 +233,7 @@ impl<'a> Planner<'a> {
         annotations: &[(&'static str, Option<String>)],
     ) {
         let since = self.stamp();
+        let view_misses = self.members[m].view.probe_misses;
         self.members[m].state = state;
         let patch = self.patch_of(m);
         patch.state = (state != NodeState::Pending).then_some(state);
@@ -241,6 +242,12 @@ impl<'a> Planner<'a> {
             keys::RECORDED_STATE,
             patch.state.map(|s| s.as_str().to_string()),
         );
+        // Runs of a probe that never ran count only while validating.
+        if state != NodeState::Validating
+            && (view_misses > 0 || patch.annotations.contains_key(keys::PROBE_MISSES))
+        {
+            patch.annotations.insert(keys::PROBE_MISSES, None);
+        }
         for (key, value) in annotations {
             patch.annotations.insert(key, value.clone());
         }

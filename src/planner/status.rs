@@ -276,6 +276,34 @@ impl Planner<'_> {
                     self.suspected.as_deref().unwrap_or_default()
                 ),
             ),
+            Some(Stop {
+                gate: Gate::ProbeRejected,
+                wave,
+            }) => verdict(
+                Gate::ProbeRejected,
+                Some(wave),
+                format!(
+                    "wave {} of {} halted: the API server refuses the probe pods: {}; no node starts and none is failed for it; fix the pool's probe template or what refuses it in the probe namespace (Pod Security, quota, RBAC)",
+                    wave + 1,
+                    self.wave_count,
+                    self.snapshot.probe_rejection.as_deref().unwrap_or_default()
+                ),
+            ),
+            Some(Stop {
+                gate: Gate::ProbesNotRunning,
+                wave,
+            }) => {
+                let (node, reason) = self.probes_not_running().unwrap_or_default();
+                verdict(
+                    Gate::ProbesNotRunning,
+                    Some(wave),
+                    format!(
+                        "wave {} of {} halted: probes cannot run: node {node}: {reason}; no node starts until they do; fix what keeps probe pods from running (scheduling, image, quota, admission)",
+                        wave + 1,
+                        self.wave_count,
+                    ),
+                )
+            }
             // Any other gate: its headline and where the wave stands.
             Some(Stop { gate, wave }) => verdict(
                 gate,

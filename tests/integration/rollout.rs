@@ -719,3 +719,119 @@ fn a_since_in_the_year_9999_stops_nothing() {
     s.wait_ready(batch, ROLLOUT);
     assert_eq!(s.count("ready"), 4, "{:?}", s.by_state());
 }
+
+/// A probe pod the API server refuses (here Pod Security: the probe
+/// namespace enforces `baseline`, the template asks for a privileged
+/// container) starts no node and fails none: the batch says
+/// `ProbeRejected` with the API server's words, another pool of the same
+/// operator rolls out meanwhile, and once the namespace allows the pod the
+/// rollout goes on by itself.
+#[test]
+fn probe_pods_the_api_server_refuses_start_no_node_and_fail_none() {
+    let name = "ro-refused";
+    let mut s = Scenario::new(name);
+    s.kubectl(&[
+        "label",
+        "namespace",
+        name,
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=baseline",
+    ])
+    .succeeds();
+    let batch = "ro-refused-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, healthChecks: {probe: {template: {spec: {containers: [{name: burn-in, image: busybox, securityContext: {privileged: true}}]}}}}}",
+    ));
+    // Another pool of the same operator, whose probe the namespace allows.
+    let other = format!("{name}-ok");
+    let other_batch = format!("{other}-b");
+    let nodes: Vec<_> = (0..4)
+        .map(|n| {
+            gpufleet::simulate::SimNode::gb200(format!("{other}-n{n}"), format!("{other}-c0"))
+                .label(crate::support::scenario::TEST_LABEL, name)
+                .label("gpufleet.io/pool", &other)
+                .label("gpufleet.io/batch", &other_batch)
+        })
+        .collect();
+    s.create_nodes(&nodes);
+    // The scenario's pool and batch, renamed (merge_yaml writes JSON).
+    let retarget = |yaml: String, extra: &str| crate::support::scenario::merge_yaml(&yaml, extra);
+    s.apply(&retarget(
+        s.pool_yaml("spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}}"),
+        &format!(
+            "{{metadata: {{name: {other}}}, spec: {{nodeSelector: {{matchLabels: {{gpufleet.io/pool: {other}}}}}}}}}"
+        ),
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxFailuresPerWave: 0}",
+    ));
+    s.apply(&s.batch_yaml(
+        &other_batch,
+        &format!("spec: {{poolRef: {other}, waves: [{{percent: 100}}]}}"),
+    ));
+    s.wait_until("the batch says ProbeRejected", ROLLOUT, |s| {
+        s.condition(batch, "Stalled")
+            .is_some_and(|(status, reason, _)| status == "True" && reason == "ProbeRejected")
+    });
+    let (_, _, message) = s.condition(batch, "Stalled").unwrap();
+    assert!(
+        message.contains("privileged") && message.contains("baseline"),
+        "the API server's own words: {message}"
+    );
+    s.wait_ready(&other_batch, ROLLOUT);
+    let seen = s.seen();
+    for n in 0..4 {
+        let node = &seen[&format!("{name}-d0-n{n:02}")];
+        assert_eq!(node.state, None, "not started: {node:?}");
+        assert!(!node.tainted, "not tainted: {node:?}");
+    }
+    assert!(s.operator_alive(), "the operator keeps running");
+    // The namespace now allows the probe: the rollout goes on by itself.
+    s.kubectl(&[
+        "label",
+        "namespace",
+        name,
+        "--overwrite",
+        "pod-security.kubernetes.io/enforce=privileged",
+    ])
+    .succeeds();
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 8, "{:?}", s.by_state());
+    assert_eq!(s.count("failed"), 0, "{:?}", s.by_state());
+}
+
+/// Probe pods that never start (here kept Pending) are no verdict on
+/// their nodes: each run is made again, nothing fails, and at the pool's
+/// `notStartedLimit` the batch halts with `ProbesNotRunning`. Fixing the
+/// template lets the rollout finish.
+#[test]
+fn probes_that_never_start_fail_no_node_and_halt_the_batch() {
+    let name = "ro-unstarted";
+    let mut s = Scenario::new(name);
+    let batch = "ro-unstarted-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    let pending = "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, healthChecks: {probe: {startTimeoutSeconds: 10, notStartedLimit: 2, template: {metadata: {annotations: {gpufleet.io/probe-result: pending}}}}}}";
+    s.apply(&s.pool_yaml(pending));
+    s.start_operator();
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxConcurrent: 2, maxFailuresPerWave: 0}",
+    ));
+    s.wait_until("the batch says ProbesNotRunning", ROLLOUT, |s| {
+        s.condition(batch, "Stalled")
+            .is_some_and(|(status, reason, _)| status == "True" && reason == "ProbesNotRunning")
+    });
+    let (_, _, message) = s.condition(batch, "Stalled").unwrap();
+    assert!(message.contains("did not start within 10s"), "{message}");
+    assert_eq!(s.count("failed"), 0, "{:?}", s.by_state());
+    assert_eq!(s.count("validating"), 2, "no new start: {:?}", s.by_state());
+    // The template fixed: the next run starts, and the rollout finishes.
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, healthChecks: {probe: {startTimeoutSeconds: 10, notStartedLimit: 2}}}",
+    ));
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 4, "{:?}", s.by_state());
+}

@@ -225,6 +225,21 @@ fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
             ],
         ),
         (
+            // The API server refuses such a taint on a node: refused here,
+            // it never reaches a node patch that would loop.
+            "a taint value the API refuses on a node",
+            set(p(), "spec/onboarding/taint/value", json!("needs burn-in")),
+            vec!["spec.onboarding.taint.value", "should match"],
+        ),
+        (
+            "a probe start timeout under 10 seconds",
+            set(p(), "spec/healthChecks/probe/startTimeoutSeconds", json!(0)),
+            vec![
+                "spec.healthChecks.probe.startTimeoutSeconds",
+                "greater than or equal to 10",
+            ],
+        ),
+        (
             "a circuit breaker percent over 100",
             set(p(), "spec/circuitBreaker/maxFailedPercent", json!(101)),
             vec![

@@ -91,6 +91,9 @@ proptest! {
                 message: None,
                 created: probe_created,
                 run: started,
+                started_at: if n % 2 == 0 { probe_created } else { None },
+                not_running: None,
+                evicted: n % 5 == 0,
                 deleting: false,
             });
             snapshot.nodes.push(Arc::new(node));

@@ -304,22 +304,159 @@ fn a_succeeded_pod_with_a_container_not_yet_terminated_is_not_a_pass() {
     assert_eq!(s.state(NODE), Some(Validating));
 }
 
+/// Pending past `startTimeoutSeconds` (600 by default): the pod never ran,
+/// which says nothing about the node. The run is counted on the node and
+/// made again under a new name; nothing fails.
 #[test]
-fn a_pod_that_never_starts_times_out_at_its_deadline() {
-    // Every node's probe hangs alike: without shortCircuitPercent 100, the
-    // four would be sent back as a suspected misconfiguration.
+fn a_pod_that_never_starts_is_made_again_and_fails_nothing() {
     let mut s = started(with_pool(
         "spec: {healthChecks: {probe: {retries: 0}, shortCircuitPercent: 100}}",
     ));
-    let pending = pod(ours(), "Pending", vec![], vec![]);
+    let mut pending = pod(ours(), "Pending", vec![], vec![]);
+    pending.status.as_mut().unwrap().conditions = Some(vec![
+        serde_json::from_value(json!({
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        }))
+        .unwrap(),
+    ]);
     s.advance(599);
     plan_with(&mut s, &pending);
     assert_eq!(s.state(NODE), Some(Validating));
     s.advance(1);
     let plan = plan_with(&mut s, &pending);
-    assert_eq!(s.state(NODE), Some(Failed));
-    assert_eq!(reason_of(&s, NODE), "probe timed out after 600s");
+    assert_eq!(s.state(NODE), Some(Validating), "not failed");
+    assert_eq!(
+        reason_of(&s, NODE),
+        "probe attempt 1 did not run (1 of 3 allowed): its pod did not start within 600s: \
+         Unschedulable: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu.; \
+         not a failure of the node; trying again"
+    );
     assert!(deletes(&plan, &probe_pod_name(NODE, 1)));
+    assert!(plan.actions.iter().any(
+        |a| matches!(a, Action::CreateProbe(r) if r.pod_name == format!("{}r1", probe_pod_name(NODE, 1)))
+    ));
+    let node = s.snapshot.nodes.iter().find(|n| n.name == NODE).unwrap();
+    assert_eq!(node.probe_misses, 1);
+    assert_eq!(node.attempt, 1, "no attempt spent");
+    assert_eq!(plan.status.nodes.failed, 0);
+}
+
+/// A pod that started counts its run from its start, not its creation: a
+/// probe kept waiting (image pull, a slow kubelet) is not a slow GPU.
+#[test]
+fn a_probe_runs_its_full_timeout_from_when_it_started() {
+    let mut s = started(with_pool(
+        "spec: {healthChecks: {probe: {retries: 0, timeoutSeconds: 300}, shortCircuitPercent: 100}}",
+    ));
+    // t0 + 250 s: it started running (the image took 250 s).
+    let started_at = (t0() + k8s_openapi::jiff::SignedDuration::from_secs(250)).to_string();
+    let running = pod(
+        ours(),
+        "Running",
+        vec![],
+        vec![
+            json!({"name": "burn-in", "image": "x", "imageID": "", "ready": true,
+                    "restartCount": 0, "state": {"running": {"startedAt": started_at}}}),
+        ],
+    );
+    s.advance(540);
+    plan_with(&mut s, &running);
+    assert_eq!(
+        s.state(NODE),
+        Some(Validating),
+        "300 s from its start is t0+550"
+    );
+    s.advance(10);
+    plan_with(&mut s, &running);
+    assert_eq!(s.state(NODE), Some(Failed));
+    assert_eq!(reason_of(&s, NODE), "probe timed out after 300s");
+}
+
+/// Evicted (or preempted) by the kubelet: whatever its containers said,
+/// no verdict; made again.
+#[test]
+fn an_evicted_probe_is_no_verdict() {
+    let mut s = started(with_pool("spec: {healthChecks: {probe: {retries: 0}}}"));
+    let mut evicted = pod(
+        ours(),
+        "Failed",
+        vec![],
+        vec![status("burn-in", Some(137), "")],
+    );
+    let st = evicted.status.as_mut().unwrap();
+    st.reason = Some("Evicted".into());
+    st.message = Some("The node was low on resource: ephemeral-storage.".into());
+    let plan = plan_with(&mut s, &evicted);
+    assert_eq!(s.state(NODE), Some(Validating));
+    assert!(
+        reason_of(&s, NODE).contains("its pod was evicted: Evicted: The node was low on resource"),
+        "{}",
+        reason_of(&s, NODE)
+    );
+    assert!(creates(&plan, NODE));
+    assert_eq!(plan.status.nodes.failed, 0);
+}
+
+/// The kubelet refused the pod before any container ran (admission:
+/// `UnexpectedAdmissionError`, `OutOfnvidia.com/gpu`): no verdict either.
+#[test]
+fn a_probe_refused_by_the_kubelet_before_it_ran_is_no_verdict() {
+    let mut s = started(with_pool("spec: {healthChecks: {probe: {retries: 0}}}"));
+    let mut refused = pod(ours(), "Failed", vec![], vec![]);
+    let st = refused.status.as_mut().unwrap();
+    st.reason = Some("UnexpectedAdmissionError".into());
+    st.message = Some("Allocate failed due to no healthy devices present".into());
+    plan_with(&mut s, &refused);
+    assert_eq!(s.state(NODE), Some(Validating));
+    assert!(reason_of(&s, NODE).contains("its pod failed before it ran"));
+}
+
+/// A node whose probe did not run `notStartedLimit` times halts the
+/// batch: no new node starts, none is failed, and it keeps trying; once
+/// its probe runs and passes, the batch goes on.
+#[test]
+fn probes_that_never_run_halt_the_batch_at_the_limit_and_it_resumes() {
+    let mut s = sim_with(
+        with_pool("spec: {healthChecks: {probe: {notStartedLimit: 2, startTimeoutSeconds: 60}}}"),
+        with_batch("spec: {maxConcurrent: 1, maxFailuresPerWave: 0}"),
+        nodes(1),
+        |_, _| Outcome::NeverStarts,
+    );
+    for _ in 0..6 {
+        s.step();
+        s.finish_probes();
+        s.advance(61);
+    }
+    let plan = s.plan();
+    let gate = plan.status.gate.as_ref().unwrap();
+    assert_eq!(gate.name, gpufleet::vocabulary::Gate::ProbesNotRunning);
+    assert!(
+        gate.message.contains("probes cannot run"),
+        "{}",
+        gate.message
+    );
+    let stalled = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .unwrap();
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "ProbesNotRunning")
+    );
+    assert_eq!(plan.status.nodes.failed, 0);
+    assert_eq!(
+        plan.status.nodes.validating, 1,
+        "only the first node started"
+    );
+    // The probes run again: the batch completes, nothing failed.
+    s.outcome = Box::new(|_, _| Outcome::Pass);
+    s.run(200);
+    let plan = s.plan();
+    assert_eq!(plan.status.nodes.ready, 4, "{:?}", plan.status);
+    assert!(s.snapshot.nodes.iter().all(|n| n.probe_misses == 0));
 }
 
 #[test]
@@ -382,7 +519,7 @@ fn a_squatter_at_the_probes_name_is_no_verdict_and_is_deleted() {
 }
 
 #[test]
-fn a_squatter_that_keeps_the_name_until_the_deadline_times_the_node_out() {
+fn a_squatter_that_keeps_the_name_until_the_start_deadline_is_a_run_that_never_ran() {
     let mut s = started(with_pool("spec: {healthChecks: {probe: {retries: 0}}}"));
     let squatter = pod(None, "Running", vec![], vec![status("burn-in", None, "")]);
     s.advance(300);
@@ -390,11 +527,11 @@ fn a_squatter_that_keeps_the_name_until_the_deadline_times_the_node_out() {
     assert_eq!(s.state(NODE), Some(Validating));
     s.advance(300);
     let plan = plan_with(&mut s, &squatter);
-    assert_eq!(s.state(NODE), Some(Failed));
+    assert_eq!(s.state(NODE), Some(Validating), "no verdict on the node");
     assert_eq!(
         reason_of(&s, NODE),
         format!(
-            "probe did not run within 600s: a pod this batch did not make held the probe's name {}",
+            "probe attempt 1 did not run (1 of 3 allowed): a pod this batch did not make held the probe's name {} for 600s; not a failure of the node; trying again",
             probe_pod_name(NODE, 1)
         )
     );

@@ -449,8 +449,13 @@ spec:
             // well have been made, so it counts as made, not as made twice.
             let code = entry["responseStatus"]["code"].as_u64().unwrap_or(u64::MAX);
             let ok = code < 300 || code == 504;
+            // A dry run (asked before a node starts) makes no pod.
+            let dry_run = entry["requestURI"]
+                .as_str()
+                .is_some_and(|uri| uri.contains("dryRun="));
             if entry["stage"] == "ResponseComplete"
                 && entry["verb"] == "create"
+                && !dry_run
                 && entry["objectRef"]["resource"] == "pods"
                 && entry["objectRef"]["namespace"] == self.name.as_str()
                 && ok
