@@ -197,6 +197,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     events::publish(
         &ctx.recorder,
         &ctx.event_limiter,
+        &ctx.leadership,
         &batch_ref,
         plan.actions
             .iter()

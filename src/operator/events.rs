@@ -61,6 +61,7 @@ impl Limiter {
 pub async fn publish(
     recorder: &Recorder,
     limiter: &Limiter,
+    leadership: &super::leader::Leadership,
     object: &ObjectReference,
     events: Vec<&Event>,
 ) {
@@ -96,6 +97,14 @@ pub async fn publish(
         to_send.push((object.clone(), &summary));
     }
     for (reference, event) in to_send {
+        // Events are writes too: a replica that lost the lease says nothing.
+        if !leadership.is_leader() {
+            debug!(
+                reason = event.reason.as_str(),
+                "not the leader; event not recorded"
+            );
+            return;
+        }
         if !limiter.try_take() {
             debug!(
                 reason = event.reason.as_str(),

@@ -1,7 +1,13 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: only the leader
 //! writes. A standby takes over once the lease has gone unrenewed for its
-//! duration; a leader that cannot renew stops writing at two thirds of the
-//! duration since its last renewal, well before anyone else may take over.
+//! duration, counted from when it saw the last renewal; a leader stops
+//! writing at two thirds of the duration after it *sent* its last
+//! successful renewal (a renewal's answer may arrive late, and the standby
+//! counts from the renewal it read, never later than the send), well
+//! before anyone else may take over. Every renewal has its own deadline: a
+//! request that hangs is abandoned, not waited on. A process paused (say by
+//! SIGSTOP, or a stalled VM) past its lease finds its deadline gone on the
+//! monotonic clock when it resumes, and writes nothing more.
 //!
 //! Why not kube-lease-manager: its `watch()` keeps reporting leadership while
 //! renewals fail (it logs and backs off), so it cannot give the guarantee
@@ -116,15 +122,34 @@ pub fn elect(
         let mut last_renewal: Option<Instant> = None;
         // Stop writing at two thirds of the lease after the last renewal.
         let valid_for = config.duration * 2 / 3;
+        // A renewal that has not answered by then is abandoned.
+        let renew_within = valid_for / 2;
         loop {
-            match try_acquire_or_renew(&api, &config, &mut observed).await {
-                Ok(true) => {
-                    let now = Instant::now();
+            let sent = Instant::now();
+            let attempt = tokio::time::timeout(
+                renew_within,
+                try_acquire_or_renew(&api, &config, &mut observed),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(kube::Error::Service(
+                    format!("no answer within {renew_within:?}").into(),
+                ))
+            });
+            match attempt {
+                // Valid for two thirds of the lease from when the renewal
+                // was sent: the API server wrote its renewTime after that.
+                Ok(true) if sent.elapsed() < valid_for => {
                     if last_renewal.is_none() {
                         info!(lease = %config.name, identity = %config.identity, "became the leader");
                     }
-                    last_renewal = Some(now);
-                    tx.send_replace(Some(now + valid_for));
+                    last_renewal = Some(sent);
+                    tx.send_replace(Some(sent + valid_for));
+                }
+                Ok(true) => {
+                    warn!(lease = %config.name, "a renewal answered too late to lead on; stopped writing");
+                    last_renewal = None;
+                    tx.send_replace(None);
                 }
                 Ok(false) => {
                     if last_renewal.take().is_some() {

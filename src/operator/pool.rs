@@ -66,6 +66,7 @@ pub async fn reconcile(
     events::publish(
         &ctx.recorder,
         &ctx.event_limiter,
+        &ctx.leadership,
         &pool.object_ref(&()),
         plan.events.iter().collect(),
     )

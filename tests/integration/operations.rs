@@ -474,3 +474,208 @@ fn metrics_and_health_endpoints_tell_the_truth() {
     let _ = operator.kill();
     let _ = operator.wait();
 }
+
+/// A TCP proxy to the API server that can hold back its answers (bytes
+/// from the server to the client) while letting requests through: a
+/// leader whose answers come late.
+struct SlowLink {
+    port: u16,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowLink {
+    fn to(server: &str) -> SlowLink {
+        use std::sync::atomic::Ordering;
+        let upstream = server.trim_start_matches("https://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = hold.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_in, mut c_out) = (server, client);
+                let held = held.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        while held.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        SlowLink { port, hold }
+    }
+
+    fn set_hold(&self, hold: bool) {
+        self.hold.store(hold, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Writes (anything but reads and the Lease itself) from the API
+/// server's audit log, by the replica whose identity the user agent names,
+/// received within [from, to): (time received, verb, resource).
+fn writes_by(s: &Scenario, identity: &str, from: &str, to: &str) -> Vec<(String, String, String)> {
+    use k8s_openapi::jiff::Timestamp;
+    let time = |t: &str| t.parse::<Timestamp>().unwrap_or(Timestamp::MAX);
+    let (from, to) = (time(from), time(to));
+    let mut out = Vec::new();
+    for line in s.audit_text().unwrap_or_default().lines() {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let agent = e["userAgent"].as_str().unwrap_or_default();
+        let at = e["requestReceivedTimestamp"].as_str().unwrap_or_default();
+        let verb = e["verb"].as_str().unwrap_or_default();
+        let resource = e["objectRef"]["resource"].as_str().unwrap_or_default();
+        if e["stage"] == "ResponseComplete"
+            && agent.contains(&format!("({identity})"))
+            && matches!(verb, "create" | "update" | "patch" | "delete")
+            && resource != "leases"
+            && time(at) >= from
+            && time(at) < to
+        {
+            out.push((at.to_string(), verb.to_string(), resource.to_string()));
+        }
+    }
+    out
+}
+
+/// The lease's acquireTime, as the audit log spells times (RFC 3339, UTC).
+fn acquired_at(s: &Scenario, lease: &str) -> String {
+    let ran = s
+        .kubectl(&[
+            "-n",
+            &s.name,
+            "get",
+            "lease",
+            lease,
+            "-o",
+            "jsonpath={.spec.acquireTime}",
+        ])
+        .succeeds();
+    ran.stdout.trim().to_string()
+}
+
+/// 6. Fencing. A leader whose answers come late (its renewal reached the
+///    API server, the answer did not come back for 10 s) and a leader
+///    paused with SIGSTOP past its lease, then resumed: neither writes
+///    anything once the standby took over. Counted from the audit log.
+#[test]
+fn a_late_or_paused_leader_writes_nothing_after_the_takeover() {
+    let s = Scenario::with_probe_delay("op-fence", &testbed().kubeconfig, Duration::from_secs(4));
+    let batch = "op-fence-b";
+    let lease = "op-fence";
+    s.create_nodes(&s.fleet(batch, 2, 18));
+    s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 2}}"));
+    // Replica a reaches the API server through a link that can hold back
+    // its answers.
+    let admin = std::fs::read_to_string(&s.kubeconfig).expect("kubeconfig");
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("a server in the kubeconfig")
+        .trim()
+        .to_string();
+    let link = SlowLink::to(&server);
+    let slow = crate::support::scratch_dir().join("op-fence-a.kubeconfig");
+    std::fs::write(
+        &slow,
+        admin.replace(&server, &format!("https://127.0.0.1:{}", link.port)),
+    )
+    .expect("writing a kubeconfig");
+    let elect = |id: &str| {
+        vec![
+            "--leader-elect".to_string(),
+            "--lease-name".into(),
+            lease.into(),
+            "--lease-seconds".into(),
+            "6".into(),
+            "--identity".into(),
+            id.into(),
+        ]
+    };
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let a_args = elect("op-fence-a");
+    let mut a = s.spawn_operator_as(&slow, &args(&a_args));
+    s.wait_until("replica a holds the lease", Duration::from_secs(30), |s| {
+        lease_holder(s, lease).as_deref() == Some("op-fence-a")
+    });
+    let b_args = elect("op-fence-b");
+    let mut b = s.spawn_operator(&args(&b_args));
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{nodes: 4}, {percent: 50}, {percent: 100}], maxConcurrent: 4}",
+    ));
+    s.wait_until("nodes validate", ROLLOUT, |s| s.count("validating") > 0);
+
+    // a's answers are held back: b takes over; then a gets them late.
+    link.set_hold(true);
+    s.wait_until("replica b holds the lease", Duration::from_secs(40), |s| {
+        lease_holder(s, lease).as_deref() == Some("op-fence-b")
+    });
+    let b_took_over = acquired_at(&s, lease);
+    std::thread::sleep(Duration::from_secs(3));
+    link.set_hold(false);
+    std::thread::sleep(Duration::from_secs(8));
+
+    // b paused past its lease: a takes over; then b resumes.
+    let pid = b.id().to_string();
+    Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("SIGSTOP");
+    s.wait_until(
+        "replica a holds the lease again",
+        Duration::from_secs(40),
+        |s| lease_holder(s, lease).as_deref() == Some("op-fence-a"),
+    );
+    let a_took_over = acquired_at(&s, lease);
+    std::thread::sleep(Duration::from_secs(3));
+    Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .expect("SIGCONT");
+    std::thread::sleep(Duration::from_secs(8));
+    s.wait_ready(batch, ROLLOUT);
+    assert_eq!(s.count("ready"), 36, "{:?}", s.by_state());
+
+    let late = writes_by(&s, "op-fence-a", &b_took_over, &a_took_over);
+    assert!(
+        late.is_empty(),
+        "replica a wrote after b took over at {b_took_over}: {late:?}"
+    );
+    let paused = writes_by(&s, "op-fence-b", &a_took_over, "9999");
+    assert!(
+        paused.is_empty(),
+        "replica b wrote after a took over at {a_took_over}: {paused:?}"
+    );
+    // Both led, and both wrote while they led.
+    assert!(!writes_by(&s, "op-fence-b", &b_took_over, &a_took_over).is_empty());
+    assert!(!writes_by(&s, "op-fence-a", &a_took_over, "9999").is_empty());
+    for child in [&mut a, &mut b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
