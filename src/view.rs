@@ -651,6 +651,26 @@ pub fn overview(pools: &[GpuPool], batches: &[RolloutBatch]) -> Vec<String> {
     lines
 }
 
+/// Objects that cannot be read, one entry each in 80 columns: which, why,
+/// and what to do.
+pub fn broken_rows(kind: &str, broken: &[(String, String)]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (name, error) in broken {
+        if lines.is_empty() {
+            lines.push(String::new());
+        }
+        let error: String = error.chars().take(200).collect();
+        lines.extend(wrap(
+            &format!(
+                "{kind} {name} cannot be read: {error}; fix it (kubectl edit {kind} {name}) or delete it"
+            ),
+            80,
+            2,
+        ));
+    }
+    lines
+}
+
 /// `Ready`, `Stalled: FailureBudgetExceeded`, `WaitingForApproval`, ...
 pub fn condition_word(batch: &RolloutBatch) -> String {
     let conditions = batch

@@ -115,3 +115,32 @@ impl<'a> Builder<'a> {
         })
     }
 }
+
+/// Every object of a kind, read leniently: those that decode, and for each
+/// that does not (stored before a schema change, or written around
+/// admission) its name and why, so one broken object is a broken row in a
+/// listing rather than an error that hides every other.
+pub async fn list_lenient<K>(
+    client: &kube::Client,
+) -> anyhow::Result<(Vec<K>, Vec<(String, String)>)>
+where
+    K: kube::Resource<Scope = kube::core::ClusterResourceScope>
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    use kube::core::DeserializeGuard;
+    let items = kube::Api::<DeserializeGuard<K>>::all(client.clone())
+        .list(&Default::default())
+        .await?
+        .items;
+    let (mut good, mut broken) = (Vec::new(), Vec::new());
+    for item in items {
+        match item.0 {
+            Ok(object) => good.push(object),
+            Err(invalid) => broken.push((invalid.metadata.name.unwrap_or_default(), invalid.error)),
+        }
+    }
+    Ok((good, broken))
+}

@@ -386,14 +386,10 @@ pub fn why(args: WhyArgs) -> anyhow::Result<ExitCode> {
 /// For a node without a batch annotation: the batch that selects it, or an
 /// error when no pool does.
 async fn membership(client: &kube::Client, node: &NodeView) -> anyhow::Result<String> {
-    let pools: Vec<GpuPool> = Api::<GpuPool>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let batches: Vec<RolloutBatch> = Api::<RolloutBatch>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    // Objects that do not decode are left out: one broken batch must not
+    // hide why a node waits.
+    let (pools, _) = super::client::list_lenient::<GpuPool>(client).await?;
+    let (batches, _) = super::client::list_lenient::<RolloutBatch>(client).await?;
     let pools: Vec<&GpuPool> = pools
         .iter()
         .filter(|p| matches(&p.spec.node_selector, &node.labels))

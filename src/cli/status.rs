@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::view::{self, Style};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 
 use super::plugin::{ClusterArgs, batch_nodes, cmd, get_batch};
 
@@ -108,17 +108,14 @@ async fn get_pool(client: &kube::Client, name: &str) -> anyhow::Result<Option<Gp
 }
 
 async fn overview(client: &kube::Client) -> anyhow::Result<Vec<String>> {
-    let mut pools = Api::<GpuPool>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let mut batches = Api::<RolloutBatch>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let (mut pools, broken_pools) = super::client::list_lenient::<GpuPool>(client).await?;
+    let (mut batches, broken_batches) = super::client::list_lenient::<RolloutBatch>(client).await?;
     pools.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     batches.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Ok(view::overview(&pools, &batches))
+    let mut lines = view::overview(&pools, &batches);
+    lines.extend(view::broken_rows("gpupool", &broken_pools));
+    lines.extend(view::broken_rows("rolloutbatch", &broken_batches));
+    Ok(lines)
 }
 
 /// Where the views go: redrawn in place on a terminal, or appended as lines.

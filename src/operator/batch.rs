@@ -52,6 +52,14 @@ pub async fn reconcile(
     ctx.stores.ready().await.map_err(Error::Cache)?;
     let batch = match &guard.0 {
         Ok(batch) => Arc::new(batch.clone()),
+        Err(invalid) if invalid.metadata.deletion_timestamp.is_some() => {
+            // Deleted while unreadable: clean up what it started (its spec
+            // is unknown, so taints stay) and let it go.
+            if !ctx.leadership.is_leader() {
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+            return delete_invalid(&ctx, &invalid.metadata).await;
+        }
         Err(invalid) => {
             // It slipped past admission (an older CRD, or a direct etcd write):
             // say so on the object and wait for it to change.
@@ -309,6 +317,63 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         ctx.note_probe_rejection(uid, None);
     }
     info!(batch = %name, probes_deleted = deleted.probes_deleted, nodes_released = released, "cleaned up deleted batch");
+    Ok(Action::await_change())
+}
+
+/// A batch that cannot be read, being deleted: its probes go and the nodes
+/// it was onboarding are released as [`cleanup`] does (without its pool,
+/// taints stay), then gpufleet's finalizer is removed so the deletion
+/// completes.
+async fn delete_invalid(
+    ctx: &Context,
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<Action, Error> {
+    let name = metadata.name.clone().unwrap_or_default();
+    let has_ours = metadata.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    if has_ours {
+        // What cleanup reads of a batch: its name, UID and pool; the pool
+        // is unknown.
+        let placeholder: RolloutBatch = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gpufleet.io/v1alpha1",
+            "kind": "RolloutBatch",
+            "metadata": metadata,
+            "spec": {"poolRef": "", "nodeSelector": {}, "waves": [{"percent": 100}]},
+        }))
+        .map_err(|e| Error::Panic {
+            what: format!("batch {name}"),
+            message: format!("building the deleted batch's placeholder: {e}"),
+        })?;
+        cleanup(&placeholder, ctx).await?;
+        let api: Api<DeserializeGuard<RolloutBatch>> = Api::all(ctx.client.clone());
+        let finalizers: Vec<&String> = metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .filter(|f| *f != FINALIZER)
+            .collect();
+        act::may_write(ctx, &format!("removing the finalizer of batch {name}")).await?;
+        let patch = serde_json::json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": metadata.resource_version,
+        }});
+        match api
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if super::error::is_not_found(&err) => {}
+            Err(err) => {
+                return Err(Error::kube(format!(
+                    "removing the finalizer of batch {name}"
+                ))(err));
+            }
+        }
+        info!(batch = %name, "an unreadable batch was deleted; cleaned up after it");
+    }
     Ok(Action::await_change())
 }
 

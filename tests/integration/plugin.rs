@@ -380,3 +380,49 @@ fn set_xid(s: &Scenario, node: &str, status: &str) {
     ))
     .unwrap_or_else(|e| panic!("setting GpuXidError={status} on {node}: {e}"));
 }
+
+/// A batch that cannot be read (here a direct etcd write put a word where
+/// a number goes, as an older CRD could) is a broken row in `status`, not
+/// an error that hides the rest; and it can still be deleted: gpufleet
+/// releases its nodes and removes its finalizer.
+#[test]
+fn an_unreadable_batch_is_a_broken_row_and_can_be_deleted() {
+    let name = "pl-broken";
+    let mut s = Scenario::new(name);
+    let batch = "pl-broken-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, healthChecks: {probe: {template: {metadata: {annotations: {gpufleet.io/probe-result: pending}}}}}}",
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}]}"));
+    s.wait_until("its nodes validate", ROLLOUT, |s| {
+        s.count("validating") == 4
+    });
+    crate::support::etcd_edit(
+        &format!("/registry/gpufleet.io/rolloutbatches/{batch}"),
+        |b| b["spec"]["maxConcurrent"] = serde_json::json!("many"),
+    );
+    s.wait_until("the batch says it cannot be read", ROLLOUT, |s| {
+        s.condition(batch, "Stalled")
+            .is_some_and(|(status, reason, _)| status == "True" && reason == "InvalidSpec")
+    });
+    let ran = kubectl_gpufleet(&["status"]);
+    assert!(ran.ok, "status fails on one broken batch: {}", ran.stderr);
+    assert!(
+        ran.stdout
+            .contains(&format!("rolloutbatch {batch} cannot be read")),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.lines().all(|l| l.chars().count() <= 80));
+    s.kubectl(&["delete", "rolloutbatch", batch, "--wait=false"])
+        .succeeds();
+    s.wait_until("the batch is gone", ROLLOUT, |s| {
+        !s.kubectl(&["get", "rolloutbatch", batch]).run().ok
+    });
+    s.wait_until("its nodes are released", ROLLOUT, |s| {
+        s.count("validating") == 0
+    });
+    assert!(s.probe_pods().is_empty(), "its probes are gone");
+}

@@ -23,6 +23,10 @@ pub struct Testbed {
     pub kubectl: PathBuf,
     /// The API server's audit log (JSON lines), when the test bed runs it.
     pub audit_log: Option<PathBuf>,
+    /// etcd's client address (`127.0.0.1:PORT`), when the test bed runs it:
+    /// to write what admission would refuse, as an older CRD or a direct
+    /// etcd write leaves behind.
+    pub etcd: Option<String>,
     /// The watcher that owns the control plane; never waited on, it exits
     /// after this process does.
     _watcher: Mutex<Option<Child>>,
@@ -45,6 +49,7 @@ pub fn testbed() -> &'static Testbed {
                     .map(PathBuf::from)
                     .unwrap_or_else(cached_kubectl),
                 audit_log: None,
+                etcd: None,
                 _watcher: Mutex::new(None),
             },
             None => start_control_plane(),
@@ -98,6 +103,9 @@ fn start_control_plane() -> Testbed {
         kubeconfig: field("kubeconfig"),
         kubectl: field("kubectl"),
         audit_log: info["audit_log"].as_str().map(PathBuf::from),
+        etcd: info["ports"]["etcd_client"]
+            .as_u64()
+            .map(|port| format!("127.0.0.1:{port}")),
         _watcher: Mutex::new(Some(child)),
     }
 }
@@ -330,4 +338,49 @@ impl Kubectl {
         );
         ran
     }
+}
+
+/// One request to etcd's JSON gateway (`/v3/...`) at `addr`: the answer.
+pub fn etcd_call(addr: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let body = body.to_string();
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to etcd");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("writing to etcd");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("reading etcd's answer");
+    let json = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // A chunked answer: the JSON is the first chunk.
+    let json = json.lines().find(|l| l.starts_with('{')).unwrap_or(json);
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("etcd answered {answer:?}: {e}"))
+}
+
+/// Rewrites a stored object in etcd, bypassing the API server's
+/// validation: `edit` changes its JSON.
+pub fn etcd_edit(key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let addr = testbed().etcd.clone().expect("the test bed's etcd");
+    let got = etcd_call(
+        &addr,
+        "/v3/kv/range",
+        &serde_json::json!({"key": b64.encode(key)}),
+    );
+    let value = got["kvs"][0]["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {key} in etcd: {got}"));
+    let mut object: serde_json::Value =
+        serde_json::from_slice(&b64.decode(value).expect("base64")).expect("stored JSON");
+    edit(&mut object);
+    etcd_call(
+        &addr,
+        "/v3/kv/put",
+        &serde_json::json!({"key": b64.encode(key), "value": b64.encode(object.to_string())}),
+    );
 }

@@ -265,14 +265,22 @@ spec:
     }
 
     /// The condition of a batch, as (status, reason, message).
+    /// Read as JSON, so a batch that does not decode has conditions too.
     pub fn condition(&self, batch: &str, type_: &str) -> Option<(String, String, String)> {
-        self.batch(batch)
-            .status
-            .unwrap_or_default()
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == type_)
-            .map(|c| (c.status, c.reason, c.message))
+        let api: Api<kube::api::DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &kube::api::ApiResource::erase::<RolloutBatch>(&()),
+        );
+        let object = self
+            .rt
+            .block_on(api.get(batch))
+            .unwrap_or_else(|e| panic!("getting batch {batch}: {e}"));
+        let conditions = object.data["status"]["conditions"].as_array()?.clone();
+        let text = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+        conditions
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| (text(c, "status"), text(c, "reason"), text(c, "message")))
     }
 
     async fn nodes(&self) -> Vec<Node> {
