@@ -250,7 +250,11 @@ impl HealthChecks {
 #[serde(rename_all = "camelCase")]
 pub struct Probe {
     /// The probe pod. Exit code 0 passes the node; any other result fails it,
-    /// with the container's termination message as the reason.
+    /// with the container's termination message as the reason. gpufleet runs
+    /// it in the probe namespace as the probe ServiceAccount, so the template
+    /// may not set `serviceAccountName` or `automountServiceAccountToken`
+    /// (see `serviceAccountToken`). It runs on every node the pool onboards,
+    /// privileged if it says so: write access to a pool is root on its nodes.
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
     /// Seconds a probe may run, from when its pod started running, before
@@ -275,6 +279,13 @@ pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub not_started_limit: Option<u32>,
+    /// Mounts an API token in the probe pod. Probe pods run as gpufleet's
+    /// probe ServiceAccount (`gpufleet-probe` by default, in the probe
+    /// namespace; the template may not name one), without a token unless
+    /// this is true. That account has no permissions but those a cluster
+    /// admin grants it: set this only for a probe that calls the API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service_account_token: bool,
 }
 
 impl Probe {

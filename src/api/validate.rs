@@ -50,6 +50,23 @@ impl GpuPool {
                 ),
             ));
         }
+        if let Some(probe) = &spec.health_checks.probe {
+            let pod = probe.template.spec.as_ref();
+            // `serviceAccount` is the field's old name: it counts too.
+            if pod.is_some_and(|p| p.service_account_name.is_some() || p.service_account.is_some())
+            {
+                return Err(error(
+                    "spec.healthChecks.probe.template.spec.serviceAccountName",
+                    "probe pods run as gpufleet's probe ServiceAccount: leave it out",
+                ));
+            }
+            if pod.is_some_and(|p| p.automount_service_account_token.is_some()) {
+                return Err(error(
+                    "spec.healthChecks.probe.template.spec.automountServiceAccountToken",
+                    "set healthChecks.probe.serviceAccountToken instead",
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -257,12 +257,54 @@ fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
             set(p(), "spec/hardware/gpuProduct", json!([])),
             vec!["spec.hardware.gpuProduct", "at least 1 items"],
         ),
+        (
+            "a probe template that names its ServiceAccount",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/serviceAccountName",
+                json!("gpufleet"),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec",
+                "probe pods run as gpufleet's probe ServiceAccount",
+            ],
+        ),
+        (
+            "a probe template that names its ServiceAccount by the old field",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/serviceAccount",
+                json!("gpufleet"),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec",
+                "probe pods run as gpufleet's probe ServiceAccount",
+            ],
+        ),
+        (
+            "a probe template that asks for a token itself",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/automountServiceAccountToken",
+                json!(true),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec",
+                "set healthChecks.probe.serviceAccountToken instead",
+            ],
+        ),
     ]
 }
 
 #[test]
 fn the_valid_bases_are_accepted() {
     accepted(&pool("invalid-pool"));
+    // A probe that calls the API asks for its token here.
+    accepted(&set(
+        pool("invalid-pool"),
+        "spec/healthChecks/probe/serviceAccountToken",
+        json!(true),
+    ));
     accepted(&batch("invalid-batch", "invalid-pool"));
     // Percents and counts both work as failure budgets, and 0% is allowed.
     for budget in [json!(0), json!(3), json!("0%"), json!("5%"), json!("100%")] {
