@@ -70,11 +70,15 @@ impl Scenario {
         });
         tb.kubectl_with(&kubeconfig, &["create", "namespace", name])
             .run();
-        tb.kubectl_with(
-            &kubeconfig,
-            &["-n", name, "create", "serviceaccount", "default"],
-        )
-        .run();
+        // Probe pods run as the probe ServiceAccount; the test bed makes
+        // no account by itself.
+        for account in ["default", gpufleet::operator::PROBE_SERVICE_ACCOUNT] {
+            tb.kubectl_with(
+                &kubeconfig,
+                &["-n", name, "create", "serviceaccount", account],
+            )
+            .run();
+        }
         let burn_in = rt.spawn(simulate::burn_in(client.clone(), name.to_string(), delay));
         Scenario {
             name: name.to_string(),
