@@ -207,6 +207,38 @@ pub fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
                     "serviceAccountName": {"type": "string"},
                     "serviceAccount": {"type": "string"},
                     "automountServiceAccountToken": {"type": "boolean"},
+                    // Declared as far as the rule on projected tokens reads
+                    // them (see `Probe`), and bounded so that its cost is.
+                    "volumes": {
+                        "type": "array",
+                        "maxItems": 128,
+                        "items": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                            "properties": {
+                                "projected": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": true,
+                                    "properties": {
+                                        "sources": {
+                                            "type": "array",
+                                            "maxItems": 32,
+                                            "items": {
+                                                "type": "object",
+                                                "x-kubernetes-preserve-unknown-fields": true,
+                                                "properties": {
+                                                    "serviceAccountToken": {
+                                                        "type": "object",
+                                                        "x-kubernetes-preserve-unknown-fields": true
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    },
                     "containers": {
                         "type": "array",
                         "minItems": 1,

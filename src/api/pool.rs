@@ -248,6 +248,7 @@ impl HealthChecks {
 /// The burn-in probe run on each node.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.serviceAccountToken) && self.serviceAccountToken) || !has(self.template.spec.volumes) || self.template.spec.volumes.all(v, !has(v.projected) || !has(v.projected.sources) || v.projected.sources.all(s, !has(s.serviceAccountToken)))").message("a projected serviceAccountToken volume mounts an API token: set serviceAccountToken: true if the probe needs one").field_path(".template.spec.volumes"))]
 pub struct Probe {
     /// The probe pod. Exit code 0 passes the node; any other result fails it,
     /// with the container's termination message as the reason. gpufleet runs
@@ -282,7 +283,8 @@ pub struct Probe {
     /// Mounts an API token in the probe pod. Probe pods run as gpufleet's
     /// probe ServiceAccount (`gpufleet-probe` by default, in the probe
     /// namespace; the template may not name one), without a token unless
-    /// this is true. That account has no permissions but those a cluster
+    /// this is true (a template's projected `serviceAccountToken` volume
+    /// counts as one). That account has no permissions but those a cluster
     /// admin grants it: set this only for a probe that calls the API.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub service_account_token: bool,

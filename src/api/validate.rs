@@ -66,6 +66,20 @@ impl GpuPool {
                     "set healthChecks.probe.serviceAccountToken instead",
                 ));
             }
+            // A projected token is a token too: only for a pool that opts in.
+            let projects_token = pod
+                .and_then(|p| p.volumes.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.projected.as_ref()?.sources.as_ref())
+                .flatten()
+                .any(|source| source.service_account_token.is_some());
+            if projects_token && !probe.service_account_token {
+                return Err(error(
+                    "spec.healthChecks.probe.template.spec.volumes",
+                    "a projected serviceAccountToken volume mounts an API token: set serviceAccountToken: true if the probe needs one",
+                ));
+            }
         }
         Ok(())
     }

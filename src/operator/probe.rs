@@ -249,6 +249,28 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
         assert_eq!(spec.automount_service_account_token, Some(false));
     }
 
+    /// A token mounted by hand counts as a token: the pool checks refuse
+    /// it unless the pool opts in (the CRD has the same rule).
+    #[test]
+    fn a_projected_token_needs_the_opt_in() {
+        let (mut pool, _) = fixtures();
+        let probe = pool.spec.health_checks.probe.as_mut().unwrap();
+        probe.template.spec.as_mut().unwrap().volumes = Some(
+            serde_json::from_value(serde_json::json!([{"name": "api", "projected": {
+                "sources": [{"serviceAccountToken": {"path": "token"}}]}}]))
+            .unwrap(),
+        );
+        let err = pool.validate().unwrap_err();
+        assert_eq!(err.field, "spec.healthChecks.probe.template.spec.volumes");
+        pool.spec
+            .health_checks
+            .probe
+            .as_mut()
+            .unwrap()
+            .service_account_token = true;
+        assert_eq!(pool.validate(), Ok(()));
+    }
+
     #[test]
     fn long_batch_names_fit_a_label() {
         let long = "b".repeat(200);

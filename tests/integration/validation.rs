@@ -293,17 +293,52 @@ fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
                 "set healthChecks.probe.serviceAccountToken instead",
             ],
         ),
+        (
+            "a probe template that mounts a projected token without opting in",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/volumes",
+                projected_token(),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec.volumes",
+                "a projected serviceAccountToken volume mounts an API token",
+            ],
+        ),
     ]
+}
+
+/// Volumes of a pod: one with a projected ServiceAccount token beside a
+/// ConfigMap.
+fn projected_token() -> Value {
+    json!([{"name": "api", "projected": {"sources": [
+        {"configMap": {"name": "ca"}},
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 600}}
+    ]}}])
 }
 
 #[test]
 fn the_valid_bases_are_accepted() {
     accepted(&pool("invalid-pool"));
-    // A probe that calls the API asks for its token here.
-    accepted(&set(
+    // A probe that calls the API asks for its token here, and may then
+    // mount it as it likes.
+    let with_token = set(
         pool("invalid-pool"),
         "spec/healthChecks/probe/serviceAccountToken",
         json!(true),
+    );
+    accepted(&with_token);
+    accepted(&set(
+        with_token,
+        "spec/healthChecks/probe/template/spec/volumes",
+        projected_token(),
+    ));
+    // Projected volumes without a token need no opt-in.
+    accepted(&set(
+        pool("invalid-pool"),
+        "spec/healthChecks/probe/template/spec/volumes",
+        json!([{"name": "cfg", "projected": {"sources": [{"configMap": {"name": "ca"}}]}},
+               {"name": "scratch", "emptyDir": {}}]),
     ));
     accepted(&batch("invalid-batch", "invalid-pool"));
     // Percents and counts both work as failure budgets, and 0% is allowed.
