@@ -282,9 +282,10 @@ async fn finish(
     Ok(())
 }
 
-/// The probe pods' namespace, labelled with `labels`, and its `default`
-/// ServiceAccount (the test bed runs no controller that would make it);
-/// either may exist already.
+/// The probe pods' namespace, labelled with `labels`, its `default`
+/// ServiceAccount (the test bed runs no controller that would make it) and
+/// the probe ServiceAccount ([`crate::operator::PROBE_SERVICE_ACCOUNT`],
+/// without a token, as the chart makes it); any may exist already.
 pub async fn probe_namespace(
     client: &kube::Client,
     name: &str,
@@ -305,10 +306,19 @@ pub async fn probe_namespace(
             .await
             .map(|_| ()),
     )?;
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), name);
     let mut account = ServiceAccount::default();
     account.metadata.name = Some("default".into());
     exists(
-        Api::<ServiceAccount>::namespaced(client.clone(), name)
+        accounts
+            .create(&PostParams::default(), &account)
+            .await
+            .map(|_| ()),
+    )?;
+    account.metadata.name = Some(crate::operator::PROBE_SERVICE_ACCOUNT.into());
+    account.automount_service_account_token = Some(false);
+    exists(
+        accounts
             .create(&PostParams::default(), &account)
             .await
             .map(|_| ()),

@@ -189,7 +189,56 @@ pub fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
                 "type": "object",
                 "required": ["containers"],
                 "x-kubernetes-preserve-unknown-fields": true,
+                // Who the probe runs as is gpufleet's to say (the probe
+                // ServiceAccount, a token only with `serviceAccountToken`):
+                // a template naming another account is refused, not
+                // silently changed.
+                "x-kubernetes-validations": [
+                    {
+                        "rule": "!has(self.serviceAccountName) && !has(self.serviceAccount)",
+                        "message": "probe pods run as gpufleet's probe ServiceAccount (gpufleet-probe by default, in the probe namespace): leave serviceAccountName out, and grant that account what the probe needs"
+                    },
+                    {
+                        "rule": "!has(self.automountServiceAccountToken)",
+                        "message": "set healthChecks.probe.serviceAccountToken instead: gpufleet decides whether the probe gets a token"
+                    }
+                ],
                 "properties": {
+                    "serviceAccountName": {"type": "string"},
+                    "serviceAccount": {"type": "string"},
+                    "automountServiceAccountToken": {"type": "boolean"},
+                    // Declared as far as the rule on projected tokens reads
+                    // them (see `Probe`), and bounded so that its cost is.
+                    "volumes": {
+                        "type": "array",
+                        "maxItems": 128,
+                        "items": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": true,
+                            "properties": {
+                                "projected": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": true,
+                                    "properties": {
+                                        "sources": {
+                                            "type": "array",
+                                            "maxItems": 32,
+                                            "items": {
+                                                "type": "object",
+                                                "x-kubernetes-preserve-unknown-fields": true,
+                                                "properties": {
+                                                    "serviceAccountToken": {
+                                                        "type": "object",
+                                                        "x-kubernetes-preserve-unknown-fields": true
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    },
                     "containers": {
                         "type": "array",
                         "minItems": 1,

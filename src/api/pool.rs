@@ -248,9 +248,14 @@ impl HealthChecks {
 /// The burn-in probe run on each node.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.serviceAccountToken) && self.serviceAccountToken) || !has(self.template.spec.volumes) || self.template.spec.volumes.all(v, !has(v.projected) || !has(v.projected.sources) || v.projected.sources.all(s, !has(s.serviceAccountToken)))").message("a projected serviceAccountToken volume mounts an API token: set serviceAccountToken: true if the probe needs one").field_path(".template.spec.volumes"))]
 pub struct Probe {
     /// The probe pod. Exit code 0 passes the node; any other result fails it,
-    /// with the container's termination message as the reason.
+    /// with the container's termination message as the reason. gpufleet runs
+    /// it in the probe namespace as the probe ServiceAccount, so the template
+    /// may not set `serviceAccountName` or `automountServiceAccountToken`
+    /// (see `serviceAccountToken`). It runs on every node the pool onboards,
+    /// privileged if it says so: write access to a pool is root on its nodes.
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
     /// Seconds a probe may run, from when its pod started running, before
@@ -275,6 +280,14 @@ pub struct Probe {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub not_started_limit: Option<u32>,
+    /// Mounts an API token in the probe pod. Probe pods run as gpufleet's
+    /// probe ServiceAccount (`gpufleet-probe` by default, in the probe
+    /// namespace; the template may not name one), without a token unless
+    /// this is true (a template's projected `serviceAccountToken` volume
+    /// counts as one). That account has no permissions but those a cluster
+    /// admin grants it: set this only for a probe that calls the API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub service_account_token: bool,
 }
 
 impl Probe {

@@ -50,6 +50,37 @@ impl GpuPool {
                 ),
             ));
         }
+        if let Some(probe) = &spec.health_checks.probe {
+            let pod = probe.template.spec.as_ref();
+            // `serviceAccount` is the field's old name: it counts too.
+            if pod.is_some_and(|p| p.service_account_name.is_some() || p.service_account.is_some())
+            {
+                return Err(error(
+                    "spec.healthChecks.probe.template.spec.serviceAccountName",
+                    "probe pods run as gpufleet's probe ServiceAccount: leave it out",
+                ));
+            }
+            if pod.is_some_and(|p| p.automount_service_account_token.is_some()) {
+                return Err(error(
+                    "spec.healthChecks.probe.template.spec.automountServiceAccountToken",
+                    "set healthChecks.probe.serviceAccountToken instead",
+                ));
+            }
+            // A projected token is a token too: only for a pool that opts in.
+            let projects_token = pod
+                .and_then(|p| p.volumes.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.projected.as_ref()?.sources.as_ref())
+                .flatten()
+                .any(|source| source.service_account_token.is_some());
+            if projects_token && !probe.service_account_token {
+                return Err(error(
+                    "spec.healthChecks.probe.template.spec.volumes",
+                    "a projected serviceAccountToken volume mounts an API token: set serviceAccountToken: true if the probe needs one",
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -424,7 +424,7 @@ impl Session {
             std::collections::BTreeMap::from([(DEMO_LABEL.to_string(), self.args.name.clone())]);
         simulate::probe_namespace(&self.client, &ns, &labels)
             .await
-            .with_context(|| format!("creating namespace {ns} and its default ServiceAccount"))?;
+            .with_context(|| format!("creating namespace {ns} and its ServiceAccounts"))?;
 
         let t = Instant::now();
         simulate::create_nodes(&self.client, &self.fleet.nodes, 32).await.map_err(|err| match err {
@@ -667,6 +667,7 @@ impl Session {
         let selector = format!("{DEMO_LABEL}={}", self.args.name);
         let config = operator::Config {
             namespace: self.namespace(),
+            probes: operator::Probes::in_namespace(&self.namespace()),
             node_selector: Some(selector.clone()),
             selector: Some(selector),
             // A local control plane takes more than a shared cluster would.

@@ -20,9 +20,22 @@ pub struct Args {
     /// Kubeconfig context (default: its current context).
     #[arg(long, env = "GPUFLEET_CONTEXT")]
     context: Option<String>,
-    /// Namespace of the probe pods.
+    /// gpufleet's own namespace: where the leader-election Lease lives (and
+    /// the probe pods, unless --probe-namespace says otherwise).
     #[arg(long, env = "POD_NAMESPACE", default_value = "gpufleet-system")]
     namespace: String,
+    /// Namespace of the probe pods (default: --namespace). Give them one of
+    /// their own, labelled for what a burn-in needs, so that gpufleet's
+    /// namespace can enforce the `restricted` Pod Security standard; the
+    /// chart does.
+    #[arg(long, env = "GPUFLEET_PROBE_NAMESPACE")]
+    probe_namespace: Option<String>,
+    /// The ServiceAccount of the probe namespace that every probe pod runs
+    /// as, whatever its template says. It must exist; grant it nothing
+    /// unless a probe calls the API (and then the pool sets
+    /// `healthChecks.probe.serviceAccountToken`).
+    #[arg(long, env = "GPUFLEET_PROBE_SERVICE_ACCOUNT", default_value = operator::PROBE_SERVICE_ACCOUNT)]
+    probe_service_account: String,
     /// Reconciles in flight at once, per kind.
     #[arg(long, env = "GPUFLEET_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
@@ -86,6 +99,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(metrics.clone()),
         )
         .await?;
+        let probes = operator::Probes {
+            namespace: args
+                .probe_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone()),
+            service_account: args.probe_service_account.clone(),
+        };
+        if probes.namespace == args.namespace {
+            tracing::warn!(
+                namespace = %args.namespace,
+                "probe pods run in gpufleet's own namespace (no --probe-namespace): it must admit what the probes need instead of enforcing the restricted Pod Security standard"
+            );
+        }
         let config = operator::Config {
             lease: args.leader_elect.then(|| {
                 let mut lease = LeaseConfig::new(&args.namespace, &args.lease_name, &identity);
@@ -94,6 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 lease
             }),
             namespace: args.namespace,
+            probes,
             concurrency: args.concurrency.max(1),
             node_selector: args.node_selector,
             events_per_second: args.events_per_second,

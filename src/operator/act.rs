@@ -141,7 +141,7 @@ pub async fn apply_actions(
     actions: &[Action],
 ) -> Result<Report, Error> {
     let mut report = Report::default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.config.probes.namespace);
     let batch_uid = batch.metadata.uid.clone().unwrap_or_default();
     // Nodes are started (tainted, labelled validating) only when their
     // probe can be made: one dry run of a starting node's probe asks the
@@ -166,7 +166,7 @@ pub async fn apply_actions(
     });
     let mut withheld: Vec<String> = Vec::new();
     if let (Some(pool), Some(req)) = (pool, trial)
-        && let Some(pod) = probe_pod(pool, batch, req, &ctx.config.namespace)
+        && let Some(pod) = probe_pod(pool, batch, req, &ctx.config.probes)
     {
         may_write(ctx, &format!("trying probe pod {}", req.pod_name)).await?;
         let params = PostParams {
@@ -186,7 +186,7 @@ pub async fn apply_actions(
             Err(err) => {
                 return Err(Error::kube(format!(
                     "trying probe pod {}/{}",
-                    ctx.config.namespace, req.pod_name
+                    ctx.config.probes.namespace, req.pod_name
                 ))(err));
             }
         }
@@ -315,8 +315,7 @@ async fn create_probe(
     batch: &RolloutBatch,
     req: crate::planner::ProbeRequest,
 ) -> Result<Option<String>, Error> {
-    let Some(pod) = pool.and_then(|pool| probe_pod(pool, batch, &req, &ctx.config.namespace))
-    else {
+    let Some(pod) = pool.and_then(|pool| probe_pod(pool, batch, &req, &ctx.config.probes)) else {
         return Ok(None);
     };
     let name = req.pod_name;
@@ -341,7 +340,7 @@ async fn create_probe(
         }
         Err(err) => Err(Error::kube(format!(
             "creating probe pod {}/{name}",
-            ctx.config.namespace
+            ctx.config.probes.namespace
         ))(err)),
     }
 }
@@ -357,7 +356,7 @@ async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<(), 
         Err(err) if is_not_found(&err) => Ok(()),
         Err(err) => Err(Error::kube(format!(
             "deleting probe pod {}/{name}",
-            ctx.config.namespace
+            ctx.config.probes.namespace
         ))(err)),
     }
 }

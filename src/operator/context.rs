@@ -12,11 +12,39 @@ use super::deliveries::Deliveries;
 use super::observe::Stores;
 use super::{act, events, leader, metrics};
 
+/// Where probe pods run, and as whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probes {
+    /// The namespace of the probe pods: one of their own, so that the
+    /// operator's namespace can enforce the `restricted` Pod Security
+    /// standard while a burn-in runs privileged here.
+    pub namespace: String,
+    /// The ServiceAccount every probe pod runs as, whatever its template
+    /// says: an account of the probe namespace with no permissions of its
+    /// own, never gpufleet's.
+    pub service_account: String,
+}
+
+/// The probe ServiceAccount's default name (the chart's, too).
+pub const PROBE_SERVICE_ACCOUNT: &str = "gpufleet-probe";
+
+impl Probes {
+    /// Probes in `namespace`, as [`PROBE_SERVICE_ACCOUNT`].
+    pub fn in_namespace(namespace: &str) -> Self {
+        Probes {
+            namespace: namespace.into(),
+            service_account: PROBE_SERVICE_ACCOUNT.into(),
+        }
+    }
+}
+
 /// How `gpufleet run` behaves.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where probe pods live.
+    /// gpufleet's own namespace: the leader-election Lease's.
     pub namespace: String,
+    /// Where probe pods run, and as whom.
+    pub probes: Probes,
     /// Reconciles in flight at once, per kind.
     pub concurrency: u16,
     /// Only nodes with these labels are watched (`kubectl -l` syntax); none:
@@ -44,6 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             namespace: "gpufleet-system".into(),
+            probes: Probes::in_namespace("gpufleet-system"),
             concurrency: 4,
             node_selector: None,
             events_per_second: 5.0,

@@ -32,7 +32,7 @@ use kube::Client;
 use tracing::{error, info};
 
 pub use batch::FINALIZER;
-pub use context::{Config, Context};
+pub use context::{Config, Context, PROBE_SERVICE_ACCOUNT, Probes};
 pub use error::Error;
 
 /// Runs the controllers until `shutdown` resolves.
@@ -61,7 +61,7 @@ pub async fn run(
         controllers::pools(client, watches.objects, watches.pool_requests, ctx.clone());
     let endpoints = endpoints::serve(&config, &watches.stores);
 
-    info!(namespace = %config.namespace, concurrency = config.concurrency, node_selector = ?config.node_selector, selector = ?config.selector, election = config.lease.is_some(), "gpufleet is running");
+    info!(namespace = %config.namespace, probe_namespace = %config.probes.namespace, probe_service_account = %config.probes.service_account, concurrency = config.concurrency, node_selector = ?config.node_selector, selector = ?config.selector, election = config.lease.is_some(), "gpufleet is running");
     tokio::select! {
         result = endpoints => {
             let err = result.err().unwrap_or_else(|| anyhow::anyhow!("the HTTP endpoints stopped"));

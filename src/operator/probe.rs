@@ -1,5 +1,7 @@
 //! Builds a probe pod from the pool's template: bound to its node, tolerating
-//! the onboarding taint, owned by the batch, named deterministically.
+//! the onboarding taint, owned by the batch, named deterministically, in the
+//! probe namespace as the probe ServiceAccount, with no API token unless the
+//! pool asks for one.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,8 @@ use kube::Resource;
 use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
 use crate::planner::ProbeRequest;
+
+use super::context::Probes;
 
 /// Label on probe pods naming their batch (a hash when the name is too long
 /// for a label value).
@@ -24,13 +28,13 @@ pub fn batch_label_value(batch: &str) -> String {
     format!("{}-{hash:016x}", &batch[..40])
 }
 
-/// The probe pod for `request`, in `namespace`. `None` when the pool has no
-/// probe (the planner never asks for one then).
+/// The probe pod for `request`, in the probe namespace. `None` when the pool
+/// has no probe (the planner never asks for one then).
 pub fn probe_pod(
     pool: &GpuPool,
     batch: &RolloutBatch,
     request: &ProbeRequest,
-    namespace: &str,
+    probes: &Probes,
 ) -> Option<Pod> {
     let probe = pool.spec.health_checks.probe.as_ref()?;
     let template = &probe.template;
@@ -53,7 +57,7 @@ pub fn probe_pod(
     }
     meta.name = Some(request.pod_name.clone());
     meta.generate_name = None;
-    meta.namespace = Some(namespace.to_string());
+    meta.namespace = Some(probes.namespace.clone());
     meta.owner_references = batch.controller_owner_ref(&()).map(|owner| {
         vec![OwnerReference {
             block_owner_deletion: Some(false),
@@ -63,6 +67,14 @@ pub fn probe_pod(
 
     let mut spec: PodSpec = template.spec.clone().unwrap_or_default();
     spec.node_name = Some(request.node.clone());
+    // Who the probe runs as is gpufleet's to say, never the template's: the
+    // CRD refuses a template that names an account or sets the token, and a
+    // pool stored before that rule is overridden here. A probe in the
+    // operator's namespace as its ServiceAccount would carry gpufleet's
+    // rights to every node it onboards.
+    spec.service_account_name = Some(probes.service_account.clone());
+    spec.service_account = None;
+    spec.automount_service_account_token = Some(probe.service_account_token);
     // A probe runs once: its exit code is the verdict.
     spec.restart_policy = Some("Never".into());
     // The kubelet stops a probe that overruns; the planner times it out too.
@@ -137,10 +149,10 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
             attempt: 2,
             run: None,
         };
-        let pod = probe_pod(&pool, &batch, &req, "gpufleet-system").unwrap();
+        let pod = probe_pod(&pool, &batch, &req, &probes()).unwrap();
         let meta = &pod.metadata;
         assert_eq!(meta.name.as_deref(), Some("gpufleet-probe-n1-2"));
-        assert_eq!(meta.namespace.as_deref(), Some("gpufleet-system"));
+        assert_eq!(meta.namespace.as_deref(), Some("gpufleet-probes"));
         let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels["app"], "burn-in");
         assert_eq!(labels[keys::MANAGED_BY], "gpufleet");
@@ -174,6 +186,89 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
                 .any(|t| t.key.as_deref() == Some("gpufleet.io/onboarding")
                     && t.effect.as_deref() == Some("NoSchedule"))
         );
+    }
+
+    fn probes() -> Probes {
+        Probes::in_namespace("gpufleet-probes")
+    }
+
+    fn request() -> ProbeRequest {
+        ProbeRequest {
+            pod_name: "gpufleet-probe-n1-1".into(),
+            node: "n1".into(),
+            attempt: 1,
+            run: None,
+        }
+    }
+
+    #[test]
+    fn the_probe_runs_as_the_probe_account_without_a_token() {
+        let (pool, batch) = fixtures();
+        let spec = probe_pod(&pool, &batch, &request(), &probes())
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("gpufleet-probe"));
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn a_pool_that_opts_in_gets_a_token() {
+        let (mut pool, batch) = fixtures();
+        pool.spec
+            .health_checks
+            .probe
+            .as_mut()
+            .unwrap()
+            .service_account_token = true;
+        let spec = probe_pod(&pool, &batch, &request(), &probes())
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("gpufleet-probe"));
+        assert_eq!(spec.automount_service_account_token, Some(true));
+    }
+
+    /// A pool stored before the CRD refused it (or by a writer past the
+    /// CRD) names gpufleet's own account: the probe does not run as it.
+    #[test]
+    fn the_templates_account_and_token_are_overridden() {
+        let (mut pool, batch) = fixtures();
+        let template = &mut pool.spec.health_checks.probe.as_mut().unwrap().template;
+        let spec = template.spec.as_mut().unwrap();
+        spec.service_account_name = Some("gpufleet".into());
+        spec.service_account = Some("gpufleet".into());
+        spec.automount_service_account_token = Some(true);
+        assert!(pool.validate().is_err(), "the pool checks refuse it too");
+        let spec = probe_pod(&pool, &batch, &request(), &probes())
+            .unwrap()
+            .spec
+            .unwrap();
+        assert_eq!(spec.service_account_name.as_deref(), Some("gpufleet-probe"));
+        assert_eq!(spec.service_account, None);
+        assert_eq!(spec.automount_service_account_token, Some(false));
+    }
+
+    /// A token mounted by hand counts as a token: the pool checks refuse
+    /// it unless the pool opts in (the CRD has the same rule).
+    #[test]
+    fn a_projected_token_needs_the_opt_in() {
+        let (mut pool, _) = fixtures();
+        let probe = pool.spec.health_checks.probe.as_mut().unwrap();
+        probe.template.spec.as_mut().unwrap().volumes = Some(
+            serde_json::from_value(serde_json::json!([{"name": "api", "projected": {
+                "sources": [{"serviceAccountToken": {"path": "token"}}]}}]))
+            .unwrap(),
+        );
+        let err = pool.validate().unwrap_err();
+        assert_eq!(err.field, "spec.healthChecks.probe.template.spec.volumes");
+        pool.spec
+            .health_checks
+            .probe
+            .as_mut()
+            .unwrap()
+            .service_account_token = true;
+        assert_eq!(pool.validate(), Ok(()));
     }
 
     #[test]

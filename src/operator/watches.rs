@@ -58,7 +58,7 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
         Some(selector) => watch.clone().labels(selector),
         None => watch.clone(),
     };
-    // Every pod of the probe namespace (gpufleet's own), not only those
+    // Every pod of the probe namespace, not only those
     // labelled as gpufleet's: a pod someone else made at a probe's name must
     // be seen to be refused and removed (see `observe::snapshot`).
     let probe_watch = watch.clone();
@@ -69,7 +69,7 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
     let pools_api: Api<DeserializeGuard<GpuPool>> = Api::all(client.clone());
     let batches_api: Api<DeserializeGuard<RolloutBatch>> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
-    let probes_api: Api<Pod> = Api::namespaced(client.clone(), &config.namespace);
+    let probes_api: Api<Pod> = Api::namespaced(client.clone(), &config.probes.namespace);
 
     let (pool_store, pool_writer) = reflector::store::<DeserializeGuard<GpuPool>>();
     let (batch_store, batch_writer) = reflector::store::<DeserializeGuard<RolloutBatch>>();

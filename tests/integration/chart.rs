@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::support::audit::{self, Access};
 use crate::support::{Testbed, helm, repo, testbed};
 
 const REGENERATE: &str = "run charts/render.sh and commit the result";
@@ -63,6 +64,13 @@ fn run_args(container: &Value) -> Vec<String> {
 /// Makes a fresh namespace (with no controller manager, tests never delete one).
 fn namespace(tb: &Testbed, name: &str) {
     tb.kubectl(&["create", "namespace", name]).succeeds();
+}
+
+/// Makes a fresh namespace as `kubectl apply` would, so that applying the
+/// chart's Namespace over it later updates it without a warning.
+fn applied_namespace(tb: &Testbed, name: &str) {
+    tb.kubectl(&["create", "namespace", name, "--save-config"])
+        .succeeds();
 }
 
 /// `helm install` into a fresh namespace, the CRDs left to the test bed.
@@ -180,24 +188,35 @@ fn install_yaml_is_the_charts_defaults() {
     assert_eq!(
         head,
         [json!({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": "gpufleet-system"}})],
-        "install.yaml must start with the gpufleet-system Namespace: {REGENERATE}"
+                "metadata": {"name": "gpufleet-system", "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest"}}})],
+        "install.yaml must start with the gpufleet-system Namespace, enforcing \
+         the restricted Pod Security standard: {REGENERATE}"
     );
     // Namespaced objects name their namespace, so `kubectl apply -f` puts
-    // them there whatever the current context's namespace is.
+    // them there whatever the current context's namespace is: gpufleet's,
+    // the probes', or `default` for the events Role.
     for doc in documents(&rendered) {
         let cluster_scoped = [
             "CustomResourceDefinition",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Namespace",
         ];
-        if !cluster_scoped.contains(&doc["kind"].as_str().unwrap()) {
-            assert_eq!(
-                doc["metadata"]["namespace"], "gpufleet-system",
-                "{} {}",
-                doc["kind"], doc["metadata"]["name"]
-            );
+        let kind = doc["kind"].as_str().unwrap();
+        if cluster_scoped.contains(&kind) {
+            continue;
         }
+        let namespace = doc["metadata"]["namespace"].as_str().unwrap_or_default();
+        let expected = match (kind, doc["metadata"]["name"].as_str().unwrap()) {
+            ("ServiceAccount", "gpufleet-probe") | ("Role" | "RoleBinding", "gpufleet-probes") => {
+                "gpufleet-system-probes"
+            }
+            ("Role" | "RoleBinding", "gpufleet-events") => "default",
+            _ => "gpufleet-system",
+        };
+        assert_eq!(namespace, expected, "{kind} {}", doc["metadata"]["name"]);
     }
 }
 
@@ -322,6 +341,8 @@ fn chart_renders_values_into_the_deployment() {
             "--log-format=json",
             "--metrics-addr=0.0.0.0:8080",
             "--health-addr=0.0.0.0:8081",
+            "--probe-namespace=gpufleet-system-probes",
+            "--probe-service-account=gpufleet-probe",
             "--leader-elect",
             "--lease-name=gpufleet"
         ]
@@ -391,6 +412,8 @@ fn chart_renders_values_into_the_deployment() {
             "--log-format=text",
             "--metrics-addr=0.0.0.0:9090",
             "--health-addr=0.0.0.0:9091",
+            "--probe-namespace=ops-probes",
+            "--probe-service-account=gpufleet-probe",
             "--qps=50",
             "--burst=100",
             "--concurrency=8",
@@ -447,8 +470,11 @@ fn chart_renders_values_into_the_deployment() {
     );
 }
 
-/// The roles hold exactly gpufleet's verbs: no wildcards, no secrets, pods
-/// and leases only in the release namespace.
+/// The roles hold no wildcards and nothing on secrets; pods only in the
+/// probe namespace, the Lease only in the release namespace, events only in
+/// `default`; no write to pools but their status. (Which verbs exactly:
+/// [`gpufleet_uses_exactly_what_the_chart_grants`].) Pools are written only
+/// through the `-pool-admin` role, which nothing aggregates.
 #[test]
 fn chart_rbac_rules_are_least_privilege() {
     let docs = template("gpufleet", "gpufleet-system", &[]);
@@ -473,14 +499,74 @@ fn chart_rbac_rules_are_least_privilege() {
             );
             if doc["kind"] == "ClusterRole" {
                 assert!(
-                    !resources.iter().any(|r| r == "pods" || r == "leases"),
-                    "pods and leases belong in the namespaced Role: {rule}"
+                    !resources
+                        .iter()
+                        .any(|r| r == "pods" || r == "leases" || r == "events"),
+                    "pods, leases and events belong in namespaced Roles: {rule}"
                 );
             }
         }
     }
-    let role = find(&docs, "Role", "gpufleet");
-    assert_eq!(role["metadata"]["namespace"], "gpufleet-system");
+    let rules = |kind: &str, name: &str, namespace: Option<&str>| -> Value {
+        let role = find(&docs, kind, name);
+        assert_eq!(role["metadata"]["namespace"].as_str(), namespace, "{name}");
+        role["rules"].clone()
+    };
+    let operator = rules("ClusterRole", "gpufleet", None);
+    for rule in operator.as_array().unwrap() {
+        let writes = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v != "get" && v != "list" && v != "watch");
+        assert!(
+            !(writes
+                && rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("gpupools"))),
+            "gpufleet never writes a pool, only its status: {rule}"
+        );
+    }
+    let probes = rules("Role", "gpufleet-probes", Some("gpufleet-system-probes"));
+    assert_eq!(probes[0]["resources"], json!(["pods"]), "{probes}");
+    let events = rules("Role", "gpufleet-events", Some("default"));
+    assert_eq!(events[0]["resources"], json!(["events"]), "{events}");
+    let lease = rules("Role", "gpufleet", Some("gpufleet-system"));
+    assert!(
+        lease
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["resources"] == json!(["leases"])),
+        "only the Lease in the release namespace: {lease}"
+    );
+    let pool_admin = find(&docs, "ClusterRole", "gpufleet-pool-admin");
+    assert_eq!(
+        pool_admin["rules"],
+        json!([{"apiGroups": ["gpufleet.io"], "resources": ["gpupools"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}])
+    );
+    assert!(
+        pool_admin["metadata"]["labels"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.starts_with("rbac.authorization.k8s.io/aggregate-to")),
+        "pool writes are aggregated into no built-in role: {pool_admin}"
+    );
+    // Without leader election there is no Lease, and no Role for it.
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &["--set", "leaderElection.enabled=false,replicaCount=1"],
+    );
+    assert!(
+        docs.iter()
+            .all(|d| !(d["kind"] == "Role" && d["metadata"]["name"] == "gpufleet")),
+        "{:?}",
+        kinds(&docs)
+    );
     let view = find(&docs, "ClusterRole", "gpufleet-view");
     assert_eq!(
         view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
@@ -500,12 +586,101 @@ fn chart_rbac_rules_are_least_privilege() {
     let docs = template(
         "gpufleet",
         "gpufleet-system",
-        &["--set", "rbac.aggregateToDefaultRoles=false"],
+        &[
+            "--set",
+            "rbac.aggregateToDefaultRoles=false,rbac.poolAdminRole=false",
+        ],
+    );
+    assert!(docs.iter().all(|d| d["metadata"]["name"] != "gpufleet-view"
+        && d["metadata"]["name"] != "gpufleet-edit"
+        && d["metadata"]["name"] != "gpufleet-pool-admin"));
+}
+
+/// Probe pods get a namespace of their own (`<release namespace>-probes`
+/// unless `probes.namespace` names one), created with the release and
+/// enforcing `probes.podSecurity`, and a ServiceAccount there without a
+/// token; the operator is told both. The release namespace cannot double
+/// as the probe namespace the chart creates.
+#[test]
+fn chart_puts_probes_in_a_namespace_of_their_own() {
+    let docs = template("gpufleet", "gpufleet-system", &[]);
+    let namespace = find(&docs, "Namespace", "gpufleet-system-probes");
+    let labels = &namespace["metadata"]["labels"];
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
+    assert_eq!(
+        labels["pod-security.kubernetes.io/enforce-version"],
+        "latest"
+    );
+    let account = find(&docs, "ServiceAccount", "gpufleet-probe");
+    assert_eq!(account["metadata"]["namespace"], "gpufleet-system-probes");
+    assert_eq!(account["automountServiceAccountToken"], false);
+    let args = run_args(&container(&docs, "gpufleet"));
+    for arg in [
+        "--probe-namespace=gpufleet-system-probes",
+        "--probe-service-account=gpufleet-probe",
+    ] {
+        assert!(args.contains(&arg.to_string()), "{args:?}");
+    }
+
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set",
+            "probes.namespace=burn-in,probes.podSecurity=baseline",
+            "--set",
+            "probes.serviceAccount.name=dcgm,probes.serviceAccount.annotations.team=gpu",
+        ],
+    );
+    let labels = &find(&docs, "Namespace", "burn-in")["metadata"]["labels"];
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "baseline");
+    let account = find(&docs, "ServiceAccount", "dcgm");
+    assert_eq!(account["metadata"]["namespace"], "burn-in");
+    assert_eq!(account["metadata"]["annotations"]["team"], "gpu");
+    assert_eq!(
+        find(&docs, "RoleBinding", "gpufleet-probes")["metadata"]["namespace"],
+        "burn-in"
+    );
+    let args = run_args(&container(&docs, "gpufleet"));
+    assert!(args.contains(&"--probe-namespace=burn-in".to_string()));
+    assert!(args.contains(&"--probe-service-account=dcgm".to_string()));
+
+    // A namespace made elsewhere: no Namespace object, the rest the same.
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set",
+            "probes.namespace=burn-in,probes.createNamespace=false",
+        ],
     );
     assert!(
-        docs.iter().all(|d| d["metadata"]["name"] != "gpufleet-view"
-            && d["metadata"]["name"] != "gpufleet-edit")
+        docs.iter().all(|d| d["kind"] != "Namespace"),
+        "{:?}",
+        kinds(&docs)
     );
+    find(&docs, "ServiceAccount", "gpufleet-probe");
+
+    let ran = helm(&["template", "gpufleet"])
+        .arg(chart())
+        .args([
+            "--namespace",
+            "gpufleet-system",
+            "--set",
+            "probes.namespace=gpufleet-system",
+        ])
+        .fails();
+    assert!(
+        ran.stderr
+            .contains("probes.namespace is the release namespace"),
+        "{}",
+        ran.stderr
+    );
+    let ran = helm(&["template", "gpufleet"])
+        .arg(chart())
+        .args(["--set", "probes.podSecurity=none"])
+        .fails();
+    assert!(ran.stderr.contains("/probes/podSecurity"), "{}", ran.stderr);
 }
 
 // ---------------------------------------------------- against the API server
@@ -516,6 +691,9 @@ fn chart_rbac_rules_are_least_privilege() {
 fn chart_output_is_accepted_by_the_api_server() {
     let tb = testbed();
     namespace(tb, "chart-dry-run");
+    // A server-side dry run makes no namespace: the probe namespace must be
+    // there for the objects in it (applying the Namespace updates it).
+    applied_namespace(tb, "chart-dry-run-probes");
     for options in [
         &[][..],
         &[
@@ -567,6 +745,19 @@ fn helm_install_upgrade_and_uninstall() {
         .args(["--namespace", release, "--take-ownership"])
         .succeeds();
     assert!(ran.stdout.contains("STATUS: deployed"), "{}", ran.stdout);
+    // The notes say where probes run, and that the release namespace (made
+    // bare here) should enforce the restricted standard.
+    for note in [
+        "Probe pods run in namespace chart-lifecycle-probes (Pod Security: privileged)",
+        "kubectl label namespace chart-lifecycle pod-security.kubernetes.io/enforce=restricted",
+        "ClusterRole chart-lifecycle-gpufleet-pool-admin writes pools",
+    ] {
+        assert!(
+            ran.stdout.contains(note),
+            "{note:?} not in:\n{}",
+            ran.stdout
+        );
+    }
     let get = |what: &[&str]| -> Value {
         let ran = tb
             .kubectl(&["get", "--namespace", release, "-o", "json"])
@@ -588,6 +779,29 @@ fn helm_install_upgrade_and_uninstall() {
         ["clusterrole", "chart-lifecycle-gpufleet-view"],
     ] {
         get(&what);
+    }
+    let probes = get(&["namespace", "chart-lifecycle-probes"]);
+    assert_eq!(
+        probes["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+    for (namespace, what) in [
+        (
+            "chart-lifecycle-probes",
+            ["serviceaccount", "gpufleet-probe"],
+        ),
+        (
+            "chart-lifecycle-probes",
+            ["role", "chart-lifecycle-gpufleet-probes"],
+        ),
+        (
+            "default",
+            ["rolebinding", "chart-lifecycle-gpufleet-events"],
+        ),
+    ] {
+        tb.kubectl(&["get", "--namespace", namespace])
+            .args(what)
+            .succeeds();
     }
     let crd = get(&["crd", "rolloutbatches.gpufleet.io"]);
     assert_eq!(
@@ -663,11 +877,14 @@ fn helm_install_upgrade_and_uninstall() {
 }
 
 /// `kubectl auth can-i` as the chart's service account (impersonated):
-/// exactly what gpufleet does, nothing more.
+/// everything of `rbac-used.txt` (what gpufleet used), and none of what it
+/// does not: no writes to pools, no pods outside the probe namespace, no
+/// events outside `default`, no other Lease.
 #[test]
 fn chart_service_account_can_do_what_gpufleet_does_and_no_more() {
     let tb = testbed();
     let ns = "chart-rbac";
+    let probes = "chart-rbac-probes";
     install(tb, ns, &[]);
     let account = format!("system:serviceaccount:{ns}:chart-rbac-gpufleet");
     let can = |args: &[&str]| -> bool {
@@ -682,77 +899,93 @@ fn chart_service_account_can_do_what_gpufleet_does_and_no_more() {
             other => panic!("{}: {other}{}", ran.what, ran.stderr),
         }
     };
-    let may = [
-        &["get", "nodes"][..],
-        &["list", "nodes"],
-        &["watch", "nodes"],
-        &["patch", "nodes"],
+    for access in rbac_used(ns, probes) {
+        let (resource, subresource) = match access.resource.split_once('/') {
+            Some((r, sub)) => (r.to_string(), Some(sub.to_string())),
+            None => (access.resource.clone(), None),
+        };
+        let mut target = match access.group.as_str() {
+            "" => resource.clone(),
+            group => format!("{resource}.{group}"),
+        };
+        // The Lease's rights are its own name's.
+        if resource == "leases" {
+            target = format!("{target}/chart-rbac-gpufleet");
+        }
+        let mut args = vec![access.verb.clone(), target];
+        if let Some(sub) = subresource {
+            args.push(format!("--subresource={sub}"));
+        }
+        if access.scope != audit::CLUSTER {
+            args.extend(["-n".to_string(), access.scope.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert!(can(&args), "{account} cannot {args:?}");
+    }
+    let may_not = [
+        &["get", "secrets", "--all-namespaces"][..],
+        &["list", "secrets", "-n", ns],
+        &["list", "secrets", "-n", probes],
+        &["get", "secrets", "-n", "kube-system"],
+        &["get", "configmaps", "-n", ns],
+        // Pods: only in the probe namespace, and no exec.
         &["create", "pods", "-n", ns],
-        &["get", "pods", "-n", ns],
         &["list", "pods", "-n", ns],
-        &["watch", "pods", "-n", ns],
-        &["delete", "pods", "-n", ns],
-        &["create", "leases.coordination.k8s.io", "-n", ns],
+        &["create", "pods", "-n", "default"],
+        &["delete", "pods", "-n", "default"],
+        &["list", "pods", "--all-namespaces"],
+        &["create", "pods", "--subresource=exec", "-n", probes],
+        &["update", "pods", "-n", probes],
+        &["patch", "pods", "-n", probes],
         &[
-            "get",
-            "leases.coordination.k8s.io/chart-rbac-gpufleet",
+            "create",
+            "serviceaccounts",
+            "--subresource=token",
             "-n",
-            ns,
+            probes,
         ],
+        // Nodes: labels, annotations and taints through patch only.
+        &["update", "nodes"],
+        &["delete", "nodes"],
+        &["create", "nodes"],
+        &["patch", "nodes", "--subresource=status"],
+        // Pools: read only; a pool's probe template is root on its nodes.
+        &["create", "gpupools.gpufleet.io"],
+        &["patch", "gpupools.gpufleet.io"],
+        &["update", "gpupools.gpufleet.io"],
+        &["delete", "gpupools.gpufleet.io"],
+        &["update", "gpupools.gpufleet.io", "--subresource=status"],
+        // Batches: the finalizer (a patch) and status only.
+        &["create", "rolloutbatches.gpufleet.io"],
+        &["update", "rolloutbatches.gpufleet.io"],
+        &["delete", "rolloutbatches.gpufleet.io"],
         &[
             "update",
-            "leases.coordination.k8s.io/chart-rbac-gpufleet",
-            "-n",
-            ns,
-        ],
-        &["list", "gpupools.gpufleet.io"],
-        &["watch", "rolloutbatches.gpufleet.io"],
-        &["patch", "rolloutbatches.gpufleet.io"],
-        &["update", "gpupools.gpufleet.io"],
-        &[
-            "patch",
             "rolloutbatches.gpufleet.io",
             "--subresource=status",
         ],
-        &["update", "gpupools.gpufleet.io", "--subresource=status"],
         &[
             "update",
             "rolloutbatches.gpufleet.io",
             "--subresource=finalizers",
         ],
+        // Events: only in `default`, only the events.k8s.io API.
         &["create", "events", "-n", "default"],
-        &["patch", "events.events.k8s.io", "-n", "default"],
         &["create", "events.events.k8s.io", "-n", ns],
-    ];
-    let may_not = [
-        &["get", "secrets", "--all-namespaces"][..],
-        &["list", "secrets", "-n", ns],
-        &["get", "secrets", "-n", "kube-system"],
-        &["create", "pods", "-n", "default"],
-        &["delete", "pods", "-n", "default"],
-        &["list", "pods", "--all-namespaces"],
-        &["create", "pods", "--subresource=exec", "-n", ns],
-        &["update", "nodes"],
-        &["delete", "nodes"],
-        &["create", "nodes"],
-        &["patch", "nodes", "--subresource=status"],
-        &["create", "gpupools.gpufleet.io"],
-        &["delete", "rolloutbatches.gpufleet.io"],
+        &["create", "events.events.k8s.io", "-n", "kube-system"],
+        &["delete", "events.events.k8s.io", "-n", "default"],
+        // The Lease: its own, in its own namespace.
         &["get", "leases.coordination.k8s.io", "-n", "default"],
+        &["create", "leases.coordination.k8s.io", "-n", probes],
         &[
             "update",
             "leases.coordination.k8s.io/someone-else",
             "-n",
             ns,
         ],
-        &["get", "configmaps", "-n", ns],
-        &["delete", "events", "-n", "default"],
         &["create", "clusterrolebindings"],
         &["*", "*"],
     ];
-    for args in may {
-        assert!(can(args), "{account} cannot {args:?}");
-    }
     for args in may_not {
         assert!(!can(args), "{account} can {args:?}");
     }
@@ -796,7 +1029,9 @@ fn chart_service_account_can_do_what_gpufleet_does_and_no_more() {
     for args in [
         &["create", "gpupools.gpufleet.io"][..],
         &["patch", "gpupools.gpufleet.io"],
+        &["update", "gpupools.gpufleet.io"],
         &["delete", "gpupools.gpufleet.io"],
+        &["patch", "gpupools.gpufleet.io", "--subresource=status"],
         &[
             "patch",
             "rolloutbatches.gpufleet.io",
@@ -804,6 +1039,43 @@ fn chart_service_account_can_do_what_gpufleet_does_and_no_more() {
         ],
     ] {
         assert!(!user_can(args), "view+edit can {args:?}");
+    }
+    tb.kubectl(&["delete", "-f", "-"])
+        .stdin(binding.to_string())
+        .succeeds();
+
+    // Writing pools takes the pool-admin role, bound on purpose.
+    let admin = "chart-rbac-pool-admin";
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": admin},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "chart-rbac-gpufleet-pool-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": admin}]
+    });
+    tb.kubectl(&["apply", "-f", "-"])
+        .stdin(binding.to_string())
+        .succeeds();
+    let admin_can = |args: &[&str]| -> bool {
+        let ran = tb
+            .kubectl(&["auth", "can-i"])
+            .args(args)
+            .arg(format!("--as={admin}"))
+            .run();
+        ran.stdout.trim() == "yes"
+    };
+    for verb in ["get", "create", "patch", "update", "delete"] {
+        assert!(
+            admin_can(&[verb, "gpupools.gpufleet.io"]),
+            "pool admin cannot {verb}"
+        );
+    }
+    for args in [
+        &["patch", "gpupools.gpufleet.io", "--subresource=status"][..],
+        &["create", "rolloutbatches.gpufleet.io"],
+        &["create", "pods", "-n", probes],
+    ] {
+        assert!(!admin_can(args), "pool admin can {args:?}");
     }
     tb.kubectl(&["delete", "-f", "-"])
         .stdin(binding.to_string())
@@ -830,10 +1102,12 @@ fn service_account_kubeconfig_signs_in_as_the_chart_account() {
     tb.kubectl_with(&kubeconfig, &["get", "nodes"]).succeeds();
     tb.kubectl_with(&kubeconfig, &["get", "rolloutbatches"])
         .succeeds();
-    // The context's namespace is the account's.
-    tb.kubectl_with(&kubeconfig, &["get", "pods"]).succeeds();
+    tb.kubectl_with(&kubeconfig, &["get", "pods", "-n", "chart-token-probes"])
+        .succeeds();
+    // The context's namespace is the account's, where it runs no pods.
     for forbidden in [
         &["get", "secrets"][..],
+        &["get", "pods"],
         &["get", "pods", "-n", "default"],
         &["get", "configmaps"],
     ] {
@@ -1549,6 +1823,7 @@ fn chart_monitoring_output_is_accepted_by_the_api_server() {
     let tb = testbed();
     let ns = "chart-monitoring";
     namespace(tb, ns);
+    applied_namespace(tb, "chart-monitoring-probes");
     let docs = template(
         ns,
         ns,
@@ -1585,21 +1860,167 @@ fn chart_monitoring_output_is_accepted_by_the_api_server() {
     );
 }
 
-/// RBAC, proven by use: `gpufleet run` signed in as the chart's service
-/// account (a token from `kubectl create token`) rolls a batch out, leader
-/// election included — so the chart grants everything gpufleet does.
+// ------------------------------------------------ least privilege, proven by use
+
+/// The table of what gpufleet's ServiceAccount used, derived from the audit
+/// log by [`gpufleet_uses_exactly_what_the_chart_grants`].
+const RBAC_USED: &str = "charts/gpufleet/rbac-used.txt";
+
+/// In [`RBAC_USED`], the release namespace and the probe namespace are
+/// placeholders; everything else (`cluster`, `default`) is itself.
+fn rbac_placeholder(release: &str, probes: &str) -> impl Fn(&str) -> String {
+    let (release, probes) = (release.to_string(), probes.to_string());
+    move |scope: &str| match scope {
+        s if s == release => "<release>".into(),
+        s if s == probes => "<probes>".into(),
+        s => s.into(),
+    }
+}
+
+fn rbac_namespace(release: &str, probes: &str) -> impl Fn(&str) -> String {
+    let (release, probes) = (release.to_string(), probes.to_string());
+    move |scope: &str| match scope {
+        "<release>" => release.clone(),
+        "<probes>" => probes.clone(),
+        s => s.into(),
+    }
+}
+
+/// The committed table, its placeholders filled in.
+fn rbac_used(release: &str, probes: &str) -> BTreeSet<Access> {
+    let text = std::fs::read_to_string(repo().join(RBAC_USED)).expect("rbac-used.txt");
+    audit::parse_table(&text, rbac_namespace(release, probes))
+}
+
+/// One rule of a role bound to an account, for one access: the names it
+/// is limited to (`resourceNames`), if any.
+struct Grant {
+    access: Access,
+    names: Option<BTreeSet<String>>,
+}
+
+/// Everything the rendered roles grant the ServiceAccount `account` of
+/// `namespace`: ClusterRoles through ClusterRoleBindings (cluster-wide),
+/// Roles through RoleBindings (in their namespace).
+fn grants_to(docs: &[Value], namespace: &str, account: &str) -> Vec<Grant> {
+    let mut grants = Vec::new();
+    for binding in docs {
+        let (role_kind, scope) = match binding["kind"].as_str() {
+            Some("ClusterRoleBinding") => ("ClusterRole", audit::CLUSTER.to_string()),
+            Some("RoleBinding") => (
+                "Role",
+                binding["metadata"]["namespace"]
+                    .as_str()
+                    .expect("a RoleBinding names its namespace")
+                    .to_string(),
+            ),
+            _ => continue,
+        };
+        let bound = binding["subjects"].as_array().is_some_and(|subjects| {
+            subjects.iter().any(|s| {
+                s["kind"] == "ServiceAccount" && s["name"] == account && s["namespace"] == namespace
+            })
+        });
+        if !bound {
+            continue;
+        }
+        assert_eq!(binding["roleRef"]["kind"], role_kind, "{binding}");
+        let role = docs
+            .iter()
+            .find(|d| {
+                d["kind"] == role_kind
+                    && d["metadata"]["name"] == binding["roleRef"]["name"]
+                    && (role_kind == "ClusterRole"
+                        || d["metadata"]["namespace"] == binding["metadata"]["namespace"])
+            })
+            .unwrap_or_else(|| panic!("{binding} binds a role the chart lacks"));
+        for rule in role["rules"].as_array().expect("rules") {
+            let strings = |field: &str| -> Vec<String> {
+                serde_json::from_value(rule[field].clone()).unwrap_or_default()
+            };
+            let names = rule
+                .get("resourceNames")
+                .map(|_| strings("resourceNames").into_iter().collect());
+            for group in strings("apiGroups") {
+                for resource in strings("resources") {
+                    for verb in strings("verbs") {
+                        grants.push(Grant {
+                            access: Access {
+                                scope: scope.clone(),
+                                group: group.clone(),
+                                resource: resource.clone(),
+                                verb,
+                            },
+                            names: names.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// Does a grant allow this request? A cluster-wide grant covers every
+/// namespace; `resourceNames` limit it to requests on those objects.
+fn allows(grant: &Grant, request: &audit::Request) -> bool {
+    let (g, r) = (&grant.access, &request.access);
+    (g.scope == r.scope || g.scope == audit::CLUSTER)
+        && g.group == r.group
+        && g.resource == r.resource
+        && g.verb == r.verb
+        && grant.names.as_ref().is_none_or(|names| {
+            request
+                .name
+                .as_ref()
+                .is_some_and(|name| names.contains(name))
+        })
+}
+
+/// Least privilege, proven by use: `gpufleet run`, signed in as the chart's
+/// ServiceAccount (a token from `kubectl create token`), rolls a batch out
+/// in two waves (probe pods made and deleted in the probe namespace, node
+/// patches, status of batch and pool, events, a repeated event patched, the
+/// Lease created, read and renewed), then the batch is deleted (the
+/// finalizer's cleanup and removal). The API server's audit log then lists
+/// every request the account made, and those must be exactly what the
+/// chart grants it, both ways: no request refused or outside the grants
+/// (the code uses something the chart does not grant), and no grant unused
+/// (the chart grants something gpufleet does not use). Each access counts
+/// by (namespace or cluster-wide, API group, resource, verb): a
+/// cluster-wide grant that was only used in one namespace counts as unused.
+/// The accesses are also the committed table `charts/gpufleet/rbac-used.txt`.
+///
+/// Along the way: probe pods run in the probe namespace (privileged, as the
+/// pool's template asks; the release namespace enforces `restricted` and
+/// would refuse them) as the probe ServiceAccount, without a token.
 #[test]
-fn gpufleet_rolls_out_as_the_charts_service_account() {
+fn gpufleet_uses_exactly_what_the_chart_grants() {
     use crate::support::scenario::Scenario;
+    use std::time::Duration;
     let tb = testbed();
     let release = "rbac-run";
+    let probes = "rbac-run-probes";
     install(tb, release, &[]);
+    tb.kubectl(&[
+        "label",
+        "namespace",
+        release,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])
+    .succeeds();
     let account = format!("{release}-gpufleet");
     let kubeconfig = tb.service_account_kubeconfig(release, &account);
-    let s = Scenario::new(release);
+    let s = Scenario::new(release).probes_in(probes, Duration::from_secs(2));
+    // The log of this run only (an earlier run's would be appended to).
+    let _ = std::fs::remove_file(&s.log);
     let batch = "rbac-run-b";
-    s.create_nodes(&s.fleet(batch, 1, 18));
-    s.apply(&s.pool_yaml(""));
+    s.create_nodes(&s.fleet(batch, 2, 18));
+    // A burn-in that needs privileges, as DCGM's does.
+    s.apply(&s.pool_yaml(
+        "spec: {healthChecks: {probe: {template: {spec: {containers: \
+         [{name: burn-in, image: busybox, securityContext: {privileged: true}}]}}}}}",
+    ));
     let mut operator = s.spawn_operator_as(
         &kubeconfig,
         &[
@@ -1610,14 +2031,92 @@ fn gpufleet_rolls_out_as_the_charts_service_account() {
             "6",
         ],
     );
-    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}]}"));
-    s.wait_ready(batch, std::time::Duration::from_secs(120));
-    assert_eq!(s.count("ready"), 18);
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{nodes: 18}, {percent: 100}]}"));
+    s.wait_until("a probe pod runs", Duration::from_secs(60), |s| {
+        !s.probe_pods().is_empty()
+    });
+    let probe = s.probe_pods().remove(0);
+    let spec = probe.spec.clone().expect("a pod has a spec");
+    assert_eq!(
+        (
+            spec.service_account_name.as_deref(),
+            spec.automount_service_account_token
+        ),
+        (Some("gpufleet-probe"), Some(false)),
+        "a probe runs as the probe account, without a token"
+    );
+    // The same pod in the release namespace: refused, so probes had to move.
+    let mut elsewhere = serde_json::to_value(&probe).expect("a pod is JSON");
+    elsewhere["metadata"] = json!({"name": "rbac-run-privileged", "namespace": release});
+    elsewhere["spec"]["serviceAccountName"] = json!(account);
+    elsewhere["status"] = Value::Null;
+    let ran = tb
+        .kubectl(&["create", "--dry-run=server", "-f", "-"])
+        .stdin(elsewhere.to_string())
+        .fails();
+    assert!(
+        ran.stderr.contains("violates PodSecurity"),
+        "{}",
+        ran.stderr
+    );
+
+    s.wait_ready(batch, Duration::from_secs(180));
+    assert_eq!(s.count("ready"), 36);
+    s.kubectl(&["delete", "rolloutbatch", batch, "--timeout=60s"])
+        .succeeds();
+    let _ = operator.kill();
+    let _ = operator.wait();
     let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+    let Some(text) = s.audit_text() else {
+        assert!(
+            !log.contains("forbidden"),
+            "the service account was refused something:\n{log}"
+        );
+        eprintln!("no audit log (GPUFLEET_TEST_KUBECONFIG): the uses are not checked");
+        return;
+    };
+    let requests = audit::requests_of(&text, &format!("system:serviceaccount:{release}:{account}"));
+    let docs = template(release, release, &[]);
+    let grants = grants_to(&docs, release, &account);
+    let refused: BTreeSet<String> = requests
+        .iter()
+        .filter(|r| r.code == 401 || r.code == 403)
+        .map(|r| r.access.to_string())
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:#?}");
+    let outside: BTreeSet<String> = requests
+        .iter()
+        .filter(|r| !grants.iter().any(|g| allows(g, r)))
+        .map(|r| format!("{} ({:?})", r.access, r.name))
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "gpufleet did what the chart does not grant: {outside:#?}"
+    );
+    let used: BTreeSet<Access> = requests.into_iter().map(|r| r.access).collect();
+    let unused: BTreeSet<String> = grants
+        .iter()
+        .filter(|g| !used.contains(&g.access))
+        .map(|g| g.access.to_string())
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the chart grants what gpufleet never used: {unused:#?}"
+    );
     assert!(
         !log.contains("forbidden"),
         "the service account was refused something:\n{log}"
     );
-    let _ = operator.kill();
-    let _ = operator.wait();
+
+    // The table a reviewer reads is the one the audit log gives.
+    let derived = audit::table(&used, rbac_placeholder(release, probes));
+    if rbac_used(release, probes) != used {
+        let path = crate::support::scratch_dir().join("rbac-used.txt");
+        std::fs::write(&path, &derived).expect("writing the derived table");
+        panic!(
+            "{RBAC_USED} is not what the audit log shows; if the change is meant, \
+             copy {} over it (keeping its header). Derived:\n{derived}",
+            path.display()
+        );
+    }
 }

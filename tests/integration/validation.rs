@@ -257,12 +257,89 @@ fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
             set(p(), "spec/hardware/gpuProduct", json!([])),
             vec!["spec.hardware.gpuProduct", "at least 1 items"],
         ),
+        (
+            "a probe template that names its ServiceAccount",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/serviceAccountName",
+                json!("gpufleet"),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec",
+                "probe pods run as gpufleet's probe ServiceAccount",
+            ],
+        ),
+        (
+            "a probe template that names its ServiceAccount by the old field",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/serviceAccount",
+                json!("gpufleet"),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec",
+                "probe pods run as gpufleet's probe ServiceAccount",
+            ],
+        ),
+        (
+            "a probe template that asks for a token itself",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/automountServiceAccountToken",
+                json!(true),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec",
+                "set healthChecks.probe.serviceAccountToken instead",
+            ],
+        ),
+        (
+            "a probe template that mounts a projected token without opting in",
+            set(
+                p(),
+                "spec/healthChecks/probe/template/spec/volumes",
+                projected_token(),
+            ),
+            vec![
+                "spec.healthChecks.probe.template.spec.volumes",
+                "a projected serviceAccountToken volume mounts an API token",
+            ],
+        ),
     ]
+}
+
+/// Volumes of a pod: one with a projected ServiceAccount token beside a
+/// ConfigMap.
+fn projected_token() -> Value {
+    json!([{"name": "api", "projected": {"sources": [
+        {"configMap": {"name": "ca"}},
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 600}}
+    ]}}])
 }
 
 #[test]
 fn the_valid_bases_are_accepted() {
     accepted(&pool("invalid-pool"));
+    // A probe that calls the API asks for its token here, and may then
+    // mount it as it likes.
+    let with_token = set(
+        pool("invalid-pool"),
+        "spec/healthChecks/probe/serviceAccountToken",
+        json!(true),
+    );
+    accepted(&with_token);
+    accepted(&set(
+        with_token,
+        "spec/healthChecks/probe/template/spec/volumes",
+        projected_token(),
+    ));
+    // Projected volumes without a token need no opt-in.
+    accepted(&set(
+        pool("invalid-pool"),
+        "spec/healthChecks/probe/template/spec/volumes",
+        json!([{"name": "cfg", "projected": {"sources": [{"configMap": {"name": "ca"}}]}},
+               {"name": "scratch", "emptyDir": {}}]),
+    ));
     accepted(&batch("invalid-batch", "invalid-pool"));
     // Percents and counts both work as failure budgets, and 0% is allowed.
     for budget in [json!(0), json!(3), json!("0%"), json!("5%"), json!("100%")] {

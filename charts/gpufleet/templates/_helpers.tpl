@@ -70,3 +70,13 @@ app.kubernetes.io/part-of: gpufleet
 {{- define "gpufleet.leaseName" -}}
 {{- default (include "gpufleet.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
+
+{{/* The namespace of the probe pods: probes.namespace, else "<release namespace>-probes". */}}
+{{- define "gpufleet.probeNamespace" -}}
+{{- default (printf "%s-probes" .Release.Namespace | trunc 63 | trimSuffix "-") .Values.probes.namespace }}
+{{- end }}
+
+{{/* The ServiceAccount every probe pod runs as. */}}
+{{- define "gpufleet.probeServiceAccountName" -}}
+{{- .Values.probes.serviceAccount.name }}
+{{- end }}

@@ -9,6 +9,7 @@
 //!
 //! Tests share the cluster, so each uses its own object names.
 
+pub mod audit;
 pub mod scenario;
 
 use std::ffi::OsStr;

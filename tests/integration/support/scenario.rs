@@ -22,6 +22,9 @@ pub const TEST_LABEL: &str = "gpufleet.io/test";
 
 pub struct Scenario {
     pub name: String,
+    /// Where the probe pods run: the scenario's namespace unless
+    /// [`Scenario::probes_in`] moved them.
+    pub probe_namespace: String,
     /// The cluster: the shared test bed's, or a scenario's own.
     pub kubeconfig: PathBuf,
     pub rt: tokio::runtime::Runtime,
@@ -70,14 +73,19 @@ impl Scenario {
         });
         tb.kubectl_with(&kubeconfig, &["create", "namespace", name])
             .run();
-        tb.kubectl_with(
-            &kubeconfig,
-            &["-n", name, "create", "serviceaccount", "default"],
-        )
-        .run();
+        // Probe pods run as the probe ServiceAccount; the test bed makes
+        // no account by itself.
+        for account in ["default", gpufleet::operator::PROBE_SERVICE_ACCOUNT] {
+            tb.kubectl_with(
+                &kubeconfig,
+                &["-n", name, "create", "serviceaccount", account],
+            )
+            .run();
+        }
         let burn_in = rt.spawn(simulate::burn_in(client.clone(), name.to_string(), delay));
         Scenario {
             name: name.to_string(),
+            probe_namespace: name.to_string(),
             kubeconfig,
             rt,
             client,
@@ -85,6 +93,22 @@ impl Scenario {
             burn_in: Some(burn_in),
             log: scratch_dir().join(format!("operator-{name}.log")),
         }
+    }
+
+    /// Moves the probe pods to `namespace` (which must exist, with the
+    /// probe ServiceAccount): the operators this scenario starts get
+    /// `--probe-namespace`, and the burn-in stand-in answers there.
+    pub fn probes_in(mut self, namespace: &str, delay: Duration) -> Scenario {
+        if let Some(task) = self.burn_in.take() {
+            task.abort();
+        }
+        self.burn_in = Some(self.rt.spawn(simulate::burn_in(
+            self.client.clone(),
+            namespace.to_string(),
+            delay,
+        )));
+        self.probe_namespace = namespace.to_string();
+        self
     }
 
     /// `domains` healthy GB200 domains of `per_domain` nodes for `batch`:
@@ -218,6 +242,7 @@ spec:
         cmd.args(["run", "--kubeconfig"])
             .arg(kubeconfig)
             .args(["--namespace", &self.name])
+            .args(["--probe-namespace", &self.probe_namespace])
             .args(["--selector", &format!("{TEST_LABEL}={}", self.name)])
             .args(["--node-selector", &format!("{TEST_LABEL}={}", self.name)])
             // The watcher's own reconnects (idle timeouts, errors) show in the log.
@@ -332,9 +357,9 @@ spec:
         self.by_state().get(state).map_or(0, Vec::len)
     }
 
-    /// The probe pods in this scenario's namespace.
+    /// The probe pods in this scenario's probe namespace.
     pub fn probe_pods(&self) -> Vec<Pod> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.name);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.probe_namespace);
         self.rt
             .block_on(api.list(&ListParams::default()))
             .expect("listing pods")
@@ -362,7 +387,7 @@ spec:
         // burn-in stand-in), with a result but still running (kwok), or
         // finished but not acted on (the operator).
         let mut probes = BTreeMap::<String, u32>::new();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.name);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.probe_namespace);
         if let Ok(list) = self.rt.block_on(api.list(&ListParams::default())) {
             for pod in list.items {
                 let result = pod
@@ -442,7 +467,7 @@ spec:
         Some(writes)
     }
 
-    /// Probe pod creates per pod name in this scenario's namespace, from
+    /// Probe pod creates per pod name in this scenario's probe namespace, from
     /// the audit log: those that succeeded, and those cut short by their
     /// client going away (which may have made the pod; counted 0).
     pub fn probe_creates(&self) -> Option<BTreeMap<String, u32>> {
@@ -465,7 +490,7 @@ spec:
                 && entry["verb"] == "create"
                 && !dry_run
                 && entry["objectRef"]["resource"] == "pods"
-                && entry["objectRef"]["namespace"] == self.name.as_str()
+                && entry["objectRef"]["namespace"] == self.probe_namespace.as_str()
                 && ok
             {
                 let name = entry["objectRef"]["name"]
