@@ -679,3 +679,203 @@ fn a_late_or_paused_leader_writes_nothing_after_the_takeover() {
         let _ = child.wait();
     }
 }
+
+/// A small random source for the chaos scenario (seeded from the clock,
+/// printed, so a failing run can be replayed with GPUFLEET_CHAOS_SEED).
+struct Dice(u64);
+
+impl Dice {
+    fn new() -> Dice {
+        let seed = std::env::var("GPUFLEET_CHAOS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        println!("chaos seed {seed} (GPUFLEET_CHAOS_SEED={seed} replays it)");
+        Dice(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Every taint key of every node of the scenario.
+fn taint_keys(
+    s: &Scenario,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let ran = s
+        .kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            &format!("gpufleet.io/test={}", s.name),
+            "-o",
+            "json",
+        ])
+        .succeeds();
+    let list: serde_json::Value = serde_json::from_str(&ran.stdout).expect("node list");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let keys = n["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["key"].as_str().map(String::from))
+                .collect();
+            (
+                n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                keys,
+            )
+        })
+        .collect()
+}
+
+/// 7. Chaos. During a rollout, a second controller adds and removes taints
+///    of its own on the same nodes, the API server is restarted twice, and
+///    the operator is SIGKILLed at random moments five times: the rollout
+///    completes, no taint gpufleet did not add is removed, and no node is
+///    admitted without its probe (the one whose probe fails is failed).
+#[test]
+fn chaos_a_second_controller_api_restarts_and_kills_break_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let started = Instant::now();
+    let mut plane = OwnControlPlane::start();
+    let mut s = Scenario::with_probe_delay("op-chaos", &plane.kubeconfig, Duration::from_secs(2));
+    let batch = "op-chaos-b";
+    let mut nodes = s.fleet(batch, 2, 18);
+    let bad = "op-chaos-d1-n07";
+    nodes
+        .iter_mut()
+        .find(|n| n.name == bad)
+        .unwrap()
+        .probe_failure = Some("GPU fell off the bus".into());
+    s.create_nodes(&nodes);
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    // The other controller's own taint, on every node before the rollout:
+    // gpufleet must never remove it.
+    for node in &names {
+        s.kubectl(&["taint", "node", node, "chaos.example/keep=yes:NoSchedule"])
+            .succeeds();
+    }
+    s.apply(&s.pool_yaml("spec: {healthChecks: {soakSeconds: 1, probe: {timeoutSeconds: 120}}}"));
+    let _ = std::fs::remove_file(&s.log);
+    s.start_operator();
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{nodes: 6}, {percent: 50}, {percent: 100}], maxConcurrent: 6, maxFailuresPerWave: 1}",
+    ));
+    s.wait_until("nodes validate", ROLLOUT, |s| s.count("validating") > 0);
+
+    // The second controller: adds and removes a flapping taint of its own,
+    // and records what it knows it left (a command that failed, say while
+    // the API server was down, leaves that node uncertain).
+    let stop = Arc::new(AtomicBool::new(false));
+    let record: Arc<Mutex<std::collections::BTreeMap<String, Option<bool>>>> = Arc::new(
+        Mutex::new(names.iter().map(|n| (n.clone(), Some(false))).collect()),
+    );
+    let other = {
+        let (stop, record, names) = (stop.clone(), record.clone(), names.clone());
+        let kubeconfig = plane.kubeconfig.clone();
+        std::thread::spawn(move || {
+            let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+            while !stop.load(Ordering::SeqCst) {
+                let node = &names[dice.below(names.len() as u64) as usize];
+                let had = record.lock().unwrap()[node];
+                let add = had != Some(true);
+                let arg = if add {
+                    "chaos.example/flap=on:NoSchedule".to_string()
+                } else {
+                    "chaos.example/flap:NoSchedule-".to_string()
+                };
+                let ok = testbed()
+                    .kubectl_with(&kubeconfig, &["taint", "node", node, &arg, "--overwrite"])
+                    .run()
+                    .ok;
+                record
+                    .lock()
+                    .unwrap()
+                    .insert(node.clone(), if ok { Some(add) } else { None });
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+
+    // Five kills at random moments, two API server restarts between them.
+    let mut dice = Dice::new();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(1500 + dice.below(4000)));
+        s.kill_operator();
+        s.start_operator();
+        if round == 1 || round == 3 {
+            std::thread::sleep(Duration::from_millis(dice.below(3000)));
+            plane.outage(Duration::from_secs(3));
+        }
+    }
+    s.wait_ready(batch, Duration::from_secs(150));
+    stop.store(true, Ordering::SeqCst);
+    other.join().expect("the other controller");
+    println!("op-chaos: done in {:.0}s", started.elapsed().as_secs_f64());
+
+    let seen = s.seen();
+    assert_eq!(
+        seen[bad].state.as_deref(),
+        Some("failed"),
+        "{:?}",
+        seen[bad]
+    );
+    assert_eq!(s.count("ready"), 35, "{:?}", s.by_state());
+    let taints = taint_keys(&s);
+    let record = record.lock().unwrap();
+    for node in &names {
+        let keys = &taints[node];
+        assert!(
+            keys.contains("chaos.example/keep"),
+            "{node} lost a taint gpufleet did not add: {keys:?}"
+        );
+        if let Some(flapping) = record[node] {
+            assert_eq!(
+                keys.contains("chaos.example/flap"),
+                flapping,
+                "{node}: the other controller's taint is not as it left it: {keys:?}"
+            );
+        }
+        let admitted = seen[node].state.as_deref() == Some("ready");
+        assert_eq!(
+            keys.contains("gpufleet.io/onboarding"),
+            !admitted,
+            "{node}: gpufleet's taint on a node in state {:?}",
+            seen[node].state
+        );
+    }
+    // Every node admitted had a probe pod made for it.
+    let creates = s.probe_creates().expect("the audit log");
+    for node in names
+        .iter()
+        .filter(|n| seen[*n].state.as_deref() == Some("ready"))
+    {
+        assert!(
+            creates
+                .iter()
+                .any(|(pod, n)| pod.contains(node.as_str()) && *n > 0),
+            "{node} was admitted without a probe"
+        );
+    }
+    let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+    assert!(!log.contains("panicked"), "no panic");
+}
