@@ -876,7 +876,7 @@ impl Table {
                 .max()
                 .unwrap_or(0)
         };
-        let widths: Vec<usize> = (0..cols).map(width).collect();
+        let mut widths: Vec<usize> = (0..cols).map(width).collect();
         // A column is numeric when every cell starts with a digit (or is empty).
         let numeric: Vec<bool> = (0..cols)
             .map(|i| {
@@ -887,12 +887,38 @@ impl Table {
                         .all(|r| r[i].is_empty() || r[i].starts_with(|c: char| c.is_ascii_digit()))
             })
             .collect();
+        // Fit 80 columns: the widest text column but the last (the verdict)
+        // gives way, a column at a time, down to its header's width; the
+        // last only if that was not enough. Longer cells end in `…`.
+        let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+        let can_shrink =
+            |i: usize, w: &[usize]| !numeric[i] && w[i] > self.headers[i].chars().count().max(4);
+        while total(&widths) > 80 {
+            let Some(i) = (0..cols.saturating_sub(1))
+                .filter(|&i| can_shrink(i, &widths))
+                .max_by_key(|&i| widths[i])
+                .or_else(|| cols.checked_sub(1).filter(|&i| can_shrink(i, &widths)))
+            else {
+                break;
+            };
+            widths[i] -= 1;
+        }
+        let clip = |cell: &str, width: usize| -> String {
+            if cell.chars().count() <= width {
+                cell.to_string()
+            } else {
+                let mut cut: String = cell.chars().take(width.saturating_sub(1)).collect();
+                cut.push('…');
+                cut
+            }
+        };
         let line = |cells: &[String]| {
             let mut out = String::new();
             for (i, cell) in cells.iter().enumerate() {
                 if i > 0 {
                     out.push_str("  ");
                 }
+                let cell = &clip(cell, widths[i]);
                 let pad = widths[i] - cell.chars().count();
                 if numeric[i] {
                     out.push_str(&" ".repeat(pad));
@@ -1243,6 +1269,35 @@ status:
              \n\
              BATCH  POOL        WAVE  NODES  READY  FAILED  CONDITION\n\
              row12  gb200-east   2/3    216     35       1  WaveInProgress"
+        );
+    }
+
+    #[test]
+    fn overview_fits_80_columns_whatever_the_names() {
+        let mut batch = mid_rollout();
+        batch.metadata.name = Some("a-batch-with-a-rather-long-name-for-row-12".into());
+        batch.spec.pool_ref = "gitops-pool-with-a-long-name".into();
+        let status = batch.status.as_mut().unwrap();
+        status.conditions.retain(|c| c.type_ != "Stalled");
+        status
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Stalled".into(),
+                status: "True".into(),
+                reason: "FailureBudgetExceeded".into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            });
+        let lines = overview(&[], &[batch]);
+        assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
+        assert!(lines[3].starts_with("a-batch-"), "{lines:#?}");
+        assert!(lines[3].contains('…'), "{lines:#?}");
+        assert!(
+            lines[3].ends_with("Stalled: FailureBudgetExceeded"),
+            "{lines:#?}"
         );
     }
 
