@@ -679,8 +679,10 @@ pub fn condition_word(batch: &RolloutBatch) -> String {
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let condition = |t: ConditionType| conditions.iter().find(|c| c.type_ == t.as_str());
+    // A Stalled reason says it halted (FailureBudgetExceeded,
+    // ProbeRejected, ...): the word alone keeps the overview narrow.
     if let Some(c) = condition(ConditionType::Stalled).filter(|c| c.status == "True") {
-        return format!("Stalled: {}", c.reason);
+        return c.reason.clone();
     }
     match condition(ConditionType::Ready) {
         Some(c) if c.status == "True" => "Ready".into(),
@@ -887,17 +889,23 @@ impl Table {
                         .all(|r| r[i].is_empty() || r[i].starts_with(|c: char| c.is_ascii_digit()))
             })
             .collect();
-        // Fit 80 columns: the widest text column but the last (the verdict)
-        // gives way, a column at a time, down to its header's width; the
-        // last only if that was not enough. Longer cells end in `…`.
+        // Fit 80 columns: the widest text column between the first (the
+        // names a person copies) and the last (the verdict) gives way, a
+        // column at a time, down to its header's width; then the last.
+        // Longer cells end in `…`. Names longer than what is left keep the
+        // line wider.
         let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
         let can_shrink =
             |i: usize, w: &[usize]| !numeric[i] && w[i] > self.headers[i].chars().count().max(4);
         while total(&widths) > 80 {
-            let Some(i) = (0..cols.saturating_sub(1))
+            // The verdict (the last column) gives way last.
+            let Some(i) = (1..cols.saturating_sub(1))
                 .filter(|&i| can_shrink(i, &widths))
                 .max_by_key(|&i| widths[i])
-                .or_else(|| cols.checked_sub(1).filter(|&i| can_shrink(i, &widths)))
+                .or_else(|| {
+                    cols.checked_sub(1)
+                        .filter(|&i| i > 0 && can_shrink(i, &widths))
+                })
             else {
                 break;
             };
@@ -1275,7 +1283,7 @@ status:
     #[test]
     fn overview_fits_80_columns_whatever_the_names() {
         let mut batch = mid_rollout();
-        batch.metadata.name = Some("a-batch-with-a-rather-long-name-for-row-12".into());
+        batch.metadata.name = Some("gb200-east-row12-batch".into());
         batch.spec.pool_ref = "gitops-pool-with-a-long-name".into();
         let status = batch.status.as_mut().unwrap();
         status.conditions.retain(|c| c.type_ != "Stalled");
@@ -1293,12 +1301,13 @@ status:
             });
         let lines = overview(&[], &[batch]);
         assert!(lines.iter().all(|l| l.chars().count() <= 80), "{lines:#?}");
-        assert!(lines[3].starts_with("a-batch-"), "{lines:#?}");
-        assert!(lines[3].contains('…'), "{lines:#?}");
+        // The name stays whole; the pool gives way.
         assert!(
-            lines[3].ends_with("Stalled: FailureBudgetExceeded"),
+            lines[3].starts_with("gb200-east-row12-batch  gito…"),
             "{lines:#?}"
         );
+        assert!(lines[3].contains('…'), "{lines:#?}");
+        assert!(lines[3].ends_with("FailureBudgetExceeded"), "{lines:#?}");
     }
 
     #[test]
