@@ -259,12 +259,15 @@ pub fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
 }
 
 /// An integer count (0 or more) or a percentage `"0%"`..`"100%"`. `minimum`
-/// only applies to integers and `pattern` only to strings, so both sit at the
-/// top level (an `anyOf` would let a malformed string through the integer arm).
+/// and `maximum` only apply to integers and `pattern` only to strings, so
+/// all sit at the top level (an `anyOf` would let a malformed string through
+/// the integer arm). The maximum is what an `IntOrString` holds (int32): a
+/// larger count would be stored, then fail to read.
 pub fn count_or_percent_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "x-kubernetes-int-or-string": true,
         "minimum": 0,
+        "maximum": i32::MAX,
         "pattern": "^(100|[1-9]?[0-9])%$"
     })
 }

@@ -201,13 +201,14 @@ pub fn plan_pool(pool: &GpuPool, nodes: &[impl Borrow<NodeView>], now: Timestamp
     let mut gpus = GpuCounts::default();
     let mut domains: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for node in &members {
+        // Saturating: a node's allocatable may say anything up to u32::MAX.
         let node_gpus = node.gpus();
-        gpus.total += node_gpus;
+        gpus.total = gpus.total.saturating_add(node_gpus);
         let key = waves::domain_key(&spec.topology.domain_label, &node.name, &node.labels);
         let entry = domains.entry(key).or_default();
         entry.1 += 1;
         if node.state() == NodeState::Ready {
-            gpus.ready += node_gpus;
+            gpus.ready = gpus.ready.saturating_add(node_gpus);
             entry.0 += 1;
         }
     }

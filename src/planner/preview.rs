@@ -251,11 +251,13 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
                 domain.held = true;
                 wave.held += 1;
             } else {
-                domain.gpus += m.view.gpus();
+                // Saturating: an admitted node is never checked again, and
+                // its allocatable may say anything up to u32::MAX.
+                domain.gpus = domain.gpus.saturating_add(m.view.gpus());
             }
         }
         wave.domains.push(name);
-        wave.gpus += domain.gpus;
+        wave.gpus = wave.gpus.saturating_add(domain.gpus);
         wave.rejected += domain.rejected;
         domains.push(domain);
     }
@@ -273,7 +275,9 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
         members: member_count,
         domains: domains.len() as u32,
         waves: wave_count as u32,
-        gpus: wave_previews.iter().map(|w| w.gpus).sum(),
+        gpus: wave_previews
+            .iter()
+            .fold(0u32, |sum, w| sum.saturating_add(w.gpus)),
         gpus_requested: member_count * spec.hardware.gpus_per_node,
         rejected: rejected.len() as u32,
         held_domains: held.len() as u32,

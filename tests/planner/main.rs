@@ -5,6 +5,7 @@
 mod actors;
 mod breaker;
 mod fixtures;
+mod fuzz;
 mod known_bugs;
 mod no_panic;
 mod probes;
