@@ -482,11 +482,13 @@ impl Totals {
     fn add(&mut self, node: &NodeView) {
         let gpus = node.gpus();
         self.nodes += 1;
-        self.gpus += gpus;
+        // A node's allocatable count is whatever its kubelet reports:
+        // sums saturate rather than overflow.
+        self.gpus = self.gpus.saturating_add(gpus);
         match node.state() {
             NodeState::Ready => {
                 self.ready += 1;
-                self.gpus_ready += gpus;
+                self.gpus_ready = self.gpus_ready.saturating_add(gpus);
             }
             NodeState::Failed => self.failed += 1,
             NodeState::Held => self.held += 1,
@@ -511,7 +513,8 @@ pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>)
     let rows = wave_rows(batch);
     let mut gpus_by_wave: BTreeMap<u32, u32> = BTreeMap::new();
     for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
-        *gpus_by_wave.entry(node.wave.unwrap_or(0)).or_default() += node.gpus();
+        let sum = gpus_by_wave.entry(node.wave.unwrap_or(0)).or_default();
+        *sum = sum.saturating_add(node.gpus());
     }
     let all = totals(nodes);
     let mut table = Table::new(&[
