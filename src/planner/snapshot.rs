@@ -454,15 +454,17 @@ impl From<&Pod> for ProbeView {
             (Some(a), Some(b)) if a != b => None,
             (a, b) => a.or(b).cloned(),
         };
-        // The earliest start of any container, init or regular.
-        let started_at = status
-            .into_iter()
-            .flat_map(|s| {
+        // Every container's status, init containers first.
+        let statuses = || {
+            status.into_iter().flat_map(|s| {
                 s.init_container_statuses
                     .iter()
                     .flatten()
                     .chain(s.container_statuses.iter().flatten())
             })
+        };
+        // The earliest start of any container, init or regular.
+        let started_at = statuses()
             .filter_map(|c| {
                 let state = c.state.as_ref()?;
                 state
@@ -491,32 +493,17 @@ impl From<&Pod> for ProbeView {
                 .collect();
             (!words.is_empty()).then(|| words.join(": "))
         };
-        let waiting = status
-            .into_iter()
-            .flat_map(|s| {
-                s.init_container_statuses
-                    .iter()
-                    .flatten()
-                    .chain(s.container_statuses.iter().flatten())
-            })
-            .find_map(|c| {
-                let w = c.state.as_ref()?.waiting.as_ref()?;
-                words(w.reason.as_deref(), w.message.as_deref())
-            });
+        let waiting = statuses().find_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            words(w.reason.as_deref(), w.message.as_deref())
+        });
         let unscheduled = status
             .and_then(|s| s.conditions.as_ref())
             .into_iter()
             .flatten()
             .find(|c| c.type_ == "PodScheduled" && c.status == "False")
             .and_then(|c| words(c.reason.as_deref(), c.message.as_deref()));
-        let pod_message = status.and_then(|s| {
-            let words: Vec<&str> = [s.reason.as_deref(), s.message.as_deref()]
-                .into_iter()
-                .flatten()
-                .filter(|w| !w.trim().is_empty())
-                .collect();
-            (!words.is_empty()).then(|| words.join(": "))
-        });
+        let pod_message = status.and_then(|s| words(s.reason.as_deref(), s.message.as_deref()));
         ProbeView {
             name: meta.name.clone().unwrap_or_default(),
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),

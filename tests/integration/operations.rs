@@ -12,7 +12,8 @@ use crate::support::{repo, testbed};
 
 const ROLLOUT: Duration = Duration::from_secs(150);
 
-fn lease_holder(s: &Scenario, lease: &str) -> Option<String> {
+/// A field of the scenario's Lease (a kubectl jsonpath), if set.
+fn lease_field(s: &Scenario, lease: &str, path: &str) -> Option<String> {
     let ran = s
         .kubectl(&[
             "-n",
@@ -21,10 +22,14 @@ fn lease_holder(s: &Scenario, lease: &str) -> Option<String> {
             "lease",
             lease,
             "-o",
-            "jsonpath={.spec.holderIdentity}",
+            &format!("jsonpath={{{path}}}"),
         ])
         .run();
     (ran.ok && !ran.stdout.trim().is_empty()).then(|| ran.stdout.trim().to_string())
+}
+
+fn lease_holder(s: &Scenario, lease: &str) -> Option<String> {
+    lease_field(s, lease, ".spec.holderIdentity")
 }
 
 /// Node writes from the audit log: (request time, user agent), in order.
@@ -562,18 +567,7 @@ fn writes_by(s: &Scenario, identity: &str, from: &str, to: &str) -> Vec<(String,
 
 /// The lease's acquireTime, as the audit log spells times (RFC 3339, UTC).
 fn acquired_at(s: &Scenario, lease: &str) -> String {
-    let ran = s
-        .kubectl(&[
-            "-n",
-            &s.name,
-            "get",
-            "lease",
-            lease,
-            "-o",
-            "jsonpath={.spec.acquireTime}",
-        ])
-        .succeeds();
-    ran.stdout.trim().to_string()
+    lease_field(s, lease, ".spec.acquireTime").expect("the lease's acquireTime")
 }
 
 /// 6. Fencing. A leader whose answers come late (its renewal reached the
