@@ -13,5 +13,6 @@ pub mod planner;
 // the `dev` feature, on by default; the production image leaves it out.
 #[cfg(feature = "dev")]
 pub mod simulate;
+pub mod verdict;
 pub mod view;
 pub mod vocabulary;

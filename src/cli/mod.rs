@@ -15,6 +15,7 @@ mod demo;
 mod logging;
 mod plan;
 mod plugin;
+mod probe;
 mod run;
 mod status;
 
@@ -53,6 +54,9 @@ enum Command {
     Retry(plugin::RetryArgs),
     /// Why a node is in its state: reason, batch, wave, since, events.
     Why(plugin::WhyArgs),
+    /// Inside a probe pod: check this node's GPUs (nvidia-smi), write the
+    /// verdict to the termination log, exit non-zero on failure.
+    Probe(probe::Args),
     /// Measure the operator on a local control plane: N simulated nodes
     /// rolled out, wall time, memory, CPU and API requests (BENCHMARKS.md).
     #[cfg(feature = "dev")]
@@ -73,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume(args) => plugin::resume(args),
         Command::Retry(args) => plugin::retry(args),
         Command::Why(args) => plugin::why(args),
+        Command::Probe(args) => probe::run(args),
         #[cfg(feature = "dev")]
         Command::Bench(args) => bench::run(args),
     }
