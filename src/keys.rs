@@ -42,6 +42,11 @@ pub const SUSPECT: &str = "gpufleet.io/suspect";
 /// reaches the probe's `notStartedLimit`. Removed when the node leaves
 /// validation.
 pub const PROBE_MISSES: &str = "gpufleet.io/probe-misses";
+/// Node annotation: what the node's probe verdict said, as far as the gates
+/// read it (its fabric clique, its firmware, the checks that failed), in
+/// compact JSON; written when the probe's verdict is read, removed when the
+/// node starts again. Domain gates compare the trays of a domain by it.
+pub const VERDICT: &str = "gpufleet.io/verdict";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";

@@ -337,6 +337,78 @@ impl Verdict {
     }
 }
 
+/// A clique label as GPU Feature Discovery writes it,
+/// `<clusterUuid>.<cliqueId>`, split; `None` when it is not one.
+pub fn split_clique(label: &str) -> Option<(&str, u32)> {
+    let (uuid, id) = label.rsplit_once('.')?;
+    Some((uuid, id.parse().ok()?))
+}
+
+/// What a healthy tray's probe reports, every check passed: for
+/// simulations (the demo, the test bed's burn-in stand-in) and tests, which
+/// then break what they need. Products are written as nvidia-smi prints
+/// them (`NVIDIA GB200` for the label `NVIDIA-GB200`); GPU UUIDs derive
+/// from `host`.
+pub fn healthy_tray(
+    host: &str,
+    product: &str,
+    gpus: u32,
+    clique: (&str, u32),
+    driver: &str,
+    vbios: &str,
+) -> Verdict {
+    let product = product.replace('-', " ");
+    let mut v = Verdict::new();
+    v.by = Some(format!("gpufleet-probe {}", env!("CARGO_PKG_VERSION")));
+    v.driver = Some(driver.to_string());
+    v.gpus = (0..gpus)
+        .map(|index| Gpu {
+            index,
+            uuid: format!(
+                "GPU-{:08x}-0000-4000-8000-{index:012}",
+                crate::keys::stable_hash(host.as_bytes()) as u32
+            ),
+            product: product.clone(),
+            vbios: Some(vbios.to_string()),
+            inforom: None,
+            gsp: Some(driver.to_string()),
+            fabric: Some(Fabric {
+                state: "Completed".into(),
+                status: Some("Success".into()),
+                cluster_uuid: Some(clique.0.to_string()),
+                clique_id: Some(clique.1),
+                health: Some("Healthy".into()),
+                incorrect_configuration: Some("None".into()),
+            }),
+            ecc: Some(Ecc {
+                dbe_volatile: Some(0),
+                remap_pending: Some(false),
+                remap_failure: Some(false),
+                ..Ecc::default()
+            }),
+            nvlink: Some(NvLink {
+                active: 18,
+                expected: 18,
+            }),
+        })
+        .collect();
+    for name in [
+        "gpu-count",
+        "product",
+        "fabric",
+        "nvlink",
+        "ecc",
+        "row-remap",
+    ] {
+        v.checks.push(Check {
+            name: name.into(),
+            result: CheckResult::Pass,
+            reason: None,
+        });
+    }
+    v
+}
+
 impl Default for Verdict {
     fn default() -> Self {
         Verdict::new()

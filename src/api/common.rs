@@ -156,6 +156,10 @@ pub const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 /// A dotted version such as `570.133.20`.
 pub const DOTTED_VERSION: &str = r"^[0-9]+(\.[0-9]+){1,3}$";
 
+/// A firmware or driver version as nvidia-smi prints it: letters, digits,
+/// dots, dashes, underscores and plus signs.
+pub const VERSION_STRING: &str = r"^[0-9A-Za-z][-0-9A-Za-z._+]*$";
+
 /// A duration such as `90s`, `30m`, `1h` or `1h30m`.
 pub const DURATION: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 

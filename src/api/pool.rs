@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     ConditionMatch, DOTTED_VERSION, DURATION, DomainCounts, GpuCounts, NodeCounts, TaintEffect,
-    TaintSpec, conditions_schema, pod_template_schema,
+    TaintSpec, VERSION_STRING, conditions_schema, pod_template_schema,
 };
 
 /// A pool of GPU nodes that share one definition of healthy: the hardware they
@@ -176,6 +176,7 @@ fn default_onboarding_taint() -> TaintSpec {
 /// then an optional burn-in probe, then a soak.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.probe) || (!has(self.fabric) && !has(self.firmware))").message("the fabric and firmware gates read the probe's verdict: set probe (for example one that runs `gpufleet probe`)").field_path(".probe"))]
 pub struct HealthChecks {
     /// Node conditions that fail the node when any of them matches, such as
     /// `{type: GpuXidError, status: "True"}`.
@@ -223,6 +224,76 @@ pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub short_circuit_min_nodes: Option<u32>,
+    /// The fabric-completeness gate, read from the probe's verdict (the
+    /// JSON `gpufleet probe` leaves in its termination message): every GPU
+    /// of a node registered with its NVLink fabric (state `Completed`,
+    /// status `Success`, a clique other than 0, a cluster UUID other than
+    /// zeros, health `Healthy`, no incorrect configuration, links up), all
+    /// of a node's GPUs in one clique that agrees with the node's clique
+    /// label, and the trays of one domain in one clique. A node whose probe
+    /// wrote no verdict fails. Unset: no fabric gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric: Option<FabricGate>,
+    /// The golden firmware tuple, read from the probe's verdict: the
+    /// versions a node's driver and GPUs may run. A node off the tuple
+    /// fails; with `uniformDomains`, so do trays that disagree with the
+    /// rest of their domain. Unset: any firmware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<FirmwareGate>,
+}
+
+/// The fabric-completeness gate (see `healthChecks.fabric`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FabricGate {
+    /// The node label GPU Feature Discovery writes as
+    /// `<clusterUuid>.<cliqueId>`: a node's verdict must name the same
+    /// clique. Empty: not compared with a label (the trays of a domain must
+    /// still agree with each other).
+    #[serde(default = "default_clique_label")]
+    #[schemars(length(max = 316))]
+    pub clique_label: String,
+    /// NVLink links each GPU must have up. Unset: as many as the verdict
+    /// says the GPU should have (18 on GB200/GB300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub min_nvlinks_per_gpu: Option<u32>,
+}
+
+fn default_clique_label() -> String {
+    "nvidia.com/gpu.clique".into()
+}
+
+/// The golden firmware tuple (see `healthChecks.firmware`). Each list names
+/// the accepted versions, exactly as the verdict reports them; an empty or
+/// absent list accepts any.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FirmwareGate {
+    /// Accepted NVIDIA driver versions, such as `570.133.20`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64), regex(pattern = VERSION_STRING)))]
+    pub driver: Vec<String>,
+    /// Accepted VBIOS versions of every GPU, such as `97.00.82.00.5F`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64), regex(pattern = VERSION_STRING)))]
+    pub vbios: Vec<String>,
+    /// Accepted InfoROM image versions of every GPU, such as
+    /// `G548.0201.00.06`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64), regex(pattern = VERSION_STRING)))]
+    pub inforom: Vec<String>,
+    /// Accepted GSP firmware versions of every GPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64), regex(pattern = VERSION_STRING)))]
+    pub gsp: Vec<String>,
+    /// The trays of one domain must run the same versions (driver, VBIOS,
+    /// InfoROM, GSP firmware), even when each is accepted: a tray that
+    /// differs from most of its domain fails, and when no version is held
+    /// by more than half of the domain, its trays are held until a person
+    /// brings them in line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uniform_domains: bool,
 }
 
 impl HealthChecks {

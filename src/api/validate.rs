@@ -50,6 +50,13 @@ impl GpuPool {
                 ),
             ));
         }
+        let checks = &spec.health_checks;
+        if checks.probe.is_none() && (checks.fabric.is_some() || checks.firmware.is_some()) {
+            return Err(error(
+                "spec.healthChecks.probe",
+                "the fabric and firmware gates read the probe's verdict: set probe (for example one that runs `gpufleet probe`)",
+            ));
+        }
         if let Some(probe) = &spec.health_checks.probe {
             let pod = probe.template.spec.as_ref();
             // `serviceAccount` is the field's old name: it counts too.

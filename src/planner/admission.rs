@@ -32,6 +32,18 @@ impl Planner<'_> {
             if passed.is_empty() {
                 continue;
             }
+            // The trays are compared with each other (verdicts.rs): those
+            // that disagree fail here; no majority holds the domain.
+            if !self.domain_gates(d) {
+                continue;
+            }
+            let passed: Vec<usize> = members
+                .clone()
+                .filter(|&m| self.members[m].passed)
+                .collect();
+            if passed.is_empty() {
+                continue;
+            }
             if self.domains[d].split > 0 {
                 let reason = format!(
                     "domain {} is split: {} of its nodes belong to another batch of the pool; a domain is admitted whole, from one batch: select all its nodes in one batch",
@@ -73,7 +85,7 @@ impl Planner<'_> {
     }
 
     /// Holds passed member `m` with its domain's `reason`.
-    fn hold(&mut self, m: usize, reason: &str) {
+    pub(super) fn hold(&mut self, m: usize, reason: &str) {
         let member = &self.members[m];
         let unchanged = member.state == NodeState::Held
             && member.patch.is_none()

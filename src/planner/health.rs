@@ -25,11 +25,14 @@ pub enum FailureCategory {
     ProbeFailed,
     ProbeTimeout,
     DomainIncomplete,
+    VerdictInvalid,
+    FabricIncomplete,
+    FirmwareMismatch,
 }
 
 impl FailureCategory {
     /// Every category.
-    pub const ALL: [FailureCategory; 10] = [
+    pub const ALL: [FailureCategory; 13] = [
         FailureCategory::NotReady,
         FailureCategory::UnhealthyCondition,
         FailureCategory::WrongProduct,
@@ -40,6 +43,9 @@ impl FailureCategory {
         FailureCategory::ProbeFailed,
         FailureCategory::ProbeTimeout,
         FailureCategory::DomainIncomplete,
+        FailureCategory::VerdictInvalid,
+        FailureCategory::FabricIncomplete,
+        FailureCategory::FirmwareMismatch,
     ];
 
     /// The snake_case label value used in metrics.
@@ -55,6 +61,9 @@ impl FailureCategory {
             FailureCategory::ProbeFailed => "probe_failed",
             FailureCategory::ProbeTimeout => "probe_timeout",
             FailureCategory::DomainIncomplete => "domain_incomplete",
+            FailureCategory::VerdictInvalid => "verdict_invalid",
+            FailureCategory::FabricIncomplete => "fabric_incomplete",
+            FailureCategory::FirmwareMismatch => "firmware_mismatch",
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | gates: failure budget, breaker, pause, approval, concurrency | `gates.rs` |
 //! | short-circuit: many failing the same way at once | `shortcircuit.rs` |
 //! | admission of whole domains, holding | `admission.rs` |
+//! | verdict gates: fabric, firmware tuple, domain agreement | `verdicts.rs` |
 //! | releasing nodes that left the batch | `release.rs` |
 //! | status, conditions, events | `status.rs` (words: `crate::vocabulary`) |
 //! | static health checks | `health.rs` |
@@ -46,6 +47,7 @@ mod soak;
 mod state;
 mod status;
 mod taints;
+mod verdicts;
 mod waves;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,6 +71,7 @@ pub use snapshot::{
     Claim, NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView, Termination,
 };
 pub use status::{stalled_status, tally};
+pub use verdicts::{GateFailure, VerdictRecord, gated, judge};
 pub use waves::{domain_key, failure_budget};
 
 use state::Planner;

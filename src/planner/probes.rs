@@ -18,7 +18,9 @@ use crate::vocabulary::EventReason;
 use super::health::{Failure, FailureCategory};
 use super::snapshot::{NodeState, ProbePhase, ProbeView, Termination, later};
 use super::state::Planner;
+use super::verdicts::{as_failure, judge};
 use super::{EventTarget, ProbeRequest};
+use crate::verdict::Read;
 
 /// The name of a node's probe pod for an attempt: deterministic, so a
 /// restarted operator finds the pod it made instead of making a second one.
@@ -157,6 +159,29 @@ impl Planner<'_> {
         };
         if let Some(p) = current {
             self.deletes.insert(p.name.clone());
+        }
+        // The structured verdict, if the probe wrote one (or the pool's
+        // gates need one): judged on a pass, kept on the node either way
+        // (`gpufleet why` shows its failed checks).
+        let (failures, record) = match (&outcome, current) {
+            (Verdict::NotRun(_), _) | (_, None) => (Vec::new(), None),
+            (Verdict::Pass, Some(p)) => judge(&self.pool.spec, view, &p.verdict),
+            (Verdict::Fail(_), Some(p)) => match &p.verdict {
+                Read::Absent => (Vec::new(), None),
+                read => judge(&self.pool.spec, view, read),
+            },
+        };
+        let outcome = match outcome {
+            Verdict::Pass => match as_failure("probe verdict: ", &failures) {
+                Some(failure) => Verdict::Fail(failure),
+                None => Verdict::Pass,
+            },
+            other => other,
+        };
+        if let Some(record) = record {
+            self.patch_of(m)
+                .annotations
+                .insert(keys::VERDICT, Some(record.to_annotation()));
         }
         match outcome {
             Verdict::Pass => {
@@ -359,6 +384,25 @@ fn container_failure_message(probe: &ProbeView, failed: &Termination) -> String 
             failed.container
         )
     };
+    // A verdict says what failed better than its JSON would.
+    if let Read::Valid(verdict) = &probe.verdict {
+        let failed: Vec<String> = verdict
+            .failed()
+            .map(|c| {
+                format!(
+                    "check {} failed: {}",
+                    crate::verdict::clip(&c.name, 32),
+                    c.reason.as_deref().unwrap_or("no reason given")
+                )
+            })
+            .collect();
+        if !failed.is_empty() {
+            return crate::verdict::clip(&format!("{code}: {}", failed.join("; ")), 600);
+        }
+    }
+    if let Read::Invalid(why) = &probe.verdict {
+        return format!("{code}: {}", first_lines(why));
+    }
     match failed.message.as_deref().map(first_lines) {
         Some(text) if !text.is_empty() => format!("{code}: {text}"),
         _ => code,

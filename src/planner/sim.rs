@@ -34,6 +34,12 @@ pub enum Outcome {
     /// Its pod never starts running (unschedulable, image never pulled):
     /// the run does not count against the node.
     NeverStarts,
+    /// Ends with this exit code, every container leaving `message` (a
+    /// structured verdict, see `crate::verdict`) as its termination message.
+    Verdict {
+        exit_code: i32,
+        message: String,
+    },
 }
 
 /// Decides how the probe of a node ends, by node name and attempt.
@@ -130,6 +136,7 @@ impl Sim {
                             not_running: None,
                             evicted: false,
                             deleting: false,
+                            verdict: crate::verdict::Read::Absent,
                         });
                     }
                 }
@@ -210,6 +217,22 @@ impl Sim {
                         )))
                         .collect();
                 }
+                Outcome::Verdict { exit_code, message } => {
+                    probe.verdict = crate::verdict::read(&message);
+                    probe.phase = if exit_code == 0 {
+                        ProbePhase::Succeeded
+                    } else {
+                        ProbePhase::Failed
+                    };
+                    let words = (exit_code != 0).then_some(message);
+                    probe.terminated = inits
+                        .chain(
+                            containers
+                                .iter()
+                                .map(|c| ended(c, false, exit_code, words.clone())),
+                        )
+                        .collect();
+                }
                 Outcome::Hang => probe.phase = ProbePhase::Running,
                 Outcome::NeverStarts => {}
             }
@@ -285,6 +308,7 @@ pub fn apply_patch(
             keys::PROBE_MISSES => {
                 node.probe_misses = value.and_then(|v| v.parse().ok()).unwrap_or(0)
             }
+            keys::VERDICT => node.verdict = value.map(String::from),
             keys::TAINT => node.taints_added = value.map(super::snapshot::parse_taints),
             _ => {}
         }
@@ -768,6 +792,7 @@ impl Cluster {
                         not_running: None,
                         evicted: false,
                         deleting: false,
+                        verdict: crate::verdict::Read::Absent,
                     },
                     batch: batch.metadata.name.clone(),
                     created_seq: self.seq + 1,
@@ -836,6 +861,15 @@ impl Cluster {
                     let mut failed = done(0, exit_code);
                     failed.message = Some(message);
                     probe.terminated = vec![failed];
+                }
+                Outcome::Verdict { exit_code, message } => {
+                    probe.verdict = crate::verdict::read(&message);
+                    probe.phase = if exit_code == 0 {
+                        ProbePhase::Succeeded
+                    } else {
+                        ProbePhase::Failed
+                    };
+                    probe.terminated = (0..probe.containers).map(|c| done(c, exit_code)).collect();
                 }
                 Outcome::NeverStarts => {
                     if probe.started_at.take().is_some() {

@@ -136,6 +136,9 @@ pub struct NodeView {
     pub suspect: Option<i64>,
     /// `gpufleet.io/probe-misses`: runs of its probe that never ran.
     pub probe_misses: u32,
+    /// `gpufleet.io/verdict`: what its probe's verdict said, as recorded
+    /// (JSON of `planner::VerdictRecord`).
+    pub verdict: Option<String>,
     /// When each condition last changed status (its lastTransitionTime),
     /// where the reporter said.
     pub condition_since: BTreeMap<String, Timestamp>,
@@ -177,6 +180,7 @@ impl NodeView {
             recorded_state: None,
             suspect: None,
             probe_misses: 0,
+            verdict: None,
             condition_since: BTreeMap::new(),
             allocatable_gpus: None,
             allocatable_gpus_raw: None,
@@ -266,6 +270,7 @@ impl From<&Node> for NodeView {
             probe_misses: annotation(keys::PROBE_MISSES)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
+            verdict: annotation(keys::VERDICT),
             condition_since,
             allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
             allocatable_gpus_raw,
@@ -375,6 +380,9 @@ pub struct ProbeView {
     pub evicted: bool,
     /// The pod is being deleted.
     pub deleting: bool,
+    /// The structured verdict its containers left in their termination
+    /// messages ([`crate::verdict`]): absent, valid, or not a valid one.
+    pub verdict: crate::verdict::Read,
 }
 
 impl ProbeView {
@@ -504,6 +512,7 @@ impl From<&Pod> for ProbeView {
             .find(|c| c.type_ == "PodScheduled" && c.status == "False")
             .and_then(|c| words(c.reason.as_deref(), c.message.as_deref()));
         let pod_message = status.and_then(|s| words(s.reason.as_deref(), s.message.as_deref()));
+        let verdict = verdict_of(statuses());
         ProbeView {
             name: meta.name.clone().unwrap_or_default(),
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
@@ -535,8 +544,40 @@ impl From<&Pod> for ProbeView {
                 .and_then(|s| s.reason.as_deref())
                 .is_some_and(|r| matches!(r, "Evicted" | "Preempting")),
             deleting: meta.deletion_timestamp.is_some(),
+            verdict,
         }
     }
+}
+
+/// The verdict a probe pod's containers wrote: the termination messages
+/// that start with `{`. A probe writes one: several containers may carry
+/// the same text (a stand-in that copies one message to all), but two
+/// different ones are no verdict anyone can vouch for.
+fn verdict_of<'a>(statuses: impl Iterator<Item = &'a ContainerStatus>) -> crate::verdict::Read {
+    use crate::verdict::{Read, read};
+    let mut found: Option<(&str, &str)> = None;
+    for status in statuses {
+        let Some(message) = status
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.message.as_deref())
+            .filter(|m| m.trim_start().starts_with('{'))
+        else {
+            continue;
+        };
+        match found {
+            None => found = Some((status.name.as_str(), message)),
+            Some((_, first)) if first == message => {}
+            Some((first_name, _)) => {
+                return Read::Invalid(format!(
+                    "containers {first_name} and {} wrote different verdicts; a probe writes one",
+                    status.name
+                ));
+            }
+        }
+    }
+    found.map_or(Read::Absent, |(_, message)| read(message))
 }
 
 /// Another pool or batch that may claim the same nodes.

@@ -234,6 +234,8 @@ impl<'a> Planner<'a> {
     ) {
         let since = self.stamp();
         let view_misses = self.members[m].view.probe_misses;
+        let had_verdict = self.members[m].view.verdict.is_some();
+        let from = self.members[m].state;
         self.members[m].state = state;
         let patch = self.patch_of(m);
         patch.state = (state != NodeState::Pending).then_some(state);
@@ -247,6 +249,13 @@ impl<'a> Planner<'a> {
             && (view_misses > 0 || patch.annotations.contains_key(keys::PROBE_MISSES))
         {
             patch.annotations.insert(keys::PROBE_MISSES, None);
+        }
+        // A verdict on record belongs to the run that wrote it: a node
+        // that starts again, or goes back to pending, has none.
+        let fresh = state == NodeState::Pending
+            || (state == NodeState::Validating && from != NodeState::Validating);
+        if fresh && (had_verdict || patch.annotations.contains_key(keys::VERDICT)) {
+            patch.annotations.insert(keys::VERDICT, None);
         }
         for (key, value) in annotations {
             patch.annotations.insert(key, value.clone());

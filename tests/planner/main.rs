@@ -12,3 +12,4 @@ mod probes;
 mod properties;
 mod purity;
 mod rules;
+mod verdicts;

@@ -95,6 +95,7 @@ proptest! {
                 not_running: None,
                 evicted: n % 5 == 0,
                 deleting: false,
+                verdict: gpufleet::verdict::Read::Absent,
             });
             snapshot.nodes.push(Arc::new(node));
         }

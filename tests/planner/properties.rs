@@ -22,6 +22,8 @@ enum Fault {
     ProbeFails,
     ProbeHangs,
     FirstProbeFails,
+    /// The probe exits 0 but its verdict is off (see [`verdict_outcome`]).
+    Verdict(u8),
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +56,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => Just(Fault::ProbeFails),
         1 => Just(Fault::ProbeHangs),
         1 => Just(Fault::FirstProbeFails),
+        2 => (0u8..8).prop_map(Fault::Verdict),
     ]
 }
 
@@ -141,14 +144,87 @@ fn pool_cap(case: &Case) -> Option<u32> {
         .then(|| 1 + (case.order_seed / 3 % 8) as u32)
 }
 
+/// The pool gates on verdicts (fabric and firmware) in two thirds of the
+/// cases with a probe, drawn from the order seed; with `uniformDomains`
+/// in half of those.
+fn gates(case: &Case) -> Option<bool> {
+    (case.probe && !(case.order_seed >> 8).is_multiple_of(3))
+        .then_some((case.order_seed >> 11) & 1 == 1)
+}
+
+const VBIOS: [&str; 2] = ["97.00.82.00.5F", "97.00.90.00.01"];
+
+/// A clique label as GPU Feature Discovery writes it, for domain `d`.
+fn clique_label(d: usize) -> String {
+    format!("00000000-0000-4000-8000-0000000000{:02}.{}", d % 100, d + 1)
+}
+
+/// What the probe of `node` (in domain `d`) writes: a healthy tray's
+/// verdict, or one broken as `fault` says.
+fn verdict_outcome(node: &str, d: usize, fault: Option<u8>) -> Outcome {
+    let label = clique_label(d);
+    let (uuid, id) = gpufleet::verdict::split_clique(&label).unwrap();
+    let mut v = gpufleet::verdict::healthy_tray(
+        node,
+        "NVIDIA-GB200",
+        4,
+        (uuid, id),
+        "570.133.20",
+        VBIOS[0],
+    );
+    let fabric = |v: &mut gpufleet::verdict::Verdict,
+                  f: &dyn Fn(&mut gpufleet::verdict::Fabric)| {
+        for g in &mut v.gpus {
+            f(g.fabric.as_mut().unwrap());
+        }
+    };
+    match fault {
+        None => {}
+        Some(0) => fabric(&mut v, &|f| f.clique_id = Some(0)),
+        Some(1) => fabric(&mut v, &|f| f.clique_id = Some(id + 100)),
+        Some(2) => fabric(&mut v, &|f| f.state = "In Progress".into()),
+        Some(3) => v.gpus[1].vbios = Some("96.00.00.00.01".into()),
+        Some(4) => return Outcome::Pass,
+        Some(5) => {
+            return Outcome::Verdict {
+                exit_code: 0,
+                message: "{\"schema\": \"gpufleet.io/verdict/v1\", \"gpus\": 3".into(),
+            };
+        }
+        Some(6) => v.checks[2].result = gpufleet::verdict::CheckResult::Fail,
+        Some(_) => {
+            for g in &mut v.gpus {
+                g.vbios = Some(VBIOS[1].into());
+            }
+        }
+    }
+    Outcome::Verdict {
+        exit_code: 0,
+        message: v.encode().unwrap(),
+    }
+}
+
+/// Does this verdict fault fail its node under the case's pool, whatever
+/// the rest of its domain says?
+fn verdict_fails(case: &Case, kind: u8) -> bool {
+    case.probe && (matches!(kind, 5 | 6) || (gates(case).is_some() && kind <= 4))
+}
+
 fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
     let probe = if case.probe {
         "{timeoutSeconds: 300, retries: 1, template: {spec: {containers: [{name: p, image: busybox}]}}}"
     } else {
         "null"
     };
+    let gate = match gates(case) {
+        None => String::new(),
+        Some(uniform) => format!(
+            ", fabric: {{}}, firmware: {{vbios: ['{}', '{}'], uniformDomains: {uniform}}}",
+            VBIOS[0], VBIOS[1]
+        ),
+    };
     let mut pool: GpuPool = with_pool(&format!(
-        "spec: {{topology: {{nodesPerDomain: {}, minHealthyNodesPerDomain: {}}}, healthChecks: {{probe: {probe}, soakSeconds: {}}}}}",
+        "spec: {{topology: {{nodesPerDomain: {}, minHealthyNodesPerDomain: {}}}, healthChecks: {{probe: {probe}, soakSeconds: {}{gate}}}}}",
         case.per_domain, case.min_healthy, case.soak
     ));
     pool.spec.max_concurrent = pool_cap(case);
@@ -165,7 +241,7 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
     for (d, domain) in case.domains.iter().enumerate() {
         for (i, fault) in domain.iter().enumerate() {
             let name = format!("n{d}-{i}");
-            let mut node = healthy_node(&name, &format!("clique-{d}"), "east", "row1");
+            let mut node = healthy_node(&name, &clique_label(d), "east", "row1");
             if let Fault::Static(kind) = fault {
                 match kind {
                     0 => drop(node.conditions.insert("Ready".into(), "False".into())),
@@ -188,6 +264,13 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
     }
     shuffle(&mut nodes, case.order_seed);
     let outcomes = faults.clone();
+    let gated = gates(case).is_some();
+    let domain_of_node: BTreeMap<String, usize> = case
+        .domains
+        .iter()
+        .enumerate()
+        .flat_map(|(d, domain)| (0..domain.len()).map(move |i| (format!("n{d}-{i}"), d)))
+        .collect();
     let sim = Sim::new(
         pool,
         batch,
@@ -206,6 +289,8 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
                 exit_code: 1,
                 message: "flaky".into(),
             },
+            Some(Fault::Verdict(kind)) => verdict_outcome(node, domain_of_node[node], Some(*kind)),
+            _ if gated => verdict_outcome(node, domain_of_node[node], None),
             _ => Outcome::Pass,
         },
     );
@@ -266,6 +351,25 @@ fn check(
             "failed node {} was admitted",
             node.name
         );
+        // A node whose verdict fails a gate is never admitted; under gates,
+        // none is admitted without a record that passed the fabric gate.
+        if let Fault::Verdict(kind) = fault {
+            prop_assert!(
+                !verdict_fails(case, *kind),
+                "node {} with verdict fault {kind} was admitted",
+                node.name
+            );
+        }
+        if gates(case).is_some() {
+            let record = gpufleet::planner::VerdictRecord::of(node);
+            prop_assert!(
+                record
+                    .as_ref()
+                    .is_some_and(|r| r.fabric && r.failed.is_empty()),
+                "node {} admitted under gates with record {record:?}",
+                node.name
+            );
+        }
         prop_assert!(
             !node.has_taint("gpufleet.io/onboarding", "NoSchedule"),
             "ready node {} kept its taint",
@@ -307,6 +411,27 @@ fn check(
             "domain {domain} partly admitted: {ready} < {}",
             case.min_healthy
         );
+        // The admitted trays of a gated domain agree: one clique, and one
+        // firmware tuple when the pool asks for uniform domains.
+        if let Some(uniform) = gates(case) {
+            let records: Vec<_> = members
+                .iter()
+                .filter(|n| n.state() == NodeState::Ready)
+                .filter_map(|n| gpufleet::planner::VerdictRecord::of(n))
+                .collect();
+            let cliques: BTreeSet<_> = records.iter().map(|r| r.clique.clone()).collect();
+            prop_assert!(
+                cliques.len() <= 1,
+                "domain {domain} admitted in cliques {cliques:?}"
+            );
+            if uniform {
+                let tuples: BTreeSet<_> = records.iter().map(|r| r.firmware.clone()).collect();
+                prop_assert!(
+                    tuples.len() <= 1,
+                    "domain {domain} admitted with firmware {tuples:?}"
+                );
+            }
+        }
     }
 
     // A started node's earlier waves are all decided.
@@ -598,6 +723,7 @@ proptest! {
                         not_running: None,
                         evicted: false,
                         deleting: false,
+                        verdict: gpufleet::verdict::Read::Absent,
                     });
                 }
                 ProbeOp::Finish => sim.finish_probes(),
