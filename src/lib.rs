@@ -7,6 +7,7 @@
 pub mod api;
 pub mod crds;
 pub mod keys;
+pub mod node_probe;
 pub mod operator;
 pub mod planner;
 // The simulated fleet of the demo, the benchmark and the integration tests:
