@@ -76,9 +76,11 @@ pub struct Gpu {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub gsp: Option<String>,
-    /// The GPU's NVLink fabric (GB200/GB300, GH200). Absent: the GPU has
-    /// no fabric to join (an H100 or H200 on NVSwitch baseboards, a PCIe
-    /// card), and the fabric checks do not apply to it.
+    /// The GPU's NVLink fabric, as the driver reports it. A GB200/GB300
+    /// tray's GPUs are in a clique of a multi-node NVLink domain; an HGX
+    /// H100/H200/B200 reports a fabric too, `Completed` in clique 0 (no
+    /// multi-node domain). Absent: not reported (a PCIe card, an older
+    /// driver), and the fabric checks do not apply to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fabric: Option<Fabric>,
     /// ECC and row-remapping counters. Absent: not reported.
