@@ -27,6 +27,14 @@ use crate::keys;
 pub const SIM_PROBE_RESULT: &str = "sim.gpufleet.io/probe-result";
 /// Node annotation: the termination message of this node's probes.
 pub const SIM_PROBE_MESSAGE: &str = "sim.gpufleet.io/probe-message";
+/// Node annotation: the VBIOS version its probe's verdict reports.
+pub const SIM_VBIOS: &str = "sim.gpufleet.io/vbios";
+/// Node annotation: a fabric fault its probe's verdict reports on every
+/// GPU, as `field=value` (`cliqueId=9`, `clusterUuid=…`, `state=In Progress`,
+/// `status=Insufficient Resources`).
+pub const SIM_FABRIC: &str = "sim.gpufleet.io/fabric";
+/// The VBIOS a simulated tray reports unless told otherwise.
+pub const SIM_DEFAULT_VBIOS: &str = "97.00.82.00.5F";
 /// Node label on every simulated node, so a real cluster's nodes are never
 /// mistaken for simulated ones.
 pub const SIMULATED: &str = "sim.gpufleet.io/simulated";
@@ -51,6 +59,11 @@ pub struct SimNode {
     pub labels: BTreeMap<String, String>,
     /// The probe fails with this message.
     pub probe_failure: Option<String>,
+    /// The VBIOS its probe's verdict reports.
+    pub vbios: String,
+    /// A fabric fault its verdict reports on every GPU, `field=value` (see
+    /// [`SIM_FABRIC`]).
+    pub fabric_fault: Option<String>,
 }
 
 impl SimNode {
@@ -64,6 +77,8 @@ impl SimNode {
             driver: "570.133.20".into(),
             labels: BTreeMap::new(),
             probe_failure: None,
+            vbios: SIM_DEFAULT_VBIOS.into(),
+            fabric_fault: None,
         }
     }
 
@@ -110,6 +125,12 @@ impl SimNode {
             annotations.insert(SIM_PROBE_RESULT.into(), "fail".into());
             annotations.insert(SIM_PROBE_MESSAGE.into(), message.clone());
         }
+        if self.vbios != SIM_DEFAULT_VBIOS {
+            annotations.insert(SIM_VBIOS.into(), self.vbios.clone());
+        }
+        if let Some(fault) = &self.fabric_fault {
+            annotations.insert(SIM_FABRIC.into(), fault.clone());
+        }
         let resources: BTreeMap<String, Quantity> = [
             ("cpu", "72".to_string()),
             ("memory", "480Gi".to_string()),
@@ -134,6 +155,60 @@ impl SimNode {
             }),
         }
     }
+}
+
+/// The verdict a simulated tray's probe writes: a healthy tray's as its
+/// labels describe it (product, GPU count, driver, and its clique when the
+/// clique label is GPU Feature Discovery's `<clusterUuid>.<cliqueId>`; else
+/// one made up from the label), with the VBIOS and fabric fault its
+/// annotations give ([`SIM_VBIOS`], [`SIM_FABRIC`]).
+pub fn verdict_for(node: &Node) -> crate::verdict::Verdict {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    let annotations = node.metadata.annotations.as_ref().unwrap_or(&empty);
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    let label = |k: &str| labels.get(k).map(String::as_str).unwrap_or_default();
+    let clique_label = label("nvidia.com/gpu.clique");
+    let made_up;
+    let clique = match crate::verdict::split_clique(clique_label) {
+        Some(c) => c,
+        None => {
+            let h = keys::stable_hash(clique_label.as_bytes());
+            made_up = format!(
+                "{:08x}-0000-4000-8000-{:012x}",
+                h >> 32,
+                h & 0xffff_ffff_ffff
+            );
+            (made_up.as_str(), 1 + (h % 32_766) as u32)
+        }
+    };
+    let mut v = crate::verdict::healthy_tray(
+        name,
+        label(keys::GPU_PRODUCT),
+        label(keys::GPU_COUNT).parse().unwrap_or(0).min(64),
+        clique,
+        label(keys::DRIVER_VERSION),
+        annotations
+            .get(SIM_VBIOS)
+            .map(String::as_str)
+            .unwrap_or(SIM_DEFAULT_VBIOS),
+    );
+    if let Some((field, value)) = annotations.get(SIM_FABRIC).and_then(|f| f.split_once('=')) {
+        for gpu in &mut v.gpus {
+            let Some(f) = gpu.fabric.as_mut() else {
+                continue;
+            };
+            match field {
+                "cliqueId" => f.clique_id = value.parse().ok(),
+                "clusterUuid" => f.cluster_uuid = Some(value.into()),
+                "state" => f.state = value.into(),
+                "status" => f.status = Some(value.into()),
+                "health" => f.health = Some(value.into()),
+                _ => {}
+            }
+        }
+    }
+    v
 }
 
 /// Creates the nodes, `parallel` requests at a time.
@@ -255,21 +330,24 @@ async fn finish(
     ) else {
         return Ok(());
     };
-    let node_annotations = nodes
-        .get_opt(node)
-        .await?
-        .and_then(|n| n.metadata.annotations)
-        .unwrap_or_default();
+    let Some(node) = nodes.get_opt(node).await? else {
+        return Ok(());
+    };
+    let node_annotations = node.metadata.annotations.clone().unwrap_or_default();
     let result = node_annotations
         .get(SIM_PROBE_RESULT)
         .cloned()
         .unwrap_or_else(|| "pass".into());
+    // A passing probe leaves its verdict, as `gpufleet probe` would; a
+    // failing one the words its node was given.
     let message = node_annotations
         .get(SIM_PROBE_MESSAGE)
         .cloned()
         .unwrap_or_else(|| {
             if result == "pass" {
-                "burn-in passed".into()
+                verdict_for(&node)
+                    .encode()
+                    .unwrap_or_else(|| "burn-in passed".into())
             } else {
                 "burn-in failed".into()
             }

@@ -835,3 +835,74 @@ fn probes_that_never_start_fail_no_node_and_halt_the_batch() {
     s.wait_ready(batch, ROLLOUT);
     assert_eq!(s.count("ready"), 4, "{:?}", s.by_state());
 }
+
+/// The verdict gates on the real API server: the burn-in stand-in writes
+/// each tray's verdict as `gpufleet probe` would; in one domain one tray
+/// reports another clique than its label and one a VBIOS off the pool's
+/// tuple. Both fail with reasons that name the field and both values; the
+/// rest of that domain is admitted (16 of 18 healthy suffice), the other
+/// domain is admitted whole, and every admitted tray carries its record.
+#[test]
+fn a_tray_in_another_clique_and_one_off_the_firmware_tuple_fail_the_rest_is_admitted() {
+    use gpufleet::simulate::SIM_DEFAULT_VBIOS;
+    let mut s = Scenario::new("ro-gates");
+    let batch = "ro-gates-b";
+    let uuid = "3183419e-9edc-4f0e-86e8-d895a9fb06be";
+    let mut nodes = s.fleet(batch, 2, 18);
+    for n in &mut nodes {
+        let d: u32 = if n.name.contains("-d0-") { 7 } else { 8 };
+        n.clique = format!("{uuid}.{d}");
+    }
+    let (other_clique, off_tuple) = ("ro-gates-d0-n03", "ro-gates-d0-n11");
+    for n in &mut nodes {
+        if n.name == other_clique {
+            n.fabric_fault = Some("cliqueId=9".into());
+        }
+        if n.name == off_tuple {
+            n.vbios = "96.00.AF.00.01".into();
+        }
+    }
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml(&format!(
+        "spec: {{healthChecks: {{fabric: {{}}, firmware: {{vbios: ['{SIM_DEFAULT_VBIOS}'], driver: ['570.133.20'], uniformDomains: true}}}}}}"
+    )));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {maxFailuresPerWave: 2}"));
+    s.wait_ready(batch, ROLLOUT);
+    let seen = s.seen();
+    assert_eq!(seen[other_clique].state.as_deref(), Some("failed"));
+    assert_eq!(
+        seen[other_clique].reason.as_deref(),
+        Some("probe verdict: fabric cliqueId is 9, its label nvidia.com/gpu.clique says 7")
+    );
+    assert_eq!(seen[off_tuple].state.as_deref(), Some("failed"));
+    assert_eq!(
+        seen[off_tuple].reason.as_deref(),
+        Some(
+            format!(
+                "probe verdict: VBIOS 96.00.AF.00.01 is not in the pool's accepted set ({SIM_DEFAULT_VBIOS})"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(s.count("ready"), 34, "the rest of both domains is admitted");
+    assert_eq!(s.count("failed"), 2, "nothing else fails");
+    let records: Vec<gpufleet::planner::VerdictRecord> = s
+        .rt
+        .block_on(s.nodes())
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("gpufleet.io/state"))
+                .is_some_and(|st| st == "ready")
+        })
+        .map(|n| {
+            let view = gpufleet::planner::NodeView::from(n);
+            gpufleet::planner::VerdictRecord::of(&view).expect("an admitted tray has its record")
+        })
+        .collect();
+    assert_eq!(records.len(), 34);
+    assert!(records.iter().all(|r| r.fabric && r.failed.is_empty()));
+}

@@ -308,7 +308,7 @@ spec:
             .map(|c| (text(c, "status"), text(c, "reason"), text(c, "message")))
     }
 
-    async fn nodes(&self) -> Vec<Node> {
+    pub async fn nodes(&self) -> Vec<Node> {
         let api: Api<Node> = Api::all(self.client.clone());
         api.list(&ListParams::default().labels(&format!("{TEST_LABEL}={}", self.name)))
             .await
