@@ -776,6 +776,37 @@ pub fn why(
             "requested; gpufleet picks it up at its next look".into(),
         );
     }
+    // What its probe's verdict said, as gpufleet recorded it.
+    if let Some(record) = crate::planner::VerdictRecord::of(node) {
+        if let Some(clique) = &record.clique {
+            let gate = if record.fabric {
+                ", fabric gate passed"
+            } else {
+                ""
+            };
+            field("fabric", format!("clique {clique}{gate}"));
+        }
+        if !record.firmware.is_empty() {
+            let versions: Vec<String> = record
+                .firmware
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            field("firmware", versions.join(", "));
+        }
+        if !record.failed.is_empty() {
+            lines.push(String::new());
+            lines.push("Failed checks (its probe's verdict):".into());
+            for (check, reason) in &record.failed {
+                lines.extend(wrap(&format!("  {check:<12}{reason}"), WIDTH, 14));
+            }
+        }
+    } else if node.verdict.is_some() {
+        field(
+            "verdict",
+            "recorded, but unreadable (gpufleet.io/verdict was edited?)".into(),
+        );
+    }
     lines.push(String::new());
     if events.is_empty() {
         lines.push("No recent events.".into());
@@ -849,6 +880,91 @@ pub fn wrap(text: &str, width: usize, indent: usize) -> Vec<String> {
     }
     if used > start || lines.is_empty() {
         lines.push(line);
+    }
+    lines
+}
+
+/// The verdict gates by domain, for `gpufleet status BATCH`: per domain,
+/// its trays, how many passed the fabric gate, and how many failed the
+/// fabric or the firmware gate. Domains with a failure first; at most
+/// `limit` rows, then how many more there are. Empty when the pool has no
+/// gate and no tray carries a verdict.
+pub fn domain_gates(pool: &GpuPool, nodes: &[NodeView], limit: usize) -> Vec<String> {
+    use crate::planner::VerdictRecord;
+    let gated = crate::planner::gated(&pool.spec);
+    if !gated && nodes.iter().all(|n| n.verdict.is_none()) {
+        return Vec::new();
+    }
+    let label = &pool.spec.topology.domain_label;
+    #[derive(Default)]
+    struct Counts {
+        trays: u32,
+        fabric: u32,
+        fabric_failed: u32,
+        firmware_failed: u32,
+    }
+    let mut by_domain: BTreeMap<String, Counts> = BTreeMap::new();
+    for node in nodes {
+        let domain = if label.is_empty() {
+            node.name.clone()
+        } else {
+            node.labels.get(label).cloned().unwrap_or_default()
+        };
+        let c = by_domain.entry(domain).or_default();
+        c.trays += 1;
+        let Some(record) = VerdictRecord::of(node) else {
+            continue;
+        };
+        c.fabric += u32::from(record.fabric);
+        let failed = |check: &str| record.failed.iter().any(|(c, _)| c == check);
+        c.fabric_failed += u32::from(failed("fabric"));
+        c.firmware_failed += u32::from(failed("firmware"));
+    }
+    let mut rows: Vec<(&String, &Counts)> = by_domain.iter().collect();
+    rows.sort_by_key(|(name, c)| (c.fabric_failed + c.firmware_failed == 0, *name));
+    let mut table = Table::new(&[
+        "domain",
+        "trays",
+        "fabric ok",
+        "fabric failed",
+        "firmware failed",
+    ]);
+    for (name, c) in rows.iter().take(limit) {
+        table.row(vec![
+            if name.is_empty() {
+                "(no label)".to_string()
+            } else {
+                (*name).clone()
+            },
+            c.trays.to_string(),
+            c.fabric.to_string(),
+            c.fabric_failed.to_string(),
+            c.firmware_failed.to_string(),
+        ]);
+    }
+    let mut lines = vec!["Verdict gates by domain:".to_string()];
+    lines.extend(table.render());
+    if rows.len() > limit {
+        let clean = rows
+            .iter()
+            .skip(limit)
+            .filter(|(_, c)| c.fabric_failed + c.firmware_failed == 0)
+            .count();
+        lines.push(format!(
+            "  … {} more domains ({clean} with no gate failure)",
+            rows.len() - limit
+        ));
+    }
+    let failed: u32 = by_domain
+        .values()
+        .map(|c| c.fabric_failed + c.firmware_failed)
+        .sum();
+    if failed > 0 {
+        lines.extend(wrap(
+            "  `gpufleet why NODE` shows a tray's failed checks; fix them, then `gpufleet retry NODE`.",
+            WIDTH,
+            2,
+        ));
     }
     lines
 }
@@ -1352,6 +1468,35 @@ status:
             text.contains("3m00s ago  Warning  NodeFailed: node n1 failed"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn why_shows_the_failed_checks_of_a_verdict() {
+        let now: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
+        let mut n = node("n1", 1, NodeState::Failed, Some("probe verdict: …"), 4);
+        let record = crate::planner::VerdictRecord {
+            clique: Some("3183419e-9edc-4f0e-86e8-d895a9fb06be.9".into()),
+            fabric: false,
+            firmware: [("vbios".to_string(), "97.00.82.00.5F".to_string())].into(),
+            failed: vec![(
+                "fabric".into(),
+                "fabric cliqueId is 9, its label nvidia.com/gpu.clique says 7".into(),
+            )],
+        };
+        n.verdict = Some(record.to_annotation());
+        let lines = why(&n, None, &[], now);
+        let text = lines.join("\n");
+        assert!(
+            text.contains(
+                "Failed checks (its probe's verdict):\n  fabric      fabric cliqueId is 9, its label nvidia.com/gpu.clique says 7"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  firmware    vbios 97.00.82.00.5F"),
+            "{text}"
+        );
+        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH), "{text}");
     }
 
     #[test]

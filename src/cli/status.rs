@@ -76,6 +76,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 if !nodes.is_empty() {
                     println!();
                     print_lines(&view::summary(&batch, &nodes, elapsed));
+                    if let Some(pool) = &pool {
+                        let gates = view::domain_gates(pool, &nodes, 20);
+                        if !gates.is_empty() {
+                            println!();
+                            print_lines(&gates);
+                        }
+                    }
                 }
             }
             (Some(name), true) => {

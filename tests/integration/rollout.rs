@@ -905,4 +905,38 @@ fn a_tray_in_another_clique_and_one_off_the_firmware_tuple_fail_the_rest_is_admi
         .collect();
     assert_eq!(records.len(), 34);
     assert!(records.iter().all(|r| r.fabric && r.failed.is_empty()));
+    // Where people look: `why` lists the failed check, `status` the domains.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+            .args(args)
+            .env("KUBECONFIG", &crate::support::testbed().kubeconfig)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("running gpufleet");
+        assert!(out.status.success(), "gpufleet {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let why = cli(&["why", other_clique]);
+    assert!(
+        why.contains("Failed checks (its probe's verdict):\n  fabric      fabric cliqueId is 9, its label nvidia.com/gpu.clique says 7"),
+        "{why}"
+    );
+    let status = cli(&["status", batch]);
+    assert!(status.contains("Verdict gates by domain:"), "{status}");
+    let row = |clique: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(clique))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(
+        row(&format!("{uuid}.7")).as_deref(),
+        Some("18 17 1 1"),
+        "{status}"
+    );
+    assert_eq!(
+        row(&format!("{uuid}.8")).as_deref(),
+        Some("18 18 0 0"),
+        "{status}"
+    );
 }
