@@ -30,8 +30,9 @@ pub const SIM_PROBE_MESSAGE: &str = "sim.gpufleet.io/probe-message";
 /// Node annotation: the VBIOS version its probe's verdict reports.
 pub const SIM_VBIOS: &str = "sim.gpufleet.io/vbios";
 /// Node annotation: a fabric fault its probe's verdict reports on every
-/// GPU, as `field=value` (`cliqueId=9`, `clusterUuid=…`, `state=In Progress`,
-/// `status=Insufficient Resources`).
+/// GPU, as `field=value` pairs separated by `;` (`cliqueId=9`,
+/// `clusterUuid=…`, `state=In Progress`, `status=Insufficient Resources`,
+/// `health=Unhealthy`).
 pub const SIM_FABRIC: &str = "sim.gpufleet.io/fabric";
 /// The VBIOS a simulated tray reports unless told otherwise.
 pub const SIM_DEFAULT_VBIOS: &str = "97.00.82.00.5F";
@@ -193,7 +194,11 @@ pub fn verdict_for(node: &Node) -> crate::verdict::Verdict {
             .map(String::as_str)
             .unwrap_or(SIM_DEFAULT_VBIOS),
     );
-    if let Some((field, value)) = annotations.get(SIM_FABRIC).and_then(|f| f.split_once('=')) {
+    let faults = annotations
+        .get(SIM_FABRIC)
+        .map(String::as_str)
+        .unwrap_or_default();
+    for (field, value) in faults.split(';').filter_map(|f| f.split_once('=')) {
         for gpu in &mut v.gpus {
             let Some(f) = gpu.fabric.as_mut() else {
                 continue;

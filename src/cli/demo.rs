@@ -348,6 +348,28 @@ impl Fleet {
         );
         nodes[gpu_node].gpus = 3;
         faults.push(format!("{}: reports 3 GPUs of 4", nodes[gpu_node].name));
+        // Two the verdict gates catch: a tray whose fabric registration
+        // ended without a clique (as reported on public GB200 systems), and
+        // one flashed with a VBIOS off the pool's firmware tuple.
+        let fabric_node = node_of(0, 9);
+        nodes[fabric_node].fabric_fault = Some("status=Insufficient Resources;cliqueId=0".into());
+        faults.push(format!(
+            "{}: fabric Insufficient Resources, clique 0",
+            nodes[fabric_node].name
+        ));
+        let firmware_node = node_of(
+            if args.gb300_domains > 0 {
+                args.domains
+            } else {
+                total - 1
+            },
+            14,
+        );
+        nodes[firmware_node].vbios = "96.00.AF.00.01".into();
+        faults.push(format!(
+            "{}: VBIOS 96.00.AF.00.01, off the pool's tuple",
+            nodes[firmware_node].name
+        ));
         let xid_node = node_of(total / 2, 11);
         let xid = vec![nodes[xid_node].name.clone()];
         faults.push(format!(
@@ -465,7 +487,7 @@ impl Session {
         let rollout_start = Instant::now();
         step(
             &format!("batch {name}"),
-            "waves: 1 domain, 25%, 100% (whole domains); 36 nodes validating at once; up to 10% of a wave may fail",
+            "waves: 1 domain, 25%, 100% (whole domains); 36 nodes validating at once; up to 15% of a wave may fail",
         );
         step(
             "operator",
@@ -615,12 +637,14 @@ impl Session {
                         "retries": 0,
                         "template": {"spec": {"containers": [{
                             "name": "burn-in",
-                            "image": "nvcr.io/nvidia/cloud-native/dcgm:4.2.3-1-ubuntu22.04",
-                            "command": ["dcgmi", "diag", "-r", "3"],
+                            "image": format!("ghcr.io/gpufleet/gpufleet:{}", env!("CARGO_PKG_VERSION")),
+                            "command": ["gpufleet", "probe", "--gpus", "4", "--product", "NVIDIA-GB200", "--product", "NVIDIA-GB300", "--dcgm-level", "3"],
                             "resources": {"limits": {keys::GPU_RESOURCE: 4}},
                         }]}},
                     },
                     "soakSeconds": self.args.soak_seconds,
+                    "fabric": {},
+                    "firmware": {"driver": ["570.133.20"], "vbios": [simulate::SIM_DEFAULT_VBIOS]},
                 },
                 "circuitBreaker": {"maxFailedPercent": 10, "window": "1h"},
             },
@@ -647,7 +671,7 @@ impl Session {
                 "nodeSelector": {"matchLabels": {"gpufleet.io/batch": name}},
                 "waves": [{"nodes": NODES_PER_DOMAIN}, {"percent": 25}, {"percent": 100}],
                 "maxConcurrent": 36,
-                "maxFailuresPerWave": "10%",
+                "maxFailuresPerWave": "15%",
             },
         });
         let api: Api<RolloutBatch> = Api::all(self.client.clone());

@@ -330,13 +330,25 @@ fn fabric_failures(gate: &FabricGate, node: &NodeView, verdict: &Verdict) -> Vec
             _ => {}
         }
     }
-    let mut failures: Vec<GateFailure> = problems
+    // The problems of one set of GPUs in one reason: "all 4 GPUs: …".
+    let mut by_gpus: BTreeMap<Vec<u32>, Vec<String>> = BTreeMap::new();
+    for (problem, gpus) in problems {
+        by_gpus.entry(gpus).or_default().push(problem);
+    }
+    let every = verdict.gpus.len();
+    let noted = !by_gpus.is_empty();
+    let mut failures: Vec<GateFailure> = by_gpus
         .into_iter()
-        .map(|(problem, gpus)| {
+        .map(|(gpus, problems)| {
+            let whose = if gpus.len() == every && every > 1 {
+                format!("all {every} GPUs")
+            } else {
+                gpus_words(&gpus)
+            };
             GateFailure::new(
                 "fabric",
                 FabricIncomplete,
-                format!("{}: {problem}", gpus_words(&gpus)),
+                format!("{whose}: {}", problems.join("; ")),
             )
         })
         .collect();
@@ -370,7 +382,9 @@ fn fabric_failures(gate: &FabricGate, node: &NodeView, verdict: &Verdict) -> Vec
                     .join(", ")
             ),
         ));
-    } else if let (Some(clique), false) = (clique_of(verdict), gate.clique_label.is_empty()) {
+    } else if let (Some(clique), false, false) =
+        (clique_of(verdict), gate.clique_label.is_empty(), noted)
+    {
         match node.labels.get(&gate.clique_label) {
             None => failures.push(GateFailure::new(
                 "fabric",

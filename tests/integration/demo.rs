@@ -54,8 +54,8 @@ fn client() -> (tokio::runtime::Runtime, kube::Client) {
     (rt, client)
 }
 
-/// 54 nodes in three domains with the three default faults: every node is
-/// accounted for (51 ready, 3 failed with their reasons), the demo exits 0,
+/// 54 nodes in three domains with the five default faults: every node is
+/// accounted for (49 ready, 5 failed with their reasons), the demo exits 0,
 /// and it leaves nothing behind in the cluster.
 #[test]
 fn the_demo_rolls_out_a_small_fleet_on_an_existing_cluster() {
@@ -68,7 +68,7 @@ fn the_demo_rolls_out_a_small_fleet_on_an_existing_cluster() {
     // Plain progress lines in a pipe, ending complete.
     assert!(!out.contains('\x1b'), "escape codes in a pipe:\n{out}");
     assert!(
-        out.contains("] wave 3/3: 51/54 ready, 3 failed; complete\n"),
+        out.contains("] wave 3/3: 49/54 ready, 5 failed; complete\n"),
         "{out}"
     );
     // The summary: every wave, every failure with its reason, every GPU.
@@ -77,10 +77,10 @@ fn the_demo_rolls_out_a_small_fleet_on_an_existing_cluster() {
         "{out}"
     );
     assert!(
-        out.contains("\nall      54     51       3     0   204 of 215"),
+        out.contains("\nall      54     49       5     0   196 of 215"),
         "{out}"
     );
-    assert!(out.contains("failed (3):"), "{out}");
+    assert!(out.contains("failed (5):"), "{out}");
     assert!(
         out.contains("demo-it-gb200-r02-n11 (wave 3)\n    condition GpuXidError is True"),
         "{out}"
@@ -92,8 +92,17 @@ fn the_demo_rolls_out_a_small_fleet_on_an_existing_cluster() {
         "{out}"
     );
     assert!(out.contains("demo-it-gb200-r02-n05 (wave 3)\n    probe failed (exit 1): dcgmi diag -r 3: NVLink CRC errors"), "{out}");
+    // The verdict gates: a fabric without a clique, a VBIOS off the tuple.
     assert!(
-        out.contains("204 of 215 GPUs online: 51 of 54 nodes ready, 3 failed, 0 held, in"),
+        out.contains("demo-it-gb200-r01-n09 (wave 1)\n    probe verdict: all 4 GPUs: fabric cliqueId is 0 (unassigned); fabric status\n    is Insufficient Resources, not Success"),
+        "{out}"
+    );
+    assert!(
+        out.contains("demo-it-gb300-r01-n14 (wave 3)\n    probe verdict: VBIOS 96.00.AF.00.01 is not in the pool's accepted set\n    (97.00.82.00.5F)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("196 of 215 GPUs online: 49 of 54 nodes ready, 5 failed, 0 held, in"),
         "{out}"
     );
     assert!(

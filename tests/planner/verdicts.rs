@@ -120,7 +120,7 @@ fn each_fabric_fault_fails_its_tray_naming_the_field() {
                     f.clique_id = Some(0);
                 }
             },
-            "GPUs 0, 1, 2, 3: fabric cliqueId is 0 (unassigned); GPUs 0, 1, 2, 3: fabric status is Insufficient Resources, not Success",
+            "all 4 GPUs: fabric cliqueId is 0 (unassigned); fabric status is Insufficient Resources, not Success",
         ),
         (
             |v| {
@@ -147,7 +147,7 @@ fn each_fabric_fault_fails_its_tray_naming_the_field() {
                     g.product = "NVIDIA H200".into();
                 }
             },
-            "GPUs 0, 1, 2, 3: no NVLink fabric reported (NVIDIA H200)",
+            "all 4 GPUs: no NVLink fabric reported (NVIDIA H200)",
         ),
         (
             |v| v.gpus[3].fabric.as_mut().unwrap().clique_id = Some(8),
