@@ -922,13 +922,7 @@ pub fn domain_gates(pool: &GpuPool, nodes: &[NodeView], limit: usize) -> Vec<Str
     }
     let mut rows: Vec<(&String, &Counts)> = by_domain.iter().collect();
     rows.sort_by_key(|(name, c)| (c.fabric_failed + c.firmware_failed == 0, *name));
-    let mut table = Table::new(&[
-        "domain",
-        "trays",
-        "fabric ok",
-        "fabric failed",
-        "firmware failed",
-    ]);
+    let mut table = Table::new(&["domain", "trays", "ok", "fabric", "firmware"]);
     for (name, c) in rows.iter().take(limit) {
         table.row(vec![
             if name.is_empty() {
@@ -942,7 +936,11 @@ pub fn domain_gates(pool: &GpuPool, nodes: &[NodeView], limit: usize) -> Vec<Str
             c.firmware_failed.to_string(),
         ]);
     }
-    let mut lines = vec!["Verdict gates by domain:".to_string()];
+    let mut lines = wrap(
+        "Verdict gates by domain (ok: trays that passed the fabric gate; fabric, firmware: trays that failed that gate):",
+        WIDTH,
+        2,
+    );
     lines.extend(table.render());
     if rows.len() > limit {
         let clean = rows

@@ -922,7 +922,8 @@ fn a_tray_in_another_clique_and_one_off_the_firmware_tuple_fail_the_rest_is_admi
         "{why}"
     );
     let status = cli(&["status", batch]);
-    assert!(status.contains("Verdict gates by domain:"), "{status}");
+    assert!(status.contains("Verdict gates by domain (ok:"), "{status}");
+    assert!(status.lines().all(|l| l.chars().count() <= 80), "{status}");
     let row = |clique: &str| {
         status
             .lines()
