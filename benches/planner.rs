@@ -187,6 +187,7 @@ fn scenario(total: usize) -> Scenario {
                     not_running: None,
                     evicted: false,
                     deleting: false,
+                    verdict: gpufleet::verdict::Read::Absent,
                 });
                 validating += 1;
             }

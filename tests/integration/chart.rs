@@ -683,6 +683,434 @@ fn chart_puts_probes_in_a_namespace_of_their_own() {
     assert!(ran.stderr.contains("/probes/podSecurity"), "{}", ran.stderr);
 }
 
+// ------------------------------------------ the default probe tpl, pools
+
+/// The values that render pools in these tests: `east` minimal, `north`
+/// with probe fields but no template and the fabric gate, `west` with
+/// `probe: null`, `south` with a template of its own.
+const POOLS: &str = r#"pools={
+    "east": {"nodeSelector": {"matchLabels": {"gpufleet.io/pool": "east"}},
+             "hardware": {"gpuProduct": ["NVIDIA-GB200", "NVIDIA-GB300"], "gpusPerNode": 4}},
+    "north": {"nodeSelector": {}, "hardware": {"gpuProduct": ["NVIDIA-GB300"], "gpusPerNode": 4},
+              "healthChecks": {"probe": {"timeoutSeconds": 600, "retries": 0}, "fabric": {}}},
+    "west": {"nodeSelector": {}, "hardware": {"gpuProduct": ["NVIDIA-H100-80GB-HBM3"], "gpusPerNode": 8},
+             "healthChecks": {"probe": null, "soakSeconds": 60}},
+    "south": {"nodeSelector": {}, "hardware": {"gpuProduct": ["NVIDIA-GB200"], "gpusPerNode": 4},
+              "healthChecks": {"probe": {"template": {"spec": {"containers": [
+                  {"name": "dcgm", "image": "nvcr.io/nvidia/cloud-native/dcgm:4.2.3-1-ubuntu22.04",
+                   "command": ["dcgmi", "diag", "--run", "3"]}]}}}}}
+}"#;
+
+/// A rendered GpuPool, read as gpufleet reads it, and valid by its rules.
+fn rendered_pool(docs: &[Value], name: &str) -> gpufleet::api::GpuPool {
+    let doc = find(docs, "GpuPool", name);
+    assert_eq!(doc["apiVersion"], "gpufleet.io/v1alpha1");
+    let pool: gpufleet::api::GpuPool =
+        serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("GpuPool {name}: {e}"));
+    pool.validate()
+        .unwrap_or_else(|e| panic!("GpuPool {name} is invalid: {e}"));
+    pool
+}
+
+/// The probe container of a default template, as JSON.
+fn probe_container(tpl: &Value) -> &Value {
+    let containers = tpl["spec"]["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "{tpl}");
+    &containers[0]
+}
+
+/// The ConfigMap's copy of the template, parsed.
+fn configmap_template(docs: &[Value], name: &str) -> Value {
+    let map = find(docs, "ConfigMap", name);
+    let text = map["data"]["template.yaml"]
+        .as_str()
+        .expect("data template.yaml");
+    // It reads as a PodTemplateSpec, as a pool's template must.
+    serde_norway::from_str::<k8s_openapi::api::core::v1::PodTemplateSpec>(text)
+        .expect("template.yaml is a PodTemplateSpec");
+    serde_norway::from_str(text).expect("template.yaml is YAML")
+}
+
+/// The ConfigMap `<name>-probe-template` holds the default probe template:
+/// `gpufleet probe` from the operator's image, the flags from
+/// `probeTemplate`, all the GPUs requested, the verdict in a `File`
+/// termination message; default values render no GpuPool.
+#[test]
+fn chart_ships_the_default_probe_template_in_a_configmap() {
+    let docs = template("gpufleet", "gpufleet-system", &[]);
+    assert!(
+        docs.iter().all(|d| d["kind"] != "GpuPool"),
+        "{:?}",
+        kinds(&docs)
+    );
+    let map = find(&docs, "ConfigMap", "gpufleet-probe-template");
+    assert_eq!(map["metadata"]["namespace"], "gpufleet-system");
+    let tpl = configmap_template(&docs, "gpufleet-probe-template");
+    assert_eq!(
+        tpl["metadata"]["labels"],
+        json!({"app.kubernetes.io/name": "gpufleet-probe",
+               "app.kubernetes.io/part-of": "gpufleet"})
+    );
+    let spec = &tpl["spec"];
+    assert_eq!(spec["restartPolicy"], "Never");
+    for field in [
+        "runtimeClassName",
+        "serviceAccountName",
+        "nodeName",
+        "tolerations",
+    ] {
+        assert!(spec.get(field).is_none(), "{field}: {spec}");
+    }
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let c = probe_container(&tpl);
+    assert_eq!(c["image"], "ghcr.io/gpufleet/gpufleet:0.1.0");
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    assert!(
+        c.get("command").is_none(),
+        "the image's entrypoint is gpufleet"
+    );
+    assert_eq!(
+        run_args(c),
+        [
+            "probe",
+            "--gpus=4",
+            "--termination-log=/dev/termination-log"
+        ]
+    );
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "64Mi"},
+               "limits": {"memory": "256Mi", "nvidia.com/gpu": 4}})
+    );
+    assert_eq!(c["terminationMessagePath"], "/dev/termination-log");
+    assert_eq!(c["terminationMessagePolicy"], "File");
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+
+    // The operator's digest carries over; every flag comes from values.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let docs = template(
+        "fleet",
+        "ops",
+        &[
+            "--set",
+            &format!("image.digest={digest},image.pullPolicy=Always"),
+            "--set",
+            "probeTemplate.gpus=8,probeTemplate.nvlinks=12,probeTemplate.dcgmLevel=2",
+            "--set",
+            "probeTemplate.terminationMessagePath=/tmp/verdict,probeTemplate.runtimeClassName=nvidia",
+            "--set-json",
+            r#"probeTemplate.products=["NVIDIA H100 80GB HBM3"]"#,
+            "--set-json",
+            r#"probeTemplate.extraArgs=["--nvidia-smi-timeout=300"]"#,
+            "--set-json",
+            r#"probeTemplate.imagePullSecrets=[{"name":"regcred"}]"#,
+        ],
+    );
+    let tpl = configmap_template(&docs, "fleet-gpufleet-probe-template");
+    assert_eq!(tpl["spec"]["runtimeClassName"], "nvidia");
+    assert_eq!(
+        tpl["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
+    let c = probe_container(&tpl);
+    assert_eq!(c["image"], format!("ghcr.io/gpufleet/gpufleet@{digest}"));
+    assert_eq!(c["imagePullPolicy"], "Always");
+    assert_eq!(
+        run_args(c),
+        [
+            "probe",
+            "--gpus=8",
+            "--product=NVIDIA H100 80GB HBM3",
+            "--nvlinks=12",
+            "--dcgm-level=2",
+            "--termination-log=/tmp/verdict",
+            "--nvidia-smi-timeout=300"
+        ]
+    );
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 8);
+    assert_eq!(c["terminationMessagePath"], "/tmp/verdict");
+    assert_eq!(c["terminationMessagePolicy"], "File");
+
+    // An image of its own, and privileged.
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set",
+            "probeTemplate.image.repository=registry.example/probe,probeTemplate.image.tag=v2",
+            "--set",
+            "probeTemplate.image.pullPolicy=Never,probeTemplate.privileged=true",
+        ],
+    );
+    let tpl = configmap_template(&docs, "gpufleet-probe-template");
+    assert!(tpl["spec"].get("securityContext").is_none());
+    let c = probe_container(&tpl);
+    assert_eq!(c["image"], "registry.example/probe:v2");
+    assert_eq!(c["imagePullPolicy"], "Never");
+    assert_eq!(
+        c["securityContext"],
+        json!({"privileged": true, "runAsUser": 0})
+    );
+    // A privileged probe in a namespace that would refuse it.
+    let ran = helm(&["template", "gpufleet"])
+        .arg(chart())
+        .args([
+            "--set",
+            "probeTemplate.privileged=true,probes.podSecurity=baseline",
+        ])
+        .fails();
+    assert!(
+        ran.stderr.contains("probeTemplate.privileged"),
+        "{}",
+        ran.stderr
+    );
+}
+
+/// Each entry of `pools` renders a GpuPool of that name whose spec is the
+/// entry's, with the chart's probe template where the entry brings none:
+/// the flags from `probeTemplate`, `--gpus` and `--product` from the pool's
+/// hardware unless `probeTemplate` sets them. `probe: null` means no probe.
+#[test]
+fn chart_renders_pools_with_the_default_probe_template() {
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set-json",
+            POOLS,
+            "--set",
+            "probeTemplate.nvlinks=18,probeTemplate.dcgmLevel=1",
+        ],
+    );
+    let pools: Vec<_> = docs.iter().filter(|d| d["kind"] == "GpuPool").collect();
+    assert_eq!(pools.len(), 4, "{:?}", kinds(&docs));
+    for pool in &pools {
+        assert!(pool["metadata"].get("namespace").is_none(), "{pool}");
+        assert_eq!(
+            pool["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "gpufleet"
+        );
+    }
+
+    // east: the spec as given, and the chart's template.
+    let east = rendered_pool(&docs, "east");
+    let doc = find(&docs, "GpuPool", "east");
+    assert_eq!(
+        doc["spec"]["nodeSelector"],
+        json!({"matchLabels": {"gpufleet.io/pool": "east"}})
+    );
+    let probe = east
+        .spec
+        .health_checks
+        .probe
+        .as_ref()
+        .expect("east has a probe");
+    assert_eq!(
+        (probe.timeout_seconds, probe.retries),
+        (900, 1),
+        "CRD defaults"
+    );
+    let tpl = &doc["spec"]["healthChecks"]["probe"]["template"];
+    let c = probe_container(tpl);
+    assert_eq!(c["name"], "probe");
+    assert_eq!(c["image"], "ghcr.io/gpufleet/gpufleet:0.1.0");
+    assert_eq!(
+        run_args(c),
+        [
+            "probe",
+            "--gpus=4",
+            "--product=NVIDIA-GB200",
+            "--product=NVIDIA-GB300",
+            "--nvlinks=18",
+            "--dcgm-level=1",
+            "--termination-log=/dev/termination-log"
+        ]
+    );
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 4);
+    assert_eq!(c["terminationMessagePolicy"], "File");
+    // Those are flags `gpufleet probe` takes: on a GB200 tray's nvidia-smi
+    // output it writes a verdict whose GPU count and product checks pass.
+    let log = crate::support::scratch_dir().join("chart-probe-termination-log");
+    let _ = std::fs::remove_file(&log);
+    let args: Vec<String> = run_args(c)
+        .into_iter()
+        .map(|arg| match arg.strip_prefix("--termination-log=") {
+            Some(_) => format!("--termination-log={}", log.display()),
+            None => arg,
+        })
+        .collect();
+    let fixture = repo().join("tests/fixtures/nvidia-smi/gb200-x4-k8s-test-infra.xml");
+    let ran = std::process::Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+        .args(&args)
+        .arg("--from-file")
+        .arg(&fixture)
+        .output()
+        .expect("gpufleet runs");
+    let text = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("gpufleet {args:?} wrote no verdict ({e}): {ran:?}"));
+    let gpufleet::verdict::Read::Valid(verdict) = gpufleet::verdict::read(&text) else {
+        panic!("not a valid verdict: {text}");
+    };
+    for check in ["gpu-count", "product"] {
+        let found = verdict
+            .checks
+            .iter()
+            .find(|c| c.name == check)
+            .unwrap_or_else(|| panic!("no {check} check: {text}"));
+        assert_eq!(
+            found.result,
+            gpufleet::verdict::CheckResult::Pass,
+            "{check}: {text}"
+        );
+    }
+    // The pool's template is the ConfigMap's, but for the pool's hardware.
+    let mut copy = configmap_template(&docs, "gpufleet-probe-template");
+    copy["spec"]["containers"][0]["args"] = c["args"].clone();
+    assert_eq!(tpl, &copy);
+
+    // The probe pod gpufleet makes of it: bound, tolerating the taint.
+    let batch: gpufleet::api::RolloutBatch = serde_json::from_value(json!({
+        "apiVersion": "gpufleet.io/v1alpha1", "kind": "RolloutBatch",
+        "metadata": {"name": "row1", "uid": "0b0e8c5a-1111-2222-3333-444455556666"},
+        "spec": {"poolRef": "east", "nodeSelector": {}, "waves": [{"percent": 100}]}
+    }))
+    .unwrap();
+    let request = gpufleet::planner::ProbeRequest {
+        pod_name: "gpufleet-probe-n1-1".into(),
+        node: "n1".into(),
+        attempt: 1,
+        run: None,
+    };
+    let probes = gpufleet::operator::Probes::in_namespace("gpufleet-system-probes");
+    let pod = gpufleet::operator::probe::probe_pod(&east, &batch, &request, &probes).unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some("n1"));
+    assert!(
+        spec.tolerations
+            .unwrap()
+            .iter()
+            .any(|t| t.key.as_deref() == Some("gpufleet.io/onboarding"))
+    );
+
+    // north: its probe fields kept, the template added; the fabric gate.
+    let north = rendered_pool(&docs, "north");
+    let probe = north.spec.health_checks.probe.as_ref().unwrap();
+    assert_eq!((probe.timeout_seconds, probe.retries), (600, 0));
+    assert!(north.spec.health_checks.fabric.is_some());
+    let doc = find(&docs, "GpuPool", "north");
+    let args = run_args(probe_container(
+        &doc["spec"]["healthChecks"]["probe"]["template"],
+    ));
+    assert_eq!(args[1..3], ["--gpus=4", "--product=NVIDIA-GB300"]);
+
+    // west: no probe, the rest of its checks kept.
+    let west = rendered_pool(&docs, "west");
+    assert!(west.spec.health_checks.probe.is_none());
+    assert_eq!(west.spec.health_checks.soak_seconds, 60);
+    let doc = find(&docs, "GpuPool", "west");
+    assert!(doc["spec"]["healthChecks"].get("probe").is_none(), "{doc}");
+
+    // south: its own template, unchanged.
+    rendered_pool(&docs, "south");
+    let doc = find(&docs, "GpuPool", "south");
+    assert_eq!(
+        doc["spec"]["healthChecks"]["probe"],
+        json!({"template": {"spec": {"containers": [
+            {"name": "dcgm", "image": "nvcr.io/nvidia/cloud-native/dcgm:4.2.3-1-ubuntu22.04",
+             "command": ["dcgmi", "diag", "--run", "3"]}]}}})
+    );
+
+    // probeTemplate.gpus and .products win over the pool's hardware.
+    let docs = template(
+        "gpufleet",
+        "gpufleet-system",
+        &[
+            "--set-json",
+            POOLS,
+            "--set",
+            "probeTemplate.gpus=2",
+            "--set-json",
+            r#"probeTemplate.products=["NVIDIA GB200"]"#,
+        ],
+    );
+    let doc = find(&docs, "GpuPool", "east");
+    let c = probe_container(&doc["spec"]["healthChecks"]["probe"]["template"]);
+    assert_eq!(
+        run_args(c),
+        [
+            "probe",
+            "--gpus=2",
+            "--product=NVIDIA GB200",
+            "--termination-log=/dev/termination-log"
+        ]
+    );
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 2);
+}
+
+/// values.schema.json checks the probe template's values and the pools'
+/// names and spec keys, and knows every key of a GpuPool's spec.
+#[test]
+fn values_schema_checks_the_probe_template_and_pools() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "probeTemplate.dcgmLevel=5"], "dcgmLevel"),
+        (&["--set", "probeTemplate.gpu=4"], "'gpu'"),
+        (&["--set", "probeTemplate.privileged=yes"], "privileged"),
+        (
+            &["--set", "probeTemplate.image.pullPolicy=Sometimes"],
+            "pullPolicy",
+        ),
+        (
+            &["--set", "probeTemplate.terminationMessagePath=verdict"],
+            "terminationMessagePath",
+        ),
+        (
+            &[
+                "--set-json",
+                r#"pools={"East_1":{"nodeSelector":{},"hardware":{}}}"#,
+            ],
+            "East_1",
+        ),
+        (
+            &[
+                "--set-json",
+                r#"pools={"east":{"nodeSelector":{},"hardware":{},"healtChecks":{}}}"#,
+            ],
+            "healtChecks",
+        ),
+        (
+            &["--set-json", r#"pools={"east":{"nodeSelector":{}}}"#],
+            "hardware",
+        ),
+    ];
+    for (args, named) in cases {
+        let ran = helm(&["template", "typo"]).arg(chart()).args(*args).fails();
+        assert!(
+            ran.stderr.contains(named),
+            "helm template {args:?} failed without naming {named}:\n{}",
+            ran.stderr
+        );
+    }
+    // The keys a pool entry may have are exactly the CRD's spec fields.
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart().join("values.schema.json")).unwrap())
+            .unwrap();
+    let entry = &schema["properties"]["pools"]["additionalProperties"];
+    let keys = |v: &Value| -> BTreeSet<String> {
+        v.as_object().expect("properties").keys().cloned().collect()
+    };
+    let crd: Value = serde_norway::from_str(
+        &std::fs::read_to_string(chart().join("files/crds/gpupools.gpufleet.io.yaml")).unwrap(),
+    )
+    .unwrap();
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let required = |v: &Value| -> BTreeSet<String> {
+        serde_json::from_value(v["required"].clone()).expect("required")
+    };
+    assert_eq!(keys(&entry["properties"]), keys(&spec["properties"]));
+    assert_eq!(required(entry), required(spec));
+}
+
 // ---------------------------------------------------- against the API server
 
 /// `helm template` output, defaults and with options, passes the API
@@ -727,6 +1155,123 @@ fn chart_output_is_accepted_by_the_api_server() {
             ran.stderr
         );
     }
+}
+
+/// The chart's pools pass the API server's validation, the CRD's schema
+/// and rules included (`kubectl apply --dry-run=server`), and the probe pod
+/// gpufleet makes of the default template meets the `restricted` Pod
+/// Security standard: admitted into a namespace enforcing it.
+#[test]
+fn chart_pools_and_probe_pods_are_accepted_by_the_api_server() {
+    let tb = testbed();
+    let ns = "chart-pools";
+    namespace(tb, ns);
+    applied_namespace(tb, "chart-pools-probes");
+    let options = ["--set-json", POOLS, "--set", "crds.enabled=false"];
+    let docs = template(ns, ns, &options);
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
+    let ran = tb
+        .kubectl(&["apply", "--dry-run=server", "-f", "-"])
+        .stdin(list.to_string())
+        .succeeds();
+    for object in [
+        "gpupool.gpufleet.io/east",
+        "gpupool.gpufleet.io/north",
+        "gpupool.gpufleet.io/west",
+        "gpupool.gpufleet.io/south",
+        "configmap/chart-pools-gpufleet-probe-template",
+    ] {
+        assert!(ran.stdout.contains(object), "{object}: {}", ran.stdout);
+    }
+    assert!(
+        !ran.stderr.contains("Warning"),
+        "the API server warned: {}",
+        ran.stderr
+    );
+    // The CRD refuses the fabric gate on a pool left without a probe.
+    let ran = helm(&["template", ns])
+        .arg(chart())
+        .args(["--namespace", ns, "--set", "crds.enabled=false", "--set-json"])
+        .arg(
+            r#"pools={"bare":{"nodeSelector":{},"hardware":{"gpuProduct":["NVIDIA-GB200"],"gpusPerNode":4},"healthChecks":{"probe":null,"fabric":{}}}}"#,
+        )
+        .args(["--show-only", "templates/pools.yaml"])
+        .succeeds();
+    let refused = tb
+        .kubectl(&["apply", "--dry-run=server", "-f", "-"])
+        .stdin(ran.stdout)
+        .fails();
+    assert!(
+        refused
+            .stderr
+            .contains("the fabric and firmware gates read the probe's verdict"),
+        "{}",
+        refused.stderr
+    );
+
+    // The probe pod of pool east, in a namespace enforcing `restricted`.
+    let restricted = "chart-pools-restricted";
+    namespace(tb, restricted);
+    tb.kubectl(&[
+        "label",
+        "namespace",
+        restricted,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ])
+    .succeeds();
+    tb.kubectl(&[
+        "create",
+        "serviceaccount",
+        "gpufleet-probe",
+        "-n",
+        restricted,
+    ])
+    .succeeds();
+    let pod = |docs: &[Value]| -> String {
+        let east = rendered_pool(docs, "east");
+        let batch: gpufleet::api::RolloutBatch = serde_json::from_value(json!({
+            "apiVersion": "gpufleet.io/v1alpha1", "kind": "RolloutBatch",
+            "metadata": {"name": "row1", "uid": "0b0e8c5a-1111-2222-3333-444455556666"},
+            "spec": {"poolRef": "east", "nodeSelector": {}, "waves": [{"percent": 100}]}
+        }))
+        .unwrap();
+        let request = gpufleet::planner::ProbeRequest {
+            pod_name: "gpufleet-probe-n1-1".into(),
+            node: "n1".into(),
+            attempt: 1,
+            run: None,
+        };
+        let probes = gpufleet::operator::Probes::in_namespace(restricted);
+        let mut pod =
+            gpufleet::operator::probe::probe_pod(&east, &batch, &request, &probes).unwrap();
+        // No batch exists to own it in a dry run.
+        pod.metadata.owner_references = None;
+        serde_json::to_string(&pod).unwrap()
+    };
+    let ran = tb
+        .kubectl(&["create", "--dry-run=server", "-f", "-"])
+        .stdin(pod(&docs))
+        .succeeds();
+    assert!(!ran.stderr.contains("Warning"), "{}", ran.stderr);
+    let privileged = template(
+        ns,
+        ns,
+        &[
+            "--set-json",
+            POOLS,
+            "--set",
+            "crds.enabled=false,probeTemplate.privileged=true",
+        ],
+    );
+    let ran = tb
+        .kubectl(&["create", "--dry-run=server", "-f", "-"])
+        .stdin(pod(&privileged))
+        .fails();
+    assert!(
+        ran.stderr.contains("violates PodSecurity"),
+        "{}",
+        ran.stderr
+    );
 }
 
 /// install, upgrade with a changed value, uninstall: the whole life of a
@@ -1551,9 +2096,10 @@ fn grafana_dashboard_reads_only_what_gpufleet_exports() {
 #[test]
 fn chart_ships_the_grafana_dashboard_in_a_configmap() {
     let docs = template("gpufleet", "gpufleet-system", &[]);
+    // The one ConfigMap by default is the probe template's.
     assert!(
-        docs.iter()
-            .all(|d| d["kind"] != "ConfigMap" && d["kind"] != "PrometheusRule"),
+        docs.iter().all(|d| d["kind"] != "PrometheusRule"
+            && (d["kind"] != "ConfigMap" || d["metadata"]["name"] == "gpufleet-probe-template")),
         "{:?}",
         kinds(&docs)
     );

@@ -80,3 +80,91 @@ app.kubernetes.io/part-of: gpufleet
 {{- define "gpufleet.probeServiceAccountName" -}}
 {{- .Values.probes.serviceAccount.name }}
 {{- end }}
+
+{{/* The probe image: probeTemplate.image, else the operator's own. */}}
+{{- define "gpufleet.probeImage" -}}
+{{- $image := .Values.probeTemplate.image }}
+{{- if not $image.repository }}
+{{- include "gpufleet.image" . }}
+{{- else if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The default probe template, a PodTemplateSpec as YAML: `gpufleet probe` with
+the probeTemplate values. Called with a dict: root (the chart's context),
+gpus and products (the defaults of probeTemplate.gpus and .products: a
+pool's hardware, or the ConfigMap's). gpufleet binds the pod to its node,
+tolerates the onboarding taint, sets the ServiceAccount, restartPolicy and
+activeDeadlineSeconds itself. Its labels stay the same across chart versions,
+so an upgrade does not change the pools.
+*/}}
+{{- define "gpufleet.probeTemplate" -}}
+{{- $root := .root }}
+{{- $v := $root.Values.probeTemplate }}
+{{- $gpus := int (default .gpus $v.gpus) }}
+{{- $products := default .products $v.products }}
+{{- if lt $gpus 1 }}
+{{- fail "the probe template needs a number of GPUs: set probeTemplate.gpus, or the pool's hardware.gpusPerNode" }}
+{{- end }}
+{{- $args := list "probe" (printf "--gpus=%d" $gpus) }}
+{{- range $products }}
+{{- $args = append $args (printf "--product=%s" .) }}
+{{- end }}
+{{- if $v.nvlinks }}
+{{- $args = append $args (printf "--nvlinks=%d" (int $v.nvlinks)) }}
+{{- end }}
+{{- if $v.dcgmLevel }}
+{{- $args = append $args (printf "--dcgm-level=%d" (int $v.dcgmLevel)) }}
+{{- end }}
+{{- $args = append $args (printf "--termination-log=%s" $v.terminationMessagePath) }}
+{{- $args = concat $args $v.extraArgs }}
+{{- $limits := merge (dict "nvidia.com/gpu" $gpus) (deepCopy ($v.resources.limits | default dict)) }}
+{{- $resources := merge (dict "limits" $limits) (deepCopy ($v.resources | default dict)) }}
+metadata:
+  labels:
+    app.kubernetes.io/name: gpufleet-probe
+    app.kubernetes.io/part-of: gpufleet
+spec:
+  restartPolicy: Never
+  {{- with $v.runtimeClassName }}
+  runtimeClassName: {{ . }}
+  {{- end }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if not $v.privileged }}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    seccompProfile:
+      type: RuntimeDefault
+  {{- end }}
+  containers:
+    - name: probe
+      image: {{ include "gpufleet.probeImage" $root }}
+      imagePullPolicy: {{ default $root.Values.image.pullPolicy $v.image.pullPolicy }}
+      args:
+        {{- toYaml $args | nindent 8 }}
+      resources:
+        {{- toYaml $resources | nindent 8 }}
+      securityContext:
+      {{- if $v.privileged }}
+        privileged: true
+        runAsUser: 0
+      {{- else }}
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        runAsNonRoot: true
+        capabilities:
+          drop:
+            - ALL
+      {{- end }}
+      terminationMessagePath: {{ $v.terminationMessagePath }}
+      terminationMessagePolicy: File
+{{- end }}
