@@ -576,6 +576,29 @@ mod tests {
         assert!(why.contains("extra"), "{why}");
     }
 
+    proptest::proptest! {
+        /// No termination message panics the reader: any text, and any
+        /// valid verdict cut short or with a byte changed.
+        #[test]
+        fn no_message_panics_the_reader(
+            text in ".{0,600}",
+            cut in 0usize..4000,
+            at in 0usize..4000,
+            byte in 0u8..128,
+        ) {
+            let _ = read(&text);
+            let _ = read(&format!("{{{text}"));
+            let whole = tray().encode().unwrap();
+            let _ = read(&whole[..cut.min(whole.len())]);
+            let mut bytes = whole.into_bytes();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            if let Ok(edited) = String::from_utf8(bytes) {
+                let _ = read(&edited);
+            }
+        }
+    }
+
     #[test]
     fn the_committed_schema_is_the_types_schema() {
         let committed = include_str!("../docs/verdict-v1.schema.json");

@@ -25,22 +25,18 @@ impl Planner<'_> {
             if undecided {
                 continue;
             }
-            let passed: Vec<usize> = members
-                .clone()
-                .filter(|&m| self.members[m].passed)
-                .collect();
-            if passed.is_empty() {
-                continue;
-            }
+            let passed_now = |planner: &Self| -> Vec<usize> {
+                members
+                    .clone()
+                    .filter(|&m| planner.members[m].passed)
+                    .collect()
+            };
             // The trays are compared with each other (verdicts.rs): those
             // that disagree fail here; no majority holds the domain.
-            if !self.domain_gates(d) {
+            if passed_now(self).is_empty() || !self.domain_gates(d) {
                 continue;
             }
-            let passed: Vec<usize> = members
-                .clone()
-                .filter(|&m| self.members[m].passed)
-                .collect();
+            let passed = passed_now(self);
             if passed.is_empty() {
                 continue;
             }

@@ -456,6 +456,18 @@ pub fn pattern_edges(pattern: &str) -> Vec<String> {
             v.push("x".repeat(63));
             v
         }
+        // FirmwareGate's version lists (maxLength 64).
+        r"^[0-9A-Za-z][-0-9A-Za-z._+]*$" => {
+            let mut v = owned(&[
+                "570.133.20",
+                "97.00.82.00.5F",
+                "G548.0201.00.06",
+                "9",
+                "a+b_c-d",
+            ]);
+            v.push(format!("9{}", ".".repeat(63)));
+            v
+        }
         // RolloutBatch.maxFailuresPerWave as a percent.
         r"^(100|[1-9]?[0-9])%$" => owned(&["0%", "1%", "9%", "10%", "50%", "99%", "100%"]),
         _ => Vec::new(),
