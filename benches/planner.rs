@@ -188,6 +188,7 @@ fn scenario(total: usize) -> Scenario {
                     evicted: false,
                     deleting: false,
                     verdict: gpufleet::verdict::Read::Absent,
+                    group: None,
                 });
                 validating += 1;
             }

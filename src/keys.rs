@@ -47,6 +47,8 @@ pub const PROBE_MISSES: &str = "gpufleet.io/probe-misses";
 /// compact JSON; written when the probe's verdict is read, removed when the
 /// node starts again. Domain gates compare the trays of a domain by it.
 pub const VERDICT: &str = "gpufleet.io/verdict";
+/// Label on rack test pods: their group (`healthChecks.domainTest`).
+pub const GROUP: &str = "gpufleet.io/group";
 /// Node annotation set by a person (any value) to send a failed or held node
 /// through validation again; gpufleet removes it.
 pub const RETRY: &str = "gpufleet.io/retry";

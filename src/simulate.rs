@@ -34,6 +34,12 @@ pub const SIM_VBIOS: &str = "sim.gpufleet.io/vbios";
 /// `clusterUuid=…`, `state=In Progress`, `status=Insufficient Resources`,
 /// `health=Unhealthy`).
 pub const SIM_FABRIC: &str = "sim.gpufleet.io/fabric";
+/// Node annotation (any value): a tray with a bad NVLink port. Its own
+/// probe passes; every rack test group it is in fails.
+pub const SIM_NVLINK_FAULT: &str = "sim.gpufleet.io/nvlink-fault";
+/// Node annotation (any value): the tray's rack has a bad switch tray:
+/// every rack test group with a tray of that rack fails.
+pub const SIM_RACK_FAULT: &str = "sim.gpufleet.io/rack-fault";
 /// The VBIOS a simulated tray reports unless told otherwise.
 pub const SIM_DEFAULT_VBIOS: &str = "97.00.82.00.5F";
 /// Node label on every simulated node, so a real cluster's nodes are never
@@ -65,6 +71,10 @@ pub struct SimNode {
     /// A fabric fault its verdict reports on every GPU, `field=value` (see
     /// [`SIM_FABRIC`]).
     pub fabric_fault: Option<String>,
+    /// A bad NVLink port: rack tests with this tray fail ([`SIM_NVLINK_FAULT`]).
+    pub nvlink_fault: bool,
+    /// Its rack's switch tray is bad ([`SIM_RACK_FAULT`]).
+    pub rack_fault: bool,
 }
 
 impl SimNode {
@@ -80,6 +90,8 @@ impl SimNode {
             probe_failure: None,
             vbios: SIM_DEFAULT_VBIOS.into(),
             fabric_fault: None,
+            nvlink_fault: false,
+            rack_fault: false,
         }
     }
 
@@ -131,6 +143,12 @@ impl SimNode {
         }
         if let Some(fault) = &self.fabric_fault {
             annotations.insert(SIM_FABRIC.into(), fault.clone());
+        }
+        if self.nvlink_fault {
+            annotations.insert(SIM_NVLINK_FAULT.into(), "true".into());
+        }
+        if self.rack_fault {
+            annotations.insert(SIM_RACK_FAULT.into(), "true".into());
         }
         let resources: BTreeMap<String, Quantity> = [
             ("cpu", "72".to_string()),
@@ -335,6 +353,57 @@ async fn finish(
     ) else {
         return Ok(());
     };
+    // A rack test pod: its group passes unless one of its trays has a bad
+    // NVLink port or sits in a rack with a bad switch tray.
+    if pod
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(keys::GROUP))
+    {
+        let peers: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.env.iter().flatten())
+            .find(|e| e.name == "GPUFLEET_PEER_NODES")
+            .and_then(|e| e.value.clone())
+            .map(|v| v.split(',').map(String::from).collect())
+            .unwrap_or_default();
+        let mut bad = None;
+        for peer in &peers {
+            let annotations = nodes
+                .get_opt(peer)
+                .await?
+                .and_then(|n| n.metadata.annotations)
+                .unwrap_or_default();
+            if annotations.contains_key(SIM_NVLINK_FAULT)
+                || annotations.contains_key(SIM_RACK_FAULT)
+            {
+                bad = Some(peer.clone());
+                break;
+            }
+        }
+        let (result, message) = match bad {
+            None => (
+                "pass",
+                format!("all_reduce_perf over {} trays: 880 GB/s", peers.len()),
+            ),
+            Some(_) => (
+                "fail",
+                format!(
+                    "all_reduce_perf over {} trays: bus bandwidth 190 GB/s, below the 700 GB/s floor",
+                    peers.len()
+                ),
+            ),
+        };
+        let body = json!({"metadata": {"annotations": {
+            PROBE_RESULT: result, PROBE_MESSAGE: message, PROBE_DELAY: delay,
+        }}});
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await?;
+        return Ok(());
+    }
     let Some(node) = nodes.get_opt(node).await? else {
         return Ok(());
     };

@@ -111,6 +111,8 @@ pub enum Reason {
     WriteRejected,
     /// Probes of the batch do not run (never started, evicted).
     ProbesNotRunning,
+    /// A rack test needs more trays at once than the caps allow.
+    RackTestTooBig,
 }
 
 impl Reason {
@@ -141,6 +143,7 @@ impl Reason {
             Reason::ProbeRejected => "ProbeRejected",
             Reason::WriteRejected => "WriteRejected",
             Reason::ProbesNotRunning => "ProbesNotRunning",
+            Reason::RackTestTooBig => "RackTestTooBig",
         }
     }
 }
@@ -227,6 +230,12 @@ pub enum Gate {
     /// A node's probe did not run `notStartedLimit` times: no node starts
     /// until probes run again.
     ProbesNotRunning,
+    /// Every started node passed its own checks; rack tests run over whole
+    /// domains (`healthChecks.domainTest`).
+    RackTest,
+    /// A rack test needs more trays at once than the pool's or the batch's
+    /// `maxConcurrent`: it can never run until a cap is raised.
+    RackTestTooBig,
 }
 
 impl Gate {
@@ -234,7 +243,8 @@ impl Gate {
     /// the gate stalls the rollout).
     pub const fn reason(self) -> Reason {
         match self {
-            Gate::Probes | Gate::Soak => Reason::WaveInProgress,
+            Gate::Probes | Gate::Soak | Gate::RackTest => Reason::WaveInProgress,
+            Gate::RackTestTooBig => Reason::RackTestTooBig,
             Gate::Approval => Reason::WaitingForApproval,
             Gate::Paused => Reason::Paused,
             Gate::FailureBudget => Reason::FailureBudgetExceeded,
@@ -258,6 +268,7 @@ impl Gate {
                 | Gate::SuspectedMisconfiguration
                 | Gate::ProbeRejected
                 | Gate::ProbesNotRunning
+                | Gate::RackTestTooBig
         )
     }
 
@@ -281,6 +292,8 @@ impl Gate {
             Gate::SuspectedMisconfiguration => "halted: suspected misconfiguration",
             Gate::ProbeRejected => "halted: probe pods refused",
             Gate::ProbesNotRunning => "halted: probes cannot run",
+            Gate::RackTest => "waits on rack tests",
+            Gate::RackTestTooBig => "halted: a rack test exceeds the caps",
         }
     }
 
@@ -300,6 +313,8 @@ impl Gate {
             Gate::SuspectedMisconfiguration => "halted, suspected misconfiguration",
             Gate::ProbeRejected => "halted, probe pods refused",
             Gate::ProbesNotRunning => "halted, probes cannot run",
+            Gate::RackTest => "waits on rack tests",
+            Gate::RackTestTooBig => "halted, a rack test exceeds the caps",
         }
     }
 
@@ -318,11 +333,13 @@ impl Gate {
             Gate::SuspectedMisconfiguration => "suspected_misconfiguration",
             Gate::ProbeRejected => "probe_rejected",
             Gate::ProbesNotRunning => "probes_not_running",
+            Gate::RackTest => "rack_test",
+            Gate::RackTestTooBig => "rack_test_too_big",
         }
     }
 
     /// Every gate.
-    pub const ALL: [Gate; 12] = [
+    pub const ALL: [Gate; 14] = [
         Gate::Probes,
         Gate::Soak,
         Gate::Approval,
@@ -335,6 +352,8 @@ impl Gate {
         Gate::SuspectedMisconfiguration,
         Gate::ProbeRejected,
         Gate::ProbesNotRunning,
+        Gate::RackTest,
+        Gate::RackTestTooBig,
     ];
 }
 

@@ -12,7 +12,7 @@ pub use common::{
     TaintSpec, VERSION,
 };
 pub use pool::{
-    BreakerFailure, BreakerStatus, CircuitBreaker, FabricGate, FirmwareGate, GpuPool, GpuPoolSpec,
-    GpuPoolStatus, Hardware, HealthChecks, Onboarding, Probe, Topology,
+    BreakerFailure, BreakerStatus, CircuitBreaker, DomainTest, FabricGate, FirmwareGate, GpuPool,
+    GpuPoolSpec, GpuPoolStatus, Hardware, HealthChecks, Onboarding, Probe, Topology,
 };
 pub use validate::FieldError;

@@ -234,12 +234,62 @@ pub struct HealthChecks {
     /// wrote no verdict fails. Unset: no fabric gate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fabric: Option<FabricGate>,
+    /// The rack test: once every tray of a domain has passed its own checks
+    /// (and the domain has enough healthy trays), one test over the
+    /// domain's healthy trays at once, such as NCCL `all_reduce_perf` over
+    /// multi-node NVLink. The domain is admitted only when it passes. When
+    /// it fails, gpufleet finds the faulty trays by testing halves of the
+    /// suspects and confirming each suspect beside a known-good tray, fails
+    /// exactly those, and admits the rest if enough remain; when every group
+    /// fails, the whole rack fails. Unset: no rack test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_test: Option<DomainTest>,
     /// The golden firmware tuple, read from the probe's verdict: the
     /// versions a node's driver and GPUs may run. A node off the tuple
     /// fails; with `uniformDomains`, so do trays that disagree with the
     /// rest of their domain. Unset: any firmware.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<FirmwareGate>,
+}
+
+/// The rack test (see `healthChecks.domainTest`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainTest {
+    /// The pod run on every tray of a group under test, bound to its tray,
+    /// in the probe namespace as the probe ServiceAccount (the same rules
+    /// as the probe's template). Each pod is told its group in environment
+    /// variables: `GPUFLEET_GROUP` (the group's name, also the pods' label
+    /// `gpufleet.io/group`), `GPUFLEET_GROUP_SIZE`, `GPUFLEET_RANK` (0 to
+    /// size - 1), `GPUFLEET_PEERS` (the group's pod names by rank, comma
+    /// separated) and `GPUFLEET_PEER_NODES` (their nodes). The group passes
+    /// when every pod exits 0.
+    #[schemars(schema_with = "pod_template_schema")]
+    pub template: PodTemplateSpec,
+    /// Seconds a group's test may take, from when its pods were created,
+    /// before the group counts as failed (each pod's activeDeadlineSeconds
+    /// too). Default 1800.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub timeout_seconds: Option<u32>,
+    /// Rounds of attribution after a failed rack test before gpufleet
+    /// stops looking and fails the trays still suspect. Default 6
+    /// (⌈log2 18⌉ + 1: enough to isolate one tray of an NVL72).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub max_rounds: Option<u32>,
+}
+
+impl DomainTest {
+    /// `timeoutSeconds`, defaulted.
+    pub fn timeout(&self) -> u32 {
+        self.timeout_seconds.unwrap_or(1800)
+    }
+
+    /// `maxRounds`, defaulted.
+    pub fn rounds(&self) -> u32 {
+        self.max_rounds.unwrap_or(6).max(1)
+    }
 }
 
 /// The fabric-completeness gate (see `healthChecks.fabric`).

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, Toleration};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
@@ -36,8 +36,24 @@ pub fn probe_pod(
     request: &ProbeRequest,
     probes: &Probes,
 ) -> Option<Pod> {
-    let probe = pool.spec.health_checks.probe.as_ref()?;
-    let template = &probe.template;
+    // A rack test pod comes from the domain test's template; its account
+    // and token follow the probe's rules.
+    let token = pool
+        .spec
+        .health_checks
+        .probe
+        .as_ref()
+        .is_some_and(|p| p.service_account_token);
+    let (template, deadline) = match &request.group {
+        None => {
+            let probe = pool.spec.health_checks.probe.as_ref()?;
+            (&probe.template, probe.timeout_seconds)
+        }
+        Some(_) => {
+            let test = pool.spec.health_checks.domain_test.as_ref()?;
+            (&test.template, test.timeout())
+        }
+    };
     let batch_name = batch.metadata.name.clone().unwrap_or_default();
     let mut meta: ObjectMeta = template.metadata.clone().unwrap_or_default();
     let labels = meta.labels.get_or_insert_with(BTreeMap::new);
@@ -47,6 +63,9 @@ pub fn probe_pod(
     // when it carries this batch's UID (a UID fits a label value).
     if let Some(uid) = batch.metadata.uid.as_ref() {
         labels.insert(keys::BATCH_UID.into(), uid.clone());
+    }
+    if let Some(group) = &request.group {
+        labels.insert(keys::GROUP.into(), group.group.clone());
     }
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(keys::ATTEMPT.into(), request.attempt.to_string());
@@ -74,11 +93,35 @@ pub fn probe_pod(
     // rights to every node it onboards.
     spec.service_account_name = Some(probes.service_account.clone());
     spec.service_account = None;
-    spec.automount_service_account_token = Some(probe.service_account_token);
+    spec.automount_service_account_token = Some(token);
     // A probe runs once: its exit code is the verdict.
     spec.restart_policy = Some("Never".into());
     // The kubelet stops a probe that overruns; the planner times it out too.
-    spec.active_deadline_seconds = Some(i64::from(probe.timeout_seconds));
+    spec.active_deadline_seconds = Some(i64::from(deadline));
+    // A rack test pod learns its group from its environment.
+    if let Some(group) = &request.group {
+        let env = [
+            ("GPUFLEET_GROUP", group.group.clone()),
+            ("GPUFLEET_GROUP_SIZE", group.peers.len().to_string()),
+            ("GPUFLEET_RANK", group.rank.to_string()),
+            ("GPUFLEET_PEERS", group.peers.join(",")),
+            ("GPUFLEET_PEER_NODES", group.peer_nodes.join(",")),
+        ];
+        for container in spec
+            .init_containers
+            .iter_mut()
+            .flatten()
+            .chain(spec.containers.iter_mut())
+        {
+            let vars = container.env.get_or_insert_with(Vec::new);
+            vars.retain(|v| !env.iter().any(|(k, _)| v.name == *k));
+            vars.extend(env.iter().map(|(k, v)| EnvVar {
+                name: k.to_string(),
+                value: Some(v.clone()),
+                value_from: None,
+            }));
+        }
+    }
     let taint = &pool.spec.onboarding.taint;
     let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
     let tolerated = tolerations.iter().any(|t| {
@@ -148,6 +191,7 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
             node: "n1".into(),
             attempt: 2,
             run: None,
+            group: None,
         };
         let pod = probe_pod(&pool, &batch, &req, &probes()).unwrap();
         let meta = &pod.metadata;
@@ -198,6 +242,7 @@ spec: {poolRef: east, nodeSelector: {}, waves: [{percent: 100}]}
             node: "n1".into(),
             attempt: 1,
             run: None,
+            group: None,
         }
     }
 

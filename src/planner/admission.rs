@@ -11,6 +11,7 @@ use crate::vocabulary::EventReason;
 use super::EventTarget;
 use super::health::FailureCategory;
 use super::membership::needed_healthy;
+use super::racktest::RackTest;
 use super::snapshot::NodeState;
 use super::state::Planner;
 
@@ -51,7 +52,37 @@ impl Planner<'_> {
                 continue;
             }
             let needed = needed_healthy(&self.pool.spec.topology, &self.domains[d].key);
-            let healthy = self.domains[d].ready_in_pool + passed.len() as u32;
+            let mut passed = passed;
+            let mut healthy = self.domains[d].ready_in_pool + passed.len() as u32;
+            // Enough healthy trays: with a rack test, the domain is admitted
+            // only once its test passed (racktest.rs), and only the trays
+            // it proved good.
+            if healthy >= needed
+                && let Some(spec) = self.pool.spec.health_checks.domain_test.clone()
+            {
+                let room = self.rack_room();
+                match self.rack_test(&spec, &passed, room) {
+                    RackTest::Running { round, testing } => {
+                        let key = self.domains[d].key.clone();
+                        self.rack_running.retain(|(k, _, _)| *k != key);
+                        self.rack_running.push((key, round, testing));
+                        continue;
+                    }
+                    RackTest::RackFailed(why) => {
+                        for &m in &passed {
+                            self.fail_faulty(m, why.clone());
+                        }
+                        continue;
+                    }
+                    RackTest::Done { faulty, good } => {
+                        for (m, why) in faulty {
+                            self.fail_faulty(m, why);
+                        }
+                        passed = good;
+                        healthy = self.domains[d].ready_in_pool + passed.len() as u32;
+                    }
+                }
+            }
             if healthy >= needed {
                 for m in passed {
                     let stamp = self.stamp();

@@ -137,6 +137,29 @@ impl Planner<'_> {
         })
     }
 
+    /// Trays a new rack test round may occupy under the caps: the lower
+    /// of the pool's and the batch's, less every tray in validation or
+    /// under a rack test.
+    pub(super) fn rack_room(&self) -> u32 {
+        let cap = self.concurrency_cap();
+        let validating = self
+            .members
+            .iter()
+            .filter(|m| m.state == NodeState::Validating)
+            .count() as u32;
+        cap.saturating_sub(self.validating_elsewhere + validating + self.rack_testing())
+    }
+
+    /// The lower of the pool's and the batch's `maxConcurrent`.
+    pub(super) fn concurrency_cap(&self) -> u32 {
+        self.pool
+            .spec
+            .max_concurrent
+            .map_or(self.batch.spec.max_concurrent, |pool| {
+                pool.min(self.batch.spec.max_concurrent)
+            })
+    }
+
     /// The gate that holds the open wave `wave` back, if any.
     fn gate(&self, wave: usize) -> Option<Stop> {
         let spec = &self.batch.spec;
@@ -192,7 +215,9 @@ impl Planner<'_> {
             .map_or(self.batch.spec.max_concurrent, |pool| {
                 pool.min(self.batch.spec.max_concurrent)
             });
-        let mut slots = cap.saturating_sub(self.validating_elsewhere + validating_here);
+        // Trays under a rack test count as in validation.
+        let mut slots =
+            cap.saturating_sub(self.validating_elsewhere + validating_here + self.rack_testing());
         let batch_name = self.batch_name().to_string();
         for m in pending {
             let joined = [
@@ -251,6 +276,7 @@ impl Planner<'_> {
                     node,
                     attempt: 1,
                     run: Some(self.now),
+                    group: None,
                 });
                 self.wake_at(later(
                     self.now,

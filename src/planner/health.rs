@@ -28,11 +28,12 @@ pub enum FailureCategory {
     VerdictInvalid,
     FabricIncomplete,
     FirmwareMismatch,
+    RackTestFailed,
 }
 
 impl FailureCategory {
     /// Every category.
-    pub const ALL: [FailureCategory; 13] = [
+    pub const ALL: [FailureCategory; 14] = [
         FailureCategory::NotReady,
         FailureCategory::UnhealthyCondition,
         FailureCategory::WrongProduct,
@@ -46,6 +47,7 @@ impl FailureCategory {
         FailureCategory::VerdictInvalid,
         FailureCategory::FabricIncomplete,
         FailureCategory::FirmwareMismatch,
+        FailureCategory::RackTestFailed,
     ];
 
     /// The snake_case label value used in metrics.
@@ -64,6 +66,7 @@ impl FailureCategory {
             FailureCategory::VerdictInvalid => "verdict_invalid",
             FailureCategory::FabricIncomplete => "fabric_incomplete",
             FailureCategory::FirmwareMismatch => "firmware_mismatch",
+            FailureCategory::RackTestFailed => "rack_test_failed",
         }
     }
 }

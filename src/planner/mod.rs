@@ -16,6 +16,7 @@
 //! | gates: failure budget, breaker, pause, approval, concurrency | `gates.rs` |
 //! | short-circuit: many failing the same way at once | `shortcircuit.rs` |
 //! | admission of whole domains, holding | `admission.rs` |
+//! | the rack test and its attribution | `racktest.rs` |
 //! | verdict gates: fabric, firmware tuple, domain agreement | `verdicts.rs` |
 //! | releasing nodes that left the batch | `release.rs` |
 //! | status, conditions, events | `status.rs` (words: `crate::vocabulary`) |
@@ -37,6 +38,7 @@ mod pool;
 pub mod preview;
 mod probes;
 mod provenance;
+mod racktest;
 mod release;
 mod retry;
 mod selector;
@@ -65,6 +67,7 @@ pub use pool::{
     Breaker, LEDGER_MAX, PoolPlan, breaker, invalid_pool_status, parse_window, plan_pool,
 };
 pub use probes::{awaited_probe, probe_pod_name, probe_run_pod_name};
+pub use racktest::{GROUP_POD_PREFIX, group_pod_name};
 pub use release::release;
 pub use selector::{matches, to_query};
 pub use snapshot::{
@@ -160,6 +163,21 @@ pub struct ProbeRequest {
     /// When the node's run started (`gpufleet.io/started`): the pod carries
     /// it, and is a verdict for that run only.
     pub run: Option<Timestamp>,
+    /// For a rack test pod (`healthChecks.domainTest`): its group.
+    pub group: Option<GroupMember>,
+}
+
+/// A rack test pod's place in its group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    /// The group's name (`gpufleet.io/group`).
+    pub group: String,
+    /// 0 to size - 1.
+    pub rank: u32,
+    /// The group's pod names, by rank.
+    pub peers: Vec<String>,
+    /// The group's nodes, by rank.
+    pub peer_nodes: Vec<String>,
 }
 
 /// Where an event goes.
@@ -209,6 +227,13 @@ pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Time
         if planner.progress() == before {
             break;
         }
+    }
+    planner.delete_stray_groups();
+    if stop.is_none() && planner.rack_too_big.is_some() {
+        stop = planner.open_wave().map(|wave| gates::Stop {
+            gate: crate::vocabulary::Gate::RackTestTooBig,
+            wave,
+        });
     }
     let status = planner.status(stop);
     finish(planner, status, departed)

@@ -143,6 +143,7 @@ impl Planner<'_> {
                             node: view.name.clone(),
                             attempt,
                             run: view.started,
+                            group: None,
                         }),
                     }
                     self.wake_at(deadline);
@@ -206,6 +207,7 @@ impl Planner<'_> {
                     node,
                     attempt: next,
                     run: view.started,
+                    group: None,
                 });
                 self.wake_at(later(self.now, start_timeout));
             }
@@ -328,6 +330,7 @@ impl Planner<'_> {
             node: node.clone(),
             attempt,
             run: Some(self.now),
+            group: None,
         });
         self.event(
             EventTarget::Node(node),
@@ -352,7 +355,8 @@ impl Planner<'_> {
             .chain(self.creates.iter().map(|c| c.pod_name.clone()))
             .collect();
         for probe in &self.snapshot.probes {
-            if !probe.deleting && !wanted.contains(&probe.name) {
+            // Rack test pods are the rack test's own (`racktest.rs`).
+            if !probe.deleting && probe.group.is_none() && !wanted.contains(&probe.name) {
                 self.deletes.insert(probe.name.clone());
             }
         }

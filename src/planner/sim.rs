@@ -45,6 +45,9 @@ pub enum Outcome {
 /// Decides how the probe of a node ends, by node name and attempt.
 pub type OutcomeFn = Box<dyn Fn(&str, u32) -> Outcome>;
 
+/// Decides whether a rack test group passes, by its nodes.
+pub type GroupFn = Box<dyn Fn(&[String]) -> bool>;
+
 /// A simulated cluster holding one pool and one batch.
 pub struct Sim {
     pub pool: GpuPool,
@@ -58,6 +61,11 @@ pub struct Sim {
     /// Every action applied, in order.
     pub log: Vec<Action>,
     pub outcome: OutcomeFn,
+    /// How a rack test group ends, by its nodes: passes unless this says
+    /// false (unset: every group passes).
+    pub group_passes: Option<GroupFn>,
+    /// Each rack test pod's group, by pod name: its nodes.
+    pub group_nodes: BTreeMap<String, Vec<String>>,
 }
 
 impl Sim {
@@ -78,6 +86,8 @@ impl Sim {
             probes_created: 0,
             log: Vec::new(),
             outcome: Box::new(outcome),
+            group_passes: None,
+            group_nodes: BTreeMap::new(),
         }
     }
 
@@ -119,6 +129,10 @@ impl Sim {
                 Action::CreateProbe(req) => {
                     if self.snapshot.probes.iter().all(|p| p.name != req.pod_name) {
                         self.probes_created += 1;
+                        if let Some(g) = &req.group {
+                            self.group_nodes
+                                .insert(req.pod_name.clone(), g.peer_nodes.clone());
+                        }
                         let (containers, init_containers) = self.template_containers();
                         self.snapshot.probes.push(ProbeView {
                             name: req.pod_name.clone(),
@@ -137,6 +151,7 @@ impl Sim {
                             evicted: false,
                             deleting: false,
                             verdict: crate::verdict::Read::Absent,
+                            group: req.group.as_ref().map(|g| g.group.clone()),
                         });
                     }
                 }
@@ -193,7 +208,26 @@ impl Sim {
                 continue;
             }
             let inits = init_containers.iter().map(|c| ended(c, true, 0, None));
-            let outcome = (self.outcome)(&probe.node, probe.attempt);
+            let outcome = match (&probe.group, &self.group_passes) {
+                (Some(_), Some(passes)) => {
+                    let nodes = self
+                        .group_nodes
+                        .get(&probe.name)
+                        .cloned()
+                        .unwrap_or_default();
+                    if passes(&nodes) {
+                        Outcome::Pass
+                    } else {
+                        Outcome::Fail {
+                            exit_code: 1,
+                            message: "all_reduce_perf: bus bandwidth 190 GB/s, below the floor"
+                                .into(),
+                        }
+                    }
+                }
+                (Some(_), None) => Outcome::Pass,
+                (None, _) => (self.outcome)(&probe.node, probe.attempt),
+            };
             if outcome == Outcome::NeverStarts {
                 probe.not_running = Some("Unschedulable: 0/1 nodes are available".into());
                 continue;
@@ -793,6 +827,7 @@ impl Cluster {
                         evicted: false,
                         deleting: false,
                         verdict: crate::verdict::Read::Absent,
+                        group: req.group.as_ref().map(|g| g.group.clone()),
                     },
                     batch: batch.metadata.name.clone(),
                     created_seq: self.seq + 1,

@@ -383,6 +383,8 @@ pub struct ProbeView {
     /// The structured verdict its containers left in their termination
     /// messages ([`crate::verdict`]): absent, valid, or not a valid one.
     pub verdict: crate::verdict::Read,
+    /// For a rack test pod: its group (`gpufleet.io/group`).
+    pub group: Option<String>,
 }
 
 impl ProbeView {
@@ -545,6 +547,12 @@ impl From<&Pod> for ProbeView {
                 .is_some_and(|r| matches!(r, "Evicted" | "Preempting")),
             deleting: meta.deletion_timestamp.is_some(),
             verdict,
+            group: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(keys::GROUP))
+                .filter(|g| !g.is_empty())
+                .cloned(),
         }
     }
 }

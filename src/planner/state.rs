@@ -79,6 +79,12 @@ pub(super) struct Planner<'a> {
     pub suspected: Option<String>,
     pub creates: Vec<ProbeRequest>,
     pub deletes: BTreeSet<String>,
+    /// Rack test groups some domain's test still reads (`racktest.rs`).
+    pub groups_wanted: BTreeSet<String>,
+    /// Domains under a rack test: key, round, trays under test.
+    pub rack_running: Vec<(String, u32, u32)>,
+    /// A rack test that can never run under the caps, in words.
+    pub rack_too_big: Option<String>,
     pub events: Vec<Event>,
     pub wake: Option<Timestamp>,
 }
@@ -173,6 +179,9 @@ impl<'a> Planner<'a> {
             suspected: None,
             creates: Vec::new(),
             deletes: BTreeSet::new(),
+            groups_wanted: BTreeSet::new(),
+            rack_running: Vec::new(),
+            rack_too_big: None,
             events: Vec::new(),
             wake: None,
         }

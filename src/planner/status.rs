@@ -304,6 +304,19 @@ impl Planner<'_> {
                     ),
                 )
             }
+            Some(Stop {
+                gate: Gate::RackTestTooBig,
+                wave,
+            }) => verdict(
+                Gate::RackTestTooBig,
+                Some(wave),
+                format!(
+                    "wave {} of {} halted: {}",
+                    wave + 1,
+                    self.wave_count,
+                    self.rack_too_big.as_deref().unwrap_or_default()
+                ),
+            ),
             // Any other gate: its headline and where the wave stands.
             Some(Stop { gate, wave }) => verdict(
                 gate,
@@ -330,6 +343,24 @@ impl Planner<'_> {
                 let wave = self
                     .open_wave()
                     .map_or(current_wave.max(1) as usize - 1, |w| w);
+                let testing: u32 = self.rack_running.iter().map(|(_, _, t)| *t).sum();
+                if counts.validating == 0 && !self.rack_running.is_empty() {
+                    let rounds: std::collections::BTreeSet<u32> =
+                        self.rack_running.iter().map(|(_, r, _)| *r).collect();
+                    let message = format!(
+                        "wave {} of {}: {} domains under a rack test ({testing} trays; attribution rounds {}), {} pending",
+                        current_wave.max(1),
+                        self.wave_count,
+                        self.rack_running.len(),
+                        rounds
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        counts.pending
+                    );
+                    return verdict(Gate::RackTest, Some(wave), message);
+                }
                 let gate = if counts.validating > 0 || counts.soaking == 0 {
                     Gate::Probes
                 } else {

@@ -981,6 +981,7 @@ fn chart_renders_pools_with_the_default_probe_template() {
         node: "n1".into(),
         attempt: 1,
         run: None,
+        group: None,
     };
     let probes = gpufleet::operator::Probes::in_namespace("gpufleet-system-probes");
     let pod = gpufleet::operator::probe::probe_pod(&east, &batch, &request, &probes).unwrap();
@@ -1240,6 +1241,7 @@ fn chart_pools_and_probe_pods_are_accepted_by_the_api_server() {
             node: "n1".into(),
             attempt: 1,
             run: None,
+            group: None,
         };
         let probes = gpufleet::operator::Probes::in_namespace(restricted);
         let mut pod =

@@ -941,3 +941,59 @@ fn a_tray_in_another_clique_and_one_off_the_firmware_tuple_fail_the_rest_is_admi
         "{status}"
     );
 }
+
+/// The pool's rack test on the real API server, with the burn-in stand-in
+/// playing NCCL: a group fails when one of its trays has a bad NVLink port
+/// or its rack a bad switch tray. In one rack tray 7 has the bad port:
+/// attribution finds exactly it within the round cap and the other 17 are
+/// admitted (16 needed); the other rack's switch tray is bad: no tray of it
+/// is admitted and the reason says the rack failed. Meanwhile trays in
+/// validation plus trays under a rack test never exceed the pool's cap.
+#[test]
+fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
+    let name = "ro-rack";
+    let mut s = Scenario::new(name);
+    let batch = "ro-rack-b";
+    let mut nodes = s.fleet(batch, 2, 18);
+    let bad_tray = "ro-rack-d0-n07";
+    for n in &mut nodes {
+        n.nvlink_fault = n.name == bad_tray;
+        n.rack_fault = n.name.contains("-d1-");
+    }
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml(
+        "spec: {maxConcurrent: 18, healthChecks: {domainTest: {timeoutSeconds: 60, template: {spec: {containers: [{name: nccl, image: nccl-tests, command: [all_reduce_perf, -b, 16G]}]}}}}}",
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxConcurrent: 36, maxFailuresPerWave: 20}",
+    ));
+    let mut peak = 0;
+    s.wait_until("both racks are decided", ROLLOUT * 2, |s| {
+        let pods = s.rt.block_on(s.group_pods());
+        peak = peak.max(s.count("validating") + pods);
+        s.count("ready") == 17 && s.count("failed") == 19
+    });
+    assert!(peak <= 18, "{peak} trays busy at once; the pool allows 18");
+    let seen = s.seen();
+    assert_eq!(seen[bad_tray].state.as_deref(), Some("failed"));
+    let reason = seen[bad_tray].reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("rack test: this tray failed beside known-good tray"),
+        "{reason}"
+    );
+    for n in 0..18 {
+        let tray = format!("ro-rack-d1-n{n:02}");
+        let reason = seen[&tray].reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("rack test failed in every group tried"),
+            "{tray}: {reason}"
+        );
+    }
+    s.wait_until(
+        "the rack test pods are gone",
+        Duration::from_secs(30),
+        |s| s.rt.block_on(s.group_pods()) == 0,
+    );
+}

@@ -11,5 +11,6 @@ mod no_panic;
 mod probes;
 mod properties;
 mod purity;
+mod racktest;
 mod rules;
 mod verdicts;

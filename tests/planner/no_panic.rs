@@ -96,6 +96,7 @@ proptest! {
                 evicted: n % 5 == 0,
                 deleting: false,
                 verdict: gpufleet::verdict::Read::Absent,
+                group: None,
             });
             snapshot.nodes.push(Arc::new(node));
         }

@@ -24,6 +24,9 @@ enum Fault {
     FirstProbeFails,
     /// The probe exits 0 but its verdict is off (see [`verdict_outcome`]).
     Verdict(u8),
+    /// A bad NVLink port: its own checks pass, every rack test group with
+    /// it fails.
+    NvlinkPort,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +60,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         1 => Just(Fault::ProbeHangs),
         1 => Just(Fault::FirstProbeFails),
         2 => (0u8..8).prop_map(Fault::Verdict),
+        1 => Just(Fault::NvlinkPort),
     ]
 }
 
@@ -152,6 +156,11 @@ fn gates(case: &Case) -> Option<bool> {
         .then_some((case.order_seed >> 11) & 1 == 1)
 }
 
+/// The pool runs a rack test in half the cases, drawn from the order seed.
+fn rack_test(case: &Case) -> bool {
+    (case.order_seed >> 13) & 1 == 1
+}
+
 const VBIOS: [&str; 2] = ["97.00.82.00.5F", "97.00.90.00.01"];
 
 /// A clique label as GPU Feature Discovery writes it, for domain `d`.
@@ -223,8 +232,13 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
             VBIOS[0], VBIOS[1]
         ),
     };
+    let rack = if rack_test(case) {
+        ", domainTest: {maxRounds: 3, template: {spec: {containers: [{name: nccl, image: nccl}]}}}"
+    } else {
+        ""
+    };
     let mut pool: GpuPool = with_pool(&format!(
-        "spec: {{topology: {{nodesPerDomain: {}, minHealthyNodesPerDomain: {}}}, healthChecks: {{probe: {probe}, soakSeconds: {}{gate}}}}}",
+        "spec: {{topology: {{nodesPerDomain: {}, minHealthyNodesPerDomain: {}}}, healthChecks: {{probe: {probe}, soakSeconds: {}{gate}{rack}}}}}",
         case.per_domain, case.min_healthy, case.soak
     ));
     pool.spec.max_concurrent = pool_cap(case);
@@ -294,7 +308,23 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
             _ => Outcome::Pass,
         },
     );
+    let ports: BTreeSet<String> = faults
+        .iter()
+        .filter(|(_, f)| matches!(f, Fault::NvlinkPort))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut sim = sim;
+    sim.group_passes = Some(Box::new(move |nodes: &[String]| {
+        !nodes.iter().any(|n| ports.contains(n))
+    }));
     (sim, faults)
+}
+
+/// Would a rack test group of these nodes pass?
+fn group_passes(faults: &BTreeMap<String, Fault>, nodes: &[String]) -> bool {
+    !nodes
+        .iter()
+        .any(|n| matches!(faults.get(n), Some(Fault::NvlinkPort)))
 }
 
 fn shuffle<T>(items: &mut [T], mut seed: u64) {
@@ -338,6 +368,57 @@ fn check(
         );
     }
 
+    // Trays under a rack test count against the caps too.
+    let testing: BTreeSet<&str> = sim
+        .snapshot
+        .probes
+        .iter()
+        .filter(|p| {
+            p.group.is_some() && !matches!(p.phase, ProbePhase::Succeeded | ProbePhase::Failed)
+        })
+        .map(|p| p.node.as_str())
+        .collect();
+    let cap = pool_cap(case).map_or(case.max_concurrent, |p| p.min(case.max_concurrent));
+    prop_assert!(
+        validating + testing.len() as u32 <= cap,
+        "{validating} validating and {} under a rack test > the cap {cap}",
+        testing.len()
+    );
+    if rack_test(case) {
+        for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
+            // Admitted only after a group with it passed.
+            let proven = sim
+                .group_nodes
+                .values()
+                .any(|g| g.contains(&node.name) && group_passes(faults, g));
+            prop_assert!(
+                proven,
+                "node {} admitted without a passed rack test",
+                node.name
+            );
+        }
+        for node in nodes.iter().filter(|n| n.state() == NodeState::Failed) {
+            let reason = node.reason.as_deref().unwrap_or_default();
+            if reason.starts_with("rack test: this tray failed beside") {
+                prop_assert!(
+                    matches!(faults.get(&node.name), Some(Fault::NvlinkPort)),
+                    "healthy node {} blamed by attribution: {reason}",
+                    node.name
+                );
+            }
+            if reason.starts_with("rack test") {
+                let passed_a_group = sim
+                    .group_nodes
+                    .values()
+                    .any(|g| g.contains(&node.name) && group_passes(faults, g) && g.len() > 1);
+                prop_assert!(
+                    !passed_a_group || reason.contains("rack itself") || reason.contains("cap"),
+                    "node {} passed in a group that passed, then failed: {reason}",
+                    node.name
+                );
+            }
+        }
+    }
     for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
         let fault = &faults[&node.name];
         let probe_fault = case.probe && matches!(fault, Fault::ProbeFails | Fault::ProbeHangs);
@@ -724,6 +805,7 @@ proptest! {
                         evicted: false,
                         deleting: false,
                         verdict: gpufleet::verdict::Read::Absent,
+                        group: None,
                     });
                 }
                 ProbeOp::Finish => sim.finish_probes(),

@@ -439,6 +439,7 @@ fn a_failed_probe_uses_a_retry_then_fails_the_node_with_its_message() {
                     .find(|n| n.name == "n-d000-n02")
                     .unwrap()
                     .started,
+                group: None,
             }))
     );
     assert!(reason_of(&s, "n-d000-n02").starts_with("attempt 1 failed: probe failed (exit 3)"));

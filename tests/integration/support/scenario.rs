@@ -308,6 +308,29 @@ spec:
             .map(|c| (text(c, "status"), text(c, "reason"), text(c, "message")))
     }
 
+    /// Rack test pods of this scenario's nodes still running (or yet to
+    /// run): the trays under a rack test.
+    pub async fn group_pods(&self) -> usize {
+        let api: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(self.client.clone(), &self.probe_namespace);
+        api.list(&ListParams::default().labels("gpufleet.io/group"))
+            .await
+            .expect("listing pods")
+            .items
+            .iter()
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_some_and(|n| n.starts_with(&format!("{}-", self.name)))
+                    && !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+            })
+            .count()
+    }
+
     pub async fn nodes(&self) -> Vec<Node> {
         let api: Api<Node> = Api::all(self.client.clone());
         api.list(&ListParams::default().labels(&format!("{TEST_LABEL}={}", self.name)))

@@ -1,0 +1,350 @@
+//! The rack test (`healthChecks.domainTest`): before a domain whose trays
+//! all passed their own checks is admitted, one test runs over its healthy
+//! trays at once (a group: one pod per tray). A domain is admitted only when
+//! its group passes.
+//!
+//! When it fails, attribution finds the faulty trays: a failed group of four
+//! or more is tested again as two halves; the trays of a failed group of
+//! three or fewer are suspects, each tested beside a known-good tray (a tray
+//! of a group that passed); a suspect whose pair fails is faulty. Each round
+//! runs its groups at once (never two on one tray). Exactly the faulty trays
+//! fail; the rest are admitted if the domain keeps enough healthy trays.
+//! When no group ever passes (no tray is known good), the fault is the rack
+//! itself: every tray fails with that reason. After `maxRounds` rounds the
+//! trays still suspect fail, and the reason says the cap was hit.
+//!
+//! Nothing is stored but the pods: every plan replays the rounds from the
+//! groups' pods, named after a hash of their members (each with when its
+//! run began), so a restarted operator picks up where it was, and a
+//! change of the domain's trays starts a new test. A domain's pods go once
+//! it is decided.
+
+use k8s_openapi::jiff::SignedDuration;
+
+use crate::api::DomainTest;
+use crate::keys;
+
+use super::health::{Failure, FailureCategory};
+use super::snapshot::{ProbePhase, later};
+use super::state::Planner;
+use super::{GroupMember, ProbeRequest};
+
+/// The name prefix of rack test pods.
+pub const GROUP_POD_PREFIX: &str = "gpufleet-group-";
+
+/// The pod of rank `rank` of group `key`.
+pub fn group_pod_name(key: &str, rank: usize) -> String {
+    format!("{GROUP_POD_PREFIX}{key}-{rank}")
+}
+
+/// What one group's test came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Result {
+    Running,
+    Passed,
+    Failed(String),
+}
+
+/// One test of a round.
+#[derive(Clone, Debug)]
+enum Test {
+    /// A group of suspects (the whole domain in round 0).
+    Group(Vec<usize>),
+    /// A suspect beside a known-good tray.
+    Confirm { suspect: usize, beside: usize },
+}
+
+impl Test {
+    fn members(&self) -> Vec<usize> {
+        match self {
+            Test::Group(g) => g.clone(),
+            Test::Confirm { suspect, beside } => vec![*suspect, *beside],
+        }
+    }
+}
+
+/// Where a domain's rack test stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum RackTest {
+    /// Groups are running (or waiting for room under the caps): `round`
+    /// (0 the whole domain), trays under test.
+    Running { round: u32, testing: u32 },
+    /// Decided: the faulty trays with why, and the trays proven good.
+    Done {
+        faulty: Vec<(usize, String)>,
+        good: Vec<usize>,
+    },
+    /// Every group failed: the rack itself.
+    RackFailed(String),
+}
+
+impl Planner<'_> {
+    /// Trays this batch has under a rack test right now: the group pods
+    /// not finished (counted against the concurrency caps like trays in
+    /// validation), plus those this plan asks for.
+    pub(super) fn rack_testing(&self) -> u32 {
+        let running = self
+            .snapshot
+            .probes
+            .iter()
+            .filter(|p| {
+                p.group.is_some()
+                    && !p.deleting
+                    && !matches!(p.phase, ProbePhase::Succeeded | ProbePhase::Failed)
+            })
+            .count();
+        let asked = self.creates.iter().filter(|c| c.group.is_some()).count();
+        (running + asked) as u32
+    }
+
+    /// The rack test of a domain whose `passed` trays are ready for it.
+    /// `room`: trays a new round may still occupy under the caps.
+    pub(super) fn rack_test(&mut self, spec: &DomainTest, passed: &[usize], room: u32) -> RackTest {
+        let mut sorted = passed.to_vec();
+        sorted.sort_by(|a, b| self.members[*a].view.name.cmp(&self.members[*b].view.name));
+        let cap = spec.rounds();
+        let mut good: Vec<usize> = Vec::new();
+        let mut faulty: Vec<(usize, String)> = Vec::new();
+        let mut suspects: Vec<usize> = Vec::new();
+        let mut frontier = vec![Test::Group(sorted.clone())];
+        let mut first_failure = String::new();
+        let mut keys_seen: Vec<String> = Vec::new();
+        let mut round = 0u32;
+        loop {
+            // A round that has not begun waits for room for all its trays.
+            let trays: u32 = frontier.iter().map(|t| t.members().len() as u32).sum();
+            let begun = frontier
+                .iter()
+                .any(|t| self.group_began(&self.group_key(&t.members())));
+            if !begun && trays > room {
+                let cap = self.concurrency_cap();
+                if trays > cap {
+                    self.rack_too_big = Some(format!(
+                        "a rack test round needs {trays} trays at once and maxConcurrent (the lower of the pool's and the batch's) is {cap}: raise it to at least the domain's size"
+                    ));
+                }
+                self.groups_wanted.extend(keys_seen);
+                return RackTest::Running { round, testing: 0 };
+            }
+            let mut results = Vec::new();
+            for test in &frontier {
+                let members = test.members();
+                let key = self.group_key(&members);
+                keys_seen.push(key.clone());
+                results.push(self.group_result(spec, &key, &members));
+            }
+            if results.contains(&Result::Running) {
+                self.groups_wanted.extend(keys_seen);
+                return RackTest::Running {
+                    round,
+                    testing: trays,
+                };
+            }
+            let mut next: Vec<Test> = Vec::new();
+            for (test, result) in frontier.iter().zip(results) {
+                match (test, result) {
+                    (Test::Group(g), Result::Passed) => good.extend(g),
+                    (Test::Confirm { suspect, .. }, Result::Passed) => good.push(*suspect),
+                    (Test::Confirm { suspect, beside }, Result::Failed(why)) => {
+                        let name = &self.members[*beside].view.name;
+                        faulty.push((
+                            *suspect,
+                            format!(
+                                "rack test: this tray failed beside known-good tray {name} (attribution round {round}): {why}"
+                            ),
+                        ));
+                    }
+                    (Test::Group(g), Result::Failed(why)) => {
+                        if first_failure.is_empty() {
+                            first_failure = why;
+                        }
+                        if g.len() >= 4 {
+                            let (a, b) = g.split_at(g.len() / 2);
+                            next.push(Test::Group(a.to_vec()));
+                            next.push(Test::Group(b.to_vec()));
+                        } else {
+                            suspects.extend(g);
+                        }
+                    }
+                    (_, Result::Running) => {}
+                }
+            }
+            if round == 0 && suspects.is_empty() && next.is_empty() {
+                return RackTest::Done {
+                    faulty: Vec::new(),
+                    good: sorted,
+                };
+            }
+            if next.is_empty() && !suspects.is_empty() && good.is_empty() {
+                return RackTest::RackFailed(format!(
+                    "rack test failed in every group tried ({} rounds, no tray passed in any group): a fault of the rack itself (an NVLink switch tray, a cable cartridge), not of one tray; send the rack back. First failure: {first_failure}",
+                    round + 1
+                ));
+            }
+            // Each suspect beside its own known-good tray; more suspects
+            // than good trays wait for the next round.
+            let mut waiting = Vec::new();
+            for (i, s) in suspects.drain(..).enumerate() {
+                match good.get(i) {
+                    Some(&beside) => next.push(Test::Confirm { suspect: s, beside }),
+                    None => waiting.push(s),
+                }
+            }
+            suspects = waiting;
+            if next.is_empty() {
+                return RackTest::Done { faulty, good };
+            }
+            round += 1;
+            if round > cap {
+                for test in &next {
+                    let suspect = match test {
+                        Test::Group(g) => g.clone(),
+                        Test::Confirm { suspect, .. } => vec![*suspect],
+                    };
+                    for s in suspect {
+                        faulty.push((
+                            s,
+                            format!(
+                                "rack test failed and attribution stopped at its cap of {cap} rounds (healthChecks.domainTest.maxRounds) with this tray still suspect; raise the cap or test the rack by hand. First failure: {first_failure}"
+                            ),
+                        ));
+                    }
+                }
+                for s in suspects.drain(..) {
+                    faulty.push((
+                        s,
+                        format!(
+                            "rack test failed and attribution stopped at its cap of {cap} rounds with this tray still suspect"
+                        ),
+                    ));
+                }
+                return RackTest::Done { faulty, good };
+            }
+            frontier = next;
+        }
+    }
+
+    /// A group's name: a hash of the batch, its trays and when each began
+    /// its run (`gpufleet.io/started`: a tray retried since is a new group).
+    fn group_key(&self, members: &[usize]) -> String {
+        let mut text = self.batch.metadata.uid.clone().unwrap_or_default();
+        for &m in members {
+            let view = self.members[m].view;
+            text.push('\n');
+            text.push_str(&view.name);
+            text.push('@');
+            // As this plan leaves it: a node started in this very plan.
+            let written = self.members[m]
+                .patch
+                .as_ref()
+                .and_then(|p| p.annotations.get(keys::STARTED).cloned());
+            match written {
+                Some(value) => text.push_str(value.as_deref().unwrap_or_default()),
+                None => {
+                    if let Some(started) = view.started {
+                        text.push_str(&started.to_string());
+                    }
+                }
+            }
+        }
+        format!("{:016x}", keys::stable_hash(text.as_bytes()))
+    }
+
+    /// Has any pod of group `key` been made, or asked for by this plan?
+    fn group_began(&self, key: &str) -> bool {
+        let first = group_pod_name(key, 0);
+        self.probe_named.contains_key(first.as_str())
+            || self.creates.iter().any(|c| c.pod_name == first)
+    }
+
+    /// What group `key` of `members` (in rank order) came to; its missing
+    /// pods are asked for.
+    fn group_result(&mut self, spec: &DomainTest, key: &str, members: &[usize]) -> Result {
+        let uid = self.batch.metadata.uid.as_deref();
+        let pods: Vec<_> = (0..members.len())
+            .map(|rank| {
+                self.probe_named
+                    .get(group_pod_name(key, rank).as_str())
+                    .copied()
+                    .filter(|p| !p.deleting && p.made_by(uid))
+            })
+            .collect();
+        for (rank, pod) in pods.iter().enumerate() {
+            let Some(pod) = pod else { continue };
+            let node = &self.members[members[rank]].view.name;
+            if let Some(failed) = pod.failed_container() {
+                let words = failed.message.as_deref().unwrap_or("no message");
+                return Result::Failed(format!(
+                    "its pod on {node} exited {}: {}",
+                    failed.exit_code,
+                    crate::verdict::clip(words.lines().next().unwrap_or(""), 200)
+                ));
+            }
+            if pod.phase == ProbePhase::Failed {
+                return Result::Failed(format!(
+                    "its pod on {node} failed: {}",
+                    pod.message.as_deref().unwrap_or("no reason given")
+                ));
+            }
+        }
+        if pods
+            .iter()
+            .all(|p| p.is_some_and(|p| p.phase == ProbePhase::Succeeded && p.all_exited_zero()))
+        {
+            return Result::Passed;
+        }
+        let timeout = SignedDuration::from_secs(i64::from(spec.timeout()));
+        let created = pods.iter().flatten().filter_map(|p| p.created).min();
+        if let Some(created) = created {
+            let deadline = later(created, timeout);
+            if self.now >= deadline {
+                return Result::Failed(format!(
+                    "the group's test did not finish within {}s",
+                    spec.timeout()
+                ));
+            }
+            self.wake_at(deadline);
+        } else {
+            self.wake_at(later(self.now, timeout));
+        }
+        let peers: Vec<String> = (0..members.len()).map(|r| group_pod_name(key, r)).collect();
+        let peer_nodes: Vec<String> = members
+            .iter()
+            .map(|&m| self.members[m].view.name.clone())
+            .collect();
+        for (rank, pod) in pods.iter().enumerate() {
+            if pod.is_none() {
+                self.creates.push(ProbeRequest {
+                    pod_name: peers[rank].clone(),
+                    node: peer_nodes[rank].clone(),
+                    attempt: 0,
+                    run: None,
+                    group: Some(GroupMember {
+                        group: key.to_string(),
+                        rank: rank as u32,
+                        peers: peers.clone(),
+                        peer_nodes: peer_nodes.clone(),
+                    }),
+                });
+            }
+        }
+        Result::Running
+    }
+
+    /// Fails a tray the rack test found faulty.
+    pub(super) fn fail_faulty(&mut self, m: usize, why: String) {
+        self.fail(m, Failure::new(FailureCategory::RackTestFailed, why));
+    }
+
+    /// Rack test pods no domain's test wants any more: deleted.
+    pub(super) fn delete_stray_groups(&mut self) {
+        for probe in &self.snapshot.probes {
+            let Some(group) = probe.group.as_deref() else {
+                continue;
+            };
+            if !probe.deleting && !self.groups_wanted.contains(group) {
+                self.deletes.insert(probe.name.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The rack test: one group test over a domain's healthy trays before it is
+//! admitted, and attribution when it fails.
+
+use gpufleet::api::GpuPool;
+use gpufleet::planner::NodeState::*;
+use gpufleet::planner::sim::Sim;
+
+use crate::fixtures::*;
+
+const N0: &str = "n-d000-n00";
+const N1: &str = "n-d000-n01";
+const N2: &str = "n-d000-n02";
+const N3: &str = "n-d000-n03";
+
+fn tested(extra: &str) -> GpuPool {
+    with_pool(&format!(
+        "spec: {{healthChecks: {{soakSeconds: 0, domainTest: {{template: {{spec: {{containers: [{{name: nccl, image: nccl-tests}}]}}}}{extra}}}}}}}"
+    ))
+}
+
+/// One domain of four trays (three healthy needed), groups ending as
+/// `passes` says.
+fn rack(pool: GpuPool, passes: impl Fn(&[String]) -> bool + 'static) -> Sim {
+    let mut s = sim(pool, with_batch("spec: {maxFailuresPerWave: 4}"), nodes(1));
+    s.group_passes = Some(Box::new(passes));
+    s
+}
+
+/// Steps and finishes pods until nothing changes; returns the largest
+/// number of trays in validation or under a rack test at once.
+fn settle(s: &mut Sim) -> usize {
+    let mut most = 0;
+    for _ in 0..40 {
+        s.step();
+        s.finish_probes();
+        let busy = s
+            .snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.state() == Validating)
+            .count()
+            + s.snapshot
+                .probes
+                .iter()
+                .filter(|p| p.group.is_some())
+                .map(|p| p.node.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+        most = most.max(busy);
+    }
+    most
+}
+
+fn groups_run(s: &Sim) -> Vec<Vec<String>> {
+    let mut seen: Vec<Vec<String>> = s
+        .group_nodes
+        .iter()
+        .filter(|(pod, _)| pod.ends_with("-0"))
+        .map(|(_, nodes)| nodes.clone())
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[test]
+fn a_rack_is_admitted_only_after_its_group_passes() {
+    let mut s = rack(tested(""), |_| true);
+    s.step();
+    s.finish_probes();
+    s.step();
+    assert_eq!(
+        in_state(&s, Soaking).len(),
+        4,
+        "passed, waiting for the rack test"
+    );
+    let pods: Vec<_> = s
+        .snapshot
+        .probes
+        .iter()
+        .filter(|p| p.group.is_some())
+        .collect();
+    assert_eq!(pods.len(), 4, "one pod per tray");
+    settle(&mut s);
+    assert_eq!(in_state(&s, Ready).len(), 4);
+    assert_eq!(groups_run(&s), [vec![N0, N1, N2, N3]]);
+    assert!(
+        s.snapshot.probes.is_empty(),
+        "its pods go once it is decided"
+    );
+}
+
+#[test]
+fn attribution_finds_the_faulty_tray_and_admits_the_rest() {
+    let mut s = rack(tested(""), |nodes| !nodes.iter().any(|n| n == N2));
+    settle(&mut s);
+    assert_eq!(in_state(&s, Failed), [N2]);
+    assert_eq!(in_state(&s, Ready), [N0, N1, N3]);
+    assert!(
+        reason_of(&s, N2).starts_with(
+            "rack test: this tray failed beside known-good tray n-d000-n00 (attribution round 2)"
+        ),
+        "{}",
+        reason_of(&s, N2)
+    );
+    // Whole rack, then halves, then each suspect beside a good tray.
+    assert_eq!(
+        groups_run(&s),
+        [
+            vec![N0, N1],
+            vec![N0, N1, N2, N3],
+            vec![N2, N0],
+            vec![N2, N3],
+            vec![N3, N1],
+        ]
+    );
+}
+
+#[test]
+fn a_rack_wide_fault_fails_every_tray_and_says_so() {
+    let mut s = rack(tested(""), |_| false);
+    settle(&mut s);
+    assert_eq!(in_state(&s, Failed).len(), 4);
+    assert!(
+        reason_of(&s, N0).starts_with("rack test failed in every group tried (2 rounds, no tray passed in any group): a fault of the rack itself"),
+        "{}",
+        reason_of(&s, N0)
+    );
+}
+
+#[test]
+fn the_round_cap_fails_the_trays_still_suspect() {
+    let mut s = rack(tested(", maxRounds: 1"), |nodes| {
+        !nodes.iter().any(|n| n == N2)
+    });
+    settle(&mut s);
+    assert_eq!(in_state(&s, Failed), [N2, N3]);
+    assert!(
+        reason_of(&s, N3).contains("stopped at its cap of 1 rounds"),
+        "{}",
+        reason_of(&s, N3)
+    );
+    assert_eq!(
+        in_state(&s, Held),
+        [N0, N1],
+        "two good trays of three needed"
+    );
+}
+
+#[test]
+fn rack_tests_count_against_the_concurrency_cap() {
+    // Two domains, a cap of 4: a rack test of four trays never runs
+    // beside a tray in validation.
+    let mut s = sim(
+        tested(""),
+        with_batch("spec: {maxConcurrent: 4, maxFailuresPerWave: 4, waves: [{percent: 100}]}"),
+        nodes(2),
+    );
+    s.group_passes = Some(Box::new(|_| true));
+    let most = settle(&mut s);
+    assert!(most <= 4, "{most} trays busy under a cap of 4");
+    assert_eq!(in_state(&s, Ready).len(), 8);
+}
