@@ -565,9 +565,25 @@ pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>)
         these.sort_by(|a, b| (a.wave, &a.name).cmp(&(b.wave, &b.name)));
         lines.push(String::new());
         lines.push(format!("{title} ({}):", these.len()));
-        for n in these {
-            let wave = n.wave.map(|w| format!(" (wave {w})")).unwrap_or_default();
-            lines.push(format!("  {}{wave}", n.name));
+        // Neighbours of one wave with the very same reason (a whole rack
+        // failed) share one entry.
+        let mut i = 0;
+        while i < these.len() {
+            let n = these[i];
+            let alike = these[i..]
+                .iter()
+                .take_while(|o| o.wave == n.wave && o.reason == n.reason)
+                .count();
+            let wave = n.wave.map(|w| format!(", wave {w}")).unwrap_or_default();
+            let who = if alike >= 3 {
+                let last = these[i + alike - 1];
+                format!("  {} … {} ({alike} nodes{wave})", n.name, last.name)
+            } else {
+                let wave = n.wave.map(|w| format!(" (wave {w})")).unwrap_or_default();
+                format!("  {}{wave}", n.name)
+            };
+            let shown = if alike >= 3 { alike } else { 1 };
+            lines.extend(wrap(&who, WIDTH, 4));
             lines.extend(wrap(
                 &format!(
                     "    {}",
@@ -576,6 +592,7 @@ pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>)
                 WIDTH,
                 4,
             ));
+            i += shown;
         }
     }
     lines.push(String::new());

@@ -370,6 +370,25 @@ impl Fleet {
             "{}: VBIOS 96.00.AF.00.01, off the pool's tuple",
             nodes[firmware_node].name
         ));
+        // Two the rack test catches, in a fleet big enough to carry them
+        // (18 failed trays halt a small one): a tray with a bad NVLink port
+        // (its own checks pass; attribution finds it), and a rack whose
+        // switch tray is bad (every group fails: the rack is failed whole).
+        if total >= 6 {
+            let port_node = node_of(3, 7);
+            nodes[port_node].nvlink_fault = true;
+            faults.push(format!(
+                "{}: a bad NVLink port (its own checks pass)",
+                nodes[port_node].name
+            ));
+            for n in 1..=NODES_PER_DOMAIN {
+                nodes[node_of(4, n)].rack_fault = true;
+            }
+            faults.push(format!(
+                "{}: a bad NVLink switch tray",
+                nodes[node_of(4, 1)].name.trim_end_matches("-n01")
+            ));
+        }
         let xid_node = node_of(total / 2, 11);
         let xid = vec![nodes[xid_node].name.clone()];
         faults.push(format!(
@@ -478,7 +497,7 @@ impl Session {
             &format!("pool {name}"),
             &format!(
                 "GB200 or GB300, 4 GPUs a node, driver 570.133.20 or later; a domain needs 16 of 18 healthy nodes; \
-                 burn-in {}s, soak {}s; breaker at 10% failed",
+                 burn-in {}s, soak {}s, a rack test (NCCL) per domain; breaker at 15% failed",
                 self.args.probe_seconds, self.args.soak_seconds
             ),
         );
@@ -643,10 +662,20 @@ impl Session {
                         }]}},
                     },
                     "soakSeconds": self.args.soak_seconds,
+                    "domainTest": {
+                        "timeoutSeconds": self.args.probe_seconds.ceil() as u32 + 60,
+                        "template": {"spec": {"containers": [{
+                            "name": "nccl",
+                            "image": "ghcr.io/nvidia/nccl-tests:2.16.2",
+                            "command": ["all_reduce_perf", "-b", "16G", "-e", "16G", "-g", "4"],
+                            "env": [{"name": "NCCL_MNNVL_ENABLE", "value": "1"}],
+                            "resources": {"limits": {keys::GPU_RESOURCE: 4}},
+                        }]}},
+                    },
                     "fabric": {},
                     "firmware": {"driver": ["570.133.20"], "vbios": [simulate::SIM_DEFAULT_VBIOS]},
                 },
-                "circuitBreaker": {"maxFailedPercent": 10, "window": "1h"},
+                "circuitBreaker": {"maxFailedPercent": 15, "window": "1h"},
             },
         });
         let api: Api<GpuPool> = Api::all(self.client.clone());
