@@ -901,6 +901,37 @@ pub fn wrap(text: &str, width: usize, indent: usize) -> Vec<String> {
     lines
 }
 
+/// The rack tests in progress, for `gpufleet status BATCH`: per domain its
+/// round and the trays under test. Empty when none runs.
+pub fn rack_tests(batch: &RolloutBatch) -> Vec<String> {
+    let Some(status) = &batch.status else {
+        return Vec::new();
+    };
+    if status.rack_tests.is_empty() {
+        return Vec::new();
+    }
+    let mut table = Table::new(&["domain", "round", "trays", "state"]);
+    for t in &status.rack_tests {
+        let state = match (t.round, t.trays) {
+            (_, 0) => "waits for room under maxConcurrent",
+            (0, _) => "testing the whole domain",
+            _ => "finding the faulty trays",
+        };
+        table.row(vec![
+            t.domain.clone(),
+            t.round.to_string(),
+            t.trays.to_string(),
+            state.to_string(),
+        ]);
+    }
+    let mut lines = vec![format!(
+        "Rack tests in progress ({}):",
+        status.rack_tests.len()
+    )];
+    lines.extend(table.render());
+    lines
+}
+
 /// The verdict gates by domain, for `gpufleet status BATCH`: per domain,
 /// its trays, how many passed the fabric gate, and how many failed the
 /// fabric or the firmware gate. Domains with a failure first; at most

@@ -140,6 +140,13 @@ pub struct RolloutBatchStatus {
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub waves: Vec<WaveStatus>,
+    /// Domains under a rack test now (`healthChecks.domainTest`), at most
+    /// 64: where each test stands. Decided domains show in their nodes.
+    // Always serialized, even empty: the status is written as a merge
+    // patch, which keeps a list it omits.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub rack_tests: Vec<RackTestStatus>,
     /// What the rollout waits on now, as gpufleet decided it: one word
     /// (`name`), the wave it concerns and a sentence. Tools read this rather
     /// than the conditions' reasons.
@@ -165,6 +172,23 @@ pub struct GateStatus {
     /// What it means, in words a person can act on.
     #[serde(default)]
     pub message: String,
+}
+
+/// One domain's rack test in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RackTestStatus {
+    /// The domain (its domain label's value).
+    #[schemars(length(max = 316))]
+    pub domain: String,
+    /// The round: 0 tests the whole domain; later rounds look for the
+    /// faulty trays after it failed.
+    #[serde(default)]
+    pub round: u32,
+    /// Trays under test now; 0 while the round waits for room under the
+    /// concurrency caps.
+    #[serde(default)]
+    pub trays: u32,
 }
 
 /// Progress of one wave.

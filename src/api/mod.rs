@@ -6,7 +6,10 @@ mod common;
 mod pool;
 mod validate;
 
-pub use batch::{GateStatus, RolloutBatch, RolloutBatchSpec, RolloutBatchStatus, Wave, WaveStatus};
+pub use batch::{
+    GateStatus, RackTestStatus, RolloutBatch, RolloutBatchSpec, RolloutBatchStatus, Wave,
+    WaveStatus,
+};
 pub use common::{
     ConditionMatch, ConditionStatus, DomainCounts, GROUP, GpuCounts, NodeCounts, TaintEffect,
     TaintSpec, VERSION,

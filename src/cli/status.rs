@@ -76,6 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 if !nodes.is_empty() {
                     println!();
                     print_lines(&view::summary(&batch, &nodes, elapsed));
+                    let racks = view::rack_tests(&batch);
+                    if !racks.is_empty() {
+                        println!();
+                        print_lines(&racks);
+                    }
                     if let Some(pool) = &pool {
                         let gates = view::domain_gates(pool, &nodes, 20);
                         if !gates.is_empty() {

@@ -568,6 +568,16 @@ impl Planner<'_> {
             wave_progress: Some(format!("{current_wave}/{}", self.wave_count)),
             nodes: counts,
             waves,
+            rack_tests: self
+                .rack_running
+                .iter()
+                .take(64)
+                .map(|(domain, round, trays)| crate::api::RackTestStatus {
+                    domain: domain.clone(),
+                    round: *round,
+                    trays: *trays,
+                })
+                .collect(),
             gate: Some(GateStatus {
                 name: verdict.gate,
                 wave: verdict.wave,

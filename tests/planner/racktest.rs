@@ -80,6 +80,26 @@ fn a_rack_is_admitted_only_after_its_group_passes() {
         .filter(|p| p.group.is_some())
         .collect();
     assert_eq!(pods.len(), 4, "one pod per tray");
+    let status = s.plan().status;
+    assert_eq!(status.rack_tests.len(), 1, "{status:?}");
+    assert_eq!(
+        (status.rack_tests[0].round, status.rack_tests[0].trays),
+        (0, 4)
+    );
+    let gate = status.gate.clone().unwrap();
+    assert_eq!(gate.name, gpufleet::vocabulary::Gate::RackTest);
+    assert_eq!(
+        gate.message,
+        "wave 1 of 3: 1 domains under a rack test (4 trays; attribution rounds 0), 0 pending"
+    );
+    let mut batch = s.batch.clone();
+    batch.status = Some(status);
+    let lines = gpufleet::view::rack_tests(&batch);
+    assert_eq!(lines[0], "Rack tests in progress (1):");
+    assert!(
+        lines[2].ends_with("0      4  testing the whole domain"),
+        "{lines:?}"
+    );
     settle(&mut s);
     assert_eq!(in_state(&s, Ready).len(), 4);
     assert_eq!(groups_run(&s), [vec![N0, N1, N2, N3]]);
