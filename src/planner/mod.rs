@@ -229,11 +229,16 @@ pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Time
         }
     }
     planner.delete_stray_groups();
-    if stop.is_none() && planner.rack_too_big.is_some() {
-        stop = planner.open_wave().map(|wave| gates::Stop {
-            gate: crate::vocabulary::Gate::RackTestTooBig,
-            wave,
-        });
+    // Rack tests that cannot run halt the batch, as probes that cannot.
+    let rack_stop = if planner.rack_too_big.is_some() {
+        Some(crate::vocabulary::Gate::RackTestTooBig)
+    } else if planner.rack_not_run.is_some() {
+        Some(crate::vocabulary::Gate::ProbesNotRunning)
+    } else {
+        None
+    };
+    if let (None, Some(gate)) = (&stop, rack_stop) {
+        stop = planner.open_wave().map(|wave| gates::Stop { gate, wave });
     }
     let status = planner.status(stop);
     finish(planner, status, departed)

@@ -32,9 +32,18 @@ use super::{GroupMember, ProbeRequest};
 /// The name prefix of rack test pods.
 pub const GROUP_POD_PREFIX: &str = "gpufleet-group-";
 
-/// The pod of rank `rank` of group `key`.
-pub fn group_pod_name(key: &str, rank: usize) -> String {
-    format!("{GROUP_POD_PREFIX}{key}-{rank}")
+/// The pod of rank `rank` of run `run` of group `key` (a group whose pods
+/// never ran is made again as the next run).
+pub fn group_pod_name(key: &str, run: u32, rank: usize) -> String {
+    format!("{GROUP_POD_PREFIX}{key}-{run}-{rank}")
+}
+
+/// The run a rack test pod's name says, if it is one.
+fn run_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(GROUP_POD_PREFIX)?;
+    let mut parts = rest.split('-');
+    let (_key, run) = (parts.next()?, parts.next()?);
+    run.parse().ok()
 }
 
 /// What one group's test came to.
@@ -252,23 +261,127 @@ impl Planner<'_> {
 
     /// Has any pod of group `key` been made, or asked for by this plan?
     fn group_began(&self, key: &str) -> bool {
-        let first = group_pod_name(key, 0);
-        self.probe_named.contains_key(first.as_str())
-            || self.creates.iter().any(|c| c.pod_name == first)
+        self.snapshot
+            .probes
+            .iter()
+            .any(|p| p.group.as_deref() == Some(key))
+            || self
+                .creates
+                .iter()
+                .any(|c| c.group.as_ref().is_some_and(|g| g.group == key))
+    }
+
+    /// The run of group `key` its live pods are at (0 before any).
+    fn group_run(&self, key: &str) -> u32 {
+        self.snapshot
+            .probes
+            .iter()
+            .filter(|p| p.group.as_deref() == Some(key) && !p.deleting)
+            .filter_map(|p| run_of(&p.name))
+            .max()
+            .unwrap_or(0)
     }
 
     /// What group `key` of `members` (in rank order) came to; its missing
     /// pods are asked for.
     fn group_result(&mut self, spec: &DomainTest, key: &str, members: &[usize]) -> Result {
         let uid = self.batch.metadata.uid.as_deref();
+        let mut run = self.group_run(key);
         let pods: Vec<_> = (0..members.len())
             .map(|rank| {
                 self.probe_named
-                    .get(group_pod_name(key, rank).as_str())
+                    .get(group_pod_name(key, run, rank).as_str())
                     .copied()
                     .filter(|p| !p.deleting && p.made_by(uid))
             })
             .collect();
+        // A group whose pods never ran (evicted, refused by the kubelet, not
+        // running by the start deadline) is no evidence against its trays:
+        // its pods are made again, nobody is blamed, and the batch says why
+        // (Stalled, ProbesNotRunning) until they run.
+        let start_timeout = self
+            .pool
+            .spec
+            .health_checks
+            .probe
+            .as_ref()
+            .map_or(600, |p| p.start_timeout());
+        let start_deadline = SignedDuration::from_secs(i64::from(start_timeout));
+        let mut not_run = None;
+        for (rank, pod) in pods.iter().enumerate() {
+            let Some(pod) = pod else { continue };
+            let node = &self.members[members[rank]].view.name;
+            let never_ran =
+                pod.evicted || (pod.phase == ProbePhase::Failed && pod.started_at.is_none());
+            let late = pod.started_at.is_none()
+                && pod
+                    .created
+                    .is_some_and(|c| self.now >= later(c, start_deadline));
+            if never_ran || late {
+                let why = pod
+                    .not_running
+                    .as_deref()
+                    .or(pod.message.as_deref())
+                    .unwrap_or("no reason given");
+                not_run = Some((
+                    node.clone(),
+                    format!(
+                        "its rack test pod did not run (evicted, refused, or not running within {start_timeout}s): {}",
+                        crate::verdict::clip(why, 200)
+                    ),
+                ));
+                break;
+            }
+        }
+        let limit = self
+            .pool
+            .spec
+            .health_checks
+            .probe
+            .as_ref()
+            .map_or(3, |p| p.not_started_limit());
+        let mut pods = pods;
+        if let Some((node, why)) = not_run {
+            // Made again as the next run, at once.
+            for pod in pods.iter().flatten() {
+                self.deletes.insert(pod.name.clone());
+            }
+            run += 1;
+            pods = vec![None; members.len()];
+            if run >= limit {
+                self.rack_not_run
+                    .get_or_insert((node, format!("{why} ({run} runs so far)")));
+            }
+        } else if run >= limit
+            && pods
+                .iter()
+                .any(|p| p.is_none_or(|p| p.started_at.is_none()))
+        {
+            // Still waiting for a run after too many never ran.
+            let (node, why) = pods
+                .iter()
+                .enumerate()
+                .find_map(|(rank, p)| {
+                    let p = (*p)?;
+                    Some((
+                        self.members[members[rank]].view.name.clone(),
+                        p.not_running.clone()?,
+                    ))
+                })
+                .unwrap_or_else(|| {
+                    (
+                        self.members[members[0]].view.name.clone(),
+                        "not running yet".into(),
+                    )
+                });
+            self.rack_not_run.get_or_insert((
+                node,
+                format!(
+                    "its rack test pods did not run {run} times; now: {}",
+                    crate::verdict::clip(&why, 200)
+                ),
+            ));
+        }
         for (rank, pod) in pods.iter().enumerate() {
             let Some(pod) = pod else { continue };
             let node = &self.members[members[rank]].view.name;
@@ -293,10 +406,15 @@ impl Planner<'_> {
         {
             return Result::Passed;
         }
+        // The run's deadline counts from when its last pod began to run: a
+        // group waiting for its pods to start is not a slow rack.
         let timeout = SignedDuration::from_secs(i64::from(spec.timeout()));
-        let created = pods.iter().flatten().filter_map(|p| p.created).min();
-        if let Some(created) = created {
-            let deadline = later(created, timeout);
+        let all_started = pods
+            .iter()
+            .all(|p| p.is_some_and(|p| p.started_at.is_some()));
+        let started = pods.iter().flatten().filter_map(|p| p.started_at).max();
+        if let (true, Some(started)) = (all_started, started) {
+            let deadline = later(started, timeout);
             if self.now >= deadline {
                 return Result::Failed(format!(
                     "the group's test did not finish within {}s",
@@ -305,9 +423,11 @@ impl Planner<'_> {
             }
             self.wake_at(deadline);
         } else {
-            self.wake_at(later(self.now, timeout));
+            self.wake_at(later(self.now, start_deadline));
         }
-        let peers: Vec<String> = (0..members.len()).map(|r| group_pod_name(key, r)).collect();
+        let peers: Vec<String> = (0..members.len())
+            .map(|r| group_pod_name(key, run, r))
+            .collect();
         let peer_nodes: Vec<String> = members
             .iter()
             .map(|&m| self.members[m].view.name.clone())

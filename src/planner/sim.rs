@@ -66,6 +66,8 @@ pub struct Sim {
     pub group_passes: Option<GroupFn>,
     /// Each rack test pod's group, by pod name: its nodes.
     pub group_nodes: BTreeMap<String, Vec<String>>,
+    /// Rack test pods never start running (unschedulable, no image).
+    pub groups_never_start: bool,
 }
 
 impl Sim {
@@ -88,6 +90,7 @@ impl Sim {
             outcome: Box::new(outcome),
             group_passes: None,
             group_nodes: BTreeMap::new(),
+            groups_never_start: false,
         }
     }
 
@@ -208,6 +211,10 @@ impl Sim {
                 continue;
             }
             let inits = init_containers.iter().map(|c| ended(c, true, 0, None));
+            if probe.group.is_some() && self.groups_never_start {
+                probe.not_running = Some("ErrImagePull: nccl-tests not found".into());
+                continue;
+            }
             let outcome = match (&probe.group, &self.group_passes) {
                 (Some(_), Some(passes)) => {
                     let nodes = self

@@ -85,6 +85,8 @@ pub(super) struct Planner<'a> {
     pub rack_running: Vec<(String, u32, u32)>,
     /// A rack test that can never run under the caps, in words.
     pub rack_too_big: Option<String>,
+    /// A rack test group whose pods did not run: a node and why.
+    pub rack_not_run: Option<(String, String)>,
     pub events: Vec<Event>,
     pub wake: Option<Timestamp>,
 }
@@ -182,6 +184,7 @@ impl<'a> Planner<'a> {
             groups_wanted: BTreeSet::new(),
             rack_running: Vec::new(),
             rack_too_big: None,
+            rack_not_run: None,
             events: Vec::new(),
             wake: None,
         }

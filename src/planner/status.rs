@@ -293,7 +293,10 @@ impl Planner<'_> {
                 gate: Gate::ProbesNotRunning,
                 wave,
             }) => {
-                let (node, reason) = self.probes_not_running().unwrap_or_default();
+                let (node, reason) = self
+                    .probes_not_running()
+                    .or_else(|| self.rack_not_run.clone())
+                    .unwrap_or_default();
                 verdict(
                     Gate::ProbesNotRunning,
                     Some(wave),

@@ -180,3 +180,35 @@ fn rack_tests_count_against_the_concurrency_cap() {
     assert!(most <= 4, "{most} trays busy under a cap of 4");
     assert_eq!(in_state(&s, Ready).len(), 8);
 }
+
+#[test]
+fn rack_test_pods_that_never_start_blame_nobody_and_halt_the_batch() {
+    let mut s = rack(tested(""), |_| false);
+    s.groups_never_start = true;
+    settle(&mut s);
+    // Made again after each start deadline; the third time halts the batch
+    // (notStartedLimit, as for probes).
+    for _ in 0..3 {
+        s.advance(601);
+        settle(&mut s);
+    }
+    assert_eq!(
+        in_state(&s, Failed),
+        Vec::<String>::new(),
+        "no evidence against a tray"
+    );
+    let plan = s.plan();
+    let stalled = condition(&plan, "Stalled");
+    assert_eq!(stalled.reason, "ProbesNotRunning");
+    assert!(
+        stalled
+            .message
+            .contains("its rack test pods did not run 3 times; now: ErrImagePull"),
+        "{}",
+        stalled.message
+    );
+    // Once its pods run, the test goes on (and here finds the rack bad).
+    s.groups_never_start = false;
+    settle(&mut s);
+    assert_eq!(in_state(&s, Failed).len(), 4);
+}
