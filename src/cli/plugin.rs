@@ -362,7 +362,12 @@ pub fn why(args: WhyArgs) -> anyhow::Result<ExitCode> {
         // A pending node, or one that failed a static check, has no batch annotation.
         let membership = if view.batch.is_none() { Some(membership(&client, &view).await?) } else { None };
         let events = node_events(&client, name, args.events).await?;
-        for line in view::why(&view, membership.as_deref(), &events, Timestamp::now()) {
+        let mut lines = view::why(&view, membership.as_deref(), &events, Timestamp::now());
+        // A tray whose domain is under a rack test: where the test stands.
+        if let Some(line) = rack_test_line(&client, &view).await {
+            lines.insert(1, line);
+        }
+        for line in lines {
             println!("{}", gpufleet::view::safe(&line));
         }
         let hint = match view.state {
@@ -380,6 +385,34 @@ pub fn why(args: WhyArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `  rack test   round R, T trays under test` when the node's domain is
+/// under a rack test of its batch; `None` otherwise or when the batch or
+/// its pool cannot be read (the rest of `why` still helps).
+async fn rack_test_line(client: &kube::Client, node: &NodeView) -> Option<String> {
+    let batch = Api::<RolloutBatch>::all(client.clone())
+        .get_opt(node.batch.as_deref()?)
+        .await
+        .ok()??;
+    let tests = &batch.status.as_ref()?.rack_tests;
+    if tests.is_empty() {
+        return None;
+    }
+    let pool = Api::<GpuPool>::all(client.clone())
+        .get_opt(&batch.spec.pool_ref)
+        .await
+        .ok()??;
+    let label = &pool.spec.topology.domain_label;
+    let domain = node.labels.get(label)?;
+    let test = tests.iter().find(|t| &t.domain == domain)?;
+    Some(match (test.round, test.trays) {
+        (_, 0) => "  rack test   its domain's waits for room under maxConcurrent".into(),
+        (0, trays) => format!("  rack test   running over its domain's {trays} trays"),
+        (round, trays) => format!(
+            "  rack test   failed; finding the faulty trays: round {round}, {trays} trays under test"
+        ),
     })
 }
 

@@ -208,13 +208,7 @@ impl Planner<'_> {
         }
         // Both caps count every node of the pool in validation; the pool's
         // (when set) and the batch's: the lower wins.
-        let cap = self
-            .pool
-            .spec
-            .max_concurrent
-            .map_or(self.batch.spec.max_concurrent, |pool| {
-                pool.min(self.batch.spec.max_concurrent)
-            });
+        let cap = self.concurrency_cap();
         // Trays under a rack test count as in validation.
         let mut slots =
             cap.saturating_sub(self.validating_elsewhere + validating_here + self.rack_testing());

@@ -970,11 +970,39 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
         "spec: {waves: [{percent: 100}], maxConcurrent: 36, maxFailuresPerWave: 20}",
     ));
     let mut peak = 0;
+    // While a rack is under test, `gpufleet why` on one of its trays says so.
+    let mut told = None;
     s.wait_until("both racks are decided", ROLLOUT * 2, |s| {
         let pods = s.rt.block_on(s.group_pods());
         peak = peak.max(s.count("validating") + pods);
+        if told.is_none() {
+            let batches: kube::Api<gpufleet::api::RolloutBatch> = kube::Api::all(s.client.clone());
+            let status =
+                s.rt.block_on(batches.get(batch))
+                    .ok()
+                    .and_then(|b| b.status);
+            if let Some(test) = status.and_then(|st| st.rack_tests.first().cloned()) {
+                let d = test.domain.trim_start_matches("ro-rack-c");
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+                    .args(["why", &format!("ro-rack-d{d}-n00")])
+                    .env("KUBECONFIG", &crate::support::testbed().kubeconfig)
+                    .output()
+                    .expect("running gpufleet why");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if text.contains("  rack test   ") {
+                    told = Some(text);
+                }
+            }
+        }
         s.count("ready") == 17 && s.count("failed") == 19
     });
+    let told = told.expect("gpufleet why never showed a rack test in progress");
+    assert!(
+        told.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("  rack test   ")),
+        "{told}"
+    );
     assert!(peak <= 18, "{peak} trays busy at once; the pool allows 18");
     let seen = s.seen();
     assert_eq!(seen[bad_tray].state.as_deref(), Some("failed"));
