@@ -278,6 +278,15 @@ pub struct DomainTest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 32))]
     pub max_rounds: Option<u32>,
+    /// Gives each group a ComputeDomain of its own (NVIDIA's DRA driver,
+    /// `resource.nvidia.com/v1beta1`: the IMEX channel multi-node NVLink
+    /// needs inside Kubernetes), `numNodes` the group's size, named after
+    /// the group, owned by its first pod (it goes with the pods); every
+    /// pod claims its channel (claim `compute-domain-channel`, from the
+    /// ResourceClaimTemplate the driver makes, `<group>-channel`). Needs the
+    /// DRA driver in the cluster.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compute_domain: bool,
 }
 
 impl DomainTest {

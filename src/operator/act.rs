@@ -325,8 +325,21 @@ async fn create_probe(
         ..Default::default()
     };
     match pods.create(&params, &pod).await {
-        Ok(_) => {
+        Ok(created) => {
             Expectations::expect(&ctx.expectations.creates, &name);
+            // A rack test group's first pod brings its ComputeDomain.
+            let wants_domain = pool
+                .and_then(|p| p.spec.health_checks.domain_test.as_ref())
+                .is_some_and(|t| t.compute_domain);
+            if let (Some(group), true) = (&req.group, wants_domain)
+                && group.rank == 0
+                && let Some(refused) = create_compute_domain(ctx, group, &created).await?
+            {
+                // Without its domain the group cannot run: its first pod
+                // goes, so the next plan makes both again.
+                let _ = delete_probe(ctx, pods, &name).await;
+                return Ok(Some(refused));
+            }
             Ok(None)
         }
         Err(err) if is_conflict(&err) => {
@@ -341,6 +354,46 @@ async fn create_probe(
         Err(err) => Err(Error::kube(format!(
             "creating probe pod {}/{name}",
             ctx.config.probes.namespace
+        ))(err)),
+    }
+}
+
+/// Creates a rack test group's ComputeDomain, owned by its first pod.
+/// `Ok(Some(message))`: the API server refused it (no DRA driver, no
+/// rights), a condition on the batch as for a refused probe pod.
+async fn create_compute_domain(
+    ctx: &Context,
+    group: &crate::planner::GroupMember,
+    owner: &Pod,
+) -> Result<Option<String>, Error> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let namespace = &ctx.config.probes.namespace;
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("resource.nvidia.com", "v1beta1", "ComputeDomain"),
+        "computedomains",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+    let body = super::probe::compute_domain(group, namespace, owner);
+    let object: DynamicObject = match serde_json::from_value(body) {
+        Ok(object) => object,
+        Err(err) => return Ok(Some(format!("a ComputeDomain does not serialize: {err}"))),
+    };
+    let name = object.metadata.name.clone().unwrap_or_default();
+    may_write(ctx, &format!("creating ComputeDomain {name}")).await?;
+    let params = PostParams {
+        field_manager: Some(keys::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, &object).await {
+        Ok(_) => Ok(None),
+        Err(err) if is_conflict(&err) => Ok(None),
+        Err(err) if is_rejection(&err) => {
+            let message = format!("ComputeDomain {name}: {}", refusal(&err));
+            warn!(%message, "the API server refused a rack test's ComputeDomain");
+            Ok(Some(message))
+        }
+        Err(err) => Err(Error::kube(format!(
+            "creating ComputeDomain {namespace}/{name}"
         ))(err)),
     }
 }

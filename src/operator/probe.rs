@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{EnvVar, Pod, PodSpec, Toleration};
+use k8s_openapi::api::core::v1::{
+    EnvVar, Pod, PodResourceClaim, PodSpec, ResourceClaim, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
@@ -26,6 +28,49 @@ pub fn batch_label_value(batch: &str) -> String {
     }
     let hash = keys::stable_hash(batch.as_bytes());
     format!("{}-{hash:016x}", &batch[..40])
+}
+
+/// The claim on a group's ComputeDomain channel in its pods.
+pub const CHANNEL_CLAIM: &str = "compute-domain-channel";
+
+/// The ComputeDomain of a rack test group's run: its pods' names without
+/// the rank.
+pub fn compute_domain_name(group: &crate::planner::GroupMember) -> String {
+    let first = group.peers.first().map(String::as_str).unwrap_or_default();
+    first
+        .rsplit_once('-')
+        .map_or(first, |(run, _rank)| run)
+        .to_string()
+}
+
+/// The ComputeDomain of a rack test group (NVIDIA's DRA driver), owned by
+/// the group's first pod so that it goes with the pods.
+pub fn compute_domain(
+    group: &crate::planner::GroupMember,
+    namespace: &str,
+    owner: &Pod,
+) -> serde_json::Value {
+    let name = compute_domain_name(group);
+    serde_json::json!({
+        "apiVersion": "resource.nvidia.com/v1beta1",
+        "kind": "ComputeDomain",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {keys::MANAGED_BY: keys::MANAGER, keys::GROUP: group.group},
+            "ownerReferences": [{
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": owner.metadata.name,
+                "uid": owner.metadata.uid,
+                "blockOwnerDeletion": false,
+            }],
+        },
+        "spec": {
+            "numNodes": group.peers.len(),
+            "channel": {"resourceClaimTemplate": {"name": format!("{name}-channel")}},
+        },
+    })
 }
 
 /// The probe pod for `request`, in the probe namespace. `None` when the pool
@@ -98,6 +143,34 @@ pub fn probe_pod(
     spec.restart_policy = Some("Never".into());
     // The kubelet stops a probe that overruns; the planner times it out too.
     spec.active_deadline_seconds = Some(i64::from(deadline));
+    // A rack test pod with a ComputeDomain claims its channel.
+    if let (Some(group), true) = (
+        &request.group,
+        pool.spec
+            .health_checks
+            .domain_test
+            .as_ref()
+            .is_some_and(|t| t.compute_domain),
+    ) {
+        let domain = compute_domain_name(group);
+        let claims = spec.resource_claims.get_or_insert_with(Vec::new);
+        claims.retain(|c| c.name != CHANNEL_CLAIM);
+        claims.push(PodResourceClaim {
+            name: CHANNEL_CLAIM.into(),
+            resource_claim_template_name: Some(format!("{domain}-channel")),
+            resource_claim_name: None,
+        });
+        for container in spec.containers.iter_mut() {
+            let resources = container.resources.get_or_insert_with(Default::default);
+            let used = resources.claims.get_or_insert_with(Vec::new);
+            if !used.iter().any(|c| c.name == CHANNEL_CLAIM) {
+                used.push(ResourceClaim {
+                    name: CHANNEL_CLAIM.into(),
+                    request: None,
+                });
+            }
+        }
+    }
     // A rack test pod learns its group from its environment.
     if let Some(group) = &request.group {
         let env = [

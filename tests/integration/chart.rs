@@ -2565,9 +2565,11 @@ fn gpufleet_uses_exactly_what_the_chart_grants() {
     let batch = "rbac-run-b";
     s.create_nodes(&s.fleet(batch, 2, 18));
     // A burn-in that needs privileges, as DCGM's does.
+    // A rack test with a ComputeDomain per group, as on an NVL72.
     s.apply(&s.pool_yaml(
         "spec: {healthChecks: {probe: {template: {spec: {containers: \
-         [{name: burn-in, image: busybox, securityContext: {privileged: true}}]}}}}}",
+         [{name: burn-in, image: busybox, securityContext: {privileged: true}}]}}}, \
+         domainTest: {computeDomain: true, template: {spec: {containers: [{name: nccl, image: busybox}]}}}}}",
     ));
     let mut operator = s.spawn_operator_as(
         &kubeconfig,

@@ -962,7 +962,7 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
     }
     s.create_nodes(&nodes);
     s.apply(&s.pool_yaml(
-        "spec: {maxConcurrent: 18, healthChecks: {domainTest: {timeoutSeconds: 60, template: {spec: {containers: [{name: nccl, image: nccl-tests, command: [all_reduce_perf, -b, 16G]}]}}}}}",
+        "spec: {maxConcurrent: 18, healthChecks: {domainTest: {timeoutSeconds: 60, computeDomain: true, template: {spec: {containers: [{name: nccl, image: nccl-tests, command: [all_reduce_perf, -b, 16G]}]}}}}}",
     ));
     s.start_operator();
     s.apply(&s.batch_yaml(
@@ -972,9 +972,42 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
     let mut peak = 0;
     // While a rack is under test, `gpufleet why` on one of its trays says so.
     let mut told = None;
+    let mut domains = 0;
     s.wait_until("both racks are decided", ROLLOUT * 2, |s| {
         let pods = s.rt.block_on(s.group_pods());
         peak = peak.max(s.count("validating") + pods);
+        // Each group brings a ComputeDomain, owned by its first pod.
+        if domains == 0 {
+            let listed = s
+                .kubectl(&[
+                    "get",
+                    "computedomains",
+                    "-n",
+                    &s.probe_namespace,
+                    "-o",
+                    "json",
+                ])
+                .succeeds()
+                .stdout;
+            let listed: serde_json::Value = serde_json::from_str(&listed).expect("a list");
+            for cd in listed["items"].as_array().into_iter().flatten() {
+                let size = cd["spec"]["numNodes"].as_u64().unwrap_or(0);
+                let name = cd["metadata"]["name"].as_str().unwrap_or_default();
+                let owner = &cd["metadata"]["ownerReferences"][0];
+                assert_eq!(owner["kind"], "Pod", "{cd}");
+                assert_eq!(
+                    owner["name"].as_str(),
+                    Some(format!("{name}-0").as_str()),
+                    "{cd}"
+                );
+                assert_eq!(
+                    cd["spec"]["channel"]["resourceClaimTemplate"]["name"].as_str(),
+                    Some(format!("{name}-channel").as_str())
+                );
+                assert!(size >= 2, "{cd}");
+                domains += 1;
+            }
+        }
         if told.is_none() {
             let batches: kube::Api<gpufleet::api::RolloutBatch> = kube::Api::all(s.client.clone());
             let status =
@@ -996,6 +1029,7 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
         }
         s.count("ready") == 17 && s.count("failed") == 19
     });
+    assert!(domains > 0, "no rack test group had a ComputeDomain");
     let told = told.expect("gpufleet why never showed a rack test in progress");
     assert!(
         told.lines()

@@ -117,12 +117,18 @@ impl Testbed {
         self.kubectl(&["apply", "-f"])
             .arg(repo().join("crds"))
             .succeeds();
+        // What other operators' objects gpufleet makes (a ComputeDomain per
+        // rack test group) need: their CRDs, as the test bed's stand-ins.
+        self.kubectl(&["apply", "-f"])
+            .arg(repo().join("tests/testbed/crds"))
+            .succeeds();
         self.kubectl(&[
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
             "crd/gpupools.gpufleet.io",
             "crd/rolloutbatches.gpufleet.io",
+            "crd/computedomains.resource.nvidia.com",
         ])
         .succeeds();
     }
