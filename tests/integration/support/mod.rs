@@ -120,7 +120,7 @@ impl Testbed {
         // What other operators' objects gpufleet makes (a ComputeDomain per
         // rack test group) need: their CRDs, as the test bed's stand-ins.
         self.kubectl(&["apply", "-f"])
-            .arg(repo().join("tests/testbed/crds"))
+            .arg(repo().join("tests/integration/crds"))
             .succeeds();
         self.kubectl(&[
             "wait",
