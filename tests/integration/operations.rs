@@ -739,6 +739,50 @@ fn taint_keys(
         .collect()
 }
 
+/// The chaos test's second controller: adds (or removes) its own taint
+/// `chaos.example/flap` on `node`, writing only if the node is unchanged
+/// since it was read. True when the write went through.
+fn flip_taint(kubeconfig: &std::path::Path, node: &str, add: bool) -> bool {
+    let got = testbed()
+        .kubectl_with(kubeconfig, &["get", "node", node, "-o", "json"])
+        .run();
+    if !got.ok {
+        return false;
+    }
+    let Ok(object) = serde_json::from_str::<serde_json::Value>(&got.stdout) else {
+        return false;
+    };
+    let version = object["metadata"]["resourceVersion"].clone();
+    let mut taints: Vec<serde_json::Value> = object["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    taints.retain(|t| t["key"] != "chaos.example/flap");
+    if add {
+        taints.push(
+            serde_json::json!({"key": "chaos.example/flap", "value": "on", "effect": "NoSchedule"}),
+        );
+    }
+    let patch = serde_json::json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": version},
+        {"op": "add", "path": "/spec/taints", "value": taints},
+    ]);
+    testbed()
+        .kubectl_with(
+            kubeconfig,
+            &[
+                "patch",
+                "node",
+                node,
+                "--type=json",
+                "-p",
+                &patch.to_string(),
+            ],
+        )
+        .run()
+        .ok
+}
+
 /// 7. Chaos. During a rollout, a second controller adds and removes taints
 ///    of its own on the same nodes, the API server is restarted twice, and
 ///    the operator is SIGKILLed at random moments five times: the rollout
@@ -778,13 +822,20 @@ fn chaos_a_second_controller_api_restarts_and_kills_break_nothing() {
 
     // The second controller: adds and removes a flapping taint of its own,
     // and records what it knows it left (a command that failed, say while
-    // the API server was down, leaves that node uncertain).
+    // the API server was down, leaves that node uncertain). It writes as a
+    // well-behaved controller does: read, change its own taint, write the
+    // list back only if the node did not change meanwhile (a JSON patch
+    // testing the resourceVersion). `kubectl taint` would not: it writes
+    // back the whole list it read, and so can put back a taint gpufleet
+    // removed a moment before (a lost update no other writer can prevent).
     let stop = Arc::new(AtomicBool::new(false));
     let record: Arc<Mutex<std::collections::BTreeMap<String, Option<bool>>>> = Arc::new(
         Mutex::new(names.iter().map(|n| (n.clone(), Some(false))).collect()),
     );
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let other = {
         let (stop, record, names) = (stop.clone(), record.clone(), names.clone());
+        let writes = writes.clone();
         let kubeconfig = plane.kubeconfig.clone();
         std::thread::spawn(move || {
             let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
@@ -792,15 +843,10 @@ fn chaos_a_second_controller_api_restarts_and_kills_break_nothing() {
                 let node = &names[dice.below(names.len() as u64) as usize];
                 let had = record.lock().unwrap()[node];
                 let add = had != Some(true);
-                let arg = if add {
-                    "chaos.example/flap=on:NoSchedule".to_string()
-                } else {
-                    "chaos.example/flap:NoSchedule-".to_string()
-                };
-                let ok = testbed()
-                    .kubectl_with(&kubeconfig, &["taint", "node", node, &arg, "--overwrite"])
-                    .run()
-                    .ok;
+                let ok = flip_taint(&kubeconfig, node, add);
+                if ok {
+                    writes.fetch_add(1, Ordering::SeqCst);
+                }
                 record
                     .lock()
                     .unwrap()
@@ -824,6 +870,10 @@ fn chaos_a_second_controller_api_restarts_and_kills_break_nothing() {
     s.wait_ready(batch, Duration::from_secs(150));
     stop.store(true, Ordering::SeqCst);
     other.join().expect("the other controller");
+    assert!(
+        writes.load(Ordering::SeqCst) > 10,
+        "the other controller hardly wrote: {writes:?}"
+    );
     println!("op-chaos: done in {:.0}s", started.elapsed().as_secs_f64());
 
     let seen = s.seen();
