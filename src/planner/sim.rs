@@ -45,6 +45,15 @@ pub enum Outcome {
 /// Decides how the probe of a node ends, by node name and attempt.
 pub type OutcomeFn = Box<dyn Fn(&str, u32) -> Outcome>;
 
+/// The phase of a pod whose containers all ended with `exit_code`.
+fn ended_phase(exit_code: i32) -> ProbePhase {
+    if exit_code == 0 {
+        ProbePhase::Succeeded
+    } else {
+        ProbePhase::Failed
+    }
+}
+
 /// Decides whether a rack test group passes, by its nodes.
 pub type GroupFn = Box<dyn Fn(&[String]) -> bool>;
 
@@ -260,11 +269,7 @@ impl Sim {
                 }
                 Outcome::Verdict { exit_code, message } => {
                     probe.verdict = crate::verdict::read(&message);
-                    probe.phase = if exit_code == 0 {
-                        ProbePhase::Succeeded
-                    } else {
-                        ProbePhase::Failed
-                    };
+                    probe.phase = ended_phase(exit_code);
                     let words = (exit_code != 0).then_some(message);
                     probe.terminated = inits
                         .chain(
@@ -906,11 +911,7 @@ impl Cluster {
                 }
                 Outcome::Verdict { exit_code, message } => {
                     probe.verdict = crate::verdict::read(&message);
-                    probe.phase = if exit_code == 0 {
-                        ProbePhase::Succeeded
-                    } else {
-                        ProbePhase::Failed
-                    };
+                    probe.phase = ended_phase(exit_code);
                     probe.terminated = (0..probe.containers).map(|c| done(c, exit_code)).collect();
                 }
                 Outcome::NeverStarts => {
