@@ -276,11 +276,13 @@ fn fleet(prefix: &str, domains: u32) -> Vec<SimNode> {
         let clique = format!("{prefix}-{d:06}.32766");
         for n in 1..=NODES_PER_DOMAIN {
             let name = format!("{prefix}-r{d:06}-n{n:02}");
-            let node = if d % 2 == 0 {
+            let mut node = if d % 2 == 0 {
                 SimNode::gb200(name, clique.clone())
             } else {
                 SimNode::gb300(name, clique.clone())
             };
+            // Exit codes only, as the benchmarks measured before verdicts.
+            node.verdict = false;
             nodes.push(
                 node.label(BENCH_LABEL, prefix)
                     .label("gpufleet.io/pool", prefix)

@@ -157,7 +157,7 @@ impl Scenario {
     }
 
     /// The pool of this scenario: GB200, domains of 18 (16 healthy needed),
-    /// a probe (30 s timeout, no retry) and a 1 s soak. `extra` is YAML
+    /// a probe (120 s timeout from its start: room for a busy test bed; no retry) and a 1 s soak. `extra` is YAML
     /// merged over the spec.
     pub fn pool_yaml(&self, extra: &str) -> String {
         let base = format!(
@@ -174,7 +174,7 @@ spec:
   healthChecks:
     unhealthyConditions: [{{type: GpuXidError}}]
     probe:
-      timeoutSeconds: 30
+      timeoutSeconds: 120
       retries: 0
       template: {{spec: {{containers: [{{name: burn-in, image: busybox}}]}}}}
     soakSeconds: 1
