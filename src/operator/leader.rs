@@ -67,6 +67,13 @@ impl Leadership {
         Leadership { state: None }
     }
 
+    /// A leadership driven by hand: `Some(deadline)` leads until then.
+    #[cfg(test)]
+    pub fn manual() -> (Self, watch::Sender<Option<Instant>>) {
+        let (tx, rx) = watch::channel(None);
+        (Leadership { state: Some(rx) }, tx)
+    }
+
     /// May this replica write right now?
     pub fn is_leader(&self) -> bool {
         match &self.state {

@@ -17,6 +17,7 @@ mod deliveries;
 mod endpoints;
 mod error;
 mod events;
+mod fence;
 mod http;
 pub mod leader;
 pub mod metrics;
@@ -41,8 +42,12 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let watches = watches::watches(&client, &config);
+    // The lease is renewed through the client as given; everything else
+    // goes through the fence, which sends no write once this replica
+    // stopped leading.
     let mut election = endpoints::Election::start(&client, &config);
+    let client = fence::client(client, election.leadership.clone());
+    let watches = watches::watches(&client, &config);
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.clone(),
