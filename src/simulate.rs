@@ -40,6 +40,10 @@ pub const SIM_NVLINK_FAULT: &str = "sim.gpufleet.io/nvlink-fault";
 /// Node annotation (any value): the tray's rack has a bad switch tray:
 /// every rack test group with a tray of that rack fails.
 pub const SIM_RACK_FAULT: &str = "sim.gpufleet.io/rack-fault";
+/// Node annotation: what NVCRE's stand-in reports for this tray in every
+/// Certification it is in, as `Reason: message` (`HardwareFailureDetected:
+/// …`, `ThresholdViolation: …`): the tray alone is named failed.
+pub const SIM_NVCRE_FAILURE: &str = "sim.gpufleet.io/nvcre-failure";
 /// Node annotation (any value): its passing probes leave plain words, no
 /// verdict (the benchmark's fleets: a verdict is 2.5 KB a pod).
 pub const SIM_NO_VERDICT: &str = "sim.gpufleet.io/no-verdict";
@@ -80,6 +84,9 @@ pub struct SimNode {
     pub rack_fault: bool,
     /// Its passing probes leave a verdict (default), as `gpufleet probe`.
     pub verdict: bool,
+    /// NVCRE names this tray failed, `Reason: message`
+    /// ([`SIM_NVCRE_FAILURE`]).
+    pub nvcre_failure: Option<String>,
 }
 
 impl SimNode {
@@ -98,6 +105,7 @@ impl SimNode {
             nvlink_fault: false,
             rack_fault: false,
             verdict: true,
+            nvcre_failure: None,
         }
     }
 
@@ -158,6 +166,9 @@ impl SimNode {
         }
         if !self.verdict {
             annotations.insert(SIM_NO_VERDICT.into(), "true".into());
+        }
+        if let Some(failure) = &self.nvcre_failure {
+            annotations.insert(SIM_NVCRE_FAILURE.into(), failure.clone());
         }
         let resources: BTreeMap<String, Quantity> = [
             ("cpu", "72".to_string()),
@@ -441,6 +452,142 @@ async fn finish(
         PROBE_RESULT: result, PROBE_MESSAGE: message, PROBE_DELAY: delay,
     }}});
     pods.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
+/// The stand-in for NVIDIA's Cluster Readiness Engine, as kwok stands in for
+/// the kubelets: every Certification in `namespace` (gpufleet's rack tests,
+/// `healthChecks.domainTest.nvcre`) is marked in progress, then after
+/// `delay` finished as NVCRE would finish it from its target's trays: a tray
+/// annotated [`SIM_NVCRE_FAILURE`] is named failed alone with that reason;
+/// otherwise a tray with a bad NVLink port or in a rack with a bad switch
+/// tray fails the NCCL job, and every node of it is named `WorkloadFailed`
+/// (the intra-rack scale does not bisect). Failed nodes go where NVCRE puts
+/// them: a ConfigMap the category's status names, `failed-nodes.json.gz`.
+pub async fn nvcre(client: kube::Client, namespace: String, delay: Duration) {
+    use kube::api::DynamicObject;
+    let certs: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &namespace,
+        &crate::operator::nvcre::resource(),
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &namespace);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    watcher(certs.clone(), watcher::Config::default().timeout(55))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|event| {
+            let (certs, nodes, maps, seen) =
+                (certs.clone(), nodes.clone(), maps.clone(), seen.clone());
+            async move {
+                let Ok(cert) = event else { return };
+                let conditions = cert.data["status"]["conditions"].as_array().cloned();
+                let done = conditions.iter().flatten().any(|c| {
+                    (c["type"] == "Succeeded" || c["type"] == "Failed") && c["status"] == "True"
+                });
+                let uid = cert.metadata.uid.clone().unwrap_or_default();
+                if done
+                    || cert.metadata.deletion_timestamp.is_some()
+                    || !seen.lock().expect("seen").insert(uid)
+                {
+                    return;
+                }
+                tokio::spawn(async move {
+                    if let Err(err) = certify(&certs, &nodes, &maps, &cert, delay).await {
+                        debug!(%err, "NVCRE stand-in could not finish a certification");
+                    }
+                });
+            }
+        })
+        .await;
+}
+
+/// Runs one Certification to its end (see [`nvcre`]).
+async fn certify(
+    certs: &Api<kube::api::DynamicObject>,
+    nodes: &Api<Node>,
+    maps: &Api<k8s_openapi::api::core::v1::ConfigMap>,
+    cert: &kube::api::DynamicObject,
+    delay: Duration,
+) -> Result<(), kube::Error> {
+    let name = cert.metadata.name.clone().unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let condition = |kind: &str, reason: &str, message: &str| {
+        json!({"type": kind, "status": "True", "reason": reason, "message": message,
+            "lastTransitionTime": now})
+    };
+    let status = json!({"status": {"conditions": [condition("InProgress", "Running", "1 category running")]}});
+    certs
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    tokio::time::sleep(delay).await;
+    let targets: Vec<String> = cert.data["spec"]["target"]["nodeNames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect();
+    let variant = cert.data["spec"]["categories"][0]["variant"]
+        .as_str()
+        .unwrap_or("nccl-all-reduce")
+        .to_string();
+    let mut named = Vec::new();
+    let mut job_fails = false;
+    for target in &targets {
+        let annotations = nodes
+            .get_opt(target)
+            .await?
+            .and_then(|n| n.metadata.annotations)
+            .unwrap_or_default();
+        if let Some(failure) = annotations.get(SIM_NVCRE_FAILURE) {
+            let (reason, message) = failure.split_once(": ").unwrap_or((failure, ""));
+            named.push(json!({"name": target, "reason": reason, "message": message}));
+        }
+        job_fails |=
+            annotations.contains_key(SIM_NVLINK_FAULT) || annotations.contains_key(SIM_RACK_FAULT);
+    }
+    if named.is_empty() && job_fails {
+        named = targets
+            .iter()
+            .map(|t| json!({"name": t, "reason": "WorkloadFailed",
+                "message": format!("all_reduce_perf_mpi exited 1 over {} nodes: bus bandwidth 190 GB/s", targets.len())}))
+            .collect();
+    }
+    let status = if named.is_empty() {
+        json!({"status": {
+            "conditions": [condition("Succeeded", "AllCategoriesSucceeded", "1 of 1 categories succeeded")],
+            "categoryStatuses": [{"domain": "communication", "variant": variant, "status": "Succeeded"}],
+        }})
+    } else {
+        let map_name = format!("{name}-failed-nodes");
+        let map = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": map_name, "ownerReferences": [{
+                "apiVersion": "nvcre.nvidia.com/v1alpha1", "kind": "Certification",
+                "name": name, "uid": cert.metadata.uid,
+            }]},
+            "binaryData": {crate::operator::nvcre::FAILED_NODES_KEY:
+                k8s_openapi::ByteString(crate::operator::nvcre::encode(&named))},
+        });
+        let map: k8s_openapi::api::core::v1::ConfigMap =
+            serde_json::from_value(map).map_err(kube::Error::SerdeError)?;
+        match maps.create(&Default::default(), &map).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(err) => return Err(err),
+        }
+        json!({"status": {
+            "conditions": [condition("Failed", "CategoryFailed",
+                &format!("communication/{variant}: {} of {} nodes failed", named.len(), targets.len()))],
+            "categoryStatuses": [{"domain": "communication", "variant": variant, "status": "Failed",
+                "failedNodesRef": {"kind": "ConfigMap", "name": map_name}}],
+        }})
+    };
+    certs
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
     Ok(())
 }

@@ -113,6 +113,10 @@ pub enum Reason {
     ProbesNotRunning,
     /// A rack test needs more trays at once than the caps allow.
     RackTestTooBig,
+    /// A rack test's result cannot be read (an NVCRE Certification that
+    /// failed naming no node of its group, or whose failed nodes cannot be
+    /// read).
+    RackTestUnreadable,
 }
 
 impl Reason {
@@ -144,6 +148,7 @@ impl Reason {
             Reason::WriteRejected => "WriteRejected",
             Reason::ProbesNotRunning => "ProbesNotRunning",
             Reason::RackTestTooBig => "RackTestTooBig",
+            Reason::RackTestUnreadable => "RackTestUnreadable",
         }
     }
 }
@@ -236,6 +241,9 @@ pub enum Gate {
     /// A rack test needs more trays at once than the pool's or the batch's
     /// `maxConcurrent`: it can never run until a cap is raised.
     RackTestTooBig,
+    /// A rack test finished with a result gpufleet cannot read or trust
+    /// (see `Reason::RackTestUnreadable`): nobody is blamed, nothing starts.
+    RackTestUnreadable,
 }
 
 impl Gate {
@@ -245,6 +253,7 @@ impl Gate {
         match self {
             Gate::Probes | Gate::Soak | Gate::RackTest => Reason::WaveInProgress,
             Gate::RackTestTooBig => Reason::RackTestTooBig,
+            Gate::RackTestUnreadable => Reason::RackTestUnreadable,
             Gate::Approval => Reason::WaitingForApproval,
             Gate::Paused => Reason::Paused,
             Gate::FailureBudget => Reason::FailureBudgetExceeded,
@@ -269,6 +278,7 @@ impl Gate {
                 | Gate::ProbeRejected
                 | Gate::ProbesNotRunning
                 | Gate::RackTestTooBig
+                | Gate::RackTestUnreadable
         )
     }
 
@@ -294,6 +304,7 @@ impl Gate {
             Gate::ProbesNotRunning => "halted: probes cannot run",
             Gate::RackTest => "waits on rack tests",
             Gate::RackTestTooBig => "halted: a rack test exceeds the caps",
+            Gate::RackTestUnreadable => "halted: a rack test result is unreadable",
         }
     }
 
@@ -315,6 +326,7 @@ impl Gate {
             Gate::ProbesNotRunning => "halted, probes cannot run",
             Gate::RackTest => "waits on rack tests",
             Gate::RackTestTooBig => "halted, a rack test exceeds the caps",
+            Gate::RackTestUnreadable => "halted, a rack test result is unreadable",
         }
     }
 
@@ -335,11 +347,12 @@ impl Gate {
             Gate::ProbesNotRunning => "probes_not_running",
             Gate::RackTest => "rack_test",
             Gate::RackTestTooBig => "rack_test_too_big",
+            Gate::RackTestUnreadable => "rack_test_unreadable",
         }
     }
 
     /// Every gate.
-    pub const ALL: [Gate; 14] = [
+    pub const ALL: [Gate; 15] = [
         Gate::Probes,
         Gate::Soak,
         Gate::Approval,
@@ -354,6 +367,7 @@ impl Gate {
         Gate::ProbesNotRunning,
         Gate::RackTest,
         Gate::RackTestTooBig,
+        Gate::RackTestUnreadable,
     ];
 }
 

@@ -16,6 +16,6 @@ pub use common::{
 };
 pub use pool::{
     BreakerFailure, BreakerStatus, CircuitBreaker, DomainTest, FabricGate, FirmwareGate, GpuPool,
-    GpuPoolSpec, GpuPoolStatus, Hardware, HealthChecks, Onboarding, Probe, Topology,
+    GpuPoolSpec, GpuPoolStatus, Hardware, HealthChecks, NvcreTest, Onboarding, Probe, Topology,
 };
 pub use validate::FieldError;

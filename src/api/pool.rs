@@ -255,6 +255,7 @@ pub struct HealthChecks {
 /// The rack test (see `healthChecks.domainTest`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.template) != has(self.nvcre)").message("set exactly one provider: template (gpufleet runs the pods) or nvcre (NVIDIA's Cluster Readiness Engine runs the test)").field_path(".template"))]
 pub struct DomainTest {
     /// The pod run on every tray of a group under test, bound to its tray,
     /// in the probe namespace as the probe ServiceAccount (the same rules
@@ -263,9 +264,19 @@ pub struct DomainTest {
     /// `gpufleet.io/group`), `GPUFLEET_GROUP_SIZE`, `GPUFLEET_RANK` (0 to
     /// size - 1), `GPUFLEET_PEERS` (the group's pod names by rank, comma
     /// separated) and `GPUFLEET_PEER_NODES` (their nodes). The group passes
-    /// when every pod exits 0.
+    /// when every pod exits 0. Set this or `nvcre`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "pod_template_schema")]
-    pub template: PodTemplateSpec,
+    pub template: Option<PodTemplateSpec>,
+    /// Lets NVIDIA's Cluster Readiness Engine run the test instead: per
+    /// group, gpufleet creates a Certification (`nvcre.nvidia.com/v1alpha1`)
+    /// in the probe namespace, its target the group's nodes, at the
+    /// intra-rack scale, and reads back the nodes it failed and why
+    /// (`HardwareFailureDetected`, `ThresholdViolation`, `WorkloadFailed`).
+    /// Needs NVCRE in the cluster and the operator run with `--nvcre`.
+    /// Set this or `template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvcre: Option<NvcreTest>,
     /// Seconds a group's test may take, from when its pods were created,
     /// before the group counts as failed (each pod's activeDeadlineSeconds
     /// too). Default 1800.
@@ -287,6 +298,43 @@ pub struct DomainTest {
     /// DRA driver in the cluster.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub compute_domain: bool,
+}
+
+/// The rack test run by NVCRE (see `healthChecks.domainTest.nvcre`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NvcreTest {
+    /// The test of NVCRE's catalog, in its `communication` domain. Default
+    /// `nccl-all-reduce`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub variant: Option<String>,
+    /// Runs NCCL over multi-node NVLink (NVCRE's `enableMNNVL`). Default
+    /// true: without it an NVL72's trays talk over the network, at about a
+    /// fifth of the bandwidth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mnnvl: Option<bool>,
+    /// The bus bandwidth floor in GB/s (NVCRE's threshold
+    /// `busBandwidthGBps`: `value >= N`); a group below it fails with
+    /// `ThresholdViolation`. Unset: no floor (NVCRE ships none). Measured on
+    /// GB200/GB300 NVL72 with MNNVL: about 880 to 930 GB/s at 16 GB.
+    #[serde(
+        default,
+        rename = "minBusBandwidthGBps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 100000))]
+    pub min_bus_bandwidth_gbps: Option<u32>,
+}
+
+impl NvcreTest {
+    /// `variant`, defaulted.
+    pub fn variant(&self) -> &str {
+        self.variant.as_deref().unwrap_or("nccl-all-reduce")
+    }
 }
 
 impl DomainTest {

@@ -73,6 +73,11 @@ pub struct Args {
     /// Writes allowed in a burst above --qps.
     #[arg(long, env = "GPUFLEET_BURST", default_value_t = 100.0)]
     burst: f64,
+    /// Run rack tests through NVIDIA's Cluster Readiness Engine for pools
+    /// that ask for it (healthChecks.domainTest.nvcre): watches its
+    /// Certifications in the probe namespace. Needs NVCRE installed.
+    #[arg(long, env = "GPUFLEET_NVCRE")]
+    nvcre: bool,
     /// Events recorded per second at most (bursts of five times that).
     #[arg(long, env = "GPUFLEET_EVENTS_PER_SECOND", default_value_t = 5.0)]
     events_per_second: f64,
@@ -129,6 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             health_addr: address("--health-addr", &args.health_addr)?,
             qps: args.qps.max(0.1),
             burst: args.burst.max(1.0),
+            nvcre: args.nvcre,
             metrics,
         };
         operator::run(client, config, shutdown_signal()).await

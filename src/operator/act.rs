@@ -287,11 +287,82 @@ pub async fn apply_actions(
         .buffer_unordered(PARALLEL_WRITES)
         .try_collect::<Vec<()>>()
         .await?;
+    if let Some(message) = certifications(ctx, pool, batch, actions).await? {
+        ctx.note_probe_rejection(&batch_uid, Some(message.clone()));
+        report.probe_rejected = Some(message);
+    }
     report.events = actions
         .iter()
         .filter(|a| matches!(a, Action::Event(_)))
         .count();
     Ok(report)
+}
+
+/// Creates and deletes rack test Certifications (NVCRE). `Ok(Some(why))`:
+/// refused (NVCRE not installed, no rights, a spec it refuses, or this
+/// operator not run with `--nvcre`), a condition on the batch.
+async fn certifications(
+    ctx: &Context,
+    pool: Option<&GpuPool>,
+    batch: &RolloutBatch,
+    actions: &[Action],
+) -> Result<Option<String>, Error> {
+    use kube::api::DynamicObject;
+    let namespace = &ctx.config.probes.namespace;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), namespace, &super::nvcre::resource());
+    let test = pool.and_then(|p| p.spec.health_checks.domain_test.as_ref());
+    for action in actions {
+        match action {
+            Action::CreateCertification(req) => {
+                if !ctx.config.nvcre {
+                    return Ok(Some(format!(
+                        "the pool's rack test runs through NVCRE (healthChecks.domainTest.nvcre) but this operator runs without --nvcre (chart: nvcre.enabled=true); Certification {} not made",
+                        req.name
+                    )));
+                }
+                let Some(object) =
+                    test.and_then(|t| super::nvcre::certification(batch, req, namespace, t))
+                else {
+                    continue;
+                };
+                may_write(ctx, &format!("creating Certification {}", req.name)).await?;
+                let params = PostParams {
+                    field_manager: Some(keys::FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                match api.create(&params, &object).await {
+                    Ok(_) => {}
+                    Err(err) if is_conflict(&err) => {}
+                    Err(err) if is_rejection(&err) => {
+                        let message = format!("Certification {}: {}", req.name, refusal(&err));
+                        warn!(%message, "the API server refused a rack test's Certification");
+                        return Ok(Some(message));
+                    }
+                    Err(err) => {
+                        return Err(Error::kube(format!(
+                            "creating Certification {namespace}/{}",
+                            req.name
+                        ))(err));
+                    }
+                }
+            }
+            Action::DeleteCertification { name } => {
+                may_write(ctx, &format!("deleting Certification {name}")).await?;
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(err) if is_not_found(&err) => {}
+                    Err(err) => {
+                        return Err(Error::kube(format!(
+                            "deleting Certification {namespace}/{name}"
+                        ))(err));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// Before every write: this replica must still lead, and the client-side

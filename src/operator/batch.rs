@@ -136,6 +136,21 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::requeue(RESYNC));
         }
     };
+    // A finished NVCRE Certification's failed nodes are in a ConfigMap it
+    // names: read once, before planning.
+    if ctx.config.nvcre {
+        super::nvcre::read_results(
+            &ctx.client,
+            &ctx.config.probes.namespace,
+            &ctx.stores.certifications,
+            &ctx.stores.cert_results,
+            batch.metadata.uid.as_deref(),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "reading the rack tests of batch {name}"
+        )))?;
+    }
     let mut snapshot = observe::snapshot(&ctx.stores, &pool, batch);
     snapshot.probe_rejection = batch
         .metadata

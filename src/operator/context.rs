@@ -66,6 +66,10 @@ pub struct Config {
     pub burst: f64,
     /// The metrics registry (shared with the client, which counts requests).
     pub metrics: Arc<metrics::Metrics>,
+    /// Watch NVCRE's Certifications in the probe namespace and run rack
+    /// tests through them (`healthChecks.domainTest.nvcre`): needs NVCRE's
+    /// CRD and the rights on it (the chart's `nvcre.enabled`).
+    pub nvcre: bool,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             metrics_addr: None,
             health_addr: None,
             qps: 50.0,
+            nvcre: false,
             burst: 100.0,
             metrics: Arc::new(metrics::Metrics::new()),
         }

@@ -21,6 +21,7 @@ mod fence;
 mod http;
 pub mod leader;
 pub mod metrics;
+pub mod nvcre;
 mod observe;
 mod pool;
 pub mod probe;

@@ -23,6 +23,10 @@ pub struct Stores {
     pub batches: Store<DeserializeGuard<RolloutBatch>>,
     pub nodes: NodeCache,
     pub probes: Store<Pod>,
+    /// NVCRE's Certifications in the probe namespace (empty without
+    /// `--nvcre`), and what was read of their failed nodes.
+    pub certifications: Store<kube::api::DynamicObject>,
+    pub cert_results: Arc<super::nvcre::Results>,
     /// How many of the four watches have listed once; the watch loops count
     /// up as they see their first `InitDone`.
     pub synced: tokio::sync::watch::Receiver<usize>,
@@ -273,9 +277,15 @@ pub fn snapshot(stores: &Stores, pool: &GpuPool, batch: &RolloutBatch) -> Snapsh
             selector: b.spec.node_selector,
         })
         .collect();
+    let certifications =
+        super::nvcre::of_batch(&stores.certifications, batch.metadata.uid.as_deref())
+            .iter()
+            .map(|c| super::nvcre::view(c, &stores.cert_results))
+            .collect();
     Snapshot {
         nodes,
         probes,
+        certifications,
         other_pools,
         other_batches,
         probe_rejection: None,

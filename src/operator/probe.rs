@@ -96,7 +96,7 @@ pub fn probe_pod(
         }
         Some(_) => {
             let test = pool.spec.health_checks.domain_test.as_ref()?;
-            (&test.template, test.timeout())
+            (test.template.as_ref()?, test.timeout())
         }
     };
     let batch_name = batch.metadata.name.clone().unwrap_or_default();

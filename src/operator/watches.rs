@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures::future::{self, BoxFuture};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::Api;
+use kube::api::{Api, DynamicObject};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -76,6 +76,8 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
     let node_cache = observe::NodeCache::default();
     let mut node_writer = node_cache.writer();
     let (probe_store, probe_writer) = reflector::store::<Pod>();
+    let cert_writer = reflector::store::Writer::<DynamicObject>::new(super::nvcre::resource());
+    let cert_store = cert_writer.as_reader();
     let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
     let synced_tx = Arc::new(synced_tx);
     let stores = Stores {
@@ -83,6 +85,8 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
         batches: batch_store,
         nodes: node_cache,
         probes: probe_store,
+        certifications: cert_store,
+        cert_results: Default::default(),
         synced,
     };
     let (batch_tx, batch_requests) = tokio::sync::mpsc::unbounded_channel();
@@ -156,7 +160,7 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
     };
     let expectations = Arc::new(act::Expectations::default());
     let probe_watch = {
-        let (tx, expectations) = (batch_tx, expectations.clone());
+        let (tx, expectations) = (batch_tx.clone(), expectations.clone());
         watcher(probes_api, probe_watch)
             .default_backoff()
             .modify(observe::strip_pod)
@@ -174,8 +178,48 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
                 }
             }))
     };
+    // NVCRE's Certifications, only when asked for (`--nvcre`): not among
+    // the watches readiness waits for, so a cluster without NVCRE, or an
+    // NVCRE installed later, never holds the operator back; until it is
+    // there the watch retries with backoff and says so.
+    let cert_watch = {
+        let tx = batch_tx.clone();
+        let enabled = config.nvcre;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &config.probes.namespace,
+            &super::nvcre::resource(),
+        );
+        let watch = watch.clone();
+        async move {
+            if !enabled {
+                return future::pending::<()>().await;
+            }
+            watcher(api, watch)
+                .default_backoff()
+                .reflect(cert_writer)
+                .for_each(move |event| {
+                    match event {
+                        Ok(watcher::Event::Apply(c) | watcher::Event::Delete(c)) => {
+                            if let Some(batch) = c.annotations().get(keys::BATCH) {
+                                let _ = tx.send(ObjectRef::new(batch));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(err) => warn!(
+                            watch = "certifications",
+                            %err,
+                            "cannot watch NVCRE's Certifications (is NVCRE installed, and may gpufleet read them?); retrying with backoff"
+                        ),
+                    }
+                    future::ready(())
+                })
+                .await
+        }
+    };
     let run = async move {
         tokio::select! {
+            _ = cert_watch => error!("the certification watch ended"),
             _ = pool_watch => error!("the pool watch ended"),
             _ = batch_watch => error!("the batch watch ended"),
             _ = node_watch => error!("the node watch ended"),

@@ -71,7 +71,8 @@ pub use racktest::{GROUP_POD_PREFIX, group_pod_name};
 pub use release::release;
 pub use selector::{matches, to_query};
 pub use snapshot::{
-    Claim, NodeState, NodeView, ProbePhase, ProbeView, Snapshot, TaintView, Termination,
+    CertOutcome, CertView, Claim, FailedNode, NodeState, NodeView, ProbePhase, ProbeView, Snapshot,
+    TaintView, Termination,
 };
 pub use status::{stalled_status, tally};
 pub use verdicts::{GateFailure, VerdictRecord, gated, judge};
@@ -118,6 +119,10 @@ pub enum Action {
     CreateProbe(ProbeRequest),
     /// Delete a probe pod (read, stale or orphaned).
     DeleteProbe { pod_name: String },
+    /// Create an NVCRE Certification for a rack test group.
+    CreateCertification(CertRequest),
+    /// Delete a rack test's Certification (its domain is decided).
+    DeleteCertification { name: String },
     /// Record an event.
     Event(Event),
 }
@@ -165,6 +170,17 @@ pub struct ProbeRequest {
     pub run: Option<Timestamp>,
     /// For a rack test pod (`healthChecks.domainTest`): its group.
     pub group: Option<GroupMember>,
+}
+
+/// An NVCRE Certification to create for a rack test group
+/// (`healthChecks.domainTest.nvcre`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertRequest {
+    pub name: String,
+    /// The group's name (`gpufleet.io/group`).
+    pub group: String,
+    /// The group's nodes: the Certification's target.
+    pub nodes: Vec<String>,
 }
 
 /// A rack test pod's place in its group.
@@ -232,6 +248,8 @@ pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Time
     // Rack tests that cannot run halt the batch, as probes that cannot.
     let rack_stop = if planner.rack_too_big.is_some() {
         Some(crate::vocabulary::Gate::RackTestTooBig)
+    } else if planner.rack_unreadable.is_some() {
+        Some(crate::vocabulary::Gate::RackTestUnreadable)
     } else if planner.rack_not_run.is_some() {
         Some(crate::vocabulary::Gate::ProbesNotRunning)
     } else {
@@ -277,6 +295,23 @@ fn finish(mut planner: Planner, status: RolloutBatchStatus, departed: Vec<NodePa
         std::mem::take(&mut planner.deletes)
             .into_iter()
             .map(|pod_name| Action::DeleteProbe { pod_name }),
+    );
+    let mut certs = std::mem::take(&mut planner.cert_creates);
+    certs.retain(|c| !planner.cert_deletes.contains(&c.name));
+    certs.sort_by(|a, b| a.name.cmp(&b.name));
+    certs.dedup();
+    certs.retain(|c| {
+        !planner
+            .snapshot
+            .certifications
+            .iter()
+            .any(|x| x.name == c.name)
+    });
+    actions.extend(certs.into_iter().map(Action::CreateCertification));
+    actions.extend(
+        std::mem::take(&mut planner.cert_deletes)
+            .into_iter()
+            .map(|name| Action::DeleteCertification { name }),
     );
     actions.extend(planner.events.into_iter().map(Action::Event));
     Plan {

@@ -25,7 +25,7 @@ use crate::api::DomainTest;
 use crate::keys;
 
 use super::health::{Failure, FailureCategory};
-use super::snapshot::{ProbePhase, later};
+use super::snapshot::{CertOutcome, ProbePhase, later};
 use super::state::Planner;
 use super::{GroupMember, ProbeRequest};
 
@@ -46,12 +46,31 @@ fn run_of(name: &str) -> Option<u32> {
     run.parse().ok()
 }
 
+/// The Certification of run `run` of group `key` (NVCRE provider).
+pub fn group_cert_name(key: &str, run: u32) -> String {
+    format!("{GROUP_POD_PREFIX}{key}-{run}")
+}
+
 /// What one group's test came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Result {
     Running,
     Passed,
-    Failed(String),
+    /// Failed: why, and the trays the test itself blamed with its words
+    /// (none: the group as a whole failed).
+    Failed {
+        why: String,
+        blamed: Vec<(usize, String)>,
+    },
+}
+
+impl Result {
+    fn failed(why: String) -> Self {
+        Result::Failed {
+            why,
+            blamed: Vec::new(),
+        }
+    }
 }
 
 /// One test of a round.
@@ -103,7 +122,19 @@ impl Planner<'_> {
             })
             .count();
         let asked = self.creates.iter().filter(|c| c.group.is_some()).count();
-        (running + asked) as u32
+        let certs: usize = self
+            .snapshot
+            .certifications
+            .iter()
+            .filter(|c| !c.deleting && c.outcome == super::CertOutcome::Running)
+            .map(|c| c.size as usize)
+            .sum::<usize>()
+            + self
+                .cert_creates
+                .iter()
+                .map(|c| c.nodes.len())
+                .sum::<usize>();
+        (running + asked + certs) as u32
     }
 
     /// The rack test of a domain whose `passed` trays are ready for it.
@@ -151,10 +182,52 @@ impl Planner<'_> {
             }
             let mut next: Vec<Test> = Vec::new();
             for (test, result) in frontier.iter().zip(results) {
+                // The test named the trays at fault (an NVCRE failed node,
+                // say): those fail with its words, never a tray proven good,
+                // and the rest of the group is tested again without them.
+                let result = match result {
+                    Result::Failed { why, blamed } => {
+                        let blamed: Vec<_> = blamed
+                            .into_iter()
+                            .filter(|(m, _)| !good.contains(m))
+                            .collect();
+                        let members = test.members();
+                        let named_trays: Vec<usize> = blamed.iter().map(|(b, _)| *b).collect();
+                        let named = |m: &usize| named_trays.contains(m);
+                        let suspect = match test {
+                            Test::Group(_) => None,
+                            Test::Confirm { suspect, .. } => Some(*suspect),
+                        };
+                        let names_part = !blamed.is_empty()
+                            && members.iter().any(|m| !named(m))
+                            && suspect.is_none_or(|s| named(&s));
+                        if names_part {
+                            if first_failure.is_empty() {
+                                first_failure = why;
+                            }
+                            for (m, words) in blamed {
+                                faulty.push((
+                                    m,
+                                    format!("rack test (attribution round {round}): {words}"),
+                                ));
+                            }
+                            let rest: Vec<usize> = match test {
+                                Test::Group(g) => g.iter().copied().filter(|m| !named(m)).collect(),
+                                Test::Confirm { .. } => Vec::new(),
+                            };
+                            if !rest.is_empty() {
+                                next.push(Test::Group(rest));
+                            }
+                            continue;
+                        }
+                        Result::failed(why)
+                    }
+                    other => other,
+                };
                 match (test, result) {
                     (Test::Group(g), Result::Passed) => good.extend(g),
                     (Test::Confirm { suspect, .. }, Result::Passed) => good.push(*suspect),
-                    (Test::Confirm { suspect, beside }, Result::Failed(why)) => {
+                    (Test::Confirm { suspect, beside }, Result::Failed { why, .. }) => {
                         let name = &self.members[*beside].view.name;
                         faulty.push((
                             *suspect,
@@ -163,7 +236,7 @@ impl Planner<'_> {
                             ),
                         ));
                     }
-                    (Test::Group(g), Result::Failed(why)) => {
+                    (Test::Group(g), Result::Failed { why, .. }) => {
                         if first_failure.is_empty() {
                             first_failure = why;
                         }
@@ -178,7 +251,7 @@ impl Planner<'_> {
                     (_, Result::Running) => {}
                 }
             }
-            if round == 0 && suspects.is_empty() && next.is_empty() {
+            if round == 0 && suspects.is_empty() && next.is_empty() && faulty.is_empty() {
                 return RackTest::Done {
                     faulty: Vec::new(),
                     good: sorted,
@@ -259,7 +332,8 @@ impl Planner<'_> {
         format!("{:016x}", keys::stable_hash(text.as_bytes()))
     }
 
-    /// Has any pod of group `key` been made, or asked for by this plan?
+    /// Has any pod or Certification of group `key` been made, or asked for
+    /// by this plan?
     fn group_began(&self, key: &str) -> bool {
         self.snapshot
             .probes
@@ -269,22 +343,128 @@ impl Planner<'_> {
                 .creates
                 .iter()
                 .any(|c| c.group.as_ref().is_some_and(|g| g.group == key))
+            || self
+                .snapshot
+                .certifications
+                .iter()
+                .any(|c| c.group.as_deref() == Some(key))
+            || self.cert_creates.iter().any(|c| c.group == key)
     }
 
-    /// The run of group `key` its live pods are at (0 before any).
+    /// The run of group `key` its live pods (or Certification) are at (0
+    /// before any).
     fn group_run(&self, key: &str) -> u32 {
-        self.snapshot
+        let pods = self
+            .snapshot
             .probes
             .iter()
             .filter(|p| p.group.as_deref() == Some(key) && !p.deleting)
-            .filter_map(|p| run_of(&p.name))
-            .max()
-            .unwrap_or(0)
+            .filter_map(|p| run_of(&p.name));
+        let certs = self
+            .snapshot
+            .certifications
+            .iter()
+            .filter(|c| c.group.as_deref() == Some(key) && !c.deleting)
+            .filter_map(|c| run_of(&c.name));
+        pods.chain(certs).max().unwrap_or(0)
+    }
+
+    /// What group `key` of `members` came to when NVCRE runs the test: its
+    /// Certification is asked for if missing; the nodes it failed are
+    /// blamed with its reasons. A Certification that names every node of
+    /// the group is a failure of the group (NVCRE's intra-rack scale does
+    /// not bisect); one that failed naming none, or whose failed nodes
+    /// cannot be read, blames nobody and halts the batch.
+    fn nvcre_result(&mut self, spec: &DomainTest, key: &str, members: &[usize]) -> Result {
+        let uid = self.batch.metadata.uid.as_deref();
+        let name = group_cert_name(key, self.group_run(key));
+        let timeout = SignedDuration::from_secs(i64::from(spec.timeout()));
+        let cert = self
+            .snapshot
+            .certifications
+            .iter()
+            .find(|c| c.name == name && !c.deleting && c.made_by(uid));
+        let Some(cert) = cert else {
+            // Someone else's object at the name is never taken for ours.
+            if !self.snapshot.certifications.iter().any(|c| c.name == name) {
+                self.cert_creates.push(super::CertRequest {
+                    name: name.clone(),
+                    group: key.to_string(),
+                    nodes: members
+                        .iter()
+                        .map(|&m| self.members[m].view.name.clone())
+                        .collect(),
+                });
+            } else {
+                self.rack_unreadable.get_or_insert(format!(
+                    "a Certification named {name} that this batch did not make is in the way of a rack test; delete it"
+                ));
+            }
+            self.wake_at(later(self.now, timeout));
+            return Result::Running;
+        };
+        match &cert.outcome {
+            CertOutcome::Running => {
+                let deadline = later(cert.created.unwrap_or(self.now), timeout);
+                if self.now >= deadline {
+                    return Result::failed(format!(
+                        "NVCRE's certification {name} did not finish within {}s",
+                        spec.timeout()
+                    ));
+                }
+                self.wake_at(deadline);
+                Result::Running
+            }
+            CertOutcome::Unreadable(why) => {
+                self.rack_unreadable.get_or_insert(format!(
+                    "NVCRE's certification {name} finished but its failed nodes cannot be read: {}",
+                    crate::verdict::clip(why, 200)
+                ));
+                Result::Running
+            }
+            CertOutcome::Finished {
+                passed,
+                failed,
+                message,
+            } => {
+                let blamed: Vec<(usize, String)> = failed
+                    .iter()
+                    .filter_map(|f| {
+                        let m = members
+                            .iter()
+                            .copied()
+                            .find(|&m| self.members[m].view.name == f.name)?;
+                        let reason = crate::verdict::clip(&f.reason, 64);
+                        let words =
+                            crate::verdict::clip(f.message.lines().next().unwrap_or(""), 200);
+                        Some((m, format!("NVCRE {name}: {reason}: {words}")))
+                    })
+                    .collect();
+                if *passed && blamed.is_empty() {
+                    return Result::Passed;
+                }
+                if blamed.is_empty() {
+                    self.rack_unreadable.get_or_insert(format!(
+                        "NVCRE's certification {name} failed without naming a node of its group: {}",
+                        crate::verdict::clip(message, 200)
+                    ));
+                    return Result::Running;
+                }
+                let why = blamed[0].1.clone();
+                if blamed.len() == members.len() {
+                    return Result::failed(why);
+                }
+                Result::Failed { why, blamed }
+            }
+        }
     }
 
     /// What group `key` of `members` (in rank order) came to; its missing
     /// pods are asked for.
     fn group_result(&mut self, spec: &DomainTest, key: &str, members: &[usize]) -> Result {
+        if spec.nvcre.is_some() {
+            return self.nvcre_result(spec, key, members);
+        }
         let uid = self.batch.metadata.uid.as_deref();
         let mut run = self.group_run(key);
         let pods: Vec<_> = (0..members.len())
@@ -387,14 +567,14 @@ impl Planner<'_> {
             let node = &self.members[members[rank]].view.name;
             if let Some(failed) = pod.failed_container() {
                 let words = failed.message.as_deref().unwrap_or("no message");
-                return Result::Failed(format!(
+                return Result::failed(format!(
                     "its pod on {node} exited {}: {}",
                     failed.exit_code,
                     crate::verdict::clip(words.lines().next().unwrap_or(""), 200)
                 ));
             }
             if pod.phase == ProbePhase::Failed {
-                return Result::Failed(format!(
+                return Result::failed(format!(
                     "its pod on {node} failed: {}",
                     pod.message.as_deref().unwrap_or("no reason given")
                 ));
@@ -416,7 +596,7 @@ impl Planner<'_> {
         if let (true, Some(started)) = (all_started, started) {
             let deadline = later(started, timeout);
             if self.now >= deadline {
-                return Result::Failed(format!(
+                return Result::failed(format!(
                     "the group's test did not finish within {}s",
                     spec.timeout()
                 ));
@@ -456,8 +636,18 @@ impl Planner<'_> {
         self.fail(m, Failure::new(FailureCategory::RackTestFailed, why));
     }
 
-    /// Rack test pods no domain's test wants any more: deleted.
+    /// Rack test pods and Certifications no domain's test wants any more:
+    /// deleted (only this batch's).
     pub(super) fn delete_stray_groups(&mut self) {
+        let uid = self.batch.metadata.uid.as_deref();
+        for cert in &self.snapshot.certifications {
+            let Some(group) = cert.group.as_deref() else {
+                continue;
+            };
+            if !cert.deleting && cert.made_by(uid) && !self.groups_wanted.contains(group) {
+                self.cert_deletes.insert(cert.name.clone());
+            }
+        }
         for probe in &self.snapshot.probes {
             let Some(group) = probe.group.as_deref() else {
                 continue;

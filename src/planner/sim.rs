@@ -56,6 +56,8 @@ fn ended_phase(exit_code: i32) -> ProbePhase {
 
 /// Decides whether a rack test group passes, by its nodes.
 pub type GroupFn = Box<dyn Fn(&[String]) -> bool>;
+/// Plays NVCRE: the nodes a Certification over these nodes fails.
+pub type CertFn = Box<dyn Fn(&[String]) -> Vec<super::FailedNode>>;
 
 /// A simulated cluster holding one pool and one batch.
 pub struct Sim {
@@ -77,6 +79,12 @@ pub struct Sim {
     pub group_nodes: BTreeMap<String, Vec<String>>,
     /// Rack test pods never start running (unschedulable, no image).
     pub groups_never_start: bool,
+    /// Each Certification's target nodes, by name.
+    pub cert_nodes: BTreeMap<String, Vec<String>>,
+    /// The nodes NVCRE fails in a Certification over these nodes (unset:
+    /// by `group_passes`, a failing group naming all its nodes
+    /// `WorkloadFailed`, as NVCRE's intra-rack scale does).
+    pub cert_failed: Option<CertFn>,
 }
 
 impl Sim {
@@ -100,6 +108,8 @@ impl Sim {
             group_passes: None,
             group_nodes: BTreeMap::new(),
             groups_never_start: false,
+            cert_nodes: BTreeMap::new(),
+            cert_failed: None,
         }
     }
 
@@ -169,6 +179,28 @@ impl Sim {
                 }
                 Action::DeleteProbe { pod_name } => {
                     self.snapshot.probes.retain(|p| &p.name != pod_name)
+                }
+                Action::CreateCertification(req) => {
+                    if self
+                        .snapshot
+                        .certifications
+                        .iter()
+                        .all(|c| c.name != req.name)
+                    {
+                        self.cert_nodes.insert(req.name.clone(), req.nodes.clone());
+                        self.snapshot.certifications.push(super::CertView {
+                            name: req.name.clone(),
+                            group: Some(req.group.clone()),
+                            batch_uid: self.batch.metadata.uid.clone(),
+                            created: Some(self.now),
+                            size: req.nodes.len() as u32,
+                            deleting: false,
+                            outcome: super::CertOutcome::Running,
+                        });
+                    }
+                }
+                Action::DeleteCertification { name } => {
+                    self.snapshot.certifications.retain(|c| &c.name != name)
                 }
                 Action::Event(_) => {}
             }
@@ -285,6 +317,37 @@ impl Sim {
         }
     }
 
+    /// Ends every running Certification as NVCRE would (see `cert_failed`).
+    pub fn finish_certifications(&mut self) {
+        for cert in &mut self.snapshot.certifications {
+            if cert.outcome != super::CertOutcome::Running || self.groups_never_start {
+                continue;
+            }
+            let nodes = self.cert_nodes.get(&cert.name).cloned().unwrap_or_default();
+            let failed = match (&self.cert_failed, &self.group_passes) {
+                (Some(f), _) => f(&nodes),
+                (None, Some(passes)) if !passes(&nodes) => nodes
+                    .iter()
+                    .map(|n| super::FailedNode {
+                        name: n.clone(),
+                        reason: "WorkloadFailed".into(),
+                        message: "all_reduce_perf exited 1".into(),
+                    })
+                    .collect(),
+                (None, _) => Vec::new(),
+            };
+            cert.outcome = super::CertOutcome::Finished {
+                passed: failed.is_empty(),
+                message: if failed.is_empty() {
+                    "all categories succeeded".into()
+                } else {
+                    "category communication/nccl-all-reduce failed".into()
+                },
+                failed,
+            };
+        }
+    }
+
     /// Moves the clock.
     pub fn advance(&mut self, seconds: i64) {
         self.now += SignedDuration::from_secs(seconds);
@@ -297,6 +360,7 @@ impl Sim {
         for step in 1..=max_steps {
             let plan = self.step();
             self.finish_probes();
+            self.finish_certifications();
             let changed = plan.changes().next().is_some();
             if !changed {
                 match plan.requeue_after {
@@ -742,6 +806,7 @@ impl Cluster {
             other_pools,
             other_batches,
             probe_rejection: None,
+            certifications: Vec::new(),
         })
     }
 
@@ -856,7 +921,10 @@ impl Cluster {
                 self.pods_changed();
                 Applied::ProbeDeleted
             }
-            Action::Event(_) => Applied::Nothing,
+            // This cluster runs no NVCRE: its pools use the built-in test.
+            Action::Event(_)
+            | Action::CreateCertification(_)
+            | Action::DeleteCertification { .. } => Applied::Nothing,
         }
     }
 

@@ -598,6 +598,56 @@ pub struct Claim {
     pub selector: LabelSelector,
 }
 
+/// An NVCRE Certification gpufleet made for a rack test group, as far as
+/// the planner reads it (see `healthChecks.domainTest.nvcre`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CertView {
+    pub name: String,
+    /// Its group (`gpufleet.io/group`).
+    pub group: Option<String>,
+    /// The UID of the batch that made it (`gpufleet.io/batch-uid`).
+    pub batch_uid: Option<String>,
+    pub created: Option<Timestamp>,
+    /// Nodes in its target (trays it keeps under test while it runs).
+    pub size: u32,
+    pub deleting: bool,
+    pub outcome: CertOutcome,
+}
+
+/// What a Certification came to, in NVCRE's words.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CertOutcome {
+    /// Not finished (no `Succeeded` or `Failed` condition true).
+    Running,
+    /// Finished: `passed` when its `Succeeded` condition is true. `failed`:
+    /// the nodes NVCRE failed, with its reason and message, read from the
+    /// ConfigMap its status names; `message`: the finishing condition's.
+    Finished {
+        passed: bool,
+        failed: Vec<FailedNode>,
+        message: String,
+    },
+    /// Finished, but its failed nodes could not be read: why.
+    Unreadable(String),
+}
+
+/// One node NVCRE failed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct FailedNode {
+    pub name: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl CertView {
+    /// Was this Certification made by the batch of this UID?
+    pub fn made_by(&self, batch_uid: Option<&str>) -> bool {
+        self.batch_uid.as_deref() == batch_uid
+    }
+}
+
 /// Everything the planner observes for one batch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -607,6 +657,9 @@ pub struct Snapshot {
     pub nodes: Vec<Arc<NodeView>>,
     /// The batch's probe pods.
     pub probes: Vec<ProbeView>,
+    /// The NVCRE Certifications of the probe namespace made for rack tests
+    /// (`healthChecks.domainTest.nvcre`); empty when none.
+    pub certifications: Vec<CertView>,
     /// The other pools (their selectors), to find nodes two pools claim.
     pub other_pools: Vec<Claim>,
     /// The other batches of any pool, to find nodes two batches claim.

@@ -79,6 +79,9 @@ pub(super) struct Planner<'a> {
     pub suspected: Option<String>,
     pub creates: Vec<ProbeRequest>,
     pub deletes: BTreeSet<String>,
+    /// NVCRE Certifications to create and to delete (`racktest.rs`).
+    pub cert_creates: Vec<super::CertRequest>,
+    pub cert_deletes: BTreeSet<String>,
     /// Rack test groups some domain's test still reads (`racktest.rs`).
     pub groups_wanted: BTreeSet<String>,
     /// Domains under a rack test: key, round, trays under test.
@@ -87,6 +90,8 @@ pub(super) struct Planner<'a> {
     pub rack_too_big: Option<String>,
     /// A rack test group whose pods did not run: a node and why.
     pub rack_not_run: Option<(String, String)>,
+    /// A rack test whose result cannot be read or trusted, in words.
+    pub rack_unreadable: Option<String>,
     pub events: Vec<Event>,
     pub wake: Option<Timestamp>,
 }
@@ -182,9 +187,12 @@ impl<'a> Planner<'a> {
             creates: Vec::new(),
             deletes: BTreeSet::new(),
             groups_wanted: BTreeSet::new(),
+            cert_creates: Vec::new(),
+            cert_deletes: BTreeSet::new(),
             rack_running: Vec::new(),
             rack_too_big: None,
             rack_not_run: None,
+            rack_unreadable: None,
             events: Vec::new(),
             wake: None,
         }

@@ -320,6 +320,19 @@ impl Planner<'_> {
                     self.rack_too_big.as_deref().unwrap_or_default()
                 ),
             ),
+            Some(Stop {
+                gate: Gate::RackTestUnreadable,
+                wave,
+            }) => verdict(
+                Gate::RackTestUnreadable,
+                Some(wave),
+                format!(
+                    "wave {} of {} halted: {}; no tray is blamed and no node starts until the test is readable; look at the certification, then delete it to run the test again",
+                    wave + 1,
+                    self.wave_count,
+                    self.rack_unreadable.as_deref().unwrap_or_default()
+                ),
+            ),
             // Any other gate: its headline and where the wave stands.
             Some(Stop { gate, wave }) => verdict(
                 gate,

@@ -1059,3 +1059,133 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
         |s| s.rt.block_on(s.group_pods()) == 0,
     );
 }
+
+/// The rack test run by NVCRE (`domainTest.nvcre`), with its stand-in
+/// playing NVCRE's controller on the real API server: gpufleet makes one
+/// Certification per group (the group's nodes its target, intra-rack, the
+/// pool's bandwidth floor as NVCRE's threshold) and reads the failed nodes
+/// from the ConfigMap NVCRE names. In one rack NVCRE names two trays
+/// (`HardwareFailureDetected`, `ThresholdViolation`): exactly those fail,
+/// with NVCRE's reasons, and the other 16 are admitted once a Certification
+/// without them passed. In the other a tray's bad NVLink port fails the
+/// whole job (every node `WorkloadFailed`): gpufleet's attribution finds it
+/// with smaller Certifications. Decided, the Certifications go.
+#[test]
+fn the_nvcre_provider_fails_the_trays_its_certifications_name() {
+    let name = "ro-nvcre";
+    let mut s = Scenario::new(name);
+    let batch = "ro-nvcre-b";
+    let mut nodes = s.fleet(batch, 2, 18);
+    let hardware = "ro-nvcre-d0-n03";
+    let threshold = "ro-nvcre-d0-n11";
+    let port = "ro-nvcre-d1-n07";
+    for n in &mut nodes {
+        if n.name == hardware {
+            n.nvcre_failure = Some(
+                "HardwareFailureDetected: node health monitor fired: GPU 2 XID 79 (fell off the bus)"
+                    .into(),
+            );
+        }
+        if n.name == threshold {
+            n.nvcre_failure = Some(
+                "ThresholdViolation: Threshold \"busBandwidthGBps\" violated: measured 412.0000, expression: value >= 800"
+                    .into(),
+            );
+        }
+        n.nvlink_fault = n.name == port;
+    }
+    s.create_nodes(&nodes);
+    let stand_in = s.rt.spawn(gpufleet::simulate::nvcre(
+        s.client.clone(),
+        s.probe_namespace.clone(),
+        Duration::from_secs(1),
+    ));
+    s.apply(&s.pool_yaml(
+        "spec: {maxConcurrent: 36, healthChecks: {domainTest: {timeoutSeconds: 120, nvcre: {minBusBandwidthGBps: 800}}}}",
+    ));
+    s.start_operator_with(&["--nvcre"]);
+    s.apply(&s.batch_yaml(
+        batch,
+        "spec: {waves: [{percent: 100}], maxConcurrent: 36, maxFailuresPerWave: 10}",
+    ));
+    let mut checked = false;
+    s.wait_until("both racks are decided", ROLLOUT * 2, |s| {
+        if !checked {
+            let listed = s
+                .kubectl(&[
+                    "get",
+                    "certifications",
+                    "-n",
+                    &s.probe_namespace,
+                    "-o",
+                    "json",
+                ])
+                .succeeds()
+                .stdout;
+            let listed: serde_json::Value = serde_json::from_str(&listed).expect("a list");
+            for cert in listed["items"].as_array().into_iter().flatten() {
+                let targets = cert["spec"]["target"]["nodeNames"]
+                    .as_array()
+                    .unwrap()
+                    .len();
+                if targets != 18 {
+                    continue;
+                }
+                let category = &cert["spec"]["categories"][0];
+                assert_eq!(category["domain"], "communication", "{cert}");
+                assert_eq!(category["variant"], "nccl-all-reduce", "{cert}");
+                assert_eq!(category["options"]["testScale"], "intra-rack", "{cert}");
+                assert_eq!(category["options"]["nodesPerJob"], 18, "{cert}");
+                assert_eq!(
+                    category["options"]["thresholds"]["busBandwidthGBps"], "value >= 800",
+                    "{cert}"
+                );
+                assert_eq!(cert["spec"]["enableMNNVL"], true, "{cert}");
+                let owner = &cert["metadata"]["ownerReferences"][0];
+                assert_eq!(owner["kind"], "RolloutBatch", "{cert}");
+                assert_eq!(owner["name"], batch, "{cert}");
+                checked = true;
+            }
+        }
+        s.count("ready") == 33 && s.count("failed") == 3
+    });
+    assert!(checked, "no Certification over a whole rack was seen");
+    let seen = s.seen();
+    let reason = |n: &str| seen[n].reason.clone().unwrap_or_default();
+    assert_eq!(seen[hardware].state.as_deref(), Some("failed"));
+    assert!(
+        reason(hardware).contains("HardwareFailureDetected: node health monitor fired"),
+        "{}",
+        reason(hardware)
+    );
+    assert!(
+        reason(threshold).contains("ThresholdViolation: Threshold \"busBandwidthGBps\" violated"),
+        "{}",
+        reason(threshold)
+    );
+    assert!(
+        reason(port).starts_with("rack test: this tray failed beside known-good tray"),
+        "{}",
+        reason(port)
+    );
+    assert!(reason(port).contains("WorkloadFailed"), "{}", reason(port));
+    s.wait_until(
+        "the Certifications are gone",
+        Duration::from_secs(30),
+        |s| {
+            let left = s
+                .kubectl(&[
+                    "get",
+                    "certifications",
+                    "-n",
+                    &s.probe_namespace,
+                    "-o",
+                    "name",
+                ])
+                .succeeds()
+                .stdout;
+            left.trim().is_empty()
+        },
+    );
+    stand_in.abort();
+}

@@ -979,6 +979,7 @@ fn plans_anything(
         other_pools: to_claims(other_pools, None)?,
         other_batches: to_claims(other_batches, Some("east"))?,
         probe_rejection: probe_rejection.clone(),
+        certifications: Vec::new(),
     };
 
     let planned = plan(&pool, &batch, &snapshot, now);

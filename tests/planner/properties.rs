@@ -161,6 +161,12 @@ fn rack_test(case: &Case) -> bool {
     (case.order_seed >> 13) & 1 == 1
 }
 
+/// Of those, half run it through NVCRE; and NVCRE names the bad trays
+/// itself in half of those (else it fails every node of a failing group).
+fn by_nvcre(case: &Case) -> Option<bool> {
+    ((case.order_seed >> 14) & 1 == 1).then_some((case.order_seed >> 15) & 1 == 1)
+}
+
 const VBIOS: [&str; 2] = ["97.00.82.00.5F", "97.00.90.00.01"];
 
 /// A clique label as GPU Feature Discovery writes it, for domain `d`.
@@ -232,10 +238,12 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
             VBIOS[0], VBIOS[1]
         ),
     };
-    let rack = if rack_test(case) {
-        ", domainTest: {maxRounds: 3, template: {spec: {containers: [{name: nccl, image: nccl}]}}}"
-    } else {
-        ""
+    let rack = match (rack_test(case), by_nvcre(case)) {
+        (false, _) => "",
+        (true, None) => {
+            ", domainTest: {maxRounds: 3, template: {spec: {containers: [{name: nccl, image: nccl}]}}}"
+        }
+        (true, Some(_)) => ", domainTest: {maxRounds: 3, nvcre: {}}",
     };
     let mut pool: GpuPool = with_pool(&format!(
         "spec: {{topology: {{nodesPerDomain: {}, minHealthyNodesPerDomain: {}}}, healthChecks: {{probe: {probe}, soakSeconds: {}{gate}{rack}}}}}",
@@ -314,6 +322,20 @@ fn build(case: &Case) -> (Sim, BTreeMap<String, Fault>) {
         .map(|(n, _)| n.clone())
         .collect();
     let mut sim = sim;
+    if by_nvcre(case) == Some(true) {
+        let ports = ports.clone();
+        sim.cert_failed = Some(Box::new(move |nodes: &[String]| {
+            nodes
+                .iter()
+                .filter(|n| ports.contains(*n))
+                .map(|n| gpufleet::planner::FailedNode {
+                    name: n.clone(),
+                    reason: "HardwareFailureDetected".into(),
+                    message: "NVLink port down".into(),
+                })
+                .collect()
+        }));
+    }
     sim.group_passes = Some(Box::new(move |nodes: &[String]| {
         !nodes.iter().any(|n| ports.contains(n))
     }));
@@ -369,7 +391,7 @@ fn check(
     }
 
     // Trays under a rack test count against the caps too.
-    let testing: BTreeSet<&str> = sim
+    let mut testing: BTreeSet<&str> = sim
         .snapshot
         .probes
         .iter()
@@ -377,6 +399,17 @@ fn check(
             p.group.is_some() && !matches!(p.phase, ProbePhase::Succeeded | ProbePhase::Failed)
         })
         .map(|p| p.node.as_str())
+        .collect();
+    for cert in &sim.snapshot.certifications {
+        if cert.outcome == gpufleet::planner::CertOutcome::Running {
+            testing.extend(sim.cert_nodes[&cert.name].iter().map(String::as_str));
+        }
+    }
+    // Every group tested, by pods or by NVCRE.
+    let groups: Vec<&Vec<String>> = sim
+        .group_nodes
+        .values()
+        .chain(sim.cert_nodes.values())
         .collect();
     let cap = pool_cap(case).map_or(case.max_concurrent, |p| p.min(case.max_concurrent));
     prop_assert!(
@@ -387,9 +420,8 @@ fn check(
     if rack_test(case) {
         for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
             // Admitted only after a group with it passed.
-            let proven = sim
-                .group_nodes
-                .values()
+            let proven = groups
+                .iter()
                 .any(|g| g.contains(&node.name) && group_passes(faults, g));
             prop_assert!(
                 proven,
@@ -399,7 +431,9 @@ fn check(
         }
         for node in nodes.iter().filter(|n| n.state() == NodeState::Failed) {
             let reason = node.reason.as_deref().unwrap_or_default();
-            if reason.starts_with("rack test: this tray failed beside") {
+            if reason.starts_with("rack test: this tray failed beside")
+                || reason.starts_with("rack test (attribution round")
+            {
                 prop_assert!(
                     matches!(faults.get(&node.name), Some(Fault::NvlinkPort)),
                     "healthy node {} blamed by attribution: {reason}",
@@ -407,9 +441,8 @@ fn check(
                 );
             }
             if reason.starts_with("rack test") {
-                let passed_a_group = sim
-                    .group_nodes
-                    .values()
+                let passed_a_group = groups
+                    .iter()
                     .any(|g| g.contains(&node.name) && group_passes(faults, g) && g.len() > 1);
                 prop_assert!(
                     !passed_a_group || reason.contains("rack itself") || reason.contains("cap"),
@@ -578,7 +611,10 @@ proptest! {
         for op in case.ops.iter().chain(std::iter::repeat_n(&Op::Step, 1)) {
             match op {
                 Op::Step => { sim.step(); }
-                Op::FinishProbes => sim.finish_probes(),
+                Op::FinishProbes => {
+                    sim.finish_probes();
+                    sim.finish_certifications();
+                }
                 Op::Advance(s) => sim.advance(*s),
             }
             ever_failed.extend(sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Failed).map(|n| n.name.clone()));
@@ -620,7 +656,10 @@ proptest! {
                     prop_assert_eq!(again.changes().count(), 0, "after {:?}\nagain: {:?}", first.changes().collect::<Vec<_>>(), again.changes().collect::<Vec<_>>());
                     prop_assert_eq!(&again.status, &first.status);
                 }
-                Op::FinishProbes => sim.finish_probes(),
+                Op::FinishProbes => {
+                    sim.finish_probes();
+                    sim.finish_certifications();
+                }
                 Op::Advance(s) => sim.advance(*s),
             }
         }
@@ -640,7 +679,10 @@ proptest! {
                     prop_assert_eq!(&a, &b);
                     sim.apply(&a);
                 }
-                Op::FinishProbes => sim.finish_probes(),
+                Op::FinishProbes => {
+                    sim.finish_probes();
+                    sim.finish_certifications();
+                }
                 Op::Advance(s) => sim.advance(*s),
             }
         }

@@ -4,6 +4,7 @@
 use gpufleet::api::GpuPool;
 use gpufleet::planner::NodeState::*;
 use gpufleet::planner::sim::Sim;
+use gpufleet::planner::{CertOutcome, FailedNode};
 
 use crate::fixtures::*;
 
@@ -211,4 +212,135 @@ fn rack_test_pods_that_never_start_blame_nobody_and_halt_the_batch() {
     s.groups_never_start = false;
     settle(&mut s);
     assert_eq!(in_state(&s, Failed).len(), 4);
+}
+
+fn by_nvcre(extra: &str) -> GpuPool {
+    with_pool(&format!(
+        "spec: {{healthChecks: {{soakSeconds: 0, domainTest: {{nvcre: {{minBusBandwidthGBps: 800}}{extra}}}}}}}"
+    ))
+}
+
+fn settle_certs(s: &mut Sim) {
+    for _ in 0..40 {
+        s.step();
+        s.finish_probes();
+        s.finish_certifications();
+    }
+}
+
+fn failed(name: &str, reason: &str) -> FailedNode {
+    FailedNode {
+        name: name.into(),
+        reason: reason.into(),
+        message: "measured 412.0000, expression: value >= 800".into(),
+    }
+}
+
+fn certs_run(s: &Sim) -> Vec<Vec<String>> {
+    let mut seen: Vec<Vec<String>> = s.cert_nodes.values().cloned().collect();
+    seen.sort();
+    seen
+}
+
+#[test]
+fn nvcre_names_a_tray_it_fails_and_the_rest_is_admitted_after_a_retest() {
+    let mut s = rack(by_nvcre(""), |_| true);
+    s.cert_failed = Some(Box::new(|nodes| {
+        nodes
+            .iter()
+            .filter(|n| *n == N1)
+            .map(|n| failed(n, "ThresholdViolation"))
+            .collect()
+    }));
+    s.step();
+    s.finish_probes();
+    s.step();
+    // A Certification over the domain, no pods.
+    assert_eq!(certs_run(&s), [vec![N0, N1, N2, N3]]);
+    assert!(s.snapshot.probes.iter().all(|p| p.group.is_none()));
+    assert_eq!(in_state(&s, Ready), Vec::<String>::new());
+    settle_certs(&mut s);
+    assert_eq!(in_state(&s, Failed), [N1]);
+    assert_eq!(in_state(&s, Ready), [N0, N2, N3]);
+    let reason = reason_of(&s, N1);
+    assert!(
+        reason.starts_with("rack test (attribution round 0): NVCRE gpufleet-group-")
+            && reason.contains(": ThresholdViolation: measured 412.0000"),
+        "{reason}"
+    );
+    // The rest proved good without it; then the Certifications go.
+    assert_eq!(certs_run(&s), [vec![N0, N1, N2, N3], vec![N0, N2, N3]]);
+    assert!(s.snapshot.certifications.is_empty());
+}
+
+#[test]
+fn nvcre_failing_every_node_of_a_group_is_bisected_by_gpufleet() {
+    let mut s = rack(by_nvcre(""), |nodes| !nodes.iter().any(|n| n == N2));
+    settle_certs(&mut s);
+    assert_eq!(in_state(&s, Failed), [N2]);
+    assert_eq!(in_state(&s, Ready), [N0, N1, N3]);
+    let reason = reason_of(&s, N2);
+    assert!(
+        reason.starts_with("rack test: this tray failed beside known-good tray")
+            && reason.contains("WorkloadFailed"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn nvcre_failing_without_naming_a_node_blames_nobody_and_halts() {
+    let mut s = rack(by_nvcre(""), |_| true);
+    s.cert_failed = Some(Box::new(|_| vec![failed("someone-else", "WorkloadFailed")]));
+    settle_certs(&mut s);
+    assert_eq!(in_state(&s, Failed), Vec::<String>::new());
+    assert_eq!(in_state(&s, Ready), Vec::<String>::new());
+    let plan = s.plan();
+    let stalled = condition(&plan, "Stalled");
+    assert_eq!(stalled.reason, "RackTestUnreadable");
+    assert!(
+        stalled
+            .message
+            .contains("failed without naming a node of its group"),
+        "{}",
+        stalled.message
+    );
+}
+
+#[test]
+fn an_unreadable_nvcre_result_blames_nobody_and_halts() {
+    let mut s = rack(by_nvcre(""), |_| true);
+    s.step();
+    s.finish_probes();
+    s.step();
+    for cert in &mut s.snapshot.certifications {
+        cert.outcome =
+            CertOutcome::Unreadable("ConfigMap x: failed-nodes.json.gz is not gzip".into());
+    }
+    let plan = s.step();
+    assert_eq!(in_state(&s, Failed), Vec::<String>::new());
+    let stalled = condition(&plan, "Stalled");
+    assert_eq!(stalled.reason, "RackTestUnreadable");
+    assert!(
+        stalled.message.contains("is not gzip"),
+        "{}",
+        stalled.message
+    );
+}
+
+#[test]
+fn an_nvcre_certification_that_never_finishes_times_out_as_a_failed_group() {
+    let mut s = rack(by_nvcre(", timeoutSeconds: 60"), |_| true);
+    s.step();
+    s.finish_probes();
+    s.step();
+    assert_eq!(s.snapshot.certifications.len(), 1);
+    s.advance(61);
+    s.step();
+    // The whole domain failed to finish: halves next, each a Certification.
+    assert_eq!(
+        s.snapshot.certifications.len(),
+        3,
+        "{:?}",
+        s.snapshot.certifications
+    );
 }

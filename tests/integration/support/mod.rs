@@ -129,6 +129,7 @@ impl Testbed {
             "crd/gpupools.gpufleet.io",
             "crd/rolloutbatches.gpufleet.io",
             "crd/computedomains.resource.nvidia.com",
+            "crd/certifications.nvcre.nvidia.com",
         ])
         .succeeds();
     }

@@ -219,7 +219,12 @@ spec:
 
     /// Starts this scenario's operator (a separate `gpufleet run` process).
     pub fn start_operator(&mut self) {
-        let child = self.spawn_operator(&[]);
+        self.start_operator_with(&[]);
+    }
+
+    /// Starts the scenario's operator with `extra` flags.
+    pub fn start_operator_with(&mut self, extra: &[&str]) {
+        let child = self.spawn_operator(extra);
         assert!(self.operator.is_none(), "operator already running");
         self.operator = Some(child);
     }

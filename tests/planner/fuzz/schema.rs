@@ -468,6 +468,12 @@ pub fn pattern_edges(pattern: &str) -> Vec<String> {
             v.push(format!("9{}", ".".repeat(63)));
             v
         }
+        // DomainTest.nvcre.variant, a name in NVCRE's catalog (maxLength 63).
+        r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" => {
+            let mut v = owned(&["nccl-all-reduce", "nccl-alltoall", "a", "9"]);
+            v.push(format!("n{}", "-".repeat(61) + "9"));
+            v
+        }
         // RolloutBatch.maxFailuresPerWave as a percent.
         r"^(100|[1-9]?[0-9])%$" => owned(&["0%", "1%", "9%", "10%", "50%", "99%", "100%"]),
         _ => Vec::new(),
