@@ -98,10 +98,13 @@ pub fn certification(
 /// What gpufleet read of finished Certifications' failed nodes, by the
 /// Certification's UID and the ConfigMap's name.
 #[derive(Default)]
-pub struct Results(Mutex<HashMap<(String, String), Result<Vec<FailedNode>, String>>>);
+pub struct Results(Mutex<HashMap<(String, String), Outcome>>);
+
+/// What was read of one ConfigMap: the failed nodes, or why not.
+type Outcome = Result<Vec<FailedNode>, String>;
 
 impl Results {
-    fn get(&self, key: &(String, String)) -> Option<Result<Vec<FailedNode>, String>> {
+    fn get(&self, key: &(String, String)) -> Option<Outcome> {
         self.0.lock().expect("results").get(key).cloned()
     }
 

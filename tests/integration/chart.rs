@@ -2670,3 +2670,100 @@ fn gpufleet_uses_exactly_what_the_chart_grants() {
         );
     }
 }
+
+/// The rights `nvcre.enabled` adds, proven by use as above: `gpufleet run
+/// --nvcre` as the chart's ServiceAccount runs a rack through NVCRE (its
+/// stand-in plays NVCRE's controller; one tray it names failed, so the
+/// ConfigMap of failed nodes is read). Every request is within the grants,
+/// and what the NVCRE rules grant (Certifications and ConfigMaps in the
+/// probe namespace) is exactly what was used of them; without
+/// `nvcre.enabled` the chart grants none of it and passes no `--nvcre`.
+#[test]
+fn nvcre_rights_are_granted_only_when_enabled_and_all_used() {
+    use crate::support::scenario::Scenario;
+    use std::time::Duration;
+    let nvcre_rule = |docs: &[Value]| -> Vec<Value> {
+        let role = find(docs, "Role", &format!("{}-gpufleet-probes", "rbac-nvcre"));
+        role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["apiGroups"] == json!(["nvcre.nvidia.com"])
+                    || r["resources"] == json!(["configmaps"])
+            })
+            .cloned()
+            .collect()
+    };
+    let off = template("rbac-nvcre", "rbac-nvcre", &[]);
+    assert!(nvcre_rule(&off).is_empty(), "granted without nvcre.enabled");
+    assert!(!run_args(&container(&off, "rbac-nvcre-gpufleet")).contains(&"--nvcre".to_string()));
+    let on_args = ["--set", "nvcre.enabled=true"];
+    let on = template("rbac-nvcre", "rbac-nvcre", &on_args);
+    assert_eq!(nvcre_rule(&on).len(), 2);
+    assert!(run_args(&container(&on, "rbac-nvcre-gpufleet")).contains(&"--nvcre".to_string()));
+
+    let tb = testbed();
+    let release = "rbac-nvcre";
+    let probes = "rbac-nvcre-probes";
+    install(tb, release, &on_args);
+    let account = format!("{release}-gpufleet");
+    let kubeconfig = tb.service_account_kubeconfig(release, &account);
+    let s = Scenario::new(release).probes_in(probes, Duration::from_secs(1));
+    let _ = std::fs::remove_file(&s.log);
+    let batch = "rbac-nvcre-b";
+    let mut nodes = s.fleet(batch, 1, 18);
+    nodes[5].nvcre_failure = Some("HardwareFailureDetected: XID 79".into());
+    s.create_nodes(&nodes);
+    let stand_in = s.rt.spawn(gpufleet::simulate::nvcre(
+        s.client.clone(),
+        probes.to_string(),
+        Duration::from_secs(1),
+    ));
+    s.apply(&s.pool_yaml("spec: {healthChecks: {domainTest: {nvcre: {}}}}"));
+    let mut operator = s.spawn_operator_as(&kubeconfig, &["--nvcre"]);
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}]}"));
+    s.wait_until("the rack is decided", Duration::from_secs(180), |s| {
+        s.count("ready") == 17 && s.count("failed") == 1
+    });
+    s.wait_until(
+        "the Certifications are gone",
+        Duration::from_secs(30),
+        |s| {
+            s.kubectl(&["get", "certifications", "-n", probes, "-o", "name"])
+                .succeeds()
+                .stdout
+                .trim()
+                .is_empty()
+        },
+    );
+    let _ = operator.kill();
+    let _ = operator.wait();
+    stand_in.abort();
+    let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+    assert!(!log.contains("forbidden"), "refused something:\n{log}");
+    let Some(text) = s.audit_text() else {
+        eprintln!("no audit log (GPUFLEET_TEST_KUBECONFIG): the uses are not checked");
+        return;
+    };
+    let requests = audit::requests_of(&text, &format!("system:serviceaccount:{release}:{account}"));
+    let grants = grants_to(&on, release, &account);
+    let outside: BTreeSet<String> = requests
+        .iter()
+        .filter(|r| r.code == 401 || r.code == 403 || !grants.iter().any(|g| allows(g, r)))
+        .map(|r| format!("{} ({:?})", r.access, r.name))
+        .collect();
+    assert!(outside.is_empty(), "not granted: {outside:#?}");
+    let nvcre = |a: &Access| a.group == "nvcre.nvidia.com" || a.resource == "configmaps";
+    let used: BTreeSet<String> = requests
+        .iter()
+        .filter(|r| nvcre(&r.access))
+        .map(|r| r.access.to_string())
+        .collect();
+    let granted: BTreeSet<String> = grants
+        .iter()
+        .filter(|g| nvcre(&g.access))
+        .map(|g| g.access.to_string())
+        .collect();
+    assert_eq!(used, granted, "NVCRE rights used and granted differ");
+}
