@@ -404,19 +404,32 @@ async fn finish(
                 break;
             }
         }
-        let (result, message) = match bad {
-            None => (
-                "pass",
-                format!("all_reduce_perf over {} trays: 880 GB/s", peers.len()),
-            ),
-            Some(_) => (
-                "fail",
-                format!(
-                    "all_reduce_perf over {} trays: bus bandwidth 190 GB/s, below the 700 GB/s floor",
-                    peers.len()
-                ),
-            ),
+        // Its verdict, as the documented NCCL template leaves it: the bus
+        // bandwidth measured against the floor (NCCL names no tray).
+        let (result, bw) = match bad {
+            None => ("pass", 880),
+            Some(_) => ("fail", 190),
         };
+        let mut verdict = crate::verdict::Verdict::new();
+        verdict.by = Some("all_reduce_perf".into());
+        verdict.checks.push(crate::verdict::Check {
+            name: "nccl-all-reduce".into(),
+            result: if result == "pass" {
+                crate::verdict::CheckResult::Pass
+            } else {
+                crate::verdict::CheckResult::Fail
+            },
+            reason: Some(format!(
+                "all_reduce_perf over {} trays: bus bandwidth {bw} GB/s, floor 700 GB/s",
+                peers.len()
+            )),
+        });
+        verdict.rack_test = Some(crate::verdict::RackTestResult {
+            bus_bandwidth_gbps: Some(bw),
+            floor_gbps: Some(700),
+            blame: Vec::new(),
+        });
+        let message = verdict.encode().unwrap_or_default();
         let body = json!({"metadata": {"annotations": {
             PROBE_RESULT: result, PROBE_MESSAGE: message, PROBE_DELAY: delay,
         }}});

@@ -50,6 +50,35 @@ pub struct Verdict {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub checks: Vec<Check>,
+    /// A rack test pod's result (`healthChecks.domainTest`): what it
+    /// measured over its group, and the trays it blames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack_test: Option<RackTestResult>,
+}
+
+/// What one rack test pod measured over its group.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RackTestResult {
+    /// The bus bandwidth measured, in GB/s, rounded down (NCCL's `busbw`,
+    /// the largest over the message sizes tried).
+    #[serde(
+        default,
+        rename = "busBandwidthGBps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(max = 1000000))]
+    pub bus_bandwidth_gbps: Option<u32>,
+    /// The floor it was held to, in GB/s.
+    #[serde(default, rename = "floorGBps", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1000000))]
+    pub floor_gbps: Option<u32>,
+    /// The trays (node names) the test found at fault, if it can tell; a
+    /// failed group that names some of its trays fails exactly those, and
+    /// the rest is tested again without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 72), inner(length(max = 253)))]
+    pub blame: Vec<String>,
 }
 
 /// One GPU as the probe saw it.
@@ -255,6 +284,7 @@ impl Verdict {
             cuda: None,
             gpus: Vec::new(),
             checks: Vec::new(),
+            rack_test: None,
         }
     }
 

@@ -910,7 +910,7 @@ pub fn rack_tests(batch: &RolloutBatch) -> Vec<String> {
     if status.rack_tests.is_empty() {
         return Vec::new();
     }
-    let mut table = Table::new(&["domain", "round", "trays", "state"]);
+    let mut table = Table::new(&["domain", "round", "trays", "busbw", "state"]);
     for t in &status.rack_tests {
         let state = match (t.round, t.trays) {
             (_, 0) => "waits for room under maxConcurrent",
@@ -921,6 +921,8 @@ pub fn rack_tests(batch: &RolloutBatch) -> Vec<String> {
             t.domain.clone(),
             t.round.to_string(),
             t.trays.to_string(),
+            t.bus_bandwidth_gbps
+                .map_or("-".into(), |bw| format!("{bw} GB/s")),
             state.to_string(),
         ]);
     }

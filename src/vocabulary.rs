@@ -178,6 +178,12 @@ pub enum EventReason {
     /// A node's probe never ran (not created, not started, evicted): it is
     /// made again, and the node is not failed.
     ProbeNotRun,
+    /// A domain's rack test passed: its trays proven good.
+    RackTestPassed,
+    /// A domain's rack test found faulty trays (the rest proven good).
+    RackTestFailed,
+    /// A domain's rack test failed in every group: the rack as a whole.
+    RackFailed,
 }
 
 impl EventReason {
@@ -196,6 +202,9 @@ impl EventReason {
             EventReason::CircuitBreakerCleared => "CircuitBreakerCleared",
             EventReason::NodeEventsFolded => "NodeEventsFolded",
             EventReason::ForeignState => "ForeignState",
+            EventReason::RackTestPassed => "RackTestPassed",
+            EventReason::RackTestFailed => "RackTestFailed",
+            EventReason::RackFailed => "RackFailed",
             EventReason::StateLost => "StateLost",
             EventReason::SuspectedMisconfiguration => "SuspectedMisconfiguration",
             EventReason::ProbeNotRun => "ProbeNotRun",

@@ -189,6 +189,15 @@ pub struct RackTestStatus {
     /// concurrency caps.
     #[serde(default)]
     pub trays: u32,
+    /// The lowest bus bandwidth, in GB/s, its groups measured so far (from
+    /// the rack test pods' verdicts, `rackTest.busBandwidthGBps`), if any
+    /// said.
+    #[serde(
+        default,
+        rename = "busBandwidthGBps",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bus_bandwidth_gbps: Option<u32>,
 }
 
 /// Progress of one wave.

@@ -283,6 +283,14 @@ pub struct DomainTest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
     pub timeout_seconds: Option<u32>,
+    /// Extra runs of a group after it failed or timed out before the
+    /// failure counts (and attribution begins), as a probe's `retries`.
+    /// Default 0: NCCL over a bad link fails every time, and each retry of
+    /// an NVL72 costs a whole run; set 1 where jobs flake (say, an IMEX
+    /// daemon slow to join).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 5))]
+    pub retries: Option<u32>,
     /// Rounds of attribution after a failed rack test before gpufleet
     /// stops looking and fails the trays still suspect. Default 6
     /// (⌈log2 18⌉ + 1: enough to isolate one tray of an NVL72).
@@ -341,6 +349,11 @@ impl DomainTest {
     /// `timeoutSeconds`, defaulted.
     pub fn timeout(&self) -> u32 {
         self.timeout_seconds.unwrap_or(1800)
+    }
+
+    /// `retries`, defaulted.
+    pub fn retries(&self) -> u32 {
+        self.retries.unwrap_or(0)
     }
 
     /// `maxRounds`, defaulted.

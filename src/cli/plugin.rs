@@ -407,12 +407,16 @@ async fn rack_test_line(client: &kube::Client, node: &NodeView) -> Option<String
     let label = &pool.spec.topology.domain_label;
     let domain = node.labels.get(label)?;
     let test = tests.iter().find(|t| &t.domain == domain)?;
-    Some(match (test.round, test.trays) {
+    let line = match (test.round, test.trays) {
         (_, 0) => "  rack test   its domain's waits for room under maxConcurrent".into(),
         (0, trays) => format!("  rack test   running over its domain's {trays} trays"),
-        (round, trays) => format!(
-            "  rack test   failed; finding the faulty trays: round {round}, {trays} trays under test"
-        ),
+        (round, trays) => {
+            format!("  rack test   failed; finding faulty trays: round {round}, {trays} trays")
+        }
+    };
+    Some(match test.bus_bandwidth_gbps {
+        Some(bw) => format!("{line}; {bw} GB/s"),
+        None => line,
     })
 }
 

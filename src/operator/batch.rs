@@ -468,6 +468,24 @@ fn record(
                 .inc();
         }
     }
+    for action in &plan.actions {
+        let planner::Action::Event(event) = action else {
+            continue;
+        };
+        let result = match event.reason {
+            crate::vocabulary::EventReason::RackTestPassed => "passed",
+            crate::vocabulary::EventReason::RackTestFailed => "trays_failed",
+            crate::vocabulary::EventReason::RackFailed => "rack_failed",
+            _ => continue,
+        };
+        ctx.metrics
+            .rack_tests
+            .get_or_create(&super::metrics::ResultLabels {
+                pool: pool_name.clone(),
+                result: result.into(),
+            })
+            .inc();
+    }
     if moved {
         ctx.metrics
             .last_progress

@@ -44,6 +44,12 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub pool: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -77,6 +83,7 @@ pub struct Metrics {
     pub wave_nodes_failed: Family<WaveLabels, Gauge>,
     pub admissions: Family<BatchLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
+    pub rack_tests: Family<ResultLabels, Counter>,
     pub onboarding_seconds: Family<PoolLabels, Histogram>,
     pub reconcile_seconds: Family<KindLabels, Histogram>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -121,6 +128,7 @@ impl Metrics {
             wave_nodes_failed: Family::default(),
             admissions: Family::default(),
             failures: Family::default(),
+            rack_tests: Family::default(),
             onboarding_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(15.0, 2.0, 14))
             }),
@@ -209,6 +217,11 @@ impl Metrics {
             "node_failures",
             "Nodes failed or held, by reason category",
             m.failures.clone(),
+        );
+        r.register(
+            "rack_tests",
+            "Domains whose rack test was decided, by result: passed, trays_failed (faulty trays found, the rest proven good), rack_failed (the rack as a whole)",
+            m.rack_tests.clone(),
         );
         r.register(
             "node_onboarding_seconds",
@@ -342,6 +355,12 @@ impl Metrics {
             family.remove(&p);
         }
         self.onboarding_seconds.remove(&p);
+        for result in ["passed", "trays_failed", "rack_failed"] {
+            self.rack_tests.remove(&ResultLabels {
+                pool: pool.into(),
+                result: result.into(),
+            });
+        }
     }
 
     /// Forgets a deleted batch's series.

@@ -61,20 +61,65 @@ impl Planner<'_> {
                 && let Some(spec) = self.pool.spec.health_checks.domain_test.clone()
             {
                 let room = self.rack_room();
+                self.rack_figure = None;
+                let key = self.domains[d].key.clone();
+                let measured = |figure: Option<u32>| {
+                    figure.map_or(String::new(), |bw| {
+                        format!(", lowest bus bandwidth {bw} GB/s")
+                    })
+                };
                 match self.rack_test(&spec, &passed, room) {
                     RackTest::Running { round, testing } => {
-                        let key = self.domains[d].key.clone();
-                        self.rack_running.retain(|(k, _, _)| *k != key);
-                        self.rack_running.push((key, round, testing));
+                        self.rack_running.retain(|(k, _, _, _)| *k != key);
+                        self.rack_running
+                            .push((key, round, testing, self.rack_figure));
                         continue;
                     }
                     RackTest::RackFailed(why) => {
+                        self.event(
+                            EventTarget::Batch,
+                            true,
+                            EventReason::RackFailed,
+                            format!(
+                                "rack test of domain {key}: the rack failed as a whole; its {} trays fail{}",
+                                passed.len(),
+                                measured(self.rack_figure)
+                            ),
+                        );
                         for &m in &passed {
                             self.fail_faulty(m, why.clone());
                         }
                         continue;
                     }
                     RackTest::Done { faulty, good } => {
+                        let names: Vec<String> = faulty
+                            .iter()
+                            .map(|(m, _)| self.members[*m].view.name.clone())
+                            .collect();
+                        let (warning, reason, words) = if faulty.is_empty() {
+                            (false, EventReason::RackTestPassed, "passed".to_string())
+                        } else {
+                            (
+                                true,
+                                EventReason::RackTestFailed,
+                                format!(
+                                    "found {} faulty tray{} ({})",
+                                    names.len(),
+                                    if names.len() == 1 { "" } else { "s" },
+                                    crate::verdict::clip(&names.join(", "), 200)
+                                ),
+                            )
+                        };
+                        self.event(
+                            EventTarget::Batch,
+                            warning,
+                            reason,
+                            format!(
+                                "rack test of domain {key}: {words}; {} trays proven good{}",
+                                good.len(),
+                                measured(self.rack_figure)
+                            ),
+                        );
                         for (m, why) in faulty {
                             self.fail_faulty(m, why);
                         }

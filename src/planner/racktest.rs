@@ -462,9 +462,35 @@ impl Planner<'_> {
     /// What group `key` of `members` (in rank order) came to; its missing
     /// pods are asked for.
     fn group_result(&mut self, spec: &DomainTest, key: &str, members: &[usize]) -> Result {
-        if spec.nvcre.is_some() {
-            return self.nvcre_result(spec, key, members);
+        let result = if spec.nvcre.is_some() {
+            self.nvcre_result(spec, key, members)
+        } else {
+            self.pods_result(spec, key, members)
+        };
+        // A failed run is tried again (`retries`) before it counts: the
+        // next run is asked for, the failed one kept (it counts the tries).
+        if matches!(result, Result::Failed { .. }) && self.group_retried(key) < spec.retries() {
+            let run = self.group_run(key) + 1;
+            if spec.nvcre.is_some() {
+                self.cert_creates.push(super::CertRequest {
+                    name: group_cert_name(key, run),
+                    group: key.to_string(),
+                    nodes: members
+                        .iter()
+                        .map(|&m| self.members[m].view.name.clone())
+                        .collect(),
+                });
+            } else {
+                let ranks: Vec<usize> = (0..members.len()).collect();
+                self.ask_group_pods(key, run, members, &ranks);
+            }
+            return Result::Running;
         }
+        result
+    }
+
+    /// What group `key` came to when gpufleet runs its pods.
+    fn pods_result(&mut self, spec: &DomainTest, key: &str, members: &[usize]) -> Result {
         let uid = self.batch.metadata.uid.as_deref();
         let mut run = self.group_run(key);
         let pods: Vec<_> = (0..members.len())
@@ -521,6 +547,8 @@ impl Planner<'_> {
             .as_ref()
             .map_or(3, |p| p.not_started_limit());
         let mut pods = pods;
+        // Runs that failed and were tried again are not runs that never ran.
+        let kept = self.group_retried(key);
         if let Some((node, why)) = not_run {
             // Made again as the next run, at once.
             for pod in pods.iter().flatten() {
@@ -528,11 +556,11 @@ impl Planner<'_> {
             }
             run += 1;
             pods = vec![None; members.len()];
-            if run >= limit {
+            if run.saturating_sub(kept) >= limit {
                 self.rack_not_run
                     .get_or_insert((node, format!("{why} ({run} runs so far)")));
             }
-        } else if run >= limit
+        } else if run.saturating_sub(kept) >= limit
             && pods
                 .iter()
                 .any(|p| p.is_none_or(|p| p.started_at.is_none()))
@@ -562,22 +590,77 @@ impl Planner<'_> {
                 ),
             ));
         }
+        // What the pods' verdicts say: the bandwidth measured, and the
+        // trays they blame.
+        let mut blamed: Vec<(usize, String)> = Vec::new();
+        for pod in pods.iter().flatten() {
+            let crate::verdict::Read::Valid(verdict) = &pod.verdict else {
+                continue;
+            };
+            let Some(result) = &verdict.rack_test else {
+                continue;
+            };
+            if let Some(bw) = result.bus_bandwidth_gbps {
+                self.rack_figure = Some(self.rack_figure.map_or(bw, |f: u32| f.min(bw)));
+            }
+            for name in &result.blame {
+                let Some(&m) = members
+                    .iter()
+                    .find(|&&m| &self.members[m].view.name == name)
+                else {
+                    continue;
+                };
+                if blamed.iter().all(|(b, _)| *b != m) {
+                    let measured = match (result.bus_bandwidth_gbps, result.floor_gbps) {
+                        (Some(bw), Some(floor)) => format!(": {bw} GB/s, floor {floor} GB/s"),
+                        (Some(bw), None) => format!(": {bw} GB/s"),
+                        _ => String::new(),
+                    };
+                    blamed.push((
+                        m,
+                        format!(
+                            "the rack test's pod on {} blamed this tray{measured}",
+                            pod.node
+                        ),
+                    ));
+                }
+            }
+        }
+        let failed_with =
+            |why: String, blamed: Vec<(usize, String)>| Result::Failed { why, blamed };
         for (rank, pod) in pods.iter().enumerate() {
             let Some(pod) = pod else { continue };
             let node = &self.members[members[rank]].view.name;
             if let Some(failed) = pod.failed_container() {
-                let words = failed.message.as_deref().unwrap_or("no message");
-                return Result::failed(format!(
-                    "its pod on {node} exited {}: {}",
-                    failed.exit_code,
-                    crate::verdict::clip(words.lines().next().unwrap_or(""), 200)
-                ));
+                // A verdict's failed check says it in words; else the
+                // message's first line.
+                let checked = match &pod.verdict {
+                    crate::verdict::Read::Valid(v) => v.failed().next().map(|c| {
+                        format!("{}: {}", c.name, c.reason.as_deref().unwrap_or("failed"))
+                    }),
+                    _ => None,
+                };
+                let words = checked
+                    .as_deref()
+                    .or(failed.message.as_deref())
+                    .unwrap_or("no message");
+                return failed_with(
+                    format!(
+                        "its pod on {node} exited {}: {}",
+                        failed.exit_code,
+                        crate::verdict::clip(words.lines().next().unwrap_or(""), 200)
+                    ),
+                    blamed,
+                );
             }
             if pod.phase == ProbePhase::Failed {
-                return Result::failed(format!(
-                    "its pod on {node} failed: {}",
-                    pod.message.as_deref().unwrap_or("no reason given")
-                ));
+                return failed_with(
+                    format!(
+                        "its pod on {node} failed: {}",
+                        pod.message.as_deref().unwrap_or("no reason given")
+                    ),
+                    blamed,
+                );
             }
         }
         if pods
@@ -605,6 +688,13 @@ impl Planner<'_> {
         } else {
             self.wake_at(later(self.now, start_deadline));
         }
+        let missing: Vec<usize> = (0..pods.len()).filter(|&r| pods[r].is_none()).collect();
+        self.ask_group_pods(key, run, members, &missing);
+        Result::Running
+    }
+
+    /// Asks for the pods of run `run` of group `key` at these ranks.
+    fn ask_group_pods(&mut self, key: &str, run: u32, members: &[usize], ranks: &[usize]) {
         let peers: Vec<String> = (0..members.len())
             .map(|r| group_pod_name(key, run, r))
             .collect();
@@ -612,23 +702,40 @@ impl Planner<'_> {
             .iter()
             .map(|&m| self.members[m].view.name.clone())
             .collect();
-        for (rank, pod) in pods.iter().enumerate() {
-            if pod.is_none() {
-                self.creates.push(ProbeRequest {
-                    pod_name: peers[rank].clone(),
-                    node: peer_nodes[rank].clone(),
-                    attempt: 0,
-                    run: None,
-                    group: Some(GroupMember {
-                        group: key.to_string(),
-                        rank: rank as u32,
-                        peers: peers.clone(),
-                        peer_nodes: peer_nodes.clone(),
-                    }),
-                });
-            }
+        for &rank in ranks {
+            self.creates.push(ProbeRequest {
+                pod_name: peers[rank].clone(),
+                node: peer_nodes[rank].clone(),
+                attempt: 0,
+                run: None,
+                group: Some(GroupMember {
+                    group: key.to_string(),
+                    rank: rank as u32,
+                    peers: peers.clone(),
+                    peer_nodes: peer_nodes.clone(),
+                }),
+            });
         }
-        Result::Running
+    }
+
+    /// Runs of group `key` that failed and were tried again: their pods
+    /// (or Certifications) are kept until the domain is decided, so they
+    /// count the retries.
+    fn group_retried(&self, key: &str) -> u32 {
+        let pods = self
+            .snapshot
+            .probes
+            .iter()
+            .filter(|p| p.group.as_deref() == Some(key) && !p.deleting)
+            .filter_map(|p| run_of(&p.name));
+        let certs = self
+            .snapshot
+            .certifications
+            .iter()
+            .filter(|c| c.group.as_deref() == Some(key) && !c.deleting)
+            .filter_map(|c| run_of(&c.name));
+        let runs: std::collections::BTreeSet<u32> = pods.chain(certs).collect();
+        runs.len().saturating_sub(1) as u32
     }
 
     /// Fails a tray the rack test found faulty.

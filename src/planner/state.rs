@@ -84,14 +84,18 @@ pub(super) struct Planner<'a> {
     pub cert_deletes: BTreeSet<String>,
     /// Rack test groups some domain's test still reads (`racktest.rs`).
     pub groups_wanted: BTreeSet<String>,
-    /// Domains under a rack test: key, round, trays under test.
-    pub rack_running: Vec<(String, u32, u32)>,
+    /// Domains under a rack test: key, round, trays under test, the lowest
+    /// bus bandwidth its groups reported so far (GB/s).
+    pub rack_running: Vec<(String, u32, u32, Option<u32>)>,
     /// A rack test that can never run under the caps, in words.
     pub rack_too_big: Option<String>,
     /// A rack test group whose pods did not run: a node and why.
     pub rack_not_run: Option<(String, String)>,
     /// A rack test whose result cannot be read or trusted, in words.
     pub rack_unreadable: Option<String>,
+    /// The lowest bus bandwidth (GB/s) the groups of the domain being
+    /// planned reported in their verdicts (`racktest.rs`).
+    pub rack_figure: Option<u32>,
     pub events: Vec<Event>,
     pub wake: Option<Timestamp>,
 }
@@ -193,6 +197,7 @@ impl<'a> Planner<'a> {
             rack_too_big: None,
             rack_not_run: None,
             rack_unreadable: None,
+            rack_figure: None,
             events: Vec::new(),
             wake: None,
         }

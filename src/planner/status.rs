@@ -359,10 +359,10 @@ impl Planner<'_> {
                 let wave = self
                     .open_wave()
                     .map_or(current_wave.max(1) as usize - 1, |w| w);
-                let testing: u32 = self.rack_running.iter().map(|(_, _, t)| *t).sum();
+                let testing: u32 = self.rack_running.iter().map(|(_, _, t, _)| *t).sum();
                 if counts.validating == 0 && !self.rack_running.is_empty() {
                     let rounds: std::collections::BTreeSet<u32> =
-                        self.rack_running.iter().map(|(_, r, _)| *r).collect();
+                        self.rack_running.iter().map(|(_, r, _, _)| *r).collect();
                     let message = format!(
                         "wave {} of {}: {} domains under a rack test ({testing} trays; attribution rounds {}), {} pending",
                         current_wave.max(1),
@@ -588,11 +588,14 @@ impl Planner<'_> {
                 .rack_running
                 .iter()
                 .take(64)
-                .map(|(domain, round, trays)| crate::api::RackTestStatus {
-                    domain: domain.clone(),
-                    round: *round,
-                    trays: *trays,
-                })
+                .map(
+                    |(domain, round, trays, figure)| crate::api::RackTestStatus {
+                        domain: domain.clone(),
+                        round: *round,
+                        trays: *trays,
+                        bus_bandwidth_gbps: *figure,
+                    },
+                )
                 .collect(),
             gate: Some(GateStatus {
                 name: verdict.gate,

@@ -98,7 +98,7 @@ fn a_rack_is_admitted_only_after_its_group_passes() {
     let lines = gpufleet::view::rack_tests(&batch);
     assert_eq!(lines[0], "Rack tests in progress (1):");
     assert!(
-        lines[2].ends_with("0      4  testing the whole domain"),
+        lines[2].ends_with("0      4  -      testing the whole domain"),
         "{lines:?}"
     );
     settle(&mut s);
@@ -343,4 +343,100 @@ fn an_nvcre_certification_that_never_finishes_times_out_as_a_failed_group() {
         "{:?}",
         s.snapshot.certifications
     );
+}
+
+#[test]
+fn a_rack_test_verdict_that_blames_a_tray_fails_it_and_shows_its_figure() {
+    use gpufleet::planner::{ProbePhase, Termination};
+    use gpufleet::verdict::{Check, CheckResult, RackTestResult, Verdict};
+    let mut s = rack(tested(""), |_| true);
+    s.step();
+    s.finish_probes();
+    s.step();
+    // The whole domain's pods run; each ends as all_reduce_perf with a
+    // verdict: 190 GB/s, and N2 blamed.
+    let mut verdict = Verdict::new();
+    verdict.checks.push(Check {
+        name: "nccl-all-reduce".into(),
+        result: CheckResult::Fail,
+        reason: Some("bus bandwidth 190 GB/s, floor 700 GB/s".into()),
+    });
+    verdict.rack_test = Some(RackTestResult {
+        bus_bandwidth_gbps: Some(190),
+        floor_gbps: Some(700),
+        blame: vec![N2.into(), "not-in-the-group".into()],
+    });
+    let message = verdict.encode().unwrap();
+    let mut groups = 0;
+    for pod in s.snapshot.probes.iter_mut().filter(|p| p.group.is_some()) {
+        groups += 1;
+        pod.started_at = Some(s.now);
+        pod.phase = ProbePhase::Failed;
+        pod.verdict = gpufleet::verdict::read(&message);
+        pod.terminated = vec![Termination {
+            container: "nccl".into(),
+            init: false,
+            exit_code: 1,
+            message: Some(message.clone()),
+        }];
+    }
+    assert_eq!(groups, 4);
+    // The rest is tested again; meanwhile the domain shows the figure.
+    let plan = s.step();
+    let tests = &plan.status.rack_tests;
+    assert_eq!(tests.len(), 1, "{tests:?}");
+    assert_eq!(tests[0].bus_bandwidth_gbps, Some(190));
+    assert_eq!(tests[0].round, 1);
+    settle(&mut s);
+    assert_eq!(in_state(&s, Failed), [N2]);
+    let reason = reason_of(&s, N2);
+    assert!(
+        reason.starts_with("rack test (attribution round 0): the rack test's pod on ")
+            && reason.ends_with("blamed this tray: 190 GB/s, floor 700 GB/s"),
+        "{reason}"
+    );
+    assert_eq!(in_state(&s, Ready), [N0, N1, N3]);
+    assert!(
+        s.log
+            .iter()
+            .any(|a| matches!(a, gpufleet::planner::Action::Event(e)
+            if e.message.contains("found 1 faulty tray (n-d000-n02); 3 trays proven good"))),
+        "no RackTestFailed event"
+    );
+}
+
+#[test]
+fn a_flaky_rack_test_is_tried_again_before_attribution() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let calls = Rc::new(Cell::new(0));
+    let seen = calls.clone();
+    // The first run of the whole domain flakes; every later one passes.
+    let mut s = rack(tested(", retries: 1"), move |_| {
+        seen.set(seen.get() + 1);
+        seen.get() > 4
+    });
+    settle(&mut s);
+    assert_eq!(in_state(&s, Ready), [N0, N1, N2, N3]);
+    assert_eq!(in_state(&s, Failed), Vec::<String>::new());
+    // The same four trays twice (runs 0 and 1), no halves.
+    assert_eq!(groups_run(&s), [vec![N0, N1, N2, N3], vec![N0, N1, N2, N3]]);
+    assert!(calls.get() >= 8);
+}
+
+#[test]
+fn retries_apply_to_every_group_before_it_counts() {
+    let mut s = rack(tested(", retries: 1"), |nodes| {
+        !nodes.iter().any(|n| n == N2)
+    });
+    settle(&mut s);
+    assert_eq!(in_state(&s, Failed), [N2]);
+    assert_eq!(in_state(&s, Ready), [N0, N1, N3]);
+    // Every failing group ran twice: the domain, the half with N2, and N2
+    // beside a good tray.
+    let runs = groups_run(&s);
+    let twice = |g: Vec<&str>| runs.iter().filter(|r| **r == g).count() == 2;
+    assert!(twice(vec![N0, N1, N2, N3]), "{runs:?}");
+    assert!(twice(vec![N2, N3]), "{runs:?}");
+    assert!(twice(vec![N2, N0]), "{runs:?}");
 }
