@@ -398,7 +398,15 @@ async fn create_probe(
     match pods.create(&params, &pod).await {
         Ok(created) => {
             Expectations::expect(&ctx.expectations.creates, &name);
-            // A rack test group's first pod brings its ComputeDomain.
+            // A rack test group's first pod brings its headless Service
+            // (its peers find each other through it) and its ComputeDomain.
+            if let Some(group) = &req.group
+                && group.rank == 0
+                && let Some(refused) = create_group_service(ctx, group, &created).await?
+            {
+                let _ = delete_probe(ctx, pods, &name).await;
+                return Ok(Some(refused));
+            }
             let wants_domain = pool
                 .and_then(|p| p.spec.health_checks.domain_test.as_ref())
                 .is_some_and(|t| t.compute_domain);
@@ -426,6 +434,41 @@ async fn create_probe(
             "creating probe pod {}/{name}",
             ctx.config.probes.namespace
         ))(err)),
+    }
+}
+
+/// Creates a rack test group's headless Service, owned by its first pod.
+/// `Ok(Some(message))`: the API server refused it.
+async fn create_group_service(
+    ctx: &Context,
+    group: &crate::planner::GroupMember,
+    owner: &Pod,
+) -> Result<Option<String>, Error> {
+    use k8s_openapi::api::core::v1::Service;
+    let namespace = &ctx.config.probes.namespace;
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+    let service: Service =
+        match serde_json::from_value(super::probe::group_service(group, namespace, owner)) {
+            Ok(service) => service,
+            Err(err) => return Ok(Some(format!("a group's Service does not serialize: {err}"))),
+        };
+    let name = service.metadata.name.clone().unwrap_or_default();
+    may_write(ctx, &format!("creating Service {name}")).await?;
+    let params = PostParams {
+        field_manager: Some(keys::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&params, &service).await {
+        Ok(_) => Ok(None),
+        Err(err) if is_conflict(&err) => Ok(None),
+        Err(err) if is_rejection(&err) => {
+            let message = format!("Service {name}: {}", refusal(&err));
+            warn!(%message, "the API server refused a rack test's Service");
+            Ok(Some(message))
+        }
+        Err(err) => Err(Error::kube(format!("creating Service {namespace}/{name}"))(
+            err,
+        )),
     }
 }
 

@@ -73,6 +73,42 @@ pub fn compute_domain(
     })
 }
 
+/// Label on a rack test group's pods naming their run (the group's
+/// ComputeDomain and headless Service are named the same).
+pub const GROUP_RUN_LABEL: &str = "gpufleet.io/group-run";
+
+/// The headless Service of a rack test group's run: its pods resolve as
+/// `<pod>.<service>` in the probe namespace, ready or not (a rank waits for
+/// its peers before it is ready). Owned by the group's first pod.
+pub fn group_service(
+    group: &crate::planner::GroupMember,
+    namespace: &str,
+    owner: &Pod,
+) -> serde_json::Value {
+    let name = compute_domain_name(group);
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {keys::MANAGED_BY: keys::MANAGER, keys::GROUP: group.group},
+            "ownerReferences": [{
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": owner.metadata.name,
+                "uid": owner.metadata.uid,
+                "blockOwnerDeletion": false,
+            }],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": {GROUP_RUN_LABEL: name},
+        },
+    })
+}
+
 /// The probe pod for `request`, in the probe namespace. `None` when the pool
 /// has no probe (the planner never asks for one then).
 pub fn probe_pod(
@@ -171,14 +207,27 @@ pub fn probe_pod(
             }
         }
     }
-    // A rack test pod learns its group from its environment.
+    // A rack test pod learns its group from its environment, and is found
+    // by its peers at `<pod>.<service>` (the group's headless Service).
     if let Some(group) = &request.group {
+        let service = compute_domain_name(group);
+        spec.hostname = Some(request.pod_name.clone());
+        spec.subdomain = Some(service.clone());
+        if let Some(labels) = meta.labels.as_mut() {
+            labels.insert(GROUP_RUN_LABEL.into(), service.clone());
+        }
+        let hosts: Vec<String> = group
+            .peers
+            .iter()
+            .map(|pod| format!("{pod}.{service}"))
+            .collect();
         let env = [
             ("GPUFLEET_GROUP", group.group.clone()),
             ("GPUFLEET_GROUP_SIZE", group.peers.len().to_string()),
             ("GPUFLEET_RANK", group.rank.to_string()),
             ("GPUFLEET_PEERS", group.peers.join(",")),
             ("GPUFLEET_PEER_NODES", group.peer_nodes.join(",")),
+            ("GPUFLEET_PEER_HOSTS", hosts.join(",")),
         ];
         for container in spec
             .init_containers

@@ -973,11 +973,12 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
     // While a rack is under test, `gpufleet why` on one of its trays says so.
     let mut told = None;
     let mut domains = 0;
+    let mut peers_checked = false;
     s.wait_until("both racks are decided", ROLLOUT * 2, |s| {
         let pods = s.rt.block_on(s.group_pods());
         peak = peak.max(s.count("validating") + pods);
         // Each group brings a ComputeDomain, owned by its first pod.
-        if domains == 0 {
+        if !peers_checked {
             let listed = s
                 .kubectl(&[
                     "get",
@@ -1006,6 +1007,60 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
                 );
                 assert!(size >= 2, "{cd}");
                 domains += 1;
+                // ... and a headless Service of the same name, through which
+                // its pods find each other as <pod>.<service>.
+                let svc = s
+                    .kubectl(&[
+                        "get",
+                        "service",
+                        name,
+                        "-n",
+                        &s.probe_namespace,
+                        "-o",
+                        "json",
+                    ])
+                    .succeeds()
+                    .stdout;
+                let svc: serde_json::Value = serde_json::from_str(&svc).expect("a Service");
+                assert_eq!(svc["spec"]["clusterIP"], "None", "{svc}");
+                assert_eq!(svc["spec"]["publishNotReadyAddresses"], true, "{svc}");
+                assert_eq!(
+                    svc["spec"]["selector"]["gpufleet.io/group-run"], name,
+                    "{svc}"
+                );
+                let pod = s
+                    .kubectl(&[
+                        "get",
+                        "pod",
+                        &format!("{name}-0"),
+                        "-n",
+                        &s.probe_namespace,
+                        "-o",
+                        "json",
+                    ])
+                    .run()
+                    .stdout;
+                // Its first pod, unless its group is done already.
+                let Ok(pod) = serde_json::from_str::<serde_json::Value>(&pod) else {
+                    continue;
+                };
+                assert_eq!(pod["spec"]["subdomain"], name, "{pod}");
+                assert_eq!(
+                    pod["metadata"]["labels"]["gpufleet.io/group-run"], name,
+                    "{pod}"
+                );
+                let hosts = pod["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == "GPUFLEET_PEER_HOSTS")
+                    .map(|e| e["value"].as_str().unwrap().to_string())
+                    .expect("GPUFLEET_PEER_HOSTS");
+                assert!(
+                    hosts.starts_with(&format!("{name}-0.{name},{name}-1.{name}")),
+                    "{hosts}"
+                );
+                peers_checked = true;
             }
         }
         if told.is_none() {
@@ -1030,6 +1085,10 @@ fn the_rack_test_finds_a_bad_tray_and_fails_a_bad_rack() {
         s.count("ready") == 17 && s.count("failed") == 19
     });
     assert!(domains > 0, "no rack test group had a ComputeDomain");
+    assert!(
+        peers_checked,
+        "no rack test pod was seen with its peers' hosts"
+    );
     let told = told.expect("gpufleet why never showed a rack test in progress");
     assert!(
         told.lines()
