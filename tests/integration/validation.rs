@@ -84,7 +84,37 @@ fn accepted(obj: &Value) {
 fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
     let p = || pool("invalid-pool");
     let b = || batch("invalid-batch", "invalid-pool");
+    let nccl = json!({"spec": {"containers": [{"name": "nccl", "image": "nccl"}]}});
     vec![
+        (
+            "a rack test with both providers",
+            set(
+                p(),
+                "spec/healthChecks/domainTest",
+                json!({"template": nccl, "nvcre": {}}),
+            ),
+            vec![
+                "spec.healthChecks.domainTest.template",
+                "set exactly one provider",
+            ],
+        ),
+        (
+            "a rack test with no provider",
+            set(p(), "spec/healthChecks/domainTest", json!({"maxRounds": 3})),
+            vec![
+                "spec.healthChecks.domainTest.template",
+                "set exactly one provider",
+            ],
+        ),
+        (
+            "an NVCRE variant that is no name",
+            set(
+                p(),
+                "spec/healthChecks/domainTest",
+                json!({"nvcre": {"variant": "NCCL All Reduce"}}),
+            ),
+            vec!["spec.healthChecks.domainTest.nvcre.variant"],
+        ),
         (
             "nodes targets that do not increase",
             set(
@@ -397,4 +427,16 @@ fn pool_ref_is_immutable() {
     tb.kubectl(&["apply", "-f", "-"])
         .stdin(promoted.to_string())
         .succeeds();
+}
+
+/// The example pools in `docs/examples/` are what the API server accepts.
+#[test]
+fn the_documented_example_pools_are_accepted() {
+    for example in ["nccl-rack-test.yaml", "nvcre-rack-test.yaml"] {
+        let path = crate::support::repo().join("docs/examples").join(example);
+        testbed()
+            .kubectl(&["create", "--dry-run=server", "-f"])
+            .arg(&path)
+            .succeeds();
+    }
 }
