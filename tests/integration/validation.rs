@@ -428,15 +428,3 @@ fn pool_ref_is_immutable() {
         .stdin(promoted.to_string())
         .succeeds();
 }
-
-/// The example pools in `docs/examples/` are what the API server accepts.
-#[test]
-fn the_documented_example_pools_are_accepted() {
-    for example in ["nccl-rack-test.yaml", "nvcre-rack-test.yaml"] {
-        let path = crate::support::repo().join("docs/examples").join(example);
-        testbed()
-            .kubectl(&["create", "--dry-run=server", "-f"])
-            .arg(&path)
-            .succeeds();
-    }
-}
