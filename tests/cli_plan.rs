@@ -391,3 +391,30 @@ fn a_broken_pool_or_batch_names_the_file_and_the_field() {
         &missing,
     );
 }
+
+/// `gpufleet crds | head -1`: a reader that stops early ends the command
+/// quietly (SIGPIPE, as `ls` or `kubectl get`), never with a panic's
+/// backtrace on stderr.
+#[cfg(unix)]
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    // A pipe whose reader is gone before the command writes.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+        .current_dir(root())
+        .args(["crds"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("gpufleet runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}",
+        output.status
+    );
+}

@@ -28,6 +28,18 @@ pub struct Cli {
     command: Command,
 }
 
+impl Cli {
+    /// Is this a command a person reads from a pipe (`gpufleet why N |
+    /// head`)? Everything but the long-running operator, the demo and the
+    /// probe (which must write its verdict whatever happens to stdout).
+    pub fn prints_for_people(&self) -> bool {
+        !matches!(
+            self.command,
+            Command::Run(_) | Command::Demo(_) | Command::Probe(_)
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: watch pools and batches and roll nodes out.
