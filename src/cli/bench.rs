@@ -198,6 +198,12 @@ pub struct Requests {
 pub struct Reconciles {
     pub count: f64,
     pub mean_ms: f64,
+    /// Node records plans read (`gpufleet_plan_node_visits_total`).
+    pub node_visits: f64,
+    /// Changed nodes the watch delivered, planned and ignored
+    /// (`gpufleet_node_events_total`).
+    pub node_events_planned: f64,
+    pub node_events_ignored: f64,
 }
 
 /// The minimal job, gpufleet and the peer on fleets of the same size.
@@ -914,6 +920,7 @@ fn scrape_reconciles(port: u16) -> Option<Reconciles> {
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
     let (mut sum, mut count) = (0.0, 0.0);
+    let (mut visits, mut planned, mut ignored) = (0.0, 0.0, 0.0);
     for line in body.lines() {
         let value = |l: &str| {
             l.rsplit(' ')
@@ -921,7 +928,13 @@ fn scrape_reconciles(port: u16) -> Option<Reconciles> {
                 .and_then(|v| v.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        if line.starts_with("gpufleet_reconcile_duration_seconds_sum") {
+        if line.starts_with("gpufleet_plan_node_visits_total") {
+            visits += value(line);
+        } else if line.starts_with("gpufleet_node_events_total{planned=\"yes\"}") {
+            planned += value(line);
+        } else if line.starts_with("gpufleet_node_events_total{planned=\"no\"}") {
+            ignored += value(line);
+        } else if line.starts_with("gpufleet_reconcile_duration_seconds_sum") {
             sum += value(line);
         } else if line.starts_with("gpufleet_reconcile_duration_seconds_count") {
             count += value(line);
@@ -930,6 +943,9 @@ fn scrape_reconciles(port: u16) -> Option<Reconciles> {
     (count > 0.0).then(|| Reconciles {
         count,
         mean_ms: sum / count * 1000.0,
+        node_visits: visits,
+        node_events_planned: planned,
+        node_events_ignored: ignored,
     })
 }
 
@@ -1092,6 +1108,21 @@ impl Report {
                     "reconciles (from /metrics)",
                     r.reconciles.as_ref().map_or("-".into(), |c| {
                         format!("{:.0}, mean {:.1} ms", c.count, c.mean_ms)
+                    }),
+                ),
+                (
+                    "node records read by plans, a node",
+                    r.reconciles.as_ref().map_or("-".into(), |c| {
+                        format!("{:.0}", c.node_visits / r.admitted.max(1) as f64)
+                    }),
+                ),
+                (
+                    "node events planned / ignored",
+                    r.reconciles.as_ref().map_or("-".into(), |c| {
+                        format!(
+                            "{:.0} / {:.0}",
+                            c.node_events_planned, c.node_events_ignored
+                        )
                     }),
                 ),
                 (

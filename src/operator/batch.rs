@@ -159,6 +159,9 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         .and_then(|uid| ctx.probe_rejection(uid));
     let now = Timestamp::now();
     let plan = planner::plan(&pool, batch, &snapshot, now);
+    ctx.metrics
+        .plan_node_visits
+        .inc_by(snapshot.nodes.len() as u64);
     let report = match act::apply(ctx, &pool, batch, &plan).await {
         Ok(report) => report,
         // A write the API server refuses (an onboarding taint it finds
@@ -442,11 +445,16 @@ fn record(
         moved = true;
         if patch.state == Some(planner::NodeState::Ready) {
             ctx.metrics.admissions.get_or_create(&labels).inc();
-            let started = snapshot
+            // O(log n) an admission: the snapshot lists nodes in name
+            // order (the cache's); a scan only if it ever did not.
+            let found = match snapshot
                 .nodes
-                .iter()
-                .find(|n| n.name == patch.node)
-                .and_then(|n| n.started);
+                .binary_search_by(|n| n.name.as_str().cmp(patch.node.as_str()))
+            {
+                Ok(i) => Some(&snapshot.nodes[i]),
+                Err(_) => snapshot.nodes.iter().find(|n| n.name == patch.node),
+            };
+            let started = found.and_then(|n| n.started);
             if let Some(started) = started {
                 let seconds = now.duration_since(started).as_secs_f64().max(0.0);
                 ctx.metrics

@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use futures::{StreamExt, future};
 use kube::Client;
+use kube::Resource;
 use kube::api::Api;
 use kube::core::DeserializeGuard;
-use kube::runtime::{Controller, controller, watcher};
+use kube::runtime::{
+    Controller, Predicate, WatchStreamExt, controller, predicates, reflector, watcher,
+};
 use tracing::warn;
 
 use crate::api::{GpuPool, RolloutBatch};
@@ -29,7 +32,17 @@ pub async fn batches(
     ctx: Arc<Context>,
 ) {
     let config = controller::Config::default().concurrency(ctx.config.concurrency);
-    Controller::new(Api::<DeserializeGuard<RolloutBatch>>::all(client), watch)
+    // A batch's own changes trigger it only when they change what a plan
+    // reads or what the finalizer needs: its spec (the generation), labels,
+    // annotations, finalizers, deletion. Its status is gpufleet's own
+    // writing: a status write never plans the batch again.
+    let (reader, writer) = reflector::store();
+    let own = watcher(Api::<DeserializeGuard<RolloutBatch>>::all(client), watch)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(not_status(), Default::default());
+    Controller::for_stream(own, reader)
         .with_config(config)
         .reconcile_on(stream_of(requests))
         .reconcile_all_on(acquisitions(ctx.leadership.clone()))
@@ -41,6 +54,18 @@ pub async fn batches(
             future::ready(())
         })
         .await
+}
+
+/// What of a batch its own watch triggers on: everything but its status.
+fn not_status() -> impl Predicate<DeserializeGuard<RolloutBatch>> + Send + Sync + 'static {
+    fn deleting(batch: &DeserializeGuard<RolloutBatch>) -> Option<u64> {
+        Some(u64::from(batch.meta().deletion_timestamp.is_some()))
+    }
+    predicates::generation
+        .combine(predicates::labels)
+        .combine(predicates::annotations)
+        .combine(predicates::finalizers)
+        .combine(deleting)
 }
 
 /// The pool controller: pools' own changes and their nodes'. Runs until its

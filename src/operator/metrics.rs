@@ -44,6 +44,11 @@ pub struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NewsLabels {
+    pub planned: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub pool: String,
     pub result: String,
@@ -91,6 +96,10 @@ pub struct Metrics {
     pub leader: Gauge,
     pub last_progress: Family<BatchLabels, Gauge>,
     pub write_conflicts: Counter,
+    /// Node events by whether a plan had news in them.
+    pub node_events: Family<NewsLabels, Counter>,
+    /// Node records the plans visited (the operator's own work counter).
+    pub plan_node_visits: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +118,16 @@ impl Metrics {
     /// Node writes refused as stale (the batch is planned again).
     pub fn record_conflicts(&self, count: usize) {
         self.write_conflicts.inc_by(count as u64);
+    }
+
+    /// One changed node from the watch: `news` when a plan reads something
+    /// new in it (else it plans nothing).
+    pub fn record_node_event(&self, news: bool) {
+        self.node_events
+            .get_or_create(&NewsLabels {
+                planned: if news { "yes" } else { "no" }.into(),
+            })
+            .inc();
     }
 
     pub fn new() -> Self {
@@ -140,6 +159,8 @@ impl Metrics {
             leader: Gauge::default(),
             last_progress: Family::default(),
             write_conflicts: Counter::default(),
+            node_events: Family::default(),
+            plan_node_visits: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -167,6 +188,16 @@ impl Metrics {
             "pool_domains",
             "Domains of a pool",
             m.pool_domains_total.clone(),
+        );
+        r.register(
+            "node_events",
+            "Changed nodes the watch delivered, by whether a plan read anything new in them (planned=no: a heartbeat or a field gpufleet ignores; nothing is planned)",
+            m.node_events.clone(),
+        );
+        r.register(
+            "plan_node_visits",
+            "Node records read by plans of batches and pools: the operator's own work, in counts",
+            m.plan_node_visits.clone(),
         );
         r.register(
             "node_write_conflicts",

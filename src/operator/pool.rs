@@ -58,6 +58,7 @@ pub async fn reconcile(
     let name = pool.name_any();
     let nodes = observe::pool_nodes(&ctx.stores, pool);
     let plan = planner::plan_pool(pool, &nodes, Timestamp::now());
+    ctx.metrics.plan_node_visits.inc_by(nodes.len() as u64);
     ctx.metrics.observe_pool(&name, &plan.status);
     let changed = pool.status.as_ref() != Some(&plan.status);
     if changed {

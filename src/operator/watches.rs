@@ -1,6 +1,7 @@
 //! The watches: they feed the caches that plans are built from, and turn
 //! each change into reconcile requests for the controllers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::{self, BoxFuture};
@@ -108,19 +109,33 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
                     metrics.forget_pool(&name);
                 }
             })
-            .for_each(drive(
-                "gpupools",
-                synced_tx.clone(),
+            .for_each(drive("gpupools", synced_tx.clone(), {
+                // What of a pool its batches' plans read: its spec (the
+                // generation), its labels (sharding) and the breaker's
+                // ledger in its status. The pool's own status writes
+                // (counts, GPUs online) change nothing there and plan
+                // no batch.
+                let mut read: HashMap<String, u64> = HashMap::new();
                 move |pool: &DeserializeGuard<GpuPool>| {
-                    let name = match &pool.0 {
-                        Ok(p) => p.name_any(),
-                        Err(invalid) => invalid.metadata.name.clone().unwrap_or_default(),
+                    let (name, fingerprint) = match &pool.0 {
+                        Ok(p) => (p.name_any(), Some(pool_fingerprint(p))),
+                        Err(invalid) => (invalid.metadata.name.clone().unwrap_or_default(), None),
                     };
+                    // Deleted (gone from the store): its batches hear
+                    // of it.
+                    let deleted = matches!(s.pool(&name), Ok(None));
+                    if deleted {
+                        read.remove(&name);
+                    } else if let Some(f) = fingerprint
+                        && read.insert(name.clone(), f) == Some(f)
+                    {
+                        return;
+                    }
                     for batch in batches_of_pool(&s, &name) {
                         let _ = tx.send(batch);
                     }
-                },
-            ))
+                }
+            }))
     };
     let batch_watch = watcher(batches_api, object_watch.clone())
         .default_backoff()
@@ -138,17 +153,36 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
     let node_watch = {
         let (s, btx, ptx) = (stores.clone(), batch_tx.clone(), pool_tx);
         let deliveries = deliveries.clone();
+        let cache = stores.nodes.clone();
+        let metrics = config.metrics.clone();
         watcher(nodes_api, node_watch)
             .default_backoff()
             .map_ok(observe::view_event)
-            .inspect_ok(move |event| {
-                node_writer(event);
-                deliveries.observe(event);
+            .map_ok(move |event| {
+                // Work proportional to change: an event that changes
+                // nothing a plan reads (a kubelet's heartbeat, a write to
+                // fields gpufleet ignores) updates the cache but plans
+                // nothing.
+                let news = match &event {
+                    watcher::Event::Apply(node) => cache
+                        .get(&node.name)
+                        .is_none_or(|old| !old.same_for_planner(node)),
+                    _ => true,
+                };
+                if let watcher::Event::Apply(_) = &event {
+                    metrics.record_node_event(news);
+                }
+                node_writer(&event);
+                deliveries.observe(&event);
+                with_news(event, news)
             })
             .for_each(drive(
                 "nodes",
                 synced_tx.clone(),
-                move |node: &Arc<NodeView>| {
+                move |(node, news): &(Arc<NodeView>, bool)| {
+                    if !news {
+                        return;
+                    }
                     for batch in batches_of_node(&s, node) {
                         let _ = btx.send(batch);
                     }
@@ -259,6 +293,35 @@ fn drive<T>(
             Err(err) => warn!(watch = name, %err, "watch error; retrying with backoff"),
         }
         future::ready(())
+    }
+}
+
+/// A hash of what batches read of their pool (see the pool watch): its
+/// generation, labels, deletion and breaker ledger.
+fn pool_fingerprint(pool: &GpuPool) -> u64 {
+    let ledger = pool.status.as_ref().and_then(|s| s.breaker.as_ref());
+    let text = serde_json::to_string(&(
+        pool.metadata.generation,
+        &pool.metadata.labels,
+        pool.metadata.deletion_timestamp.is_some(),
+        pool.metadata.uid.as_deref(),
+        ledger.map(|b| &b.failures),
+    ))
+    .unwrap_or_default();
+    keys::stable_hash(text.as_bytes())
+}
+
+/// A node event, each node marked with whether a plan has news in it.
+fn with_news(
+    event: watcher::Event<Arc<NodeView>>,
+    news: bool,
+) -> watcher::Event<(Arc<NodeView>, bool)> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(node) => watcher::Event::InitApply((node, true)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(node) => watcher::Event::Apply((node, news)),
+        watcher::Event::Delete(node) => watcher::Event::Delete((node, true)),
     }
 }
 

@@ -157,6 +157,69 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// Does `other` say the same as this view in everything a plan reads?
+    /// Only the resourceVersion may differ: a kubelet's heartbeat, or any
+    /// write to fields gpufleet does not read, changes nothing here, and
+    /// the operator does not plan again for it. Every field is named (a
+    /// field added to the view must be placed on one side or the other).
+    pub fn same_for_planner(&self, other: &NodeView) -> bool {
+        let NodeView {
+            name,
+            resource_version: _,
+            labels,
+            state,
+            batch,
+            batch_uid,
+            wave,
+            since,
+            started,
+            reason,
+            attempt,
+            taints_added,
+            retry,
+            ready,
+            conditions,
+            admitted,
+            recorded_state,
+            suspect,
+            probe_misses,
+            verdict,
+            condition_since,
+            allocatable_gpus,
+            allocatable_gpus_raw,
+            taints,
+            unschedulable,
+            created,
+            deleting,
+        } = self;
+        *name == other.name
+            && *labels == other.labels
+            && *state == other.state
+            && *batch == other.batch
+            && *batch_uid == other.batch_uid
+            && *wave == other.wave
+            && *since == other.since
+            && *started == other.started
+            && *reason == other.reason
+            && *attempt == other.attempt
+            && *taints_added == other.taints_added
+            && *retry == other.retry
+            && *ready == other.ready
+            && *conditions == other.conditions
+            && *admitted == other.admitted
+            && *recorded_state == other.recorded_state
+            && *suspect == other.suspect
+            && *probe_misses == other.probe_misses
+            && *verdict == other.verdict
+            && *condition_since == other.condition_since
+            && *allocatable_gpus == other.allocatable_gpus
+            && *allocatable_gpus_raw == other.allocatable_gpus_raw
+            && *taints == other.taints
+            && *unschedulable == other.unschedulable
+            && *created == other.created
+            && *deleting == other.deleting
+    }
+
     /// A node with just a name and labels; the rest is empty. For tests and
     /// tools that build views by hand.
     pub fn named(name: impl Into<String>) -> Self {
@@ -702,5 +765,35 @@ pub fn requeue_until(now: Timestamp, at: Timestamp) -> std::time::Duration {
         std::time::Duration::ZERO
     } else {
         std::time::Duration::from_secs_f64(secs.min(MAX_REQUEUE.as_secs_f64()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_resource_version_alone_is_no_news_to_a_plan() {
+        let mut a = NodeView::named("n1");
+        a.labels.insert("nvidia.com/gpu.clique".into(), "c1".into());
+        a.conditions.insert("Ready".into(), "True".into());
+        a.resource_version = Some("1".into());
+        let mut b = a.clone();
+        b.resource_version = Some("2".into());
+        assert!(a.same_for_planner(&b), "a heartbeat");
+        let mut c = b.clone();
+        c.conditions.insert("GpuXidError".into(), "True".into());
+        assert!(!a.same_for_planner(&c), "a condition is news");
+        let mut d = b.clone();
+        d.taints.push(TaintView {
+            key: "x".into(),
+            value: None,
+            effect: "NoSchedule".into(),
+            time_added: None,
+        });
+        assert!(!a.same_for_planner(&d), "a taint is news");
+        let mut e = b;
+        e.state = Some(NodeState::Ready);
+        assert!(!a.same_for_planner(&e), "a state is news");
     }
 }
