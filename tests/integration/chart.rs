@@ -1770,6 +1770,13 @@ fn exported() -> Exported {
         .inc();
     m.observe_request(&http::Method::GET, &"/api/v1/nodes".parse().expect("a URI"));
     m.leader.set(1);
+    m.rack_tests
+        .get_or_create(&gpufleet::operator::metrics::ResultLabels {
+            pool: "p".into(),
+            result: "passed".into(),
+        })
+        .inc();
+    m.record_node_event(true);
     let text = m.encode();
 
     // The series of each family, from its TYPE line: prometheus-client names
