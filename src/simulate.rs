@@ -344,6 +344,117 @@ pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
     futures::future::join(watch, work).await;
 }
 
+/// `node` as a kubelet that registered it would leave it: Ready, with its
+/// allocatable resources (for a test bed without kwok).
+pub fn ready(mut node: Node) -> Node {
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let status = node.status.get_or_insert_with(Default::default);
+    status.conditions = Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        reason: Some("KubeletReady".into()),
+        message: Some("simulated: no kubelet runs".into()),
+        last_transition_time: Some(now.clone()),
+        last_heartbeat_time: Some(now),
+    }]);
+    node
+}
+
+/// The burn-in stand-in for a test bed without kwok (`gpufleet bench
+/// --no-kwok`): nothing runs pods, so each probe pod gpufleet makes in
+/// `namespace` is finished by writing its status, as a kubelet would after
+/// `delay`: started, then every container terminated with exit code 0 and
+/// the pod Succeeded (a node annotated [`SIM_PROBE_RESULT`]`=fail` is not
+/// read: the benchmark's fleets have no faults, and reading each node would
+/// be a request per probe). Many at once, riding out errors as
+/// [`burn_in`] does.
+pub async fn kubelet_less_burn_in(client: kube::Client, namespace: String, delay: Duration) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let config = watcher::Config::default()
+        .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER))
+        .timeout(55);
+    let (todo_tx, mut todo_rx) = tokio::sync::mpsc::unbounded_channel::<Pod>();
+    let queue = todo_tx.clone();
+    let watch = watcher(pods.clone(), config)
+        .default_backoff()
+        .applied_objects()
+        .for_each(move |event| {
+            if let Ok(pod) = event
+                && pod.metadata.deletion_timestamp.is_none()
+                && pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_none_or(|p| p == "Pending")
+            {
+                let _ = queue.send(pod);
+            }
+            futures::future::ready(())
+        });
+    let work = futures::stream::poll_fn(move |cx| todo_rx.poll_recv(cx))
+        .map(|pod| {
+            let (pods, retry) = (&pods, todo_tx.clone());
+            async move {
+                // Finished `delay` after it was created.
+                let created = pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+                let age = k8s_openapi::jiff::Timestamp::now().duration_since(created);
+                let wait = delay.saturating_sub(age.unsigned_abs());
+                tokio::time::sleep(wait).await;
+                match finish_as_kubelet(pods, &pod, delay).await {
+                    Ok(()) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(err) => {
+                        debug!(pod = ?pod.metadata.name, %err, "stand-in could not finish a probe; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let _ = retry.send(pod);
+                    }
+                }
+            }
+        })
+        .buffer_unordered(BURN_INS_AT_ONCE * 8)
+        .for_each(|()| futures::future::ready(()));
+    futures::future::join(watch, work).await;
+}
+
+/// Writes a probe pod's status as a kubelet that ran it for `ran` would.
+async fn finish_as_kubelet(pods: &Api<Pod>, pod: &Pod, ran: Duration) -> Result<(), kube::Error> {
+    let Some(name) = pod.metadata.name.as_deref() else {
+        return Ok(());
+    };
+    let end = k8s_openapi::jiff::Timestamp::now();
+    let start = end
+        .checked_sub(k8s_openapi::jiff::SignedDuration::try_from(ran).unwrap_or_default())
+        .unwrap_or(end);
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({
+                "name": c.name, "image": c.image, "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                    "message": "burn-in passed",
+                    "startedAt": start.to_string(), "finishedAt": end.to_string()}},
+            })
+        })
+        .collect();
+    let body = json!({"status": {
+        "phase": "Succeeded",
+        "startTime": start.to_string(),
+        "containerStatuses": containers,
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
 /// A probe pod that has no outcome yet and is not going away.
 fn unfinished(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()

@@ -93,6 +93,12 @@ pub struct Args {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Run without kwok: nodes are created Ready (nothing heartbeats, no
+    /// node lifecycle controller runs) and a light stand-in finishes each
+    /// probe pod by writing its status, as a kubelet would. For sizes kwok
+    /// cannot simulate on this machine; not with --peer.
+    #[arg(long, conflicts_with = "peer")]
+    no_kwok: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -234,7 +240,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     } else {
         &[]
     };
-    let plane = ControlPlane::start(tools, args.keep).await?;
+    let plane = ControlPlane::start_with(tools, args.keep, !args.no_kwok).await?;
     let control_plane_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "bench: control plane up in {control_plane_seconds:.1}s ({})",
@@ -299,13 +305,35 @@ fn fleet(prefix: &str, domains: u32) -> Vec<SimNode> {
     nodes
 }
 
-async fn create(client: &kube::Client, nodes: Vec<Node>, parallel: usize) -> anyhow::Result<f64> {
+async fn create(
+    client: &kube::Client,
+    nodes: Vec<Node>,
+    parallel: usize,
+    with_status: bool,
+) -> anyhow::Result<f64> {
     let t = Instant::now();
     let api: Api<Node> = Api::all(client.clone());
     futures::stream::iter(nodes)
         .map(|node| {
             let api = api.clone();
-            async move { api.create(&PostParams::default(), &node).await.map(|_| ()) }
+            async move {
+                let status = node.status.clone();
+                let made = api.create(&PostParams::default(), &node).await?;
+                // The API server keeps a new node's status only through
+                // its status subresource: written once, as a kubelet would.
+                let ready = made
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready"));
+                if with_status && !ready {
+                    let name = made.metadata.name.clone().unwrap_or_default();
+                    let body = json!({"status": status});
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+                        .await?;
+                }
+                Ok::<(), kube::Error>(())
+            }
         })
         .buffer_unordered(parallel.max(1))
         .try_collect::<Vec<()>>()
@@ -419,11 +447,25 @@ async fn full_rollout(
     );
     let node_create_seconds = create(
         client,
-        nodes.iter().map(SimNode::to_node).collect(),
+        nodes
+            .iter()
+            .map(|n| {
+                let node = n.to_node();
+                if args.no_kwok {
+                    simulate::ready(node)
+                } else {
+                    node
+                }
+            })
+            .collect(),
         args.parallel,
+        args.no_kwok,
     )
     .await?;
-    wait_nodes_ready(client, name, count).await?;
+    // Without kwok the nodes are Ready as created: no list of them all.
+    if !args.no_kwok {
+        wait_nodes_ready(client, name, count).await?;
+    }
     eprintln!("bench: {count} nodes created in {node_create_seconds:.1}s and Ready");
 
     let pool: GpuPool = apply(
@@ -436,11 +478,20 @@ async fn full_rollout(
     let waves = json!([{"nodes": first}, {"percent": 10}, {"percent": 100}]);
     let batch_body = batch_json(name, waves, args.max_concurrent.clamp(1, count as u32));
 
-    let burn_in = tokio::spawn(simulate::burn_in(
-        client.clone(),
-        NAMESPACE.to_string(),
-        Duration::from_secs_f64(args.probe_seconds),
-    ));
+    let delay = Duration::from_secs_f64(args.probe_seconds);
+    let burn_in = if args.no_kwok {
+        tokio::spawn(simulate::kubelet_less_burn_in(
+            client.clone(),
+            NAMESPACE.to_string(),
+            delay,
+        ))
+    } else {
+        tokio::spawn(simulate::burn_in(
+            client.clone(),
+            NAMESPACE.to_string(),
+            delay,
+        ))
+    };
     let metrics_port = free_port()?;
     let mut operator = Operator::start(plane, name, metrics_port, args)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -601,7 +652,7 @@ async fn peer_comparison(
         .map(|n| with_taint(n.to_node(), ONBOARDING_TAINT))
         .collect();
     let count = nodes.len();
-    create(client, nodes, args.parallel).await?;
+    create(client, nodes, args.parallel, false).await?;
     wait_nodes_ready(client, name, count).await?;
     let _: GpuPool = apply(client, &pool_json(name, None, 0)).await?;
     let metrics_port = free_port()?;
@@ -650,7 +701,7 @@ async fn peer_comparison(
         .iter()
         .map(|n| with_taint(n.to_node(), NOT_READY_TAINT))
         .collect();
-    create(client, nodes, args.parallel).await?;
+    create(client, nodes, args.parallel, false).await?;
     wait_nodes_ready(client, name, count).await?;
     let audit_from = plane.audit_len();
     let t = Instant::now();

@@ -136,9 +136,23 @@ impl ControlPlane {
     /// `keep`, they outlive this process until [`ControlPlane::stop_hint`]'s
     /// command stops them; else they stop with it, however it ends.
     pub async fn start(tools: &[&str], keep: bool) -> anyhow::Result<ControlPlane> {
+        Self::start_with(tools, keep, true).await
+    }
+
+    /// [`ControlPlane::start`], with or without kwok running (it is built
+    /// either way: the test bed's folders keep their order).
+    pub async fn start_with(
+        tools: &[&str],
+        keep: bool,
+        kwok: bool,
+    ) -> anyhow::Result<ControlPlane> {
         let script = scripts()?.join("controlplane.py");
         let mut cmd = std::process::Command::new("python3");
-        cmd.arg(&script).args(["up", "--kwok", "--json", "--tools"]);
+        cmd.arg(&script).arg("up");
+        if kwok {
+            cmd.arg("--kwok");
+        }
+        cmd.args(["--json", "--tools"]);
         cmd.arg(
             ["kube-apiserver", "etcd", "kwok"]
                 .iter()
