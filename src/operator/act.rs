@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
 
@@ -281,12 +281,7 @@ pub async fn apply_actions(
         })
         .collect();
     report.probes_deleted = deletes.len();
-    let pods = &pods;
-    stream::iter(deletes)
-        .map(|name| async move { delete_probe(ctx, pods, &name).await })
-        .buffer_unordered(PARALLEL_WRITES)
-        .try_collect::<Vec<()>>()
-        .await?;
+    delete_probes(ctx, &pods, &deletes).await?;
     if let Some(message) = certifications(ctx, pool, batch, actions).await? {
         ctx.note_probe_rejection(&batch_uid, Some(message.clone()));
         report.probe_rejected = Some(message);
@@ -404,7 +399,7 @@ async fn create_probe(
                 && group.rank == 0
                 && let Some(refused) = create_group_service(ctx, group, &created).await?
             {
-                let _ = delete_probe(ctx, pods, &name).await;
+                let _ = delete_probes(ctx, pods, std::slice::from_ref(&name)).await;
                 return Ok(Some(refused));
             }
             let wants_domain = pool
@@ -416,7 +411,7 @@ async fn create_probe(
             {
                 // Without its domain the group cannot run: its first pod
                 // goes, so the next plan makes both again.
-                let _ = delete_probe(ctx, pods, &name).await;
+                let _ = delete_probes(ctx, pods, std::slice::from_ref(&name)).await;
                 return Ok(Some(refused));
             }
             Ok(None)
@@ -512,20 +507,92 @@ async fn create_compute_domain(
     }
 }
 
-/// Deletes a probe pod; one already gone is fine.
-async fn delete_probe(ctx: &Context, pods: &Api<Pod>, name: &str) -> Result<(), Error> {
-    may_write(ctx, &format!("deleting probe pod {name}")).await?;
-    match pods.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {
-            Expectations::expect(&ctx.expectations.deletes, name);
-            Ok(())
-        }
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(Error::kube(format!(
-            "deleting probe pod {}/{name}",
-            ctx.config.probes.namespace
-        ))(err)),
+/// Pods named in one collection delete at most (the selector's length).
+const DELETE_AT_ONCE: usize = 100;
+
+/// Deletes probe pods, in as few requests as it can: the pods gpufleet
+/// made carry their name's hash in [`super::probe::PROBE_LABEL`], so up to
+/// [`DELETE_AT_ONCE`] of them go in one `deletecollection` by that label
+/// (`in (…)`); any other pod (someone else's at a probe's name, or one made
+/// before the label) goes by its name (`metadata.name=…`), also a
+/// collection delete, so gpufleet needs one verb on pods to delete them.
+/// Pods already gone are fine.
+async fn delete_probes(ctx: &Context, pods: &Api<Pod>, names: &[String]) -> Result<(), Error> {
+    use kube::runtime::reflector::ObjectRef;
+    if names.is_empty() {
+        return Ok(());
     }
+    let namespace = &ctx.config.probes.namespace;
+    let mut labelled: Vec<(&String, String)> = Vec::new();
+    let mut by_name: Vec<&String> = Vec::new();
+    for name in names {
+        let hash = super::probe::probe_label_value(name);
+        let cached = ctx
+            .stores
+            .probes
+            .get(&ObjectRef::new(name).within(namespace));
+        let ours = cached.is_some_and(|pod| {
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(super::probe::PROBE_LABEL))
+                == Some(&hash)
+        });
+        if ours {
+            labelled.push((name, hash));
+        } else {
+            by_name.push(name);
+        }
+    }
+    let mut requests: Vec<(Vec<String>, ListParams)> = labelled
+        .chunks(DELETE_AT_ONCE)
+        .map(|chunk| {
+            let hashes: Vec<&str> = chunk.iter().map(|(_, h)| h.as_str()).collect();
+            (
+                chunk.iter().map(|(n, _)| (*n).clone()).collect(),
+                ListParams::default().labels(&format!(
+                    "{} in ({})",
+                    super::probe::PROBE_LABEL,
+                    hashes.join(",")
+                )),
+            )
+        })
+        .collect();
+    requests.extend(by_name.into_iter().map(|n| {
+        (
+            vec![n.clone()],
+            ListParams::default().fields(&format!("metadata.name={n}")),
+        )
+    }));
+    let namespace = namespace.clone();
+    stream::iter(requests)
+        .map(|(names, params)| {
+            let namespace = namespace.clone();
+            async move {
+                let what = match names.as_slice() {
+                    [one] => format!("deleting probe pod {one}"),
+                    many => format!("deleting {} probe pods", many.len()),
+                };
+                may_write(ctx, &what).await?;
+                match pods
+                    .delete_collection(&DeleteParams::background(), &params)
+                    .await
+                {
+                    Ok(_) => {
+                        for name in &names {
+                            Expectations::expect(&ctx.expectations.deletes, name);
+                        }
+                        Ok(())
+                    }
+                    Err(err) if is_not_found(&err) => Ok(()),
+                    Err(err) => Err(Error::kube(format!("{what} in {namespace}"))(err)),
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL_WRITES)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
 /// What became of one node patch.

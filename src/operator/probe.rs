@@ -73,6 +73,16 @@ pub fn compute_domain(
     })
 }
 
+/// Label on every probe and rack test pod: a hash of its name (names may
+/// be longer than a label value), so that finished pods are deleted many
+/// at once by a label selector.
+pub const PROBE_LABEL: &str = "gpufleet.io/probe";
+
+/// The value of [`PROBE_LABEL`] for a pod name.
+pub fn probe_label_value(pod_name: &str) -> String {
+    format!("{:016x}", keys::stable_hash(pod_name.as_bytes()))
+}
+
 /// Label on a rack test group's pods naming their run (the group's
 /// ComputeDomain and headless Service are named the same).
 pub const GROUP_RUN_LABEL: &str = "gpufleet.io/group-run";
@@ -148,6 +158,7 @@ pub fn probe_pod(
     if let Some(group) = &request.group {
         labels.insert(keys::GROUP.into(), group.group.clone());
     }
+    labels.insert(PROBE_LABEL.into(), probe_label_value(&request.pod_name));
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(keys::ATTEMPT.into(), request.attempt.to_string());
     annotations.insert(keys::BATCH.into(), batch_name.clone());
