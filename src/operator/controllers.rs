@@ -41,7 +41,7 @@ pub async fn batches(
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(not_status(), Default::default());
+        .predicate_filter(not_status::<RolloutBatch>(), Default::default());
     Controller::for_stream(own, reader)
         .with_config(config)
         .reconcile_on(stream_of(requests))
@@ -56,16 +56,24 @@ pub async fn batches(
         .await
 }
 
-/// What of a batch its own watch triggers on: everything but its status.
-fn not_status() -> impl Predicate<DeserializeGuard<RolloutBatch>> + Send + Sync + 'static {
-    fn deleting(batch: &DeserializeGuard<RolloutBatch>) -> Option<u64> {
-        Some(u64::from(batch.meta().deletion_timestamp.is_some()))
+/// What of an object its own watch triggers on: everything but its status
+/// (spec through the generation, labels, annotations, finalizers,
+/// deletion).
+fn not_status<K: 'static>() -> impl Predicate<DeserializeGuard<K>> + Send + Sync + 'static
+where
+    DeserializeGuard<K>: Resource,
+{
+    fn deleting<K>(object: &DeserializeGuard<K>) -> Option<u64>
+    where
+        DeserializeGuard<K>: Resource,
+    {
+        Some(u64::from(object.meta().deletion_timestamp.is_some()))
     }
     predicates::generation
         .combine(predicates::labels)
         .combine(predicates::annotations)
         .combine(predicates::finalizers)
-        .combine(deleting)
+        .combine(deleting::<K>)
 }
 
 /// The pool controller: pools' own changes and their nodes'. Runs until its
@@ -77,7 +85,14 @@ pub async fn pools(
     ctx: Arc<Context>,
 ) {
     let config = controller::Config::default().concurrency(ctx.config.concurrency);
-    Controller::new(Api::<DeserializeGuard<GpuPool>>::all(client), watch)
+    // As for batches: a pool's own status writes do not trigger it.
+    let (reader, writer) = reflector::store();
+    let own = watcher(Api::<DeserializeGuard<GpuPool>>::all(client), watch)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(not_status::<GpuPool>(), Default::default());
+    Controller::for_stream(own, reader)
         .with_config(config)
         .reconcile_on(stream_of(requests))
         .reconcile_all_on(acquisitions(ctx.leadership.clone()))
