@@ -99,6 +99,10 @@ pub struct Args {
     /// cannot simulate on this machine; not with --peer.
     #[arg(long, conflicts_with = "peer")]
     no_kwok: bool,
+    /// With --no-kwok, leave kube-apiserver as the test bed starts it (to
+    /// measure what the scale tuning does).
+    #[arg(long, requires = "no_kwok")]
+    untuned: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -141,6 +145,8 @@ pub struct Report {
     pub peer: Option<PeerComparison>,
     /// Peak RSS of the test bed's processes at the end (KiB).
     pub control_plane_peak_rss_kib: BTreeMap<String, u64>,
+    /// What the scale test bed changed of kube-apiserver (`--no-kwok`).
+    pub api_server_tuning: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Debug)]
@@ -240,7 +246,17 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     } else {
         &[]
     };
-    let plane = ControlPlane::start_with(tools, args.keep, !args.no_kwok).await?;
+    // The scale test bed: no kwok, and kube-apiserver tuned for the size.
+    let plane = ControlPlane::start_with(
+        tools,
+        args.keep,
+        !args.no_kwok,
+        args.no_kwok && !args.untuned,
+    )
+    .await?;
+    if let Some(tuning) = &plane.tuning {
+        eprintln!("bench: kube-apiserver tuned for scale: {tuning}");
+    }
     let control_plane_seconds = started.elapsed().as_secs_f64();
     eprintln!(
         "bench: control plane up in {control_plane_seconds:.1}s ({})",
@@ -258,6 +274,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         rollout: None,
         peer: None,
         control_plane_peak_rss_kib: BTreeMap::new(),
+        api_server_tuning: plane.tuning.clone(),
     };
     if !args.no_rollout {
         report.rollout = Some(full_rollout(args, &plane, &client, domains).await?);

@@ -121,6 +121,8 @@ pub struct ControlPlane {
     pub audit_log: PathBuf,
     /// The test bed's processes by name (etcd, kube-apiserver, kwok).
     pub pids: BTreeMap<String, u32>,
+    /// What `up --scale` changed of kube-apiserver (flags, environment).
+    pub tuning: Option<serde_json::Value>,
     /// The folders build.sh printed: k8s, etcd, kwok, helm, kstatus, kcm.
     bins: Vec<PathBuf>,
     /// kubectl, when it was built.
@@ -136,7 +138,7 @@ impl ControlPlane {
     /// `keep`, they outlive this process until [`ControlPlane::stop_hint`]'s
     /// command stops them; else they stop with it, however it ends.
     pub async fn start(tools: &[&str], keep: bool) -> anyhow::Result<ControlPlane> {
-        Self::start_with(tools, keep, true).await
+        Self::start_with(tools, keep, true, false).await
     }
 
     /// [`ControlPlane::start`], with or without kwok running (it is built
@@ -145,12 +147,16 @@ impl ControlPlane {
         tools: &[&str],
         keep: bool,
         kwok: bool,
+        scale: bool,
     ) -> anyhow::Result<ControlPlane> {
         let script = scripts()?.join("controlplane.py");
         let mut cmd = std::process::Command::new("python3");
         cmd.arg(&script).arg("up");
         if kwok {
             cmd.arg("--kwok");
+        }
+        if scale {
+            cmd.arg("--scale");
         }
         cmd.args(["--json", "--tools"]);
         cmd.arg(
@@ -212,6 +218,7 @@ impl ControlPlane {
             audit_log: path("audit_log").unwrap_or_else(|| dir.join("audit.log")),
             dir,
             pids,
+            tuning: Some(info["scale"].clone()).filter(|v| !v.is_null()),
             bins,
             kubectl: path("kubectl"),
             watcher: None,
