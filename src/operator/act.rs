@@ -439,32 +439,10 @@ async fn create_group_service(
     group: &crate::planner::GroupMember,
     owner: &Pod,
 ) -> Result<Option<String>, Error> {
-    use k8s_openapi::api::core::v1::Service;
     let namespace = &ctx.config.probes.namespace;
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
-    let service: Service =
-        match serde_json::from_value(super::probe::group_service(group, namespace, owner)) {
-            Ok(service) => service,
-            Err(err) => return Ok(Some(format!("a group's Service does not serialize: {err}"))),
-        };
-    let name = service.metadata.name.clone().unwrap_or_default();
-    may_write(ctx, &format!("creating Service {name}")).await?;
-    let params = PostParams {
-        field_manager: Some(keys::FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    match api.create(&params, &service).await {
-        Ok(_) => Ok(None),
-        Err(err) if is_conflict(&err) => Ok(None),
-        Err(err) if is_rejection(&err) => {
-            let message = format!("Service {name}: {}", refusal(&err));
-            warn!(%message, "the API server refused a rack test's Service");
-            Ok(Some(message))
-        }
-        Err(err) => Err(Error::kube(format!("creating Service {namespace}/{name}"))(
-            err,
-        )),
-    }
+    let resource = kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
+    let body = super::probe::group_service(group, namespace, owner);
+    create_for_group(ctx, "Service", &resource, body).await
 }
 
 /// Creates a rack test group's ComputeDomain, owned by its first pod.
@@ -475,20 +453,34 @@ async fn create_compute_domain(
     group: &crate::planner::GroupMember,
     owner: &Pod,
 ) -> Result<Option<String>, Error> {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use kube::api::{ApiResource, GroupVersionKind};
     let namespace = &ctx.config.probes.namespace;
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("resource.nvidia.com", "v1beta1", "ComputeDomain"),
         "computedomains",
     );
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
     let body = super::probe::compute_domain(group, namespace, owner);
+    create_for_group(ctx, "ComputeDomain", &resource, body).await
+}
+
+/// Creates one object a rack test group brings, in the probe namespace; one
+/// that exists already is fine. `Ok(Some(message))`: the API server refused
+/// it, in its words.
+async fn create_for_group(
+    ctx: &Context,
+    kind: &str,
+    resource: &kube::api::ApiResource,
+    body: serde_json::Value,
+) -> Result<Option<String>, Error> {
+    use kube::api::DynamicObject;
+    let namespace = &ctx.config.probes.namespace;
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, resource);
     let object: DynamicObject = match serde_json::from_value(body) {
         Ok(object) => object,
-        Err(err) => return Ok(Some(format!("a ComputeDomain does not serialize: {err}"))),
+        Err(err) => return Ok(Some(format!("a {kind} does not serialize: {err}"))),
     };
     let name = object.metadata.name.clone().unwrap_or_default();
-    may_write(ctx, &format!("creating ComputeDomain {name}")).await?;
+    may_write(ctx, &format!("creating {kind} {name}")).await?;
     let params = PostParams {
         field_manager: Some(keys::FIELD_MANAGER.into()),
         ..Default::default()
@@ -497,13 +489,13 @@ async fn create_compute_domain(
         Ok(_) => Ok(None),
         Err(err) if is_conflict(&err) => Ok(None),
         Err(err) if is_rejection(&err) => {
-            let message = format!("ComputeDomain {name}: {}", refusal(&err));
-            warn!(%message, "the API server refused a rack test's ComputeDomain");
+            let message = format!("{kind} {name}: {}", refusal(&err));
+            warn!(%message, "the API server refused an object of a rack test");
             Ok(Some(message))
         }
-        Err(err) => Err(Error::kube(format!(
-            "creating ComputeDomain {namespace}/{name}"
-        ))(err)),
+        Err(err) => Err(Error::kube(format!("creating {kind} {namespace}/{name}"))(
+            err,
+        )),
     }
 }
 

@@ -43,6 +43,17 @@ pub fn compute_domain_name(group: &crate::planner::GroupMember) -> String {
         .to_string()
 }
 
+/// An owner reference to a group's first pod: what it owns goes with it.
+fn owned_by(owner: &Pod) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": owner.metadata.name,
+        "uid": owner.metadata.uid,
+        "blockOwnerDeletion": false,
+    })
+}
+
 /// The ComputeDomain of a rack test group (NVIDIA's DRA driver), owned by
 /// the group's first pod so that it goes with the pods.
 pub fn compute_domain(
@@ -58,13 +69,7 @@ pub fn compute_domain(
             "name": name,
             "namespace": namespace,
             "labels": {keys::MANAGED_BY: keys::MANAGER, keys::GROUP: group.group},
-            "ownerReferences": [{
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": owner.metadata.name,
-                "uid": owner.metadata.uid,
-                "blockOwnerDeletion": false,
-            }],
+            "ownerReferences": [owned_by(owner)],
         },
         "spec": {
             "numNodes": group.peers.len(),
@@ -103,13 +108,7 @@ pub fn group_service(
             "name": name,
             "namespace": namespace,
             "labels": {keys::MANAGED_BY: keys::MANAGER, keys::GROUP: group.group},
-            "ownerReferences": [{
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": owner.metadata.name,
-                "uid": owner.metadata.uid,
-                "blockOwnerDeletion": false,
-            }],
+            "ownerReferences": [owned_by(owner)],
         },
         "spec": {
             "clusterIP": "None",

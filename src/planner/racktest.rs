@@ -351,9 +351,8 @@ impl Planner<'_> {
             || self.cert_creates.iter().any(|c| c.group == key)
     }
 
-    /// The run of group `key` its live pods (or Certification) are at (0
-    /// before any).
-    fn group_run(&self, key: &str) -> u32 {
+    /// The runs of group `key` that have live pods or Certifications.
+    fn group_runs(&self, key: &str) -> std::collections::BTreeSet<u32> {
         let pods = self
             .snapshot
             .probes
@@ -366,7 +365,13 @@ impl Planner<'_> {
             .iter()
             .filter(|c| c.group.as_deref() == Some(key) && !c.deleting)
             .filter_map(|c| run_of(&c.name));
-        pods.chain(certs).max().unwrap_or(0)
+        pods.chain(certs).collect()
+    }
+
+    /// The run of group `key` its live pods (or Certification) are at (0
+    /// before any).
+    fn group_run(&self, key: &str) -> u32 {
+        self.group_runs(key).last().copied().unwrap_or(0)
     }
 
     /// What group `key` of `members` came to when NVCRE runs the test: its
@@ -387,14 +392,7 @@ impl Planner<'_> {
         let Some(cert) = cert else {
             // Someone else's object at the name is never taken for ours.
             if !self.snapshot.certifications.iter().any(|c| c.name == name) {
-                self.cert_creates.push(super::CertRequest {
-                    name: name.clone(),
-                    group: key.to_string(),
-                    nodes: members
-                        .iter()
-                        .map(|&m| self.members[m].view.name.clone())
-                        .collect(),
-                });
+                self.ask_certification(key, self.group_run(key), members);
             } else {
                 self.rack_unreadable.get_or_insert(format!(
                     "a Certification named {name} that this batch did not make is in the way of a rack test; delete it"
@@ -472,14 +470,7 @@ impl Planner<'_> {
         if matches!(result, Result::Failed { .. }) && self.group_retried(key) < spec.retries() {
             let run = self.group_run(key) + 1;
             if spec.nvcre.is_some() {
-                self.cert_creates.push(super::CertRequest {
-                    name: group_cert_name(key, run),
-                    group: key.to_string(),
-                    nodes: members
-                        .iter()
-                        .map(|&m| self.members[m].view.name.clone())
-                        .collect(),
-                });
+                self.ask_certification(key, run, members);
             } else {
                 let ranks: Vec<usize> = (0..members.len()).collect();
                 self.ask_group_pods(key, run, members, &ranks);
@@ -693,6 +684,18 @@ impl Planner<'_> {
         Result::Running
     }
 
+    /// Asks for the Certification of run `run` of group `key`.
+    fn ask_certification(&mut self, key: &str, run: u32, members: &[usize]) {
+        self.cert_creates.push(super::CertRequest {
+            name: group_cert_name(key, run),
+            group: key.to_string(),
+            nodes: members
+                .iter()
+                .map(|&m| self.members[m].view.name.clone())
+                .collect(),
+        });
+    }
+
     /// Asks for the pods of run `run` of group `key` at these ranks.
     fn ask_group_pods(&mut self, key: &str, run: u32, members: &[usize], ranks: &[usize]) {
         let peers: Vec<String> = (0..members.len())
@@ -722,20 +725,7 @@ impl Planner<'_> {
     /// (or Certifications) are kept until the domain is decided, so they
     /// count the retries.
     fn group_retried(&self, key: &str) -> u32 {
-        let pods = self
-            .snapshot
-            .probes
-            .iter()
-            .filter(|p| p.group.as_deref() == Some(key) && !p.deleting)
-            .filter_map(|p| run_of(&p.name));
-        let certs = self
-            .snapshot
-            .certifications
-            .iter()
-            .filter(|c| c.group.as_deref() == Some(key) && !c.deleting)
-            .filter_map(|c| run_of(&c.name));
-        let runs: std::collections::BTreeSet<u32> = pods.chain(certs).collect();
-        runs.len().saturating_sub(1) as u32
+        self.group_runs(key).len().saturating_sub(1) as u32
     }
 
     /// Fails a tray the rack test found faulty.
