@@ -302,44 +302,64 @@ pub async fn set_condition(
 pub async fn burn_in(client: kube::Client, namespace: String, delay: Duration) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let nodes: Api<Node> = Api::all(client.clone());
+    let delay = format!("{}ms", delay.as_millis());
+    work_through_probes(pods.clone(), unfinished, BURN_INS_AT_ONCE, |pod| {
+        let (pods, nodes, delay) = (pods.clone(), nodes.clone(), delay.clone());
+        async move { finish(&pods, &nodes, &pod, &delay).await }
+    })
+    .await;
+}
+
+/// The stand-ins' common loop: gpufleet's pods in `pods` that `wanted`
+/// accepts are queued by a watch (renewed every minute) and handed to
+/// `finish`, up to `at_once` at a time; one it could not finish is tried
+/// again a few seconds later until it is done or gone. The watch only
+/// queues, so a slow API server never holds it back until the server drops
+/// it as a stalled consumer.
+async fn work_through_probes<F, Fut>(
+    pods: Api<Pod>,
+    wanted: fn(&Pod) -> bool,
+    at_once: usize,
+    finish: F,
+) where
+    F: Fn(Pod) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
     let config = watcher::Config::default()
         .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER))
         .timeout(55);
-    // The watch only queues the probes that still need an outcome; the work
-    // happens elsewhere, so a slow API server never holds the watch back
-    // until the server drops it as a stalled consumer.
     let (todo_tx, mut todo_rx) = tokio::sync::mpsc::unbounded_channel::<Pod>();
     let queue = todo_tx.clone();
-    let watch = watcher(pods.clone(), config)
+    let watch = watcher(pods, config)
         .default_backoff()
         .applied_objects()
         .for_each(move |event| {
             match event {
-                Ok(pod) if unfinished(&pod) => {
+                Ok(pod) if wanted(&pod) => {
                     let _ = queue.send(pod);
                 }
                 Ok(_) => {}
-                Err(err) => debug!(%err, "burn-in watch error"),
+                Err(err) => debug!(%err, "stand-in watch error"),
             }
             futures::future::ready(())
         });
-    let delay = format!("{}ms", delay.as_millis());
+    let finish = &finish;
     let work = futures::stream::poll_fn(move |cx| todo_rx.poll_recv(cx))
         .map(|pod| {
-            let (pods, nodes, delay, retry) = (&pods, &nodes, &delay, todo_tx.clone());
+            let retry = todo_tx.clone();
             async move {
-                match finish(pods, nodes, &pod, delay).await {
+                match finish(pod.clone()).await {
                     Ok(()) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(err) => {
-                        debug!(pod = ?pod.metadata.name, %err, "burn-in stand-in could not annotate a probe; retrying");
+                        debug!(pod = ?pod.metadata.name, %err, "stand-in could not finish a probe; retrying");
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         let _ = retry.send(pod);
                     }
                 }
             }
         })
-        .buffer_unordered(BURN_INS_AT_ONCE)
+        .buffer_unordered(at_once)
         .for_each(|()| futures::future::ready(()));
     futures::future::join(watch, work).await;
 }
@@ -371,55 +391,30 @@ pub fn ready(mut node: Node) -> Node {
 /// [`burn_in`] does.
 pub async fn kubelet_less_burn_in(client: kube::Client, namespace: String, delay: Duration) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let config = watcher::Config::default()
-        .labels(&format!("{}={}", keys::MANAGED_BY, keys::MANAGER))
-        .timeout(55);
-    let (todo_tx, mut todo_rx) = tokio::sync::mpsc::unbounded_channel::<Pod>();
-    let queue = todo_tx.clone();
-    let watch = watcher(pods.clone(), config)
-        .default_backoff()
-        .applied_objects()
-        .for_each(move |event| {
-            if let Ok(pod) = event
-                && pod.metadata.deletion_timestamp.is_none()
-                && pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.phase.as_deref())
-                    .is_none_or(|p| p == "Pending")
-            {
-                let _ = queue.send(pod);
-            }
-            futures::future::ready(())
-        });
-    let work = futures::stream::poll_fn(move |cx| todo_rx.poll_recv(cx))
-        .map(|pod| {
-            let (pods, retry) = (&pods, todo_tx.clone());
-            async move {
-                // Finished `delay` after it was created.
-                let created = pod
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0)
-                    .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
-                let age = k8s_openapi::jiff::Timestamp::now().duration_since(created);
-                let wait = delay.saturating_sub(age.unsigned_abs());
-                tokio::time::sleep(wait).await;
-                match finish_as_kubelet(pods, &pod, delay).await {
-                    Ok(()) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(err) => {
-                        debug!(pod = ?pod.metadata.name, %err, "stand-in could not finish a probe; retrying");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        let _ = retry.send(pod);
-                    }
-                }
-            }
-        })
-        .buffer_unordered(BURN_INS_AT_ONCE * 8)
-        .for_each(|()| futures::future::ready(()));
-    futures::future::join(watch, work).await;
+    let pending = |pod: &Pod| {
+        pod.metadata.deletion_timestamp.is_none()
+            && pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_none_or(|p| p == "Pending")
+    };
+    work_through_probes(pods.clone(), pending, BURN_INS_AT_ONCE * 8, |pod| {
+        let pods = pods.clone();
+        async move {
+            // Finished `delay` after it was created.
+            let created = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+            let age = k8s_openapi::jiff::Timestamp::now().duration_since(created);
+            tokio::time::sleep(delay.saturating_sub(age.unsigned_abs())).await;
+            finish_as_kubelet(&pods, &pod, delay).await
+        }
+    })
+    .await;
 }
 
 /// Writes a probe pod's status as a kubelet that ran it for `ran` would.

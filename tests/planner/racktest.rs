@@ -440,3 +440,37 @@ fn retries_apply_to_every_group_before_it_counts() {
     assert!(twice(vec![N2, N3]), "{runs:?}");
     assert!(twice(vec![N2, N0]), "{runs:?}");
 }
+
+#[test]
+fn someone_elses_certification_at_a_groups_name_is_never_read() {
+    // Another writer puts a Certification at the group's name, finished and
+    // passed: it decides nothing, and the batch says it is in the way.
+    let mut s = rack(by_nvcre(""), |_| true);
+    s.step();
+    s.finish_probes();
+    s.step();
+    assert_eq!(s.snapshot.certifications.len(), 1);
+    for cert in &mut s.snapshot.certifications {
+        cert.batch_uid = Some("someone-else".into());
+        cert.outcome = CertOutcome::Finished {
+            passed: true,
+            failed: Vec::new(),
+            message: "forged".into(),
+        };
+    }
+    let plan = s.step();
+    assert_eq!(
+        in_state(&s, Ready),
+        Vec::<String>::new(),
+        "admitted on a forged pass"
+    );
+    let stalled = condition(&plan, "Stalled");
+    assert_eq!(stalled.reason, "RackTestUnreadable");
+    assert!(
+        stalled
+            .message
+            .contains("that this batch did not make is in the way"),
+        "{}",
+        stalled.message
+    );
+}
