@@ -184,6 +184,7 @@ fn scenario(total: usize) -> Scenario {
                     created: Some(now - SignedDuration::from_secs(115)),
                     run: None,
                     started_at: Some(now - SignedDuration::from_secs(114)),
+                    finished_at: None,
                     not_running: None,
                     evicted: false,
                     deleting: false,

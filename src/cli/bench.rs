@@ -210,8 +210,13 @@ pub struct Requests {
 pub struct Reconciles {
     pub count: f64,
     pub mean_ms: f64,
-    /// Node records plans read (`gpufleet_plan_node_visits_total`).
+    /// Node records plans read (`gpufleet_plan_node_visits_total`), in all
+    /// and by the pool controller's plans.
     pub node_visits: f64,
+    pub pool_node_visits: f64,
+    /// Batch reconciles put off by the plan pace
+    /// (`gpufleet_plans_paced_total`).
+    pub plans_paced: f64,
     /// Changed nodes the watch delivered, planned and ignored
     /// (`gpufleet_node_events_total`).
     pub node_events_planned: f64,
@@ -989,6 +994,7 @@ fn scrape_reconciles(port: u16) -> Option<Reconciles> {
     stream.read_to_string(&mut body).ok()?;
     let (mut sum, mut count) = (0.0, 0.0);
     let (mut visits, mut planned, mut ignored) = (0.0, 0.0, 0.0);
+    let (mut pool_visits, mut paced) = (0.0, 0.0);
     for line in body.lines() {
         let value = |l: &str| {
             l.rsplit(' ')
@@ -998,6 +1004,11 @@ fn scrape_reconciles(port: u16) -> Option<Reconciles> {
         };
         if line.starts_with("gpufleet_plan_node_visits_total") {
             visits += value(line);
+            if line.contains("controller=\"gpupool\"") {
+                pool_visits += value(line);
+            }
+        } else if line.starts_with("gpufleet_plans_paced_total") {
+            paced += value(line);
         } else if line.starts_with("gpufleet_node_events_total{planned=\"yes\"}") {
             planned += value(line);
         } else if line.starts_with("gpufleet_node_events_total{planned=\"no\"}") {
@@ -1012,6 +1023,8 @@ fn scrape_reconciles(port: u16) -> Option<Reconciles> {
         count,
         mean_ms: sum / count * 1000.0,
         node_visits: visits,
+        pool_node_visits: pool_visits,
+        plans_paced: paced,
         node_events_planned: planned,
         node_events_ignored: ignored,
     })

@@ -78,6 +78,16 @@ pub struct Args {
     /// Certifications in the probe namespace. Needs NVCRE installed.
     #[arg(long, env = "GPUFLEET_NVCRE")]
     nvcre: bool,
+    /// A batch is planned at most once per this many seconds per 1,000
+    /// nodes of its pool (60 s at most): a plan reads the whole pool, and
+    /// changes in between are planned together. 0: plan back to back.
+    #[arg(
+        long,
+        env = "GPUFLEET_PLAN_PACE",
+        default_value_t = 0.4,
+        value_name = "SECONDS"
+    )]
+    plan_pace: f64,
     /// Events recorded per second at most (bursts of five times that).
     #[arg(long, env = "GPUFLEET_EVENTS_PER_SECOND", default_value_t = 5.0)]
     events_per_second: f64,
@@ -136,6 +146,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             burst: args.burst.max(1.0),
             nvcre: args.nvcre,
             metrics,
+            plan_pace_per_node: std::time::Duration::try_from_secs_f64(
+                args.plan_pace.clamp(0.0, 60.0) / 1000.0,
+            )
+            .unwrap_or_default(),
         };
         operator::run(client, config, shutdown_signal()).await
     })?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Map, Value, json};
 use tracing::{debug, warn};
@@ -269,13 +270,13 @@ pub async fn apply_actions(
         }
     }
 
-    let deletes: Vec<String> = actions
+    let deletes: Vec<(String, Option<Timestamp>)> = actions
         .iter()
         .filter_map(|a| match a {
-            Action::DeleteProbe { pod_name }
+            Action::DeleteProbe { pod_name, run }
                 if !Expectations::expected(&ctx.expectations.deletes, pod_name) =>
             {
-                Some(pod_name.clone())
+                Some((pod_name.clone(), *run))
             }
             _ => None,
         })
@@ -399,7 +400,7 @@ async fn create_probe(
                 && group.rank == 0
                 && let Some(refused) = create_group_service(ctx, group, &created).await?
             {
-                let _ = delete_probes(ctx, pods, std::slice::from_ref(&name)).await;
+                let _ = delete_probes(ctx, pods, &[(name.clone(), req.run)]).await;
                 return Ok(Some(refused));
             }
             let wants_domain = pool
@@ -411,7 +412,7 @@ async fn create_probe(
             {
                 // Without its domain the group cannot run: its first pod
                 // goes, so the next plan makes both again.
-                let _ = delete_probes(ctx, pods, std::slice::from_ref(&name)).await;
+                let _ = delete_probes(ctx, pods, &[(name.clone(), req.run)]).await;
                 return Ok(Some(refused));
             }
             Ok(None)
@@ -503,13 +504,18 @@ async fn create_for_group(
 const DELETE_AT_ONCE: usize = 100;
 
 /// Deletes probe pods, in as few requests as it can: the pods gpufleet
-/// made carry their name's hash in [`super::probe::PROBE_LABEL`], so up to
+/// made carry a hash of their name and run in [`super::probe::PROBE_LABEL`],
+/// so up to
 /// [`DELETE_AT_ONCE`] of them go in one `deletecollection` by that label
 /// (`in (…)`); any other pod (someone else's at a probe's name, or one made
 /// before the label) goes by its name (`metadata.name=…`), also a
 /// collection delete, so gpufleet needs one verb on pods to delete them.
 /// Pods already gone are fine.
-async fn delete_probes(ctx: &Context, pods: &Api<Pod>, names: &[String]) -> Result<(), Error> {
+async fn delete_probes(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    names: &[(String, Option<Timestamp>)],
+) -> Result<(), Error> {
     use kube::runtime::reflector::ObjectRef;
     if names.is_empty() {
         return Ok(());
@@ -517,8 +523,8 @@ async fn delete_probes(ctx: &Context, pods: &Api<Pod>, names: &[String]) -> Resu
     let namespace = &ctx.config.probes.namespace;
     let mut labelled: Vec<(&String, String)> = Vec::new();
     let mut by_name: Vec<&String> = Vec::new();
-    for name in names {
-        let hash = super::probe::probe_label_value(name);
+    for (name, run) in names {
+        let hash = super::probe::probe_label_value(name, *run);
         let cached = ctx
             .stores
             .probes

@@ -111,6 +111,14 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     let Ok(_guard) = lock.try_lock() else {
         return Ok(Action::requeue(POOL_BUSY_REQUEUE));
     };
+    // Planned a moment ago over a large pool: wait for the pace (what
+    // changed meanwhile is planned together).
+    let uid = batch.metadata.uid.clone().unwrap_or_default();
+    if let Some(wait) = ctx.plan_wait(&uid, batch.metadata.generation) {
+        ctx.metrics.plans_paced.inc();
+        return Ok(Action::requeue(wait));
+    }
+    let started = std::time::Instant::now();
     let pool = match ctx.stores.pool(pool_name) {
         Ok(Some(pool)) => pool,
         Ok(None) => {
@@ -160,8 +168,7 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     let plan = planner::plan(&pool, batch, &snapshot, now);
     ctx.metrics
-        .plan_node_visits
-        .inc_by(snapshot.nodes.len() as u64);
+        .record_visits("rolloutbatch", snapshot.nodes.len());
     let report = match act::apply(ctx, &pool, batch, &plan).await {
         Ok(report) => report,
         // A write the API server refuses (an onboarding taint it finds
@@ -215,6 +222,12 @@ async fn apply(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(CONFLICT_REQUEUE));
     }
     record(ctx, &pool, batch, &snapshot, &plan, now);
+    ctx.planned(
+        &uid,
+        batch.metadata.generation,
+        snapshot.nodes.len(),
+        started,
+    );
     let status_changed = batch.status.as_ref() != Some(&plan.status);
     if status_changed {
         write_status::<RolloutBatch>(ctx, &name, &plan.status, batch.status.as_ref()).await?;
@@ -288,8 +301,18 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
                 .and_then(|a| a.get(keys::BATCH))
                 == Some(&name)
         })
-        .filter_map(|p| p.metadata.name.clone())
-        .map(|pod_name| planner::Action::DeleteProbe { pod_name })
+        .filter_map(|p| {
+            let run = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(keys::STARTED))
+                .and_then(|r| r.parse().ok());
+            Some(planner::Action::DeleteProbe {
+                pod_name: p.metadata.name.clone()?,
+                run,
+            })
+        })
         .collect();
     // Without the pool (gone, or unreadable) there is no taint to touch:
     // releases leave taints as they are anyway.

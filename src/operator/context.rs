@@ -70,7 +70,27 @@ pub struct Config {
     /// tests through them (`healthChecks.domainTest.nvcre`): needs NVCRE's
     /// CRD and the rights on it (the chart's `nvcre.enabled`).
     pub nvcre: bool,
+    /// A batch is planned again at the soonest this long per node of its
+    /// pool after its last plan (at most [`MAX_PLAN_PACE`]): a plan reads
+    /// the whole pool, so without a pace a busy batch planned back to back
+    /// and its CPU grew with the square of the fleet. Zero: back to back.
+    pub plan_pace_per_node: Duration,
 }
+
+/// A pool's last reconcile: when, its pace then, and the pool's generation.
+type PoolRun = (std::time::Instant, Duration, Option<i64>);
+
+/// A pool's reconcile (its capacity report and breaker ledger) is paced
+/// this many times a batch's plan: it changes no node, and a node that
+/// fails makes it run at once.
+pub const POOL_PACE_FACTOR: u32 = 5;
+
+/// The longest a batch's plans are paced apart, whatever its pool's size.
+pub const MAX_PLAN_PACE: Duration = Duration::from_secs(60);
+
+/// The default pace: 0.4 s per 1,000 nodes (a 137,500-node pool is
+/// planned at most every 55 s; a plan there takes about 0.1 s of CPU).
+pub const PLAN_PACE_PER_NODE: Duration = Duration::from_micros(400);
 
 impl Default for Config {
     fn default() -> Self {
@@ -88,6 +108,7 @@ impl Default for Config {
             nvcre: false,
             burst: 100.0,
             metrics: Arc::new(metrics::Metrics::new()),
+            plan_pace_per_node: PLAN_PACE_PER_NODE,
         }
     }
 }
@@ -109,11 +130,15 @@ pub struct Context {
     pub(super) expectations: Arc<act::Expectations>,
     /// Node writes the node watch has not delivered yet.
     pub(super) deliveries: Arc<Deliveries>,
-    /// When each pool was last reconciled (see [`super::pool::EVERY`]).
-    pool_last_run: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each pool was last reconciled, and its pace then (see
+    /// [`super::pool::EVERY`]).
+    pool_last_run: Mutex<HashMap<String, PoolRun>>,
     /// Batches (by UID) whose probe pods the API server refused, with its
     /// message and when it last did (see [`Context::probe_rejection`]).
     probe_rejections: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Batches (by UID): when each may be planned next, and the generation
+    /// it was last planned at (see [`Context::plan_wait`]).
+    plan_pace: Mutex<HashMap<String, (std::time::Instant, Option<i64>)>>,
 }
 
 /// How long a refused probe pod stops new starts without a new refusal:
@@ -150,26 +175,103 @@ impl Context {
             pool_locks: Mutex::new(HashMap::new()),
             pool_last_run: Mutex::new(HashMap::new()),
             probe_rejections: Mutex::new(HashMap::new()),
+            plan_pace: Mutex::new(HashMap::new()),
             expectations,
             deliveries,
         }
     }
 
     /// How long until `pool` may be reconciled again, when it ran less than
-    /// `every` ago; otherwise `None`, and the run is recorded as now.
-    pub(super) fn pool_wait(&self, pool: &str, every: Duration) -> Option<Duration> {
+    /// its pace ago (`every`, or [`POOL_PACE_FACTOR`] times the plan pace
+    /// for its last size, whichever is longer), its spec is the same and no
+    /// node of it turned failed since; otherwise `None`, and the run is
+    /// recorded as now (call [`Self::pool_size`] after).
+    pub(super) fn pool_wait(
+        &self,
+        pool: &str,
+        generation: Option<i64>,
+        every: Duration,
+    ) -> Option<Duration> {
         let pools = self.pool_names();
+        let urgent = self
+            .stores
+            .urgent_pools
+            .lock()
+            .expect("urgent pools")
+            .remove(pool);
         let mut runs = self.pool_last_run.lock().expect("pool run map");
         runs.retain(|name, _| pools.contains(name));
         let now = std::time::Instant::now();
-        if let Some(last) = runs.get(pool) {
+        if let (Some((last, pace, seen)), false) = (runs.get(pool), urgent)
+            && *seen == generation
+        {
             let since = now.duration_since(*last);
-            if since < every {
-                return Some(every - since);
+            let pace = (*pace).max(every);
+            if since < pace {
+                return Some(pace - since);
             }
         }
-        runs.insert(pool.to_string(), now);
+        let pace = runs.get(pool).map(|(_, p, _)| *p).unwrap_or_default();
+        runs.insert(pool.to_string(), (now, pace, generation));
         None
+    }
+
+    /// Records the size of `pool` as its last reconcile found it: its
+    /// next reconcile waits the plan pace for that many nodes.
+    pub(super) fn pool_size(&self, pool: &str, nodes: usize) {
+        let pace = self
+            .config
+            .plan_pace_per_node
+            .saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX))
+            .saturating_mul(POOL_PACE_FACTOR)
+            .min(MAX_PLAN_PACE);
+        if let Some(run) = self
+            .pool_last_run
+            .lock()
+            .expect("pool run map")
+            .get_mut(pool)
+        {
+            run.1 = pace;
+        }
+    }
+
+    /// How long until the batch with this UID may be planned again, if it
+    /// was planned too recently ([`Config::plan_pace_per_node`]); `None`:
+    /// plan now. A batch whose spec changed (a person paused, approved or
+    /// edited it) is planned at once.
+    pub(super) fn plan_wait(&self, batch_uid: &str, generation: Option<i64>) -> Option<Duration> {
+        let map = self.plan_pace.lock().expect("plan pace map");
+        let (next, planned_at) = map.get(batch_uid)?;
+        if *planned_at != generation {
+            return None;
+        }
+        next.checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Records a plan of the batch with this UID over a pool of `nodes`,
+    /// made at `started`: the next may come one pace later.
+    pub(super) fn planned(
+        &self,
+        batch_uid: &str,
+        generation: Option<i64>,
+        nodes: usize,
+        started: std::time::Instant,
+    ) {
+        let pace = self
+            .config
+            .plan_pace_per_node
+            .saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX))
+            .min(MAX_PLAN_PACE);
+        let batches: std::collections::HashSet<String> = self
+            .stores
+            .batches()
+            .into_iter()
+            .filter_map(|b| b.metadata.uid)
+            .collect();
+        let mut map = self.plan_pace.lock().expect("plan pace map");
+        map.retain(|uid, _| batches.contains(uid));
+        map.insert(batch_uid.to_string(), (started + pace, generation));
     }
 
     /// The API server's last refusal of a probe pod of the batch with this

@@ -49,6 +49,11 @@ pub struct NewsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub pool: String,
     pub result: String,
@@ -98,8 +103,11 @@ pub struct Metrics {
     pub write_conflicts: Counter,
     /// Node events by whether a plan had news in them.
     pub node_events: Family<NewsLabels, Counter>,
-    /// Node records the plans visited (the operator's own work counter).
-    pub plan_node_visits: Counter,
+    /// Node records the plans visited (the operator's own work counter),
+    /// by controller (`rolloutbatch`, `gpupool`).
+    pub plan_node_visits: Family<ControllerLabels, Counter>,
+    /// Batch reconciles put off to keep a plan's pace.
+    pub plans_paced: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -122,6 +130,15 @@ impl Metrics {
 
     /// One changed node from the watch: `news` when a plan reads something
     /// new in it (else it plans nothing).
+    /// Counts the node records a plan of `controller` read.
+    pub fn record_visits(&self, controller: &str, nodes: usize) {
+        self.plan_node_visits
+            .get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            })
+            .inc_by(nodes as u64);
+    }
+
     pub fn record_node_event(&self, news: bool) {
         self.node_events
             .get_or_create(&NewsLabels {
@@ -160,7 +177,8 @@ impl Metrics {
             last_progress: Family::default(),
             write_conflicts: Counter::default(),
             node_events: Family::default(),
-            plan_node_visits: Counter::default(),
+            plan_node_visits: Family::default(),
+            plans_paced: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -196,8 +214,13 @@ impl Metrics {
         );
         r.register(
             "plan_node_visits",
-            "Node records read by plans of batches and pools: the operator's own work, in counts",
+            "Node records read by plans, by controller (rolloutbatch, gpupool): the operator's own work, in counts",
             m.plan_node_visits.clone(),
+        );
+        r.register(
+            "plans_paced",
+            "Batch reconciles put off because the batch was planned less than its pace ago (0.4 s per 1,000 nodes of its pool by default): what changed meanwhile is planned together",
+            m.plans_paced.clone(),
         );
         r.register(
             "node_write_conflicts",

@@ -30,6 +30,10 @@ pub struct Stores {
     /// How many of the four watches have listed once; the watch loops count
     /// up as they see their first `InitDone`.
     pub synced: tokio::sync::watch::Receiver<usize>,
+    /// Pools with a node that turned failed since their last reconcile:
+    /// reconciled without waiting for their pace, so that the breaker's
+    /// ledger records the failure before anyone can erase it from the node.
+    pub urgent_pools: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The number of watches [`Stores::ready`] waits for.

@@ -18,8 +18,11 @@ use super::{Context, events, observe};
 
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// A pool is reconciled at most this often. Its status and metrics report
-/// capacity, which may lag a second. Each batch's plan counts the breaker's
+/// A pool is reconciled at most this often (and, over a large pool, at most
+/// once per [`super::context::POOL_PACE_FACTOR`] times a batch's plan pace:
+/// 10 s at 5,000 nodes, 60 s from 30,000; at once when its spec changed or
+/// one of its nodes turned failed). Its status and metrics report
+/// capacity, which may lag that long. Each batch's plan counts the breaker's
 /// ledger in the pool's status together with the nodes failed now, so the
 /// lag matters only for a failure erased from its node within that second,
 /// before this reconcile recorded it. Without this, every
@@ -36,7 +39,7 @@ pub async fn reconcile(
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     if let Ok(pool) = &guard.0
-        && let Some(wait) = ctx.pool_wait(&pool.name_any(), EVERY)
+        && let Some(wait) = ctx.pool_wait(&pool.name_any(), pool.metadata.generation, EVERY)
     {
         return Ok(Action::requeue(wait));
     }
@@ -58,7 +61,8 @@ pub async fn reconcile(
     let name = pool.name_any();
     let nodes = observe::pool_nodes(&ctx.stores, pool);
     let plan = planner::plan_pool(pool, &nodes, Timestamp::now());
-    ctx.metrics.plan_node_visits.inc_by(nodes.len() as u64);
+    ctx.pool_size(&name, nodes.len());
+    ctx.metrics.record_visits("gpupool", nodes.len());
     ctx.metrics.observe_pool(&name, &plan.status);
     let changed = pool.status.as_ref() != Some(&plan.status);
     if changed {

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
     EnvVar, Pod, PodResourceClaim, PodSpec, ResourceClaim, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource;
 
 use crate::api::{GpuPool, RolloutBatch};
@@ -83,9 +84,16 @@ pub fn compute_domain(
 /// at once by a label selector.
 pub const PROBE_LABEL: &str = "gpufleet.io/probe";
 
-/// The value of [`PROBE_LABEL`] for a pod name.
-pub fn probe_label_value(pod_name: &str) -> String {
-    format!("{:016x}", keys::stable_hash(pod_name.as_bytes()))
+/// The value of [`PROBE_LABEL`] for a pod name and the node's run it was
+/// made for: a delete by this label never takes a later run's pod at the
+/// same name (which a lagging pod cache may not show yet). Without a run,
+/// the name alone (as gpufleet labelled its pods before runs were in it).
+pub fn probe_label_value(pod_name: &str, run: Option<Timestamp>) -> String {
+    let hash = match run {
+        Some(run) => keys::stable_hash(format!("{pod_name}\n{run}").as_bytes()),
+        None => keys::stable_hash(pod_name.as_bytes()),
+    };
+    format!("{hash:016x}")
 }
 
 /// Label on a rack test group's pods naming their run (the group's
@@ -157,7 +165,10 @@ pub fn probe_pod(
     if let Some(group) = &request.group {
         labels.insert(keys::GROUP.into(), group.group.clone());
     }
-    labels.insert(PROBE_LABEL.into(), probe_label_value(&request.pod_name));
+    labels.insert(
+        PROBE_LABEL.into(),
+        probe_label_value(&request.pod_name, request.run),
+    );
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(keys::ATTEMPT.into(), request.attempt.to_string());
     annotations.insert(keys::BATCH.into(), batch_name.clone());
@@ -281,6 +292,25 @@ pub fn probe_pod(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probes_delete_label_names_its_run() {
+        let name = "gpufleet-probe-n1-1";
+        let first: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let second: Timestamp = "2026-12-02T11:00:00Z".parse().unwrap();
+        // Two runs of a node at the same pod name: a delete by the first
+        // run's label never takes the second run's pod.
+        assert_ne!(
+            probe_label_value(name, Some(first)),
+            probe_label_value(name, Some(second))
+        );
+        // Without a run: the name alone, as pods were labelled before.
+        assert_eq!(
+            probe_label_value(name, None),
+            format!("{:016x}", keys::stable_hash(name.as_bytes()))
+        );
+        assert_eq!(probe_label_value(name, Some(first)).len(), 16);
+    }
 
     fn fixtures() -> (GpuPool, RolloutBatch) {
         let pool: GpuPool = serde_norway::from_str(

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{GpuPool, RolloutBatch};
 use crate::keys;
-use crate::planner::{NodeView, matches};
+use crate::planner::{NodeState, NodeView, matches};
 
 use super::act;
 use super::context::Config;
@@ -89,6 +89,7 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
         certifications: cert_store,
         cert_results: Default::default(),
         synced,
+        urgent_pools: Default::default(),
     };
     let (batch_tx, batch_requests) = tokio::sync::mpsc::unbounded_channel();
     let (pool_tx, pool_requests) = tokio::sync::mpsc::unbounded_channel();
@@ -155,6 +156,8 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
         let deliveries = deliveries.clone();
         let cache = stores.nodes.clone();
         let metrics = config.metrics.clone();
+        let urgent = stores.urgent_pools.clone();
+        let urgent_stores = stores.clone();
         watcher(nodes_api, node_watch)
             .default_backoff()
             .map_ok(observe::view_event)
@@ -163,17 +166,36 @@ pub fn watches(client: &Client, config: &Config) -> Watches {
                 // nothing a plan reads (a kubelet's heartbeat, a write to
                 // fields gpufleet ignores) updates the cache but plans
                 // nothing.
+                let old = match &event {
+                    watcher::Event::Apply(node) => cache.get(&node.name),
+                    _ => None,
+                };
                 let news = match &event {
-                    watcher::Event::Apply(node) => cache
-                        .get(&node.name)
-                        .is_none_or(|old| !old.same_for_planner(node)),
+                    watcher::Event::Apply(node) => {
+                        old.as_ref().is_none_or(|old| !old.same_for_planner(node))
+                    }
                     _ => true,
+                };
+                let failed_now = match &event {
+                    watcher::Event::Apply(node) => {
+                        node.state == Some(NodeState::Failed)
+                            && old
+                                .as_ref()
+                                .is_none_or(|o| o.state != Some(NodeState::Failed))
+                    }
+                    _ => false,
                 };
                 if let watcher::Event::Apply(_) = &event {
                     metrics.record_node_event(news);
                 }
                 node_writer(&event);
                 deliveries.observe(&event);
+                if failed_now && let watcher::Event::Apply(node) = &event {
+                    let mut urgent = urgent.lock().expect("urgent pools");
+                    for pool in pools_of_node(&urgent_stores, node) {
+                        urgent.insert(pool.name);
+                    }
+                }
                 with_news(event, news)
             })
             .for_each(drive(

@@ -26,8 +26,9 @@
 //! A node's way through a rollout is `pending → validating → soaking → ready`,
 //! or `failed`, or `held` when its domain has too few healthy nodes. Writes
 //! per node from pending to ready: one to start it (state label, onboarding
-//! taint, batch/wave/since annotations), one when its probe passed, one to
-//! admit it (taint removed). Without a probe, two.
+//! taint, batch/wave/since annotations), one when its probe passed (its
+//! soak counted from the probe's finish), one to admit it (taint removed).
+//! Without a probe, two.
 
 mod admission;
 mod conditions;
@@ -117,8 +118,13 @@ pub enum Action {
     PatchNode(NodePatch),
     /// Create the probe pod of a node for an attempt.
     CreateProbe(ProbeRequest),
-    /// Delete a probe pod (read, stale or orphaned).
-    DeleteProbe { pod_name: String },
+    /// Delete a probe pod (read, stale or orphaned): the one of this run
+    /// (`gpufleet.io/started` on the pod; `None`: a pod without one), never
+    /// a later run's pod at the same name that a lagging cache did not show.
+    DeleteProbe {
+        pod_name: String,
+        run: Option<Timestamp>,
+    },
     /// Create an NVCRE Certification for a rack test group.
     CreateCertification(CertRequest),
     /// Delete a rack test's Certification (its domain is decided).
@@ -279,7 +285,7 @@ fn finish(mut planner: Planner, status: RolloutBatchStatus, departed: Vec<NodePa
         .collect();
     actions.extend(departed.into_iter().map(Action::PatchNode));
     let mut creates = std::mem::take(&mut planner.creates);
-    creates.retain(|c| !planner.deletes.contains(&c.pod_name));
+    creates.retain(|c| !planner.deletes.contains_key(&c.pod_name));
     creates.sort_by(|a, b| a.pod_name.cmp(&b.pod_name));
     creates.dedup();
     // A probe that already exists is not created again.
@@ -294,7 +300,7 @@ fn finish(mut planner: Planner, status: RolloutBatchStatus, departed: Vec<NodePa
     actions.extend(
         std::mem::take(&mut planner.deletes)
             .into_iter()
-            .map(|pod_name| Action::DeleteProbe { pod_name }),
+            .map(|(pod_name, run)| Action::DeleteProbe { pod_name, run }),
     );
     let mut certs = std::mem::take(&mut planner.cert_creates);
     certs.retain(|c| !planner.cert_deletes.contains(&c.name));

@@ -136,7 +136,7 @@ impl Planner<'_> {
                     match squatter {
                         // Our probe is made once the foreign pod is gone.
                         Some(pod) => {
-                            self.deletes.insert(pod.name.clone());
+                            self.deletes.insert(pod.name.clone(), pod.run);
                         }
                         None => self.creates.push(ProbeRequest {
                             pod_name: name.clone(),
@@ -153,13 +153,13 @@ impl Planner<'_> {
             Some(probe) => self.verdict_of(probe, since, timeout, start_timeout, timeout_seconds),
         };
         if let (Some(_), Some(pod)) = (&outcome, squatter) {
-            self.deletes.insert(pod.name.clone());
+            self.deletes.insert(pod.name.clone(), pod.run);
         }
         let Some(outcome) = outcome else {
             return;
         };
         if let Some(p) = current {
-            self.deletes.insert(p.name.clone());
+            self.deletes.insert(p.name.clone(), p.run);
         }
         // The structured verdict, if the probe wrote one (or the pool's
         // gates need one): judged on a pass, kept on the node either way
@@ -186,7 +186,13 @@ impl Planner<'_> {
         }
         match outcome {
             Verdict::Pass => {
-                self.transition(m, NodeState::Soaking, &[(keys::REASON, None)]);
+                // The soak counts from the probe's finish, not from this
+                // plan: the node soaked while the result waited to be read.
+                let mut annotations = vec![(keys::REASON, None)];
+                if let Some(from) = current.and_then(|p| self.soak_start(m, p)) {
+                    annotations.push((keys::SINCE, Some(from.to_string())));
+                }
+                self.transition(m, NodeState::Soaking, &annotations);
                 self.check_soaking_or_held(m);
             }
             Verdict::NotRun(why) => self.not_run(m, attempt, &why),
@@ -344,6 +350,16 @@ impl Planner<'_> {
         ));
     }
 
+    /// When the soak of member `m`, whose probe `p` passed, starts: `p`'s
+    /// finish (its containers' latest `finishedAt`), never before the node
+    /// started validating; `None` (from now) when the pod says no finish,
+    /// or one ahead of gpufleet's clock (a kubelet's clock may differ; a
+    /// soak never counts from the future).
+    fn soak_start(&self, m: usize, p: &ProbeView) -> Option<Timestamp> {
+        let finished = p.finished_at.filter(|f| *f <= self.now)?;
+        Some(finished.max(self.since(m)))
+    }
+
     /// Probes that belong to no node in validation: read already, stale
     /// attempts, or nodes that left the batch.
     pub(super) fn delete_stray_probes(&mut self) {
@@ -357,7 +373,7 @@ impl Planner<'_> {
         for probe in &self.snapshot.probes {
             // Rack test pods are the rack test's own (`racktest.rs`).
             if !probe.deleting && probe.group.is_none() && !wanted.contains(&probe.name) {
-                self.deletes.insert(probe.name.clone());
+                self.deletes.insert(probe.name.clone(), probe.run);
             }
         }
     }

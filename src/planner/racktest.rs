@@ -543,7 +543,7 @@ impl Planner<'_> {
         if let Some((node, why)) = not_run {
             // Made again as the next run, at once.
             for pod in pods.iter().flatten() {
-                self.deletes.insert(pod.name.clone());
+                self.deletes.insert(pod.name.clone(), pod.run);
             }
             run += 1;
             pods = vec![None; members.len()];
@@ -750,7 +750,7 @@ impl Planner<'_> {
                 continue;
             };
             if !probe.deleting && !self.groups_wanted.contains(group) {
-                self.deletes.insert(probe.name.clone());
+                self.deletes.insert(probe.name.clone(), probe.run);
             }
         }
     }

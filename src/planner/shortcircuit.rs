@@ -112,7 +112,7 @@ impl Planner<'_> {
         self.members[m].passed = false;
         let name = self.members[m].view.name.clone();
         for probe in self.probes.get(name.as_str()).into_iter().flatten() {
-            self.deletes.insert(probe.name.clone());
+            self.deletes.insert(probe.name.clone(), probe.run);
         }
         if self.suspected.is_none() {
             self.suspected = Some(reason);

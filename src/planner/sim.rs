@@ -169,6 +169,7 @@ impl Sim {
                             created: Some(self.now),
                             run: req.run,
                             started_at: None,
+                            finished_at: None,
                             not_running: None,
                             evicted: false,
                             deleting: false,
@@ -177,9 +178,10 @@ impl Sim {
                         });
                     }
                 }
-                Action::DeleteProbe { pod_name } => {
-                    self.snapshot.probes.retain(|p| &p.name != pod_name)
-                }
+                Action::DeleteProbe { pod_name, run } => self
+                    .snapshot
+                    .probes
+                    .retain(|p| &p.name != pod_name || p.run != *run),
                 Action::CreateCertification(req) => {
                     if self
                         .snapshot
@@ -284,12 +286,14 @@ impl Sim {
             match outcome {
                 Outcome::Pass => {
                     probe.phase = ProbePhase::Succeeded;
+                    probe.finished_at = Some(self.now);
                     probe.terminated = inits
                         .chain(containers.iter().map(|c| ended(c, false, 0, None)))
                         .collect();
                 }
                 Outcome::Fail { exit_code, message } => {
                     probe.phase = ProbePhase::Failed;
+                    probe.finished_at = Some(self.now);
                     probe.terminated = inits
                         .chain(std::iter::once(ended(
                             &containers[0],
@@ -302,6 +306,7 @@ impl Sim {
                 Outcome::Verdict { exit_code, message } => {
                     probe.verdict = crate::verdict::read(&message);
                     probe.phase = ended_phase(exit_code);
+                    probe.finished_at = Some(self.now);
                     let words = (exit_code != 0).then_some(message);
                     probe.terminated = inits
                         .chain(
@@ -900,6 +905,7 @@ impl Cluster {
                         run: req.run,
                         // This cluster's kubelets start a pod at once.
                         started_at: Some(self.now),
+                        finished_at: None,
                         not_running: None,
                         evicted: false,
                         deleting: false,
@@ -914,10 +920,13 @@ impl Cluster {
                 self.pods_changed();
                 Applied::ProbeCreated
             }
-            Action::DeleteProbe { pod_name } => {
-                if self.pods.remove(pod_name).is_none() {
+            Action::DeleteProbe { pod_name, run } => {
+                // As the operator deletes: by a label naming the pod and its
+                // run, so a later run's pod at the name stays.
+                if self.pods.get(pod_name).is_none_or(|p| p.view.run != *run) {
                     return Applied::ProbeAbsent;
                 }
+                self.pods.remove(pod_name);
                 self.pods_changed();
                 Applied::ProbeDeleted
             }
@@ -969,10 +978,12 @@ impl Cluster {
             match outcome(probe) {
                 Outcome::Pass => {
                     probe.phase = ProbePhase::Succeeded;
+                    probe.finished_at = Some(self.now);
                     probe.terminated = (0..probe.containers).map(|c| done(c, 0)).collect();
                 }
                 Outcome::Fail { exit_code, message } => {
                     probe.phase = ProbePhase::Failed;
+                    probe.finished_at = Some(self.now);
                     let mut failed = done(0, exit_code);
                     failed.message = Some(message);
                     probe.terminated = vec![failed];
@@ -980,6 +991,7 @@ impl Cluster {
                 Outcome::Verdict { exit_code, message } => {
                     probe.verdict = crate::verdict::read(&message);
                     probe.phase = ended_phase(exit_code);
+                    probe.finished_at = Some(self.now);
                     probe.terminated = (0..probe.containers).map(|c| done(c, exit_code)).collect();
                 }
                 Outcome::NeverStarts => {

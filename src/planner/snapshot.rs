@@ -434,6 +434,10 @@ pub struct ProbeView {
     /// else, for a pod past Pending, when the kubelet took it. `None`: it
     /// never ran (unscheduled, pulling its image, refused by the kubelet).
     pub started_at: Option<Timestamp>,
+    /// When it finished: the latest `finishedAt` of its terminated
+    /// containers, once the pod is done (Succeeded or Failed). A passed
+    /// node's soak counts from here (`soak.rs`).
+    pub finished_at: Option<Timestamp>,
     /// Why it is not running or why it ended without running, in the pod's
     /// own words: a waiting container's reason and message (such as
     /// `ErrImagePull`), the PodScheduled condition's, or the pod's reason.
@@ -578,6 +582,14 @@ impl From<&Pod> for ProbeView {
             .and_then(|c| words(c.reason.as_deref(), c.message.as_deref()));
         let pod_message = status.and_then(|s| words(s.reason.as_deref(), s.message.as_deref()));
         let verdict = verdict_of(statuses());
+        let finished_at = matches!(phase, ProbePhase::Succeeded | ProbePhase::Failed)
+            .then(|| {
+                statuses()
+                    .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+                    .map(|t| t.0)
+                    .max()
+            })
+            .flatten();
         ProbeView {
             name: meta.name.clone().unwrap_or_default(),
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
@@ -604,6 +616,7 @@ impl From<&Pod> for ProbeView {
                 .flatten(),
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
             started_at,
+            finished_at,
             not_running: waiting.or(unscheduled).or(pod_message),
             evicted: status
                 .and_then(|s| s.reason.as_deref())

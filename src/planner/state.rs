@@ -78,7 +78,9 @@ pub(super) struct Planner<'a> {
     /// pool's current generation, if it is.
     pub suspected: Option<String>,
     pub creates: Vec<ProbeRequest>,
-    pub deletes: BTreeSet<String>,
+    /// Probe pods to delete: name, and the run of the pod this plan saw
+    /// at that name (a pod of a later run at the same name is not it).
+    pub deletes: BTreeMap<String, Option<Timestamp>>,
     /// NVCRE Certifications to create and to delete (`racktest.rs`).
     pub cert_creates: Vec<super::CertRequest>,
     pub cert_deletes: BTreeSet<String>,
@@ -189,7 +191,7 @@ impl<'a> Planner<'a> {
             deferred: Vec::new(),
             suspected: None,
             creates: Vec::new(),
-            deletes: BTreeSet::new(),
+            deletes: BTreeMap::new(),
             groups_wanted: BTreeSet::new(),
             cert_creates: Vec::new(),
             cert_deletes: BTreeSet::new(),
@@ -305,13 +307,20 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// When member `m` entered its state: now if this plan wrote its time
-    /// (a transition, or [`Self::restamp_since`]), else its `since`.
+    /// When member `m` entered its state: the time this plan wrote (a
+    /// transition: now, or its probe's finish for a soak; or
+    /// [`Self::restamp_since`]), else its `since`.
     pub fn since(&self, m: usize) -> Timestamp {
         let written = self.members[m]
             .patch
             .as_ref()
-            .is_some_and(|p| p.annotations.contains_key(keys::SINCE));
+            .and_then(|p| p.annotations.get(keys::SINCE));
+        if let Some(Some(at)) = written
+            && let Ok(at) = at.parse()
+        {
+            return at;
+        }
+        let written = written.is_some();
         match self.members[m].view.since {
             Some(since) if !written => since,
             _ => self.now,
@@ -369,7 +378,7 @@ impl<'a> Planner<'a> {
         self.patch_of(m).failure = Some(failure.category);
         self.members[m].passed = false;
         for probe in self.probes.get(name.as_str()).into_iter().flatten() {
-            self.deletes.insert(probe.name.clone());
+            self.deletes.insert(probe.name.clone(), probe.run);
         }
         self.event(
             EventTarget::Node(name.clone()),

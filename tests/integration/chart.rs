@@ -1777,6 +1777,8 @@ fn exported() -> Exported {
         })
         .inc();
     m.record_node_event(true);
+    m.record_visits("rolloutbatch", 3);
+    m.plans_paced.inc();
     let text = m.encode();
 
     // The series of each family, from its TYPE line: prometheus-client names

@@ -1355,7 +1355,7 @@ fn describe(action: &Action, applied: &Applied) -> String {
         ),
         (Action::PatchNode(p), other) => format!("patch {}: {other:?}", p.node),
         (Action::CreateProbe(r), other) => format!("create {}: {other:?}", r.pod_name),
-        (Action::DeleteProbe { pod_name }, other) => format!("delete {pod_name}: {other:?}"),
+        (Action::DeleteProbe { pod_name, .. }, other) => format!("delete {pod_name}: {other:?}"),
         (Action::CreateCertification(r), other) => format!("certify {}: {other:?}", r.name),
         (Action::DeleteCertification { name }, other) => format!("uncertify {name}: {other:?}"),
         (Action::Event(_), _) => "event".into(),

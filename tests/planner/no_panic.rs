@@ -92,6 +92,7 @@ proptest! {
                 created: probe_created,
                 run: started,
                 started_at: if n % 2 == 0 { probe_created } else { None },
+                finished_at: None,
                 not_running: None,
                 evicted: n % 5 == 0,
                 deleting: false,

@@ -105,7 +105,7 @@ fn ours() -> Option<&'static str> {
 fn deletes(plan: &Plan, name: &str) -> bool {
     plan.actions
         .iter()
-        .any(|a| matches!(a, Action::DeleteProbe { pod_name } if pod_name == name))
+        .any(|a| matches!(a, Action::DeleteProbe { pod_name, .. } if pod_name == name))
 }
 
 fn creates(plan: &Plan, node: &str) -> bool {

@@ -843,6 +843,7 @@ proptest! {
                         created: Some(sim.now),
                         run: None,
                         started_at: Some(sim.now),
+                        finished_at: None,
                         not_running: None,
                         evicted: false,
                         deleting: false,
