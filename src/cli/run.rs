@@ -67,11 +67,14 @@ pub struct Args {
     /// Serve /healthz and /readyz here (empty: nowhere).
     #[arg(long, env = "GPUFLEET_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     health_addr: String,
-    /// Write requests per second to the API server (client-side limit).
-    #[arg(long, env = "GPUFLEET_QPS", default_value_t = 50.0)]
+    /// Write requests per second to the API server (client-side limit; the
+    /// API server's priority and fairness protects it too). A node costs
+    /// about four writes, so a 1,000-node wave takes at least 4,000 / this
+    /// many seconds of writing.
+    #[arg(long, env = "GPUFLEET_QPS", default_value_t = 200.0)]
     qps: f64,
     /// Writes allowed in a burst above --qps.
-    #[arg(long, env = "GPUFLEET_BURST", default_value_t = 100.0)]
+    #[arg(long, env = "GPUFLEET_BURST", default_value_t = 300.0)]
     burst: f64,
     /// Run rack tests through NVIDIA's Cluster Readiness Engine for pools
     /// that ask for it (healthChecks.domainTest.nvcre): watches its
@@ -79,7 +82,7 @@ pub struct Args {
     #[arg(long, env = "GPUFLEET_NVCRE")]
     nvcre: bool,
     /// A batch is planned at most once per this many seconds per 1,000
-    /// nodes of its pool (60 s at most): a plan reads the whole pool, and
+    /// nodes of its pool (5 s at most): a plan reads the whole pool, and
     /// changes in between are planned together. 0: plan back to back.
     #[arg(
         long,

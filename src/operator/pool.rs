@@ -19,8 +19,8 @@ use super::{Context, events, observe};
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// A pool is reconciled at most this often (and, over a large pool, at most
-/// once per [`super::context::POOL_PACE_FACTOR`] times a batch's plan pace:
-/// 10 s at 5,000 nodes, 60 s from 30,000; at once when its spec changed or
+/// once per [`super::context::POOL_PACE_FACTOR`] times a batch's plan pace,
+/// 2 s at 1,000 nodes, 5 s at most; at once when its spec changed or
 /// one of its nodes turned failed). Its status and metrics report
 /// capacity, which may lag that long. Each batch's plan counts the breaker's
 /// ledger in the pool's status together with the nodes failed now, so the

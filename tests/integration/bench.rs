@@ -55,14 +55,17 @@ fn a_thousand_node_rollout_completes_within_three_node_writes_a_node() {
         per_node <= 3.0,
         "{per_node:.2} node writes per admitted node ({writes} writes), over the target of 3"
     );
-    // All of gpufleet's requests, every kind: finished probe pods go many
-    // at once (deletecollection), so about 4.1 a node; 5.1 when each went
-    // on its own. The target is 3.1 (not reached yet).
+    // All of gpufleet's requests, every kind: three node writes and a probe
+    // create a node, finished probe pods many at once (deletecollection):
+    // about 4.1 a node (5.1 when each pod went on its own), 3.2 to 3.6 when
+    // the soak is over before a plan reads the probe (soaked and admitted in
+    // one write). The 3.1 needs the soak without a node write; see
+    // BENCHMARKS.md for why that is not done.
     let requests = rollout["requests"]["total"].as_u64().expect("requests");
     let per_node = requests as f64 / nodes as f64;
     assert!(
-        per_node <= 4.5,
-        "{per_node:.2} API requests per admitted node ({requests}), over 4.5: {}",
+        per_node <= 4.2,
+        "{per_node:.2} API requests per admitted node ({requests}), over 4.2: {}",
         rollout["requests"]
     );
     // Every node got its probe. (Create requests can exceed the nodes: a
@@ -77,4 +80,80 @@ fn a_thousand_node_rollout_completes_within_three_node_writes_a_node() {
         "gpufleet bench exited {}\nstderr:\n{stderr}",
         out.status
     );
+}
+
+/// Runs `gpufleet bench --no-kwok` at `nodes` (probes on, short delays) and
+/// returns its report, after checking that the rollout completed.
+fn bench_without_kwok(nodes: u32) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+        .args([
+            "bench",
+            "--nodes",
+            &nodes.to_string(),
+            "--probe-seconds",
+            "1",
+            "--soak-seconds",
+            "1",
+            "--timeout",
+            "300",
+            "--no-kwok",
+            "--json",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("running gpufleet bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "gpufleet bench printed no report ({e}); status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            out.status
+        )
+    });
+    let rollout = &report["rollout"];
+    assert_eq!(
+        rollout["complete"], true,
+        "the {nodes}-node rollout did not complete: {}\nstderr:\n{stderr}",
+        rollout["outcome"]
+    );
+    assert_eq!(
+        rollout["admitted"], report["nodes"],
+        "every node admitted: {rollout}"
+    );
+    report
+}
+
+/// The operator's own work counter (node records read by its plans, batch
+/// and pool alike) per admitted node, at 1,000 and at 3,000 nodes: a plan
+/// reads the whole pool, so without the plan pace a busy batch planned back
+/// to back and the work per node grew with the pool (37 and 57 before the
+/// pace, 1.54 times). Counts, not timings.
+#[test]
+fn work_per_admitted_node_stays_flat_from_1000_to_3000_nodes() {
+    let small = bench_without_kwok(1000);
+    let large = bench_without_kwok(3000);
+    let per_node = |r: &serde_json::Value| {
+        let visits = r["rollout"]["reconciles"]["node_visits"]
+            .as_f64()
+            .expect("the work counter");
+        let admitted = r["rollout"]["admitted"].as_f64().expect("admitted");
+        assert!(
+            visits > 0.0,
+            "no work counted: {}",
+            r["rollout"]["reconciles"]
+        );
+        visits / admitted
+    };
+    let (a, b) = (per_node(&small), per_node(&large));
+    assert!(
+        b / a < 1.5,
+        "node records read per admitted node: {a:.1} at 1,008 nodes, {b:.1} at 3,006 ({:.2} times)",
+        b / a
+    );
+    for r in [&small, &large] {
+        let writes = r["rollout"]["node_writes_per_admitted"]
+            .as_f64()
+            .expect("node writes");
+        assert!(writes <= 3.0, "{writes:.2} node writes a node");
+    }
 }
