@@ -1,39 +1,17 @@
 //! The benchmark harness as a CI smoke test: `gpufleet bench` at 1,000
 //! nodes (probes on, short delays) on its own control plane. It checks that
 //! the rollout completes, that gpufleet's node writes per admitted node
-//! stay within the target of 3 and its requests of every kind within 4.5
-//! (BENCHMARKS.md): counts from the API server's audit log, never timings.
+//! stay within the target of 3 and its requests of every kind within 4.2
+//! (from the API server's audit log), and that the operator's own work per
+//! admitted node does not grow from 1,000 to 3,000 nodes (its counter):
+//! counts, never timings (BENCHMARKS.md).
 
 use std::process::Command;
 
 #[test]
 fn a_thousand_node_rollout_completes_within_three_node_writes_a_node() {
-    let out = Command::new(env!("CARGO_BIN_EXE_gpufleet"))
-        .args([
-            "bench",
-            "--nodes",
-            "1000",
-            "--probe-seconds",
-            "1",
-            "--soak-seconds",
-            "1",
-            "--timeout",
-            "150",
-            "--json",
-        ])
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("running gpufleet bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("gpufleet bench printed no report ({e}); status {}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status));
+    let (report, status, stderr) = bench(1000, 150, false);
     let rollout = &report["rollout"];
-    assert_eq!(
-        rollout["complete"], true,
-        "the rollout did not complete: {}\nstderr:\n{stderr}",
-        rollout["outcome"]
-    );
     let nodes = report["nodes"].as_u64().expect("nodes");
     assert_eq!(nodes, 1008, "1,000 rounded up to whole domains of 18");
     assert_eq!(
@@ -76,34 +54,43 @@ fn a_thousand_node_rollout_completes_within_three_node_writes_a_node() {
         "{rollout}"
     );
     assert!(
-        out.status.success(),
-        "gpufleet bench exited {}\nstderr:\n{stderr}",
-        out.status
+        status.success(),
+        "gpufleet bench exited {status}\nstderr:\n{stderr}"
     );
 }
 
-/// Runs `gpufleet bench --no-kwok` at `nodes` (probes on, short delays) and
-/// returns its report, after checking that the rollout completed.
-fn bench_without_kwok(nodes: u32) -> serde_json::Value {
+/// Runs `gpufleet bench` at `nodes` (probes on, 1 s probes and soak, with
+/// kwok or without) and returns its report, its exit status and what it
+/// said on stderr, after checking that the rollout completed and admitted
+/// every node.
+fn bench(
+    nodes: u32,
+    timeout: u32,
+    no_kwok: bool,
+) -> (serde_json::Value, std::process::ExitStatus, String) {
+    let (nodes, timeout) = (nodes.to_string(), timeout.to_string());
+    let mut args = vec![
+        "bench",
+        "--nodes",
+        &nodes,
+        "--probe-seconds",
+        "1",
+        "--soak-seconds",
+        "1",
+        "--timeout",
+        &timeout,
+        "--json",
+    ];
+    if no_kwok {
+        args.push("--no-kwok");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_gpufleet"))
-        .args([
-            "bench",
-            "--nodes",
-            &nodes.to_string(),
-            "--probe-seconds",
-            "1",
-            "--soak-seconds",
-            "1",
-            "--timeout",
-            "300",
-            "--no-kwok",
-            "--json",
-        ])
+        .args(&args)
         .env_remove("KUBECONFIG")
         .output()
         .expect("running gpufleet bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
             "gpufleet bench printed no report ({e}); status {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
@@ -120,7 +107,7 @@ fn bench_without_kwok(nodes: u32) -> serde_json::Value {
         rollout["admitted"], report["nodes"],
         "every node admitted: {rollout}"
     );
-    report
+    (report, out.status, stderr)
 }
 
 /// The operator's own work counter (node records read by its plans, batch
@@ -130,8 +117,8 @@ fn bench_without_kwok(nodes: u32) -> serde_json::Value {
 /// pace, 1.54 times). Counts, not timings.
 #[test]
 fn work_per_admitted_node_stays_flat_from_1000_to_3000_nodes() {
-    let small = bench_without_kwok(1000);
-    let large = bench_without_kwok(3000);
+    let (small, _, _) = bench(1000, 300, true);
+    let (large, _, _) = bench(3000, 300, true);
     let per_node = |r: &serde_json::Value| {
         let visits = r["rollout"]["reconciles"]["node_visits"]
             .as_f64()
