@@ -10,6 +10,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use super::deliveries::Deliveries;
 use super::observe::Stores;
+use super::pace::Pacer;
 use super::{act, events, leader, metrics};
 
 /// Where probe pods run, and as whom.
@@ -71,29 +72,11 @@ pub struct Config {
     /// CRD and the rights on it (the chart's `nvcre.enabled`).
     pub nvcre: bool,
     /// A batch is planned again at the soonest this long per node of its
-    /// pool after its last plan (at most [`MAX_PLAN_PACE`]): a plan reads
+    /// pool after its last plan (at most [`super::pace::MAX_PLAN_PACE`]): a plan reads
     /// the whole pool, so without a pace a busy batch planned back to back
     /// and its CPU grew with the square of the fleet. Zero: back to back.
     pub plan_pace_per_node: Duration,
 }
-
-/// A pool's last reconcile: when, its pace then, and the pool's generation.
-type PoolRun = (std::time::Instant, Duration, Option<i64>);
-
-/// A pool's reconcile (its capacity report and breaker ledger) is paced
-/// this many times a batch's plan: it changes no node, and a node that
-/// fails makes it run at once.
-pub const POOL_PACE_FACTOR: u32 = 5;
-
-/// The longest a batch's plans are paced apart, whatever its pool's size:
-/// a batch's nodes wait at most this long for a decision, and with a fixed
-/// `maxConcurrent` the pace bounds how fast waves turn over. At 5 s, a
-/// plan over 137,500 nodes (about 0.15 s of CPU) takes 3 % of a core.
-pub const MAX_PLAN_PACE: Duration = Duration::from_secs(5);
-
-/// The default pace: 0.4 s per 1,000 nodes, up to [`MAX_PLAN_PACE`] (from
-/// 12,500 nodes on).
-pub const PLAN_PACE_PER_NODE: Duration = Duration::from_micros(400);
 
 impl Default for Config {
     fn default() -> Self {
@@ -111,7 +94,7 @@ impl Default for Config {
             nvcre: false,
             burst: 300.0,
             metrics: Arc::new(metrics::Metrics::new()),
-            plan_pace_per_node: PLAN_PACE_PER_NODE,
+            plan_pace_per_node: super::pace::PLAN_PACE_PER_NODE,
         }
     }
 }
@@ -133,15 +116,13 @@ pub struct Context {
     pub(super) expectations: Arc<act::Expectations>,
     /// Node writes the node watch has not delivered yet.
     pub(super) deliveries: Arc<Deliveries>,
-    /// When each pool was last reconciled, and its pace then (see
-    /// [`super::pool::EVERY`]).
-    pool_last_run: Mutex<HashMap<String, PoolRun>>,
+    /// When each pool may be reconciled again (see [`super::pool::EVERY`]).
+    pool_pace: Pacer,
     /// Batches (by UID) whose probe pods the API server refused, with its
     /// message and when it last did (see [`Context::probe_rejection`]).
     probe_rejections: Mutex<HashMap<String, (String, std::time::Instant)>>,
-    /// Batches (by UID): when each may be planned next, and the generation
-    /// it was last planned at (see [`Context::plan_wait`]).
-    plan_pace: Mutex<HashMap<String, (std::time::Instant, Option<i64>)>>,
+    /// When each batch (by UID) may be planned again.
+    plan_pace: Pacer,
 }
 
 /// How long a refused probe pod stops new starts without a new refusal:
@@ -163,6 +144,7 @@ impl Context {
             controller: "gpufleet".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let pace = config.plan_pace_per_node;
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             event_limiter: events::Limiter::new(
@@ -176,84 +158,50 @@ impl Context {
             config,
             stores,
             pool_locks: Mutex::new(HashMap::new()),
-            pool_last_run: Mutex::new(HashMap::new()),
+            pool_pace: Pacer::new(pace, super::pace::POOL_PACE_FACTOR, super::pool::EVERY),
             probe_rejections: Mutex::new(HashMap::new()),
-            plan_pace: Mutex::new(HashMap::new()),
+            plan_pace: Pacer::new(pace, 1, Duration::ZERO),
             expectations,
             deliveries,
         }
     }
 
-    /// How long until `pool` may be reconciled again, when it ran less than
-    /// its pace ago (`every`, or [`POOL_PACE_FACTOR`] times the plan pace
-    /// for its last size, whichever is longer), its spec is the same and no
-    /// node of it turned failed since; otherwise `None`, and the run is
-    /// recorded as now (call [`Self::pool_size`] after).
-    pub(super) fn pool_wait(
-        &self,
-        pool: &str,
-        generation: Option<i64>,
-        every: Duration,
-    ) -> Option<Duration> {
-        let pools = self.pool_names();
+    /// How long until `pool` may be reconciled again ([`Pacer`]); a pool
+    /// one of whose nodes turned failed since is reconciled at once, so that
+    /// the breaker's ledger records the failure before anyone erases it.
+    pub(super) fn pool_wait(&self, pool: &str, generation: Option<i64>) -> Option<Duration> {
         let urgent = self
             .stores
             .urgent_pools
             .lock()
             .expect("urgent pools")
             .remove(pool);
-        let mut runs = self.pool_last_run.lock().expect("pool run map");
-        runs.retain(|name, _| pools.contains(name));
-        let now = std::time::Instant::now();
-        if let (Some((last, pace, seen)), false) = (runs.get(pool), urgent)
-            && *seen == generation
-        {
-            let since = now.duration_since(*last);
-            let pace = (*pace).max(every);
-            if since < pace {
-                return Some(pace - since);
-            }
-        }
-        let pace = runs.get(pool).map(|(_, p, _)| *p).unwrap_or_default();
-        runs.insert(pool.to_string(), (now, pace, generation));
-        None
+        self.pool_pace
+            .wait(pool, generation, urgent, std::time::Instant::now())
     }
 
-    /// Records the size of `pool` as its last reconcile found it: its
-    /// next reconcile waits the plan pace for that many nodes.
-    pub(super) fn pool_size(&self, pool: &str, nodes: usize) {
-        let pace = self
-            .config
-            .plan_pace_per_node
-            .saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX))
-            .saturating_mul(POOL_PACE_FACTOR)
-            .min(MAX_PLAN_PACE);
-        if let Some(run) = self
-            .pool_last_run
-            .lock()
-            .expect("pool run map")
-            .get_mut(pool)
-        {
-            run.1 = pace;
-        }
+    /// Records a reconcile of `pool`, begun at `started`, over `nodes`.
+    pub(super) fn pool_planned(
+        &self,
+        pool: &str,
+        generation: Option<i64>,
+        nodes: usize,
+        started: std::time::Instant,
+    ) {
+        let pools = self.pool_names();
+        self.pool_pace
+            .planned(pool, generation, nodes, started, |p| pools.contains(p));
     }
 
-    /// How long until the batch with this UID may be planned again, if it
-    /// was planned too recently ([`Config::plan_pace_per_node`]); `None`:
-    /// plan now. A batch whose spec changed (a person paused, approved or
-    /// edited it) is planned at once.
+    /// How long until the batch with this UID may be planned again
+    /// ([`Pacer`]); `None`: plan now.
     pub(super) fn plan_wait(&self, batch_uid: &str, generation: Option<i64>) -> Option<Duration> {
-        let map = self.plan_pace.lock().expect("plan pace map");
-        let (next, planned_at) = map.get(batch_uid)?;
-        if *planned_at != generation {
-            return None;
-        }
-        next.checked_duration_since(std::time::Instant::now())
-            .filter(|d| !d.is_zero())
+        self.plan_pace
+            .wait(batch_uid, generation, false, std::time::Instant::now())
     }
 
-    /// Records a plan of the batch with this UID over a pool of `nodes`,
-    /// made at `started`: the next may come one pace later.
+    /// Records a plan of the batch with this UID, begun at `started`, over
+    /// a pool of `nodes`.
     pub(super) fn planned(
         &self,
         batch_uid: &str,
@@ -261,20 +209,16 @@ impl Context {
         nodes: usize,
         started: std::time::Instant,
     ) {
-        let pace = self
-            .config
-            .plan_pace_per_node
-            .saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX))
-            .min(MAX_PLAN_PACE);
         let batches: std::collections::HashSet<String> = self
             .stores
             .batches()
             .into_iter()
             .filter_map(|b| b.metadata.uid)
             .collect();
-        let mut map = self.plan_pace.lock().expect("plan pace map");
-        map.retain(|uid, _| batches.contains(uid));
-        map.insert(batch_uid.to_string(), (started + pace, generation));
+        self.plan_pace
+            .planned(batch_uid, generation, nodes, started, |uid| {
+                batches.contains(uid)
+            });
     }
 
     /// The API server's last refusal of a probe pod of the batch with this

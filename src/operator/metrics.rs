@@ -128,8 +128,6 @@ impl Metrics {
         self.write_conflicts.inc_by(count as u64);
     }
 
-    /// One changed node from the watch: `news` when a plan reads something
-    /// new in it (else it plans nothing).
     /// Counts the node records a plan of `controller` read.
     pub fn record_visits(&self, controller: &str, nodes: usize) {
         self.plan_node_visits
@@ -139,6 +137,8 @@ impl Metrics {
             .inc_by(nodes as u64);
     }
 
+    /// One changed node from the watch: `news` when a plan reads something
+    /// new in it (else it plans nothing).
     pub fn record_node_event(&self, news: bool) {
         self.node_events
             .get_or_create(&NewsLabels {

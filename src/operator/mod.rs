@@ -23,6 +23,7 @@ pub mod leader;
 pub mod metrics;
 pub mod nvcre;
 mod observe;
+pub mod pace;
 mod pool;
 pub mod probe;
 mod status;

@@ -19,7 +19,7 @@ use super::{Context, events, observe};
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// A pool is reconciled at most this often (and, over a large pool, at most
-/// once per [`super::context::POOL_PACE_FACTOR`] times a batch's plan pace,
+/// once per [`super::pace::POOL_PACE_FACTOR`] times a batch's plan pace,
 /// 2 s at 1,000 nodes, 5 s at most; at once when its spec changed or
 /// one of its nodes turned failed). Its status and metrics report
 /// capacity, which may lag that long. Each batch's plan counts the breaker's
@@ -39,10 +39,11 @@ pub async fn reconcile(
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     if let Ok(pool) = &guard.0
-        && let Some(wait) = ctx.pool_wait(&pool.name_any(), pool.metadata.generation, EVERY)
+        && let Some(wait) = ctx.pool_wait(&pool.name_any(), pool.metadata.generation)
     {
         return Ok(Action::requeue(wait));
     }
+    let started = std::time::Instant::now();
     let _timer = super::batch::ReconcileTimer::start(&ctx, "gpupool");
     let pool = match &guard.0 {
         Ok(pool) => pool,
@@ -61,7 +62,7 @@ pub async fn reconcile(
     let name = pool.name_any();
     let nodes = observe::pool_nodes(&ctx.stores, pool);
     let plan = planner::plan_pool(pool, &nodes, Timestamp::now());
-    ctx.pool_size(&name, nodes.len());
+    ctx.pool_planned(&name, pool.metadata.generation, nodes.len(), started);
     ctx.metrics.record_visits("gpupool", nodes.len());
     ctx.metrics.observe_pool(&name, &plan.status);
     let changed = pool.status.as_ref() != Some(&plan.status);
