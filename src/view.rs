@@ -741,11 +741,11 @@ pub fn why(
     let mut field =
         |name: &str, value: String| lines.extend(wrap(&format!("  {name:<12}{value}"), WIDTH, 14));
     if let Some(reason) = &node.reason {
-        field("reason", reason.clone());
+        field("reason", reason.to_string());
     }
     match (&node.batch, node.wave) {
         (Some(b), Some(w)) => field("batch", format!("{b}, wave {w}")),
-        (Some(b), None) => field("batch", b.clone()),
+        (Some(b), None) => field("batch", b.to_string()),
         (None, _) => field(
             "batch",
             membership.map_or("none yet".into(), |m| m.to_string()),
@@ -1356,7 +1356,7 @@ status:
         n.state = Some(state);
         n.wave = Some(wave);
         n.batch = Some("row12".into());
-        n.reason = reason.map(String::from);
+        n.reason = reason.map(Into::into);
         n.allocatable_gpus = Some(gpus);
         n
     }
@@ -1531,7 +1531,7 @@ status:
                 "fabric cliqueId is 9, its label nvidia.com/gpu.clique says 7".into(),
             )],
         };
-        n.verdict = Some(record.to_annotation());
+        n.verdict = Some(crate::planner::sym(&record.to_annotation()));
         let lines = why(&n, None, &[], now);
         let text = lines.join("\n");
         assert!(

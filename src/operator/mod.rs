@@ -23,6 +23,8 @@ pub mod leader;
 pub mod metrics;
 pub mod nvcre;
 mod observe;
+/// The node cache, for tools and tests that measure it.
+pub use observe::{NodeCache, view_event};
 pub mod pace;
 mod pool;
 pub mod probe;

@@ -1,7 +1,7 @@
 //! Observe: the caches the watches fill, and the planner's snapshot built
 //! from them (no client required).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use k8s_openapi::api::core::v1::{
@@ -92,22 +92,57 @@ impl Stores {
 pub struct NodeCache {
     /// By name: snapshots then list nodes in name order, which after a
     /// list is also the order their views were allocated in, so the
-    /// planner's pass over them reads memory mostly in sequence.
-    nodes: Arc<RwLock<BTreeMap<String, Arc<NodeView>>>>,
+    /// planner's pass over them reads memory mostly in sequence. Keyed by
+    /// the view's own name (no second copy of it).
+    nodes: Arc<RwLock<BTreeSet<ByName>>>,
+}
+
+/// A cached view, ordered and found by its node's name.
+#[derive(Clone)]
+struct ByName(Arc<NodeView>);
+
+impl std::borrow::Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for ByName {}
+
+impl PartialOrd for ByName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
 }
 
 impl NodeCache {
     /// The view of the node of this name, if it is cached.
     pub fn get(&self, name: &str) -> Option<Arc<NodeView>> {
-        self.read().get(name).cloned()
+        self.read().get(name).map(|n| n.0.clone())
     }
 
     /// Every cached view that `keep` accepts, by name.
     pub fn select(&self, mut keep: impl FnMut(&NodeView) -> bool) -> Vec<Arc<NodeView>> {
-        self.read().values().filter(|n| keep(n)).cloned().collect()
+        self.read()
+            .iter()
+            .filter(|n| keep(&n.0))
+            .map(|n| n.0.clone())
+            .collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<NodeView>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<ByName>> {
         // A panic while holding the lock leaves the map whole (every write
         // is a single insert, remove or swap): keep using it.
         self.nodes.read().unwrap_or_else(PoisonError::into_inner)
@@ -118,15 +153,13 @@ impl NodeCache {
     /// the old nodes until then; changes and deletions apply at once.
     pub fn writer(&self) -> impl FnMut(&watcher::Event<Arc<NodeView>>) + Send + 'static {
         let nodes = self.nodes.clone();
-        let mut buffer: Option<BTreeMap<String, Arc<NodeView>>> = None;
+        let mut buffer: Option<BTreeSet<ByName>> = None;
         move |event| {
             let write = || nodes.write().unwrap_or_else(PoisonError::into_inner);
             match event {
-                watcher::Event::Init => buffer = Some(BTreeMap::new()),
+                watcher::Event::Init => buffer = Some(BTreeSet::new()),
                 watcher::Event::InitApply(node) => {
-                    buffer
-                        .get_or_insert_default()
-                        .insert(node.name.clone(), node.clone());
+                    buffer.get_or_insert_default().replace(ByName(node.clone()));
                 }
                 watcher::Event::InitDone => {
                     if let Some(fresh) = buffer.take() {
@@ -134,10 +167,10 @@ impl NodeCache {
                     }
                 }
                 watcher::Event::Apply(node) => {
-                    write().insert(node.name.clone(), node.clone());
+                    write().replace(ByName(node.clone()));
                 }
                 watcher::Event::Delete(node) => {
-                    write().remove(&node.name);
+                    write().remove(node.name.as_str());
                 }
             }
         }

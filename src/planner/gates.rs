@@ -130,7 +130,12 @@ impl Planner<'_> {
             (misses >= limit).then(|| {
                 let reason = match patched.and_then(|a| a.get(keys::REASON)) {
                     Some(value) => value.clone().unwrap_or_default(),
-                    None => member.view.reason.clone().unwrap_or_default(),
+                    None => member
+                        .view
+                        .reason
+                        .as_deref()
+                        .unwrap_or_default()
+                        .to_string(),
                 };
                 (member.view.name.clone(), reason)
             })

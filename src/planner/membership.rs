@@ -41,7 +41,7 @@ pub fn needed_healthy(topology: &Topology, domain_key: &str) -> u32 {
 /// "pool NAME" / "batch NAME", sorted. Empty: the node is not contested.
 pub fn claimants<'c>(
     pool: &str,
-    labels: &std::collections::BTreeMap<String, String>,
+    labels: &(impl super::labels::LabelSource + ?Sized),
     other_pools: impl IntoIterator<Item = &'c Claim>,
     other_batches: impl IntoIterator<Item = &'c Claim>,
 ) -> Vec<String> {

@@ -34,6 +34,7 @@ mod admission;
 mod conditions;
 mod gates;
 mod health;
+pub mod labels;
 mod membership;
 mod pool;
 pub mod preview;
@@ -63,6 +64,7 @@ use crate::vocabulary::EventReason;
 
 pub use conditions::{condition, is_true};
 pub use health::{Failure, FailureCategory, compare_versions, static_failure};
+pub use labels::{LabelSource, Labels, Stamps, Sym, sym};
 pub use membership::{Mismatch, claimants, needed_healthy};
 pub use pool::{
     Breaker, LEDGER_MAX, PoolPlan, breaker, invalid_pool_status, parse_window, plan_pool,

@@ -461,7 +461,7 @@ spec:
 
     fn set_gpus(node: &mut NodeView, n: u32) {
         node.allocatable_gpus = Some(n);
-        node.allocatable_gpus_raw = Some(n.to_string());
+        node.allocatable_gpus_raw = Some(n.to_string().into());
     }
 
     fn find<'a>(nodes: &'a mut [NodeView], name: &str) -> &'a mut NodeView {

@@ -1,24 +1,24 @@
 //! Label selectors, evaluated as the API server does.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::labels::LabelSource;
 
 /// Does `selector` select a node with these labels? An empty selector
 /// selects everything; an unknown operator selects nothing.
-pub fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn matches(selector: &LabelSelector, labels: &(impl LabelSource + ?Sized)) -> bool {
     let labels_match = selector
         .match_labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| labels.label(k) == Some(v.as_str()));
     labels_match
         && selector.match_expressions.iter().flatten().all(|req| {
-            let value = labels.get(&req.key);
+            let value = labels.label(&req.key);
             let values = req.values.as_deref().unwrap_or_default();
             match req.operator.as_str() {
-                "In" => value.is_some_and(|v| values.contains(v)),
-                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+                "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
                 "Exists" => value.is_some(),
                 "DoesNotExist" => value.is_none(),
                 _ => false,
@@ -52,6 +52,7 @@ pub fn to_query(selector: &LabelSelector) -> Option<String> {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use std::collections::BTreeMap;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

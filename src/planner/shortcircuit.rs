@@ -34,7 +34,7 @@ impl Planner<'_> {
             .members
             .iter()
             .find(|m| m.state == NodeState::Pending && m.view.suspect == Some(generation))
-            .map(|m| m.view.reason.clone().unwrap_or_default());
+            .map(|m| m.view.reason.as_deref().unwrap_or_default().to_string());
     }
 
     /// Settles the failures of nodes in flight recorded while deferring:

@@ -409,12 +409,12 @@ pub fn apply_patch(
     for (key, value) in &patch.annotations {
         let value = value.as_deref();
         match *key {
-            keys::BATCH => node.batch = value.map(String::from),
-            keys::BATCH_UID => node.batch_uid = value.map(String::from),
+            keys::BATCH => node.batch = value.map(super::sym),
+            keys::BATCH_UID => node.batch_uid = value.map(super::sym),
             keys::WAVE => node.wave = value.and_then(|v| v.parse().ok()),
             keys::SINCE => node.since = value.and_then(|v| v.parse().ok()),
             keys::STARTED => node.started = value.and_then(|v| v.parse().ok()),
-            keys::REASON => node.reason = value.map(String::from),
+            keys::REASON => node.reason = value.map(super::sym),
             keys::ATTEMPT => node.attempt = value.and_then(|v| v.parse().ok()).unwrap_or(0),
             keys::RETRY => node.retry = value.is_some(),
             keys::ADMITTED => node.admitted = value.and_then(|v| v.parse().ok()),
@@ -423,7 +423,7 @@ pub fn apply_patch(
             keys::PROBE_MISSES => {
                 node.probe_misses = value.and_then(|v| v.parse().ok()).unwrap_or(0)
             }
-            keys::VERDICT => node.verdict = value.map(String::from),
+            keys::VERDICT => node.verdict = value.map(super::sym),
             keys::TAINT => node.taints_added = value.map(super::snapshot::parse_taints),
             _ => {}
         }

@@ -2,7 +2,6 @@
 //! from Nodes and probe pods. The operator builds a node's view once per
 //! watch event and caches it behind an `Arc`; snapshots share those views.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,6 +10,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::{self as jiff, Timestamp};
 
+use super::labels::{Labels, Stamps, Sym, sym};
 use crate::keys;
 
 /// A node's place in the rollout, as the `gpufleet.io/state` label says.
@@ -100,14 +100,14 @@ pub struct NodeView {
     pub name: String,
     /// `metadata.resourceVersion`: the version this view was built from.
     pub resource_version: Option<String>,
-    /// Every label (selectors need them all).
-    pub labels: BTreeMap<String, String>,
+    /// Every label (selectors need them all), interned.
+    pub labels: Labels,
     /// Parsed `gpufleet.io/state`; `None` when absent or unknown.
     pub state: Option<NodeState>,
     /// `gpufleet.io/batch`.
-    pub batch: Option<String>,
+    pub batch: Option<Sym>,
     /// `gpufleet.io/batch-uid`.
-    pub batch_uid: Option<String>,
+    pub batch_uid: Option<Sym>,
     /// `gpufleet.io/wave`.
     pub wave: Option<u32>,
     /// `gpufleet.io/since`.
@@ -115,7 +115,7 @@ pub struct NodeView {
     /// `gpufleet.io/started`.
     pub started: Option<Timestamp>,
     /// `gpufleet.io/reason`.
-    pub reason: Option<String>,
+    pub reason: Option<Sym>,
     /// `gpufleet.io/attempt` (0 when absent).
     pub attempt: u32,
     /// `gpufleet.io/taint`: the onboarding taints gpufleet added, as
@@ -126,8 +126,9 @@ pub struct NodeView {
     pub retry: bool,
     /// The Ready condition's status: `Some(true)` only for "True".
     pub ready: Option<bool>,
-    /// Every condition type with its status ("True", "False", "Unknown").
-    pub conditions: BTreeMap<String, String>,
+    /// Every condition type with its status ("True", "False", "Unknown"),
+    /// interned as labels are.
+    pub conditions: Labels,
     /// `gpufleet.io/admitted`: when gpufleet admitted the node.
     pub admitted: Option<Timestamp>,
     /// `gpufleet.io/recorded-state`: the state gpufleet last wrote.
@@ -138,14 +139,14 @@ pub struct NodeView {
     pub probe_misses: u32,
     /// `gpufleet.io/verdict`: what its probe's verdict said, as recorded
     /// (JSON of `planner::VerdictRecord`).
-    pub verdict: Option<String>,
+    pub verdict: Option<Sym>,
     /// When each condition last changed status (its lastTransitionTime),
     /// where the reporter said.
-    pub condition_since: BTreeMap<String, Timestamp>,
+    pub condition_since: Stamps,
     /// `status.allocatable["nvidia.com/gpu"]`, when it parses as a count.
     pub allocatable_gpus: Option<u32>,
     /// The raw allocatable value, for messages when it does not parse.
-    pub allocatable_gpus_raw: Option<String>,
+    pub allocatable_gpus_raw: Option<Sym>,
     /// Every taint, in the node's order.
     pub taints: Vec<TaintView>,
     /// `spec.unschedulable`: cordoned (gpufleet never cordons).
@@ -226,7 +227,7 @@ impl NodeView {
         NodeView {
             name: name.into(),
             resource_version: None,
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
             state: None,
             batch: None,
             batch_uid: None,
@@ -238,13 +239,13 @@ impl NodeView {
             taints_added: None,
             retry: false,
             ready: None,
-            conditions: BTreeMap::new(),
+            conditions: Labels::default(),
             admitted: None,
             recorded_state: None,
             suspect: None,
             probe_misses: 0,
             verdict: None,
-            condition_since: BTreeMap::new(),
+            condition_since: Stamps::default(),
             allocatable_gpus: None,
             allocatable_gpus_raw: None,
             taints: Vec::new(),
@@ -284,7 +285,7 @@ impl From<&Node> for NodeView {
         let annotations = meta.annotations.as_ref();
         let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
         let status = node.status.as_ref();
-        let conditions: BTreeMap<String, String> = status
+        let conditions: Labels = status
             .and_then(|s| s.conditions.as_ref())
             .map(|cs| {
                 cs.iter()
@@ -292,7 +293,7 @@ impl From<&Node> for NodeView {
                     .collect()
             })
             .unwrap_or_default();
-        let condition_since: BTreeMap<String, Timestamp> = status
+        let condition_since: Stamps = status
             .and_then(|s| s.conditions.as_ref())
             .map(|cs| {
                 cs.iter()
@@ -303,23 +304,27 @@ impl From<&Node> for NodeView {
         let allocatable_gpus_raw = status
             .and_then(|s| s.allocatable.as_ref())
             .and_then(|a| a.get(keys::GPU_RESOURCE))
-            .map(|q| q.0.clone());
+            .map(|q| sym(&q.0));
         let spec = node.spec.as_ref();
         NodeView {
             name: meta.name.clone().unwrap_or_default(),
             resource_version: meta.resource_version.clone(),
-            labels: meta.labels.clone().unwrap_or_default(),
+            labels: meta.labels.as_ref().map(Labels::from).unwrap_or_default(),
             state: meta
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(keys::STATE))
                 .and_then(|s| s.parse().ok()),
-            batch: annotation(keys::BATCH),
-            batch_uid: annotation(keys::BATCH_UID),
+            batch: annotations.and_then(|a| a.get(keys::BATCH)).map(|v| sym(v)),
+            batch_uid: annotations
+                .and_then(|a| a.get(keys::BATCH_UID))
+                .map(|v| sym(v)),
             wave: annotation(keys::WAVE).and_then(|w| w.parse().ok()),
             since: annotation(keys::SINCE).and_then(|s| s.parse().ok()),
             started: annotation(keys::STARTED).and_then(|s| s.parse().ok()),
-            reason: annotation(keys::REASON),
+            reason: annotations
+                .and_then(|a| a.get(keys::REASON))
+                .map(|v| sym(v)),
             attempt: annotation(keys::ATTEMPT)
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
@@ -333,7 +338,9 @@ impl From<&Node> for NodeView {
             probe_misses: annotation(keys::PROBE_MISSES)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
-            verdict: annotation(keys::VERDICT),
+            verdict: annotations
+                .and_then(|a| a.get(keys::VERDICT))
+                .map(|v| sym(v)),
             condition_since,
             allocatable_gpus: allocatable_gpus_raw.as_deref().and_then(|q| q.parse().ok()),
             allocatable_gpus_raw,

@@ -6,10 +6,10 @@
 //! last wave covers every member; a domain is never split.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::labels::LabelSource;
 use crate::api::Wave;
 
 /// A domain's key. Solo nodes (no domain label in use) are their own domain;
@@ -17,7 +17,7 @@ use crate::api::Wave;
 pub fn domain_key(
     domain_label: &str,
     node_name: &str,
-    labels: &BTreeMap<String, String>,
+    labels: &(impl LabelSource + ?Sized),
 ) -> String {
     domain_key_ref(domain_label, node_name, labels).into_owned()
 }
@@ -26,9 +26,9 @@ pub fn domain_key(
 pub fn domain_key_ref<'a>(
     domain_label: &str,
     node_name: &str,
-    labels: &'a BTreeMap<String, String>,
+    labels: &'a (impl LabelSource + ?Sized),
 ) -> Cow<'a, str> {
-    match (domain_label.is_empty(), labels.get(domain_label)) {
+    match (domain_label.is_empty(), labels.label(domain_label)) {
         (false, Some(value)) => Cow::Borrowed(value),
         _ => Cow::Owned(format!("/{node_name}")),
     }

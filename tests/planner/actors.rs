@@ -61,7 +61,8 @@ use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::keys;
 use gpufleet::planner::sim::{Applied, Cache, Cluster, Outcome, Write, healthy_node};
 use gpufleet::planner::{
-    Action, NodeState, NodeView, Plan, Snapshot, TaintChange, TaintView, matches, probe_pod_name,
+    Action, NodeState, NodeView, Plan, Snapshot, Sym, TaintChange, TaintView, matches,
+    probe_pod_name,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -498,8 +499,8 @@ fn provenance(node: &NodeView) -> Provenance {
     (
         node.labels.get(keys::STATE).cloned(),
         node.recorded_state,
-        node.batch.clone(),
-        node.batch_uid.clone(),
+        node.batch.as_deref().map(String::from),
+        node.batch_uid.as_deref().map(String::from),
     )
 }
 
@@ -774,7 +775,7 @@ impl World {
                 };
                 let keep_uid = label.is_none() || (self.gaps.label_beside_uid && uid % 4 == 3);
                 if !keep_uid {
-                    edited.batch_uid = self.foreign_uid(&node, *uid);
+                    edited.batch_uid = self.foreign_uid(&node, *uid).map(Sym::from);
                 }
             }
             Foreign::Annotation(key, value) => {
@@ -789,12 +790,12 @@ impl World {
                                 if node.batch_uid.as_deref() == Some(batch_uid(b).as_str()) {
                                     Some("intruder".into())
                                 } else {
-                                    Some(format!("b{b}"))
+                                    Some(format!("b{b}").into())
                                 }
                             }
                         }
                     }
-                    1 => edited.batch_uid = self.foreign_uid(&node, v),
+                    1 => edited.batch_uid = self.foreign_uid(&node, v).map(Sym::from),
                     2 => edited.wave = (v % 4 != 0).then_some(u32::from(v % 4)),
                     3 => {
                         let at = self.cluster.now

@@ -163,7 +163,7 @@ pub fn reason_of(sim: &Sim, node: &str) -> String {
         .nodes
         .iter()
         .find(|n| n.name == node)
-        .and_then(|n| n.reason.clone())
+        .and_then(|n| n.reason.as_deref().map(String::from))
         .unwrap_or_default()
 }
 

@@ -467,7 +467,7 @@ fn node_object(view: &NodeView) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(view.name.clone()),
-            labels: Some(view.labels.clone()),
+            labels: Some(view.labels.to_map()),
             ..Default::default()
         },
         spec: Some(NodeSpec::default()),
@@ -483,7 +483,7 @@ fn node_object(view: &NodeView) -> Node {
                     .collect(),
             ),
             allocatable: view.allocatable_gpus_raw.as_ref().map(|raw| {
-                [(keys::GPU_RESOURCE.to_string(), Quantity(raw.clone()))]
+                [(keys::GPU_RESOURCE.to_string(), Quantity(raw.to_string()))]
                     .into_iter()
                     .collect()
             }),
@@ -1267,7 +1267,7 @@ fn gpu_sums_saturate() {
         node.state = Some(NodeState::Ready);
         node.labels.insert(keys::STATE.into(), "ready".into());
         node.allocatable_gpus = Some(u32::MAX);
-        node.allocatable_gpus_raw = Some(u32::MAX.to_string());
+        node.allocatable_gpus_raw = Some(u32::MAX.to_string().into());
     }
     let pool = crate::fixtures::pool();
     let status = plan_pool(&pool, &nodes, t0()).status;

@@ -6,6 +6,7 @@ mod actors;
 mod breaker;
 mod fixtures;
 mod fuzz;
+mod index;
 mod known_bugs;
 mod no_panic;
 mod probes;

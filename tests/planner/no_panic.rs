@@ -72,8 +72,8 @@ proptest! {
                 node.state = Some(state);
                 node.labels.insert(keys::STATE.into(), state.as_str().into());
                 node.recorded_state = Some(state);
-                node.batch = batch.metadata.name.clone();
-                node.batch_uid = batch.metadata.uid.clone();
+                node.batch = batch.metadata.name.clone().map(Into::into);
+                node.batch_uid = batch.metadata.uid.clone().map(Into::into);
             }
             if let Some(changed) = changed {
                 node.conditions.insert("Ready".into(), if n % 2 == 0 { "False" } else { "True" }.into());
