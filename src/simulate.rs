@@ -9,7 +9,8 @@
 //! annotated `sim.gpufleet.io/probe-result: fail` fails its probes, with the
 //! message in `sim.gpufleet.io/probe-message`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -385,11 +386,16 @@ pub fn ready(mut node: Node) -> Node {
 /// --no-kwok`): nothing runs pods, so each probe pod gpufleet makes in
 /// `namespace` is finished by writing its status, as a kubelet would after
 /// `delay`: started, then every container terminated with exit code 0 and
-/// the pod Succeeded (a node annotated [`SIM_PROBE_RESULT`]`=fail` is not
-/// read: the benchmark's fleets have no faults, and reading each node would
-/// be a request per probe). Many at once, riding out errors as
-/// [`burn_in`] does.
-pub async fn kubelet_less_burn_in(client: kube::Client, namespace: String, delay: Duration) {
+/// the pod Succeeded, or, on a node named in `failing`, exit code 1 and
+/// Failed. (Node annotations are not read: that would be a request per
+/// probe; the harness names its faulty trays instead.) Many at once,
+/// riding out errors as [`burn_in`] does.
+pub async fn kubelet_less_burn_in(
+    client: kube::Client,
+    namespace: String,
+    delay: Duration,
+    failing: Arc<BTreeSet<String>>,
+) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let pending = |pod: &Pod| {
         pod.metadata.deletion_timestamp.is_none()
@@ -401,6 +407,11 @@ pub async fn kubelet_less_burn_in(client: kube::Client, namespace: String, delay
     };
     work_through_probes(pods.clone(), pending, BURN_INS_AT_ONCE * 8, |pod| {
         let pods = pods.clone();
+        let fails = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some_and(|n| failing.contains(n));
         async move {
             // Finished `delay` after it was created.
             let created = pod
@@ -411,14 +422,19 @@ pub async fn kubelet_less_burn_in(client: kube::Client, namespace: String, delay
                 .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
             let age = k8s_openapi::jiff::Timestamp::now().duration_since(created);
             tokio::time::sleep(delay.saturating_sub(age.unsigned_abs())).await;
-            finish_as_kubelet(&pods, &pod, delay).await
+            finish_as_kubelet(&pods, &pod, delay, fails).await
         }
     })
     .await;
 }
 
 /// Writes a probe pod's status as a kubelet that ran it for `ran` would.
-async fn finish_as_kubelet(pods: &Api<Pod>, pod: &Pod, ran: Duration) -> Result<(), kube::Error> {
+async fn finish_as_kubelet(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    ran: Duration,
+    fails: bool,
+) -> Result<(), kube::Error> {
     let Some(name) = pod.metadata.name.as_deref() else {
         return Ok(());
     };
@@ -434,14 +450,15 @@ async fn finish_as_kubelet(pods: &Api<Pod>, pod: &Pod, ran: Duration) -> Result<
             json!({
                 "name": c.name, "image": c.image, "imageID": "", "ready": false,
                 "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                    "message": "burn-in passed",
+                "state": {"terminated": {"exitCode": i32::from(fails),
+                    "reason": if fails { "Error" } else { "Completed" },
+                    "message": if fails { "bench fault: burn-in failed" } else { "burn-in passed" },
                     "startedAt": start.to_string(), "finishedAt": end.to_string()}},
             })
         })
         .collect();
     let body = json!({"status": {
-        "phase": "Succeeded",
+        "phase": if fails { "Failed" } else { "Succeeded" },
         "startTime": start.to_string(),
         "containerStatuses": containers,
     }});

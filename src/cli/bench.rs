@@ -16,10 +16,11 @@
 //! `node.kubernetes.io/not-ready:NoSchedule` once a node's Ready condition
 //! is True), and compares them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read, Seek, Write};
 use std::path::PathBuf;
 use std::process::{Child, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -49,9 +50,19 @@ const ONBOARDING_TAINT: &str = "gpufleet.io/onboarding";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Nodes to roll out (rounded up to whole domains of 18).
+    /// Nodes to roll out (rounded up to whole domains of 18, unless
+    /// --exact).
     #[arg(long, default_value_t = 1000, value_name = "N")]
     nodes: u32,
+    /// Exactly --nodes nodes: the last domain is partial (137,500 trays are
+    /// 7,638 domains of 18 and one of 16).
+    #[arg(long)]
+    exact: bool,
+    /// Inject faults: one tray in 2,000 fails its burn-in, and one domain
+    /// loses three trays, so that it has 15 healthy of the 16 it needs and
+    /// is held. The report counts failed and held nodes.
+    #[arg(long)]
+    faults: bool,
     /// How long each burn-in probe runs (kwok completes it after this).
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
     probe_seconds: f64,
@@ -178,6 +189,10 @@ pub struct Rollout {
     pub overhead_per_wave_seconds: f64,
     pub admitted: u64,
     pub failed: u64,
+    /// Healthy nodes of domains with too few healthy nodes to admit.
+    pub held: u64,
+    /// Trays whose probe was made to fail (--faults).
+    pub faults_injected: u64,
     pub process: ProcessStats,
     pub requests: Requests,
     pub node_writes_per_admitted: f64,
@@ -243,7 +258,11 @@ pub struct Minimal {
 
 async fn bench(args: &Args) -> anyhow::Result<Report> {
     let domains = args.nodes.div_ceil(NODES_PER_DOMAIN);
-    let nodes = domains * NODES_PER_DOMAIN;
+    let nodes = if args.exact {
+        args.nodes
+    } else {
+        domains * NODES_PER_DOMAIN
+    };
     let started = Instant::now();
     // kube-controller-manager is the peer.
     let tools: &[&str] = if args.peer {
@@ -282,10 +301,10 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         api_server_tuning: plane.tuning.clone(),
     };
     if !args.no_rollout {
-        report.rollout = Some(full_rollout(args, &plane, &client, domains).await?);
+        report.rollout = Some(full_rollout(args, &plane, &client, nodes).await?);
     }
     if args.peer {
-        report.peer = Some(peer_comparison(args, &plane, &client, domains).await?);
+        report.peer = Some(peer_comparison(args, &plane, &client, nodes).await?);
     }
     for (name, pid) in &plane.pids {
         if let Some(stats) = process_stats(*pid) {
@@ -303,28 +322,40 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// The fleet: domains alternate GB200 and GB300.
-fn fleet(prefix: &str, domains: u32) -> Vec<SimNode> {
-    let mut nodes = Vec::with_capacity((domains * NODES_PER_DOMAIN) as usize);
-    for d in 0..domains {
-        let clique = format!("{prefix}-{d:06}.32766");
-        for n in 1..=NODES_PER_DOMAIN {
+/// The domain that loses three trays with --faults (when the fleet has it).
+const HELD_DOMAIN: u32 = 7;
+
+/// Is tray `n` (1-based) of domain `d`, the `i`th of the fleet, faulty?
+/// One in 2,000 (never two in one domain), and trays 1 to 3 of
+/// [`HELD_DOMAIN`].
+fn faulty(i: u32, d: u32, n: u32) -> bool {
+    i % 2000 == 1000 || (d == HELD_DOMAIN && n <= 3)
+}
+
+/// The fleet of `count` trays: domains of 18 (the last one partial when
+/// `count` is not a multiple), alternating GB200 and GB300; with `faults`,
+/// the [`faulty`] trays' probes fail.
+fn fleet(prefix: &str, count: u32, faults: bool) -> Vec<SimNode> {
+    (0..count)
+        .map(|i| {
+            let (d, n) = (i / NODES_PER_DOMAIN, i % NODES_PER_DOMAIN + 1);
+            let clique = format!("{prefix}-{d:06}.32766");
             let name = format!("{prefix}-r{d:06}-n{n:02}");
             let mut node = if d % 2 == 0 {
-                SimNode::gb200(name, clique.clone())
+                SimNode::gb200(name, clique)
             } else {
-                SimNode::gb300(name, clique.clone())
+                SimNode::gb300(name, clique)
             };
+            if faults && faulty(i, d, n) {
+                node.probe_failure = Some("bench fault: burn-in failed".into());
+            }
             // Exit codes only, as the benchmarks measured before verdicts.
             node.verdict = false;
-            nodes.push(
-                node.label(BENCH_LABEL, prefix)
-                    .label("gpufleet.io/pool", prefix)
-                    .label("gpufleet.io/batch", prefix),
-            );
-        }
-    }
-    nodes
+            node.label(BENCH_LABEL, prefix)
+                .label("gpufleet.io/pool", prefix)
+                .label("gpufleet.io/batch", prefix)
+        })
+        .collect()
 }
 
 async fn create(
@@ -458,11 +489,19 @@ async fn full_rollout(
     args: &Args,
     plane: &ControlPlane,
     client: &kube::Client,
-    domains: u32,
+    size: u32,
 ) -> anyhow::Result<Rollout> {
     let name = "bench";
-    let nodes = fleet(name, domains);
+    let nodes = fleet(name, size, args.faults);
     let count = nodes.len();
+    let domains = size.div_ceil(NODES_PER_DOMAIN);
+    let failing: Arc<BTreeSet<String>> = Arc::new(
+        nodes
+            .iter()
+            .filter(|n| n.probe_failure.is_some())
+            .map(|n| n.name.clone())
+            .collect(),
+    );
     eprintln!(
         "bench: creating {count} nodes ({domains} domains), {} at a time",
         args.parallel
@@ -506,6 +545,7 @@ async fn full_rollout(
             client.clone(),
             NAMESPACE.to_string(),
             delay,
+            failing.clone(),
         ))
     } else {
         tokio::spawn(simulate::burn_in(
@@ -553,9 +593,10 @@ async fn full_rollout(
     let plan_ms_end = time_plan(&pool, &batch, &snapshot);
     let count_state =
         |state: NodeState| snapshot.nodes.iter().filter(|n| n.state() == state).count() as u64;
-    let (admitted, failed) = (
+    let (admitted, failed, held) = (
         count_state(NodeState::Ready),
         count_state(NodeState::Failed),
+        count_state(NodeState::Held),
     );
     let n_waves = batch.spec.waves.len();
     // What probes and soak take by themselves: a wave of more nodes than
@@ -590,6 +631,8 @@ async fn full_rollout(
         overhead_per_wave_seconds: (wall - budget) / n_waves as f64,
         admitted,
         failed,
+        held,
+        faults_injected: failing.len() as u64,
         node_writes_per_admitted: if admitted == 0 {
             f64::NAN
         } else {
@@ -664,12 +707,12 @@ async fn peer_comparison(
     args: &Args,
     plane: &ControlPlane,
     client: &kube::Client,
-    domains: u32,
+    size: u32,
 ) -> anyhow::Result<PeerComparison> {
     let timeout = Duration::from_secs(args.timeout);
     // gpufleet, configured for the minimal job: one wave, no probe, no soak.
     let name = "minimal";
-    let nodes: Vec<Node> = fleet(name, domains)
+    let nodes: Vec<Node> = fleet(name, size, false)
         .iter()
         .map(|n| with_taint(n.to_node(), ONBOARDING_TAINT))
         .collect();
@@ -719,7 +762,7 @@ async fn peer_comparison(
 
     // The peer on a fresh fleet, tainted as a not-yet-Ready node is.
     let name = "peer";
-    let nodes: Vec<Node> = fleet(name, domains)
+    let nodes: Vec<Node> = fleet(name, size, false)
         .iter()
         .map(|n| with_taint(n.to_node(), NOT_READY_TAINT))
         .collect();
@@ -1161,8 +1204,11 @@ impl Report {
                     ),
                 ),
                 (
-                    "admitted / failed",
-                    format!("{} / {}", r.admitted, r.failed),
+                    "admitted / failed / held",
+                    format!(
+                        "{} / {} / {} ({} faults injected)",
+                        r.admitted, r.failed, r.held, r.faults_injected
+                    ),
                 ),
                 (
                     "operator peak RSS",

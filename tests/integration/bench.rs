@@ -10,7 +10,7 @@ use std::process::Command;
 
 #[test]
 fn a_thousand_node_rollout_completes_within_three_node_writes_a_node() {
-    let (report, status, stderr) = bench(1000, 150, false);
+    let (report, status, stderr) = bench(1000, 150, &[]);
     let rollout = &report["rollout"];
     let nodes = report["nodes"].as_u64().expect("nodes");
     assert_eq!(nodes, 1008, "1,000 rounded up to whole domains of 18");
@@ -60,13 +60,14 @@ fn a_thousand_node_rollout_completes_within_three_node_writes_a_node() {
 }
 
 /// Runs `gpufleet bench` at `nodes` (probes on, 1 s probes and soak, with
-/// kwok or without) and returns its report, its exit status and what it
-/// said on stderr, after checking that the rollout completed and admitted
-/// every node.
+/// `flags` such as `--no-kwok`) and returns its report, its exit status and
+/// what it said on stderr, after checking that the rollout completed and
+/// decided every node: admitted, or (with `--faults`) failed exactly where a
+/// fault was injected, or held with its domain.
 fn bench(
     nodes: u32,
     timeout: u32,
-    no_kwok: bool,
+    flags: &[&str],
 ) -> (serde_json::Value, std::process::ExitStatus, String) {
     let (nodes, timeout) = (nodes.to_string(), timeout.to_string());
     let mut args = vec![
@@ -81,9 +82,7 @@ fn bench(
         &timeout,
         "--json",
     ];
-    if no_kwok {
-        args.push("--no-kwok");
-    }
+    args.extend(flags);
     let out = Command::new(env!("CARGO_BIN_EXE_gpufleet"))
         .args(&args)
         .env_remove("KUBECONFIG")
@@ -103,10 +102,27 @@ fn bench(
         "the {nodes}-node rollout did not complete: {}\nstderr:\n{stderr}",
         rollout["outcome"]
     );
+    let count = |key: &str| rollout[key].as_u64().unwrap_or_default();
     assert_eq!(
-        rollout["admitted"], report["nodes"],
-        "every node admitted: {rollout}"
+        count("admitted") + count("failed") + count("held"),
+        report["nodes"].as_u64().unwrap_or_default(),
+        "every node decided: {rollout}"
     );
+    assert_eq!(
+        count("failed"),
+        count("faults_injected"),
+        "failed exactly where a fault was injected: {rollout}"
+    );
+    // Held: the domain that lost three trays (15 healthy of the 16 it
+    // needs), and a partial last domain smaller than 16.
+    let partial = report["nodes"].as_u64().unwrap_or_default() % 18;
+    let expected = if flags.contains(&"--faults") { 15 } else { 0 }
+        + if (1..16).contains(&partial) {
+            partial
+        } else {
+            0
+        };
+    assert_eq!(count("held"), expected, "held nodes: {rollout}");
     (report, out.status, stderr)
 }
 
@@ -114,11 +130,15 @@ fn bench(
 /// and pool alike) per admitted node, at 1,000 and at 3,000 nodes: a plan
 /// reads the whole pool, so without the plan pace a busy batch planned back
 /// to back and the work per node grew with the pool (37 and 57 before the
-/// pace, 1.54 times). Counts, not timings.
+/// pace, 1.54 times). Counts, not timings. Both fleets are exact (the last
+/// domain partial: 1,000 = 55 x 18 + 10) and carry faults (failed trays, a
+/// held domain), as the Colossus runs in BENCHMARKS.md do.
 #[test]
 fn work_per_admitted_node_stays_flat_from_1000_to_3000_nodes() {
-    let (small, _, _) = bench(1000, 300, true);
-    let (large, _, _) = bench(3000, 300, true);
+    let flags = ["--no-kwok", "--exact", "--faults"];
+    let (small, _, _) = bench(1000, 300, &flags);
+    let (large, _, _) = bench(3000, 300, &flags);
+    assert_eq!(small["nodes"], 1000, "exactly 1,000 nodes");
     let per_node = |r: &serde_json::Value| {
         let visits = r["rollout"]["reconciles"]["node_visits"]
             .as_f64()
