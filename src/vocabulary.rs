@@ -117,6 +117,8 @@ pub enum Reason {
     /// failed naming no node of its group, or whose failed nodes cannot be
     /// read).
     RackTestUnreadable,
+    /// Nodes wait for the pool's power budget or ramp (`spec.power`).
+    WaitingForPower,
 }
 
 impl Reason {
@@ -149,6 +151,7 @@ impl Reason {
             Reason::ProbesNotRunning => "ProbesNotRunning",
             Reason::RackTestTooBig => "RackTestTooBig",
             Reason::RackTestUnreadable => "RackTestUnreadable",
+            Reason::WaitingForPower => "WaitingForPower",
         }
     }
 }
@@ -253,6 +256,9 @@ pub enum Gate {
     /// A rack test finished with a result gpufleet cannot read or trust
     /// (see `Reason::RackTestUnreadable`): nobody is blamed, nothing starts.
     RackTestUnreadable,
+    /// Pending nodes wait for the pool's power budget or ramp to allow them
+    /// (`spec.power`); what runs goes on.
+    PowerBudget,
 }
 
 impl Gate {
@@ -273,6 +279,7 @@ impl Gate {
             Gate::SuspectedMisconfiguration => Reason::SuspectedMisconfiguration,
             Gate::ProbeRejected => Reason::ProbeRejected,
             Gate::ProbesNotRunning => Reason::ProbesNotRunning,
+            Gate::PowerBudget => Reason::WaitingForPower,
         }
     }
 
@@ -314,6 +321,7 @@ impl Gate {
             Gate::RackTest => "waits on rack tests",
             Gate::RackTestTooBig => "halted: a rack test exceeds the caps",
             Gate::RackTestUnreadable => "halted: a rack test result is unreadable",
+            Gate::PowerBudget => "waits for power",
         }
     }
 
@@ -336,6 +344,7 @@ impl Gate {
             Gate::RackTest => "waits on rack tests",
             Gate::RackTestTooBig => "halted, a rack test exceeds the caps",
             Gate::RackTestUnreadable => "halted, a rack test result is unreadable",
+            Gate::PowerBudget => "waits for power",
         }
     }
 
@@ -357,11 +366,12 @@ impl Gate {
             Gate::RackTest => "rack_test",
             Gate::RackTestTooBig => "rack_test_too_big",
             Gate::RackTestUnreadable => "rack_test_unreadable",
+            Gate::PowerBudget => "power_budget",
         }
     }
 
     /// Every gate.
-    pub const ALL: [Gate; 15] = [
+    pub const ALL: [Gate; 16] = [
         Gate::Probes,
         Gate::Soak,
         Gate::Approval,
@@ -377,6 +387,7 @@ impl Gate {
         Gate::RackTest,
         Gate::RackTestTooBig,
         Gate::RackTestUnreadable,
+        Gate::PowerBudget,
     ];
 }
 

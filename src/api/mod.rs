@@ -15,7 +15,8 @@ pub use common::{
     TaintSpec, VERSION,
 };
 pub use pool::{
-    BreakerFailure, BreakerStatus, CircuitBreaker, DomainTest, FabricGate, FirmwareGate, GpuPool,
-    GpuPoolSpec, GpuPoolStatus, Hardware, HealthChecks, NvcreTest, Onboarding, Probe, Topology,
+    BreakerFailure, BreakerStatus, CircuitBreaker, DomainTest, FabricGate, FirmwareGate,
+    GB200_NODE_WATTS, GB300_NODE_WATTS, GpuPool, GpuPoolSpec, GpuPoolStatus, Hardware,
+    HealthChecks, NvcreTest, Onboarding, Power, Probe, Topology,
 };
 pub use validate::FieldError;

@@ -82,6 +82,68 @@ pub struct GpuPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_concurrent: Option<u32>,
+    /// The power the pool's nodes draw while gpufleet tests them, and what
+    /// the site can give: a node starts its checks only within the budget
+    /// and the ramp, counted across all the pool's batches (trays under a
+    /// rack test count too). Unset: no power limit (only `maxConcurrent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<Power>,
+}
+
+/// Watts a GB200 tray draws under a burn-in: an NVL72 rack draws about 120
+/// to 132 kW at load, shared by its 18 compute trays (switch trays and
+/// losses included).
+pub const GB200_NODE_WATTS: u32 = 7_300;
+/// Watts a GB300 tray draws under a burn-in: about 120 to 140 kW a rack.
+pub const GB300_NODE_WATTS: u32 = 7_800;
+
+/// A pool's power budget for nodes under test.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Power {
+    /// Kilowatts the pool's nodes under test may draw at once, across all
+    /// its batches (1 kW to 2 GW): nodes validating (probes and rack
+    /// tests), and soaking when `soakAtLoad`. Lowering it never stops a
+    /// running check; it holds new starts until the load is under it.
+    #[schemars(range(min = 1, max = 2000000))]
+    pub budget_kilowatts: u32,
+    /// Kilowatts a minute by which the load under test may grow (generators
+    /// and feeds follow a ramp): the nodes started in any minute draw at most
+    /// this much. Unset: no ramp limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2000000))]
+    pub ramp_kilowatts_per_minute: Option<u32>,
+    /// Watts one node draws under test, by its `nvidia.com/gpu.product`
+    /// label. Products not listed draw `nodeWatts`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "integer", "format": "uint32", "minimum": 1, "maximum": 100000}
+    ))]
+    pub product_watts: std::collections::BTreeMap<String, u32>,
+    /// Watts one node of a product not in `productWatts` draws under test.
+    /// Unset: 7,300 for `NVIDIA-GB200`, 7,800 for `NVIDIA-GB300` and any
+    /// other product (an NVL72 rack of 18 trays draws 120 to 140 kW).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub node_watts: Option<u32>,
+    /// The soak runs at load (a burn-in through the soak): soaking nodes
+    /// count against the budget too.
+    #[serde(default)]
+    pub soak_at_load: bool,
+}
+
+impl Power {
+    /// Watts a node of `product` draws under test.
+    pub fn node_watts(&self, product: Option<&str>) -> u32 {
+        if let Some(w) = product.and_then(|p| self.product_watts.get(p)) {
+            return *w;
+        }
+        self.node_watts.unwrap_or(match product {
+            Some("NVIDIA-GB200") => GB200_NODE_WATTS,
+            _ => GB300_NODE_WATTS,
+        })
+    }
 }
 
 /// The hardware facts a node must report, read from the labels of GPU Feature

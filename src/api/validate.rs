@@ -50,6 +50,40 @@ impl GpuPool {
                 ),
             ));
         }
+        if let Some(power) = &spec.power {
+            if !(1..=2_000_000).contains(&power.budget_kilowatts) {
+                return Err(error(
+                    "spec.power.budgetKilowatts",
+                    format!("is {}, must be 1 to 2000000 (2 GW)", power.budget_kilowatts),
+                ));
+            }
+            if let Some(ramp) = power.ramp_kilowatts_per_minute
+                && !(1..=2_000_000).contains(&ramp)
+            {
+                return Err(error(
+                    "spec.power.rampKilowattsPerMinute",
+                    format!("is {ramp}, must be 1 to 2000000"),
+                ));
+            }
+            if let Some(w) = power.node_watts
+                && !(1..=100_000).contains(&w)
+            {
+                return Err(error(
+                    "spec.power.nodeWatts",
+                    format!("is {w}, must be 1 to 100000"),
+                ));
+            }
+            if let Some((product, w)) = power
+                .product_watts
+                .iter()
+                .find(|(_, w)| !(1..=100_000).contains(*w))
+            {
+                return Err(error(
+                    format!("spec.power.productWatts[{product}]"),
+                    format!("is {w}, must be 1 to 100000"),
+                ));
+            }
+        }
         let checks = &spec.health_checks;
         if checks.probe.is_none() && (checks.fabric.is_some() || checks.firmware.is_some()) {
             return Err(error(

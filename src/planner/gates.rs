@@ -218,6 +218,13 @@ impl Planner<'_> {
         let mut slots =
             cap.saturating_sub(self.validating_elsewhere + validating_here + self.rack_testing());
         let batch_name = self.batch_name().to_string();
+        let mut power = self.power_use();
+        let soak_at_load = self
+            .pool
+            .spec
+            .power
+            .as_ref()
+            .is_some_and(|p| p.soak_at_load);
         for m in pending {
             let joined = [
                 (keys::BATCH, Some(batch_name.clone())),
@@ -261,6 +268,13 @@ impl Planner<'_> {
                 continue;
             }
             if probe_timeout.is_some() && slots == 0 {
+                break;
+            }
+            // Under test from its start: with a probe, or a soak at load.
+            if let Some(power) = power.as_mut()
+                && (probe_timeout.is_some() || soak_at_load)
+                && !self.power_allows(power, m)
+            {
                 break;
             }
             let mut annotations = joined.to_vec();

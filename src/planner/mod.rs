@@ -22,6 +22,7 @@
 //! | status, conditions, events | `status.rs` (words: `crate::vocabulary`) |
 //! | static health checks | `health.rs` |
 //! | the pool's status and circuit breaker | `pool.rs` |
+//! | the power budget and ramp across the pool's batches | `power.rs` |
 //!
 //! A node's way through a rollout is `pending → validating → soaking → ready`,
 //! or `failed`, or `held` when its domain has too few healthy nodes. Writes
@@ -37,6 +38,7 @@ mod health;
 pub mod labels;
 mod membership;
 mod pool;
+mod power;
 pub mod preview;
 mod probes;
 mod provenance;

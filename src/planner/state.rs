@@ -69,6 +69,15 @@ pub(super) struct Planner<'a> {
     pub probe_named: HashMap<&'a str, &'a ProbeView>,
     /// Nodes of the pool in validation for other batches.
     pub validating_elsewhere: u32,
+    /// The power other batches' nodes under test draw (W), the part of it
+    /// started within the last minute, and the earliest such start
+    /// (`power.rs`; zero without `spec.power`).
+    pub power_elsewhere: (u64, u64, Option<Timestamp>),
+    /// A start the power budget or ramp held back, in words.
+    pub power_held: Option<String>,
+    /// Watts this plan started (its starts carry no `started` yet in the
+    /// views the ramp reads).
+    pub power_started: u64,
     pub breaker: Breaker,
     /// While set, `fail` only records the failure here: the failures of
     /// nodes in flight are settled together (`shortcircuit.rs`).
@@ -171,6 +180,18 @@ impl<'a> Planner<'a> {
                     && matches(&pool_spec.node_selector, &n.labels)
             })
             .count() as u32;
+        let power_elsewhere = super::power::elsewhere(
+            pool_spec.power.as_ref(),
+            snapshot
+                .nodes
+                .iter()
+                .zip(&is_member)
+                .filter(|(n, member)| {
+                    !**member && !n.deleting && matches(&pool_spec.node_selector, &n.labels)
+                })
+                .map(|(n, _)| &**n),
+            now,
+        );
         let breaker = breaker(pool, &pool_nodes, now);
         Planner {
             pool,
@@ -186,6 +207,9 @@ impl<'a> Planner<'a> {
             probes,
             probe_named,
             validating_elsewhere,
+            power_elsewhere,
+            power_held: None,
+            power_started: 0,
             breaker,
             deferring: false,
             deferred: Vec::new(),

@@ -377,6 +377,17 @@ impl Planner<'_> {
                     );
                     return verdict(Gate::RackTest, Some(wave), message);
                 }
+                if let Some(held) = &self.power_held {
+                    let message = format!(
+                        "wave {} of {} waits for power: {held} ({} validating, {} soaking, {} pending)",
+                        current_wave.max(1),
+                        self.wave_count,
+                        counts.validating,
+                        counts.soaking,
+                        counts.pending
+                    );
+                    return verdict(Gate::PowerBudget, Some(wave), message);
+                }
                 let gate = if counts.validating > 0 || counts.soaking == 0 {
                     Gate::Probes
                 } else {

@@ -473,6 +473,57 @@ fn two_batches_of_a_pool_share_the_pools_cap() {
     );
 }
 
+/// Two batches of one pool share the pool's power budget: each alone (a
+/// rack of 4 GB200 trays, 29.2 kW under test) fits the 44 kW budget;
+/// together (58.4 kW) they do not, so at most six trays (43.8 kW) validate
+/// at once and the batch held back says it waits for power.
+#[test]
+fn two_batches_of_a_pool_share_the_power_budget() {
+    let name = "ro-power";
+    let mut s = Scenario::with_probe_delay(
+        name,
+        &crate::support::testbed().kubeconfig,
+        Duration::from_secs(3),
+    );
+    let (a, b) = ("ro-power-a", "ro-power-b");
+    let mut nodes = s.fleet(a, 1, 4);
+    nodes.extend((0..4).map(|n| {
+        let node =
+            gpufleet::simulate::SimNode::gb200(format!("{name}-e0-n{n:02}"), format!("{name}-c9"));
+        s.labelled(node, b)
+    }));
+    s.create_nodes(&nodes);
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, power: {budgetKilowatts: 44}}",
+    ));
+    s.start_operator();
+    for batch in [a, b] {
+        s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}], maxConcurrent: 18}"));
+    }
+    let mut peak = 0;
+    let mut said = None;
+    s.wait_until("both batches are admitted", ROLLOUT * 2, |s| {
+        peak = peak.max(s.count("validating"));
+        for batch in [a, b] {
+            if let Some((_, reason, message)) = s.condition(batch, "Ready")
+                && reason == "WaitingForPower"
+            {
+                said = Some(message);
+            }
+        }
+        s.count("ready") == 8
+    });
+    assert!(
+        (5..=6).contains(&peak),
+        "{peak} trays validated at once; the budget allows 6 (each batch alone 4)"
+    );
+    let said = said.expect("a batch said it waits for power");
+    assert!(
+        said.contains("waits for power: power budget: ") && said.contains(" of 44 kW in use"),
+        "{said}"
+    );
+}
+
 /// A new rack's nodes register before GPU Feature Discovery labels them:
 /// they wait in `pending` with a reason, spend no failure budget, and go on
 /// once labelled; one never labelled fails when its startup grace ends.

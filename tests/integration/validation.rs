@@ -87,6 +87,32 @@ fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
     let nccl = json!({"spec": {"containers": [{"name": "nccl", "image": "nccl"}]}});
     vec![
         (
+            "a negative power budget",
+            set(p(), "spec/power", json!({"budgetKilowatts": -10})),
+            vec!["spec.power.budgetKilowatts", "greater than or equal to 1"],
+        ),
+        (
+            "an absurd power budget (10 TW)",
+            set(
+                p(),
+                "spec/power",
+                json!({"budgetKilowatts": 10_000_000_000u64}),
+            ),
+            vec!["spec.power.budgetKilowatts", "less than or equal to 2"],
+        ),
+        (
+            "a product drawing no power",
+            set(
+                p(),
+                "spec/power",
+                json!({"budgetKilowatts": 10000, "productWatts": {"NVIDIA-GB300": 0}}),
+            ),
+            vec![
+                "spec.power.productWatts.NVIDIA-GB300",
+                "greater than or equal to 1",
+            ],
+        ),
+        (
             "a rack test with both providers",
             set(
                 p(),

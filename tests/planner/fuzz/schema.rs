@@ -4,7 +4,7 @@
 //!
 //! What the generator follows: `type`, `properties`, `required`,
 //! `additionalProperties`, `items`, `minimum`/`maximum`,
-//! `minLength`/`maxLength`, `minItems`/`maxItems`, `enum`, `pattern`,
+//! `minLength`/`maxLength`, `minItems`/`maxItems`, `maxProperties`, `enum`, `pattern`,
 //! `format: date-time`, `nullable`, `x-kubernetes-int-or-string`,
 //! `x-kubernetes-preserve-unknown-fields` (a few unknown keys with small
 //! values) and the key uniqueness of `x-kubernetes-list-type: map`. It panics
@@ -43,6 +43,7 @@ const KEYWORDS: &[&str] = &[
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "enum",
     "pattern",
     "format",
@@ -220,7 +221,8 @@ fn object(s: &Map<String, Value>, path: &str, opts: Options) -> BoxedStrategy<Va
             } else {
                 any_entry.boxed()
             };
-            proptest::collection::vec(entry, 0..=3).boxed()
+            let most = int(s, "maxProperties").map_or(3, |m| m.clamp(0, 3) as usize);
+            proptest::collection::vec(entry, 0..=most).boxed()
         }
         Some(other) => panic!("{path}: additionalProperties {other} is not generated"),
     };
@@ -573,6 +575,12 @@ pub fn check(
                 if !map.contains_key(&r) {
                     return Err(format!("{path}: required {r} is missing"));
                 }
+            }
+            if int(s, "maxProperties").is_some_and(|m| map.len() as i64 > m) {
+                return Err(format!(
+                    "{path}: {} properties, over maxProperties",
+                    map.len()
+                ));
             }
             for (k, v) in map {
                 let sub_path = format!("{path}.{k}");

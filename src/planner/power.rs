@@ -1,0 +1,189 @@
+//! The pool's power budget (`spec.power`): a node starts its checks only
+//! when the power the pool's nodes under test draw, with it, stays within
+//! the budget, and the power started in the last minute within the ramp,
+//! counted across every batch of the pool.
+//!
+//! Under test: validating (a probe or a rack test runs), and soaking when
+//! the pool says its soak runs at load. Each node draws what `spec.power`
+//! gives its product. A lower budget never stops a check that runs: it
+//! only holds new starts until the load is under it. The ramp counts every
+//! node of the pool whose `gpufleet.io/started` is within the last minute,
+//! whether its check still runs or not: it limits the steps up.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff;
+
+use super::snapshot::{NodeState, NodeView, later};
+use super::state::Planner;
+use crate::api::Power;
+use crate::keys;
+
+/// The window the ramp limit counts starts in.
+const RAMP_WINDOW: SignedDuration = SignedDuration::from_secs(60);
+
+/// The power in use, and what a start may add.
+#[derive(Clone, Debug)]
+pub(super) struct PowerUse {
+    /// Watts drawn by the pool's nodes under test now, this plan's starts
+    /// included.
+    pub in_use: u64,
+    pub budget: u64,
+    /// Watts of the nodes started within the ramp window, this plan's
+    /// starts included, and when the earliest of them leaves the window.
+    pub ramped: u64,
+    pub ramp: Option<u64>,
+    pub ramp_frees: Option<Timestamp>,
+}
+
+/// Is `node` under test in `state`, for a pool with `power`?
+fn under_test(power: &Power, state: NodeState) -> bool {
+    state == NodeState::Validating || (power.soak_at_load && state == NodeState::Soaking)
+}
+
+/// Watts `node` draws under test.
+pub(super) fn watts(power: &Power, node: &NodeView) -> u64 {
+    u64::from(power.node_watts(node.labels.get(keys::GPU_PRODUCT).map(String::as_str)))
+}
+
+/// `w` watts in the unit `scale` reads best in (MW from 1 MW, else kW),
+/// with the unit: "9.8 MW", "120 kW".
+fn figure(w: u64, scale: u64) -> String {
+    let (unit, div) = if scale >= 1_000_000 {
+        ("MW", 1_000_000.0)
+    } else {
+        ("kW", 1_000.0)
+    };
+    let v = w as f64 / div;
+    if v.fract() == 0.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.1} {unit}")
+    }
+}
+
+/// "9.8 of 10 MW", "120 of 400 kW".
+pub(super) fn megawatts(in_use: u64, budget: u64) -> String {
+    let used = figure(in_use, budget);
+    let used = used.rsplit_once(' ').map_or(used.as_str(), |(v, _)| v);
+    format!("{used} of {}", figure(budget, budget))
+}
+
+impl Planner<'_> {
+    /// The pool's power in use now, for a pool with a budget: the members'
+    /// by their state in this plan, every other node of the pool by its
+    /// label.
+    pub(super) fn power_use(&self) -> Option<PowerUse> {
+        let power = self.pool.spec.power.as_ref()?;
+        let since = later(self.now, -RAMP_WINDOW);
+        let mut in_use = self.power_elsewhere.0;
+        let mut ramped = self.power_elsewhere.1 + self.power_started;
+        let mut ramp_frees = self.power_elsewhere.2;
+        for member in &self.members {
+            let w = watts(power, member.view);
+            if under_test(power, member.state) {
+                in_use += w;
+            }
+            // Every start within the window counts, whether its check is
+            // still running or not: the ramp limits the steps up. (This
+            // plan's starts are in `power_started`; a retried node this plan
+            // started again may count twice, which only errs on the safe
+            // side.)
+            if let Some(started) = member.view.started.filter(|s| *s > since) {
+                ramped += w;
+                ramp_frees = Some(ramp_frees.map_or(started, |t: Timestamp| t.min(started)));
+            }
+        }
+        // Trays under a rack test draw as much as under a probe; counted
+        // at the pool's default node power (they are not validating).
+        in_use += u64::from(self.rack_testing()) * u64::from(power.node_watts(None));
+        Some(PowerUse {
+            in_use,
+            budget: u64::from(power.budget_kilowatts) * 1000,
+            ramped,
+            ramp: power.ramp_kilowatts_per_minute.map(|k| u64::from(k) * 1000),
+            ramp_frees: ramp_frees.map(|t| later(t, RAMP_WINDOW)),
+        })
+    }
+
+    /// May member `m` start now under `use_`? If so the start is counted;
+    /// if not, why, in words, and when to look again.
+    pub(super) fn power_allows(&mut self, use_: &mut PowerUse, m: usize) -> bool {
+        let Some(power) = self.pool.spec.power.as_ref() else {
+            return true;
+        };
+        let w = watts(power, self.members[m].view);
+        if use_.in_use + w > use_.budget {
+            self.power_held = Some(if w > use_.budget {
+                format!(
+                    "power budget: a node draws {}, more than the whole budget of {}; raise spec.power.budgetKilowatts",
+                    figure(w, w),
+                    figure(use_.budget, use_.budget)
+                )
+            } else {
+                format!(
+                    "power budget: {} in use; nodes start as checks finish",
+                    megawatts(use_.in_use, use_.budget)
+                )
+            });
+            return false;
+        }
+        if let Some(ramp) = use_.ramp
+            && use_.ramped + w > ramp
+        {
+            self.power_held = Some(format!(
+                "power ramp: {} started in the last minute, {} a minute allowed; more start as the minute passes",
+                figure(use_.ramped, ramp),
+                figure(ramp, ramp)
+            ));
+            if let Some(at) = use_.ramp_frees {
+                self.wake_at(at);
+            }
+            return false;
+        }
+        use_.in_use += w;
+        use_.ramped += w;
+        self.power_started += w;
+        // A start made now leaves the window a minute from now.
+        let frees = later(self.now, RAMP_WINDOW);
+        use_.ramp_frees = Some(use_.ramp_frees.map_or(frees, |t| t.min(frees)));
+        true
+    }
+}
+
+/// The power drawn by the nodes under test of the pool that are not this
+/// batch's members (other batches'), the part of it started within the
+/// ramp window, and the earliest such start.
+pub(super) fn elsewhere<'a>(
+    power: Option<&Power>,
+    others: impl Iterator<Item = &'a NodeView>,
+    now: Timestamp,
+) -> (u64, u64, Option<Timestamp>) {
+    let Some(power) = power else {
+        return (0, 0, None);
+    };
+    let since = later(now, -RAMP_WINDOW);
+    let mut totals = (0, 0, None);
+    for node in others {
+        let w = watts(power, node);
+        if under_test(power, node.state()) {
+            totals.0 += w;
+        }
+        if let Some(started) = node.started.filter(|s| *s > since) {
+            totals.1 += w;
+            totals.2 = Some(totals.2.map_or(started, |t: Timestamp| t.min(started)));
+        }
+    }
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_read_in_the_budgets_unit() {
+        assert_eq!(megawatts(9_800_000, 10_000_000), "9.8 of 10 MW");
+        assert_eq!(megawatts(120_000, 400_000), "120 of 400 kW");
+        assert_eq!(megawatts(7_300, 5_000), "7.3 of 5 kW");
+    }
+}

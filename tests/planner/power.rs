@@ -1,0 +1,237 @@
+//! The pool's power budget (`spec.power`), as properties: two batches of
+//! one pool plan in any order over a GB200/GB300 fleet while probes end and
+//! time passes, and the budget may be lowered mid-rollout. After every write:
+//!
+//! - a write that adds load never takes the pool's nodes under test past
+//!   the budget in force;
+//! - the nodes started within any minute never draw more than the ramp;
+//! - lowering the budget never stops a check that runs (no node leaves
+//!   validation backwards for it).
+//!
+//! Also: two batches that would each fit the budget alone are held
+//! together, and the gate says so in words.
+
+use std::collections::BTreeMap;
+
+use gpufleet::api::{GpuPool, Power, RolloutBatch};
+use gpufleet::keys;
+use gpufleet::planner::sim::{Cluster, Outcome, Write, healthy_node};
+use gpufleet::planner::{Action, NodeState, NodeView};
+use gpufleet::vocabulary::Gate;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use crate::fixtures::{t0, with_batch, with_pool};
+
+/// Two batches of the fixture pool over `domains` domains of 4 each
+/// (alternately GB200 and GB300), rows `row1` and `row2`.
+fn cluster(power: Power, domains: usize) -> Cluster {
+    let mut pool: GpuPool = with_pool("spec: {healthChecks: {soakSeconds: 30}}");
+    pool.spec.power = Some(power);
+    let batch = |name: &str, uid: &str| -> RolloutBatch {
+        let mut b = with_batch(&format!(
+            "metadata: {{name: {name}, uid: {uid}}}\nspec: {{nodeSelector: {{matchLabels: {{gpufleet.io/batch: {name}}}}}, waves: [{{percent: 100}}], maxConcurrent: 100, maxFailuresPerWave: 100}}"
+        ));
+        b.metadata.name = Some(name.into());
+        b
+    };
+    let nodes: Vec<NodeView> = (0..domains)
+        .flat_map(|d| {
+            (0..4).map(move |n| {
+                let row = if d % 2 == 0 { "row1" } else { "row2" };
+                let mut node = healthy_node(
+                    &format!("n-d{d:03}-n{n:02}"),
+                    &format!("clique-{d:03}"),
+                    "east",
+                    row,
+                );
+                if d % 4 >= 2 {
+                    node.labels
+                        .insert(keys::GPU_PRODUCT.into(), "NVIDIA-GB300".into());
+                }
+                node
+            })
+        })
+        .collect();
+    Cluster::new(
+        vec![pool],
+        vec![batch("row1", "uid-row1"), batch("row2", "uid-row2")],
+        nodes,
+        t0(),
+    )
+}
+
+/// Watts the pool's nodes under test draw in the live cluster.
+fn in_use(cluster: &Cluster) -> u64 {
+    let power = cluster.pools[0]
+        .spec
+        .power
+        .as_ref()
+        .expect("a power budget");
+    cluster
+        .nodes()
+        .values()
+        .filter(|n| {
+            n.state == Some(NodeState::Validating)
+                || (power.soak_at_load && n.state == Some(NodeState::Soaking))
+        })
+        .map(|n| u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT).map(String::as_str))))
+        .sum()
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Plan(usize),
+    Finish,
+    Wait(i64),
+    /// The budget becomes this many kW.
+    Lower(u32),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0..2usize).prop_map(Step::Plan),
+        2 => Just(Step::Finish),
+        2 => (1..45i64).prop_map(Step::Wait),
+        1 => (5..60u32).prop_map(Step::Lower),
+    ]
+}
+
+fn power() -> impl Strategy<Value = Power> {
+    (
+        8..80u32,
+        prop::option::of(8..60u32),
+        any::<bool>(),
+        prop::option::of(1_000..9_000u32),
+    )
+        .prop_map(|(budget, ramp, soak_at_load, node_watts)| Power {
+            budget_kilowatts: budget,
+            ramp_kilowatts_per_minute: ramp,
+            product_watts: BTreeMap::new(),
+            node_watts,
+            soak_at_load,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn power_stays_within_the_budget_and_the_ramp(
+        power in power(),
+        steps in prop::collection::vec(step(), 1..80),
+    ) {
+        let mut c = cluster(power, 8);
+        // When each node entered a state under test, and what it draws.
+        let mut starts: Vec<(Timestamp, u64)> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Plan(b) => {
+                    let cache = c.cache(0, 0);
+                    let Some(snapshot) = c.snapshot(b, &cache) else { continue };
+                    c.now += SignedDuration::from_millis(1);
+                    let Some(plan) = c.plan(b, &snapshot) else { continue };
+                    let writes: Vec<Action> =
+                        Cluster::writes_in_order(&plan).into_iter().cloned().collect();
+                    for action in &writes {
+                        let before = in_use(&c);
+                        let validating_before: Vec<String> = c
+                            .nodes()
+                            .values()
+                            .filter(|n| n.state == Some(NodeState::Validating))
+                            .map(|n| n.name.clone())
+                            .collect();
+                        c.apply(b, action, Write::Merge, &snapshot);
+                        let after = in_use(&c);
+                        let p = c.pools[0].spec.power.clone().expect("power");
+                        if after > before {
+                            let budget = u64::from(p.budget_kilowatts) * 1000;
+                            prop_assert!(
+                                after <= budget,
+                                "{action:?} took the load to {after} W, budget {budget} W"
+                            );
+                            starts.push((c.now, after - before));
+                            if let Some(ramp) = p.ramp_kilowatts_per_minute {
+                                let since = c.now - SignedDuration::from_secs(60);
+                                let ramped: u64 = starts
+                                    .iter()
+                                    .filter(|(t, _)| *t > since)
+                                    .map(|(_, w)| w)
+                                    .sum();
+                                prop_assert!(
+                                    ramped <= u64::from(ramp) * 1000,
+                                    "{ramped} W started within a minute, ramp {ramp} kW"
+                                );
+                            }
+                        }
+                        // A running check is never stopped: a node leaves
+                        // validation only forward (soaking, ready, failed).
+                        for name in validating_before {
+                            if let Some(n) = c.node(&name) {
+                                prop_assert!(
+                                    n.state != Some(NodeState::Pending),
+                                    "{name} was sent back to pending"
+                                );
+                            }
+                        }
+                    }
+                    c.set_status(b, &plan);
+                }
+                Step::Finish => {
+                    c.finish_probes(|_| Outcome::Pass);
+                }
+                Step::Wait(s) => c.advance(s),
+                Step::Lower(kw) => {
+                    if let Some(p) = c.pools[0].spec.power.as_mut() {
+                        p.budget_kilowatts = kw;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Two batches of one pool share one budget: each alone fits (4 GB200
+/// trays, 29.2 kW, under 35 kW), together they do not, and the second is
+/// held with the gate saying why.
+#[test]
+fn two_batches_share_one_budget() {
+    let mut c = cluster(
+        Power {
+            budget_kilowatts: 35,
+            ramp_kilowatts_per_minute: None,
+            product_watts: BTreeMap::new(),
+            node_watts: None,
+            soak_at_load: false,
+        },
+        2,
+    );
+    for b in 0..2 {
+        let cache = c.cache(0, 0);
+        let snapshot = c.snapshot(b, &cache).expect("a snapshot");
+        let plan = c.plan(b, &snapshot).expect("a plan");
+        for action in Cluster::writes_in_order(&plan) {
+            c.apply(b, action, Write::Merge, &snapshot);
+        }
+        c.set_status(b, &plan);
+    }
+    assert_eq!(in_use(&c), 4 * 7_300, "row1's four GB200 trays run");
+    let row2 = c.batches[1].status.clone().expect("row2's status");
+    let validating = c
+        .nodes()
+        .values()
+        .filter(|n| n.state == Some(NodeState::Validating))
+        .count();
+    assert_eq!(validating, 4, "row2 waits");
+    let ready = row2
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    assert_eq!(ready.reason, Gate::PowerBudget.reason().as_str());
+    assert!(
+        ready.message.contains("power budget: 29.2 of 35 kW in use"),
+        "{}",
+        ready.message
+    );
+}
