@@ -119,6 +119,8 @@ pub enum Reason {
     RackTestUnreadable,
     /// Nodes wait for the pool's power budget or ramp (`spec.power`).
     WaitingForPower,
+    /// Nodes wait for the pool's next maintenance window (`spec.windows`).
+    OutsideMaintenanceWindow,
 }
 
 impl Reason {
@@ -152,6 +154,7 @@ impl Reason {
             Reason::RackTestTooBig => "RackTestTooBig",
             Reason::RackTestUnreadable => "RackTestUnreadable",
             Reason::WaitingForPower => "WaitingForPower",
+            Reason::OutsideMaintenanceWindow => "OutsideMaintenanceWindow",
         }
     }
 }
@@ -259,6 +262,9 @@ pub enum Gate {
     /// Pending nodes wait for the pool's power budget or ramp to allow them
     /// (`spec.power`); what runs goes on.
     PowerBudget,
+    /// Pending nodes wait for the pool's next maintenance window
+    /// (`spec.windows`); what runs goes on.
+    MaintenanceWindow,
 }
 
 impl Gate {
@@ -280,6 +286,7 @@ impl Gate {
             Gate::ProbeRejected => Reason::ProbeRejected,
             Gate::ProbesNotRunning => Reason::ProbesNotRunning,
             Gate::PowerBudget => Reason::WaitingForPower,
+            Gate::MaintenanceWindow => Reason::OutsideMaintenanceWindow,
         }
     }
 
@@ -322,6 +329,7 @@ impl Gate {
             Gate::RackTestTooBig => "halted: a rack test exceeds the caps",
             Gate::RackTestUnreadable => "halted: a rack test result is unreadable",
             Gate::PowerBudget => "waits for power",
+            Gate::MaintenanceWindow => "waits for a maintenance window",
         }
     }
 
@@ -345,6 +353,7 @@ impl Gate {
             Gate::RackTestTooBig => "halted, a rack test exceeds the caps",
             Gate::RackTestUnreadable => "halted, a rack test result is unreadable",
             Gate::PowerBudget => "waits for power",
+            Gate::MaintenanceWindow => "waits for a maintenance window",
         }
     }
 
@@ -367,11 +376,12 @@ impl Gate {
             Gate::RackTestTooBig => "rack_test_too_big",
             Gate::RackTestUnreadable => "rack_test_unreadable",
             Gate::PowerBudget => "power_budget",
+            Gate::MaintenanceWindow => "maintenance_window",
         }
     }
 
     /// Every gate.
-    pub const ALL: [Gate; 16] = [
+    pub const ALL: [Gate; 17] = [
         Gate::Probes,
         Gate::Soak,
         Gate::Approval,
@@ -388,6 +398,7 @@ impl Gate {
         Gate::RackTestTooBig,
         Gate::RackTestUnreadable,
         Gate::PowerBudget,
+        Gate::MaintenanceWindow,
     ];
 }
 

@@ -17,6 +17,6 @@ pub use common::{
 pub use pool::{
     BreakerFailure, BreakerStatus, CircuitBreaker, DomainTest, FabricGate, FirmwareGate,
     GB200_NODE_WATTS, GB300_NODE_WATTS, GpuPool, GpuPoolSpec, GpuPoolStatus, Hardware,
-    HealthChecks, NvcreTest, Onboarding, Power, Probe, Topology,
+    HealthChecks, NvcreTest, Onboarding, Power, Probe, Topology, Weekday, Window,
 };
 pub use validate::FieldError;

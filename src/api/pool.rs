@@ -6,6 +6,7 @@
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
@@ -88,6 +89,49 @@ pub struct GpuPoolSpec {
     /// rack test count too). Unset: no power limit (only `maxConcurrent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<Power>,
+    /// When new nodes may start their checks (maintenance windows): outside
+    /// every window nothing new starts, and what runs finishes. Empty: any
+    /// time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub windows: Vec<Window>,
+}
+
+/// A day of the week.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// A weekly window in which new nodes may start validation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.duration) > duration('0s') && duration(self.duration) <= duration('168h')").message("duration must be more than 0 and at most 168h (a week)").field_path(".duration"))]
+pub struct Window {
+    /// The days it opens, in its time zone.
+    #[schemars(length(min = 1, max = 7))]
+    pub days: Vec<Weekday>,
+    /// When it opens, local time, `HH:MM` (24-hour).
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// How long it stays open, such as `8h` or `90m` (at most 168h).
+    #[schemars(regex(pattern = DURATION), length(max = 32))]
+    pub duration: String,
+    /// An IANA time zone, such as `America/Chicago` (default `UTC`); local
+    /// times follow its daylight saving rules.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
 }
 
 /// Watts a GB200 tray draws under a burn-in: an NVL72 rack draws about 120

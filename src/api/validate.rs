@@ -84,6 +84,11 @@ impl GpuPool {
                 ));
             }
         }
+        if let crate::planner::windows::Standing::Invalid { field, problem } =
+            crate::planner::windows::standing(&spec.windows, jiff::Timestamp::UNIX_EPOCH)
+        {
+            return Err(error(field, problem));
+        }
         let checks = &spec.health_checks;
         if checks.probe.is_none() && (checks.fabric.is_some() || checks.firmware.is_some()) {
             return Err(error(

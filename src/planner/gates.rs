@@ -9,7 +9,7 @@
 //! check in [`Planner::gate`] (or a cap in [`Planner::start_nodes`]);
 //! docs/architecture.md walks through one.
 
-use k8s_openapi::jiff::SignedDuration;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::keys;
 use crate::vocabulary::Gate;
@@ -194,6 +194,40 @@ impl Planner<'_> {
         let wave = self.open_wave()?;
         if let Some(stop) = self.gate(wave) {
             return Some(stop);
+        }
+        match super::windows::standing(&self.pool.spec.windows, self.now) {
+            super::windows::Standing::Open => {}
+            super::windows::Standing::Closed { opens } => {
+                let waiting = self
+                    .members
+                    .iter()
+                    .any(|m| m.state == NodeState::Pending && m.wave == wave);
+                if waiting {
+                    self.window_held = Some(if opens < Timestamp::MAX {
+                        format!(
+                            "outside the pool's maintenance windows; the next opens {}",
+                            super::windows::describe_opening(
+                                &self.pool.spec.windows,
+                                opens,
+                                self.now
+                            )
+                        )
+                    } else {
+                        "outside the pool's maintenance windows, and none opens again".into()
+                    });
+                    if opens < Timestamp::MAX {
+                        self.wake_at(opens);
+                    }
+                }
+                return None;
+            }
+            super::windows::Standing::Invalid { field, problem } => {
+                self.spec_problem = Some(format!("{field}: {problem}"));
+                return Some(Stop {
+                    gate: Gate::InvalidSpec,
+                    wave,
+                });
+            }
         }
         let probe_timeout = self
             .pool

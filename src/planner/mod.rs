@@ -23,6 +23,7 @@
 //! | static health checks | `health.rs` |
 //! | the pool's status and circuit breaker | `pool.rs` |
 //! | the power budget and ramp across the pool's batches | `power.rs` |
+//! | maintenance windows: when new nodes may start | `windows.rs` |
 //!
 //! A node's way through a rollout is `pending → validating → soaking → ready`,
 //! or `failed`, or `held` when its domain has too few healthy nodes. Writes
@@ -55,6 +56,7 @@ mod status;
 mod taints;
 mod verdicts;
 mod waves;
+pub mod windows;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

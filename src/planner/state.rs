@@ -75,6 +75,10 @@ pub(super) struct Planner<'a> {
     pub power_elsewhere: (u64, u64, Option<Timestamp>),
     /// A start the power budget or ramp held back, in words.
     pub power_held: Option<String>,
+    /// Starts held until the next maintenance window, in words.
+    pub window_held: Option<String>,
+    /// A field of the pool that cannot be read, and why (the batch halts).
+    pub spec_problem: Option<String>,
     /// Watts this plan started (its starts carry no `started` yet in the
     /// views the ramp reads).
     pub power_started: u64,
@@ -209,6 +213,8 @@ impl<'a> Planner<'a> {
             validating_elsewhere,
             power_elsewhere,
             power_held: None,
+            window_held: None,
+            spec_problem: None,
             power_started: 0,
             breaker,
             deferring: false,

@@ -333,6 +333,19 @@ impl Planner<'_> {
                     self.rack_unreadable.as_deref().unwrap_or_default()
                 ),
             ),
+            Some(Stop {
+                gate: Gate::InvalidSpec,
+                wave,
+            }) if self.spec_problem.is_some() => verdict(
+                Gate::InvalidSpec,
+                Some(wave),
+                format!(
+                    "wave {} of {} halted: the pool cannot be read: {}; no node starts until the pool is fixed",
+                    wave + 1,
+                    self.wave_count,
+                    self.spec_problem.as_deref().unwrap_or_default()
+                ),
+            ),
             // Any other gate: its headline and where the wave stands.
             Some(Stop { gate, wave }) => verdict(
                 gate,
@@ -376,6 +389,17 @@ impl Planner<'_> {
                         counts.pending
                     );
                     return verdict(Gate::RackTest, Some(wave), message);
+                }
+                if let Some(held) = &self.window_held {
+                    let message = format!(
+                        "wave {} of {} waits: {held} ({} validating, {} soaking, {} pending)",
+                        current_wave.max(1),
+                        self.wave_count,
+                        counts.validating,
+                        counts.soaking,
+                        counts.pending
+                    );
+                    return verdict(Gate::MaintenanceWindow, Some(wave), message);
                 }
                 if let Some(held) = &self.power_held {
                     let message = format!(

@@ -87,6 +87,33 @@ fn cases() -> Vec<(&'static str, Value, Vec<&'static str>)> {
     let nccl = json!({"spec": {"containers": [{"name": "nccl", "image": "nccl"}]}});
     vec![
         (
+            "a maintenance window that never opens",
+            set(
+                p(),
+                "spec/windows",
+                json!([{"days": ["Mon"], "start": "08:00", "duration": "0s"}]),
+            ),
+            vec!["spec.windows[0].duration", "more than 0"],
+        ),
+        (
+            "a maintenance window on no day",
+            set(
+                p(),
+                "spec/windows",
+                json!([{"days": [], "start": "08:00", "duration": "8h"}]),
+            ),
+            vec!["spec.windows[0].days"],
+        ),
+        (
+            "a maintenance window at 25:00",
+            set(
+                p(),
+                "spec/windows",
+                json!([{"days": ["Mon"], "start": "25:00", "duration": "8h"}]),
+            ),
+            vec!["spec.windows[0].start"],
+        ),
+        (
             "a negative power budget",
             set(p(), "spec/power", json!({"budgetKilowatts": -10})),
             vec!["spec.power.budgetKilowatts", "greater than or equal to 1"],

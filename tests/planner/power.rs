@@ -9,13 +9,15 @@
 //!   validation backwards for it).
 //!
 //! Also: two batches that would each fit the budget alone are held
-//! together, and the gate says so in words.
+//! together, and the gate says so in words; and with maintenance windows
+//! (`spec.windows`), no node ever starts outside one.
 
 use std::collections::BTreeMap;
 
-use gpufleet::api::{GpuPool, Power, RolloutBatch};
+use gpufleet::api::{GpuPool, Power, RolloutBatch, Weekday, Window};
 use gpufleet::keys;
 use gpufleet::planner::sim::{Cluster, Outcome, Write, healthy_node};
+use gpufleet::planner::windows::{Standing, standing};
 use gpufleet::planner::{Action, NodeState, NodeView};
 use gpufleet::vocabulary::Gate;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -234,4 +236,105 @@ fn two_batches_share_one_budget() {
         "{}",
         ready.message
     );
+}
+
+fn windows() -> impl Strategy<Value = Vec<Window>> {
+    let day = prop_oneof![
+        Just(Weekday::Mon),
+        Just(Weekday::Tue),
+        Just(Weekday::Wed),
+        Just(Weekday::Thu),
+        Just(Weekday::Fri),
+        Just(Weekday::Sat),
+        Just(Weekday::Sun),
+    ];
+    let window = (
+        prop::collection::vec(day, 1..4),
+        0..24u32,
+        prop_oneof![Just(0u32), Just(30)],
+        prop_oneof![Just("20m"), Just("2h"), Just("9h"), Just("30h")],
+        prop_oneof![
+            Just("UTC"),
+            Just("America/Chicago"),
+            Just("Asia/Tokyo"),
+            Just("Europe/London")
+        ],
+    )
+        .prop_map(|(days, h, m, duration, zone)| Window {
+            days,
+            start: format!("{h:02}:{m:02}"),
+            duration: duration.into(),
+            time_zone: zone.into(),
+        });
+    prop::collection::vec(window, 1..3)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nothing_starts_outside_a_maintenance_window(
+        windows in windows(),
+        steps in prop::collection::vec(
+            prop_oneof![
+                4 => (0..2usize).prop_map(Step::Plan),
+                2 => Just(Step::Finish),
+                // Up to about 14 hours at a time.
+                2 => (1..50_000i64).prop_map(Step::Wait),
+            ],
+            1..60,
+        ),
+    ) {
+        let mut c = cluster(
+            Power {
+                budget_kilowatts: 1_000,
+                ramp_kilowatts_per_minute: None,
+                product_watts: BTreeMap::new(),
+                node_watts: None,
+                soak_at_load: false,
+            },
+            4,
+        );
+        c.pools[0].spec.windows = windows.clone();
+        for step in steps {
+            match step {
+                Step::Plan(b) => {
+                    let cache = c.cache(0, 0);
+                    let Some(snapshot) = c.snapshot(b, &cache) else { continue };
+                    c.now += SignedDuration::from_millis(1);
+                    let Some(plan) = c.plan(b, &snapshot) else { continue };
+                    let open = standing(&windows, c.now) == Standing::Open;
+                    for action in Cluster::writes_in_order(&plan) {
+                        if let Action::PatchNode(p) = action {
+                            let was = c.node(&p.node).map(|n| n.state());
+                            let starts = was == Some(NodeState::Pending)
+                                && p.state.is_some_and(|s| s != NodeState::Pending);
+                            prop_assert!(
+                                open || !starts,
+                                "{} started at {} outside the windows {windows:?}",
+                                p.node,
+                                c.now
+                            );
+                        }
+                        c.apply(b, action, Write::Merge, &snapshot);
+                    }
+                    let reason = plan
+                        .status
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == "Ready")
+                        .map(|c| c.reason.clone());
+                    if reason.as_deref() == Some("OutsideMaintenanceWindow") {
+                        prop_assert!(!open, "said outside a window while inside one");
+                    }
+                    c.set_status(b, &plan);
+                }
+                Step::Finish => {
+                    c.finish_probes(|_| Outcome::Pass);
+                }
+                Step::Wait(s) => c.advance(s),
+                Step::Lower(_) => {}
+            }
+        }
+    }
 }
