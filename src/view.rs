@@ -607,7 +607,43 @@ pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>)
         last.push_str(&format!(", in {}", clock(w)));
     }
     lines.extend(wrap(&format!("{last}."), WIDTH, 2));
+    if let Some(energy) = batch.status.as_ref().and_then(|s| s.energy.as_ref()) {
+        let waves = batch
+            .status
+            .as_ref()
+            .map(|s| {
+                s.waves
+                    .iter()
+                    .filter(|w| w.energy_watt_hours > 0)
+                    .map(|w| format!("wave {} {}", w.index, energy_words(w.energy_watt_hours)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let by_wave = if waves.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", waves.join(", "))
+        };
+        lines.extend(wrap(
+            &format!(
+                "Energy spent in checks: {}{by_wave}.",
+                energy_words(energy.watt_hours)
+            ),
+            WIDTH,
+            2,
+        ));
+    }
     lines
+}
+
+/// Watt-hours in the unit that reads best: "740 Wh", "12.4 kWh", "3.1 MWh".
+pub fn energy_words(wh: u64) -> String {
+    match wh {
+        0..1_000 => format!("{wh} Wh"),
+        1_000..1_000_000 => format!("{:.1} kWh", wh as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MWh", wh as f64 / 1e6),
+        _ => format!("{:.1} GWh", wh as f64 / 1e9),
+    }
 }
 
 /// Every pool with its capacity online and every batch with its wave and

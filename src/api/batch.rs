@@ -152,6 +152,9 @@ pub struct RolloutBatchStatus {
     /// than the conditions' reasons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateStatus>,
+    /// Energy spent in checks, and GPUs brought online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<EnergyStatus>,
     /// `Ready` (every wave done), `Reconciling` (work in progress) and
     /// `Stalled` (waiting on a person), keyed by type.
     #[serde(default)]
@@ -227,4 +230,27 @@ pub struct WaveStatus {
     /// When every node of the wave reached a verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
+    /// Energy the wave's nodes drew under test so far, in watt-hours (at
+    /// the pool's `spec.power` node figures, else 7,300 W a GB200 tray and
+    /// 7,800 W any other).
+    #[serde(default)]
+    pub energy_watt_hours: u64,
+}
+
+/// What the rollout cost in energy and brought online.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnergyStatus {
+    /// Energy the batch's nodes drew under test so far (all waves), in
+    /// watt-hours.
+    #[serde(default)]
+    pub watt_hours: u64,
+    /// Energy is counted up to this time; unset while nothing is under
+    /// test. (Each plan adds the load under test times the time since.)
+    // Written as null when unset, so that the merge patch removes it.
+    #[serde(default)]
+    pub accounted_at: Option<Time>,
+    /// GPUs of the batch admitted (capacity brought online).
+    #[serde(default)]
+    pub gpus_online: u32,
 }

@@ -7,8 +7,8 @@ mod pool;
 mod validate;
 
 pub use batch::{
-    GateStatus, RackTestStatus, RolloutBatch, RolloutBatchSpec, RolloutBatchStatus, Wave,
-    WaveStatus,
+    EnergyStatus, GateStatus, RackTestStatus, RolloutBatch, RolloutBatchSpec, RolloutBatchStatus,
+    Wave, WaveStatus,
 };
 pub use common::{
     ConditionMatch, ConditionStatus, DomainCounts, GROUP, GpuCounts, NodeCounts, TaintEffect,
@@ -17,6 +17,6 @@ pub use common::{
 pub use pool::{
     BreakerFailure, BreakerStatus, CircuitBreaker, DomainTest, FabricGate, FirmwareGate,
     GB200_NODE_WATTS, GB300_NODE_WATTS, GpuPool, GpuPoolSpec, GpuPoolStatus, Hardware,
-    HealthChecks, NvcreTest, Onboarding, Power, Probe, Topology, Weekday, Window,
+    HealthChecks, NvcreTest, Onboarding, Power, Probe, Topology, Weekday, Window, node_watts,
 };
 pub use validate::FieldError;

@@ -177,6 +177,18 @@ pub struct Power {
     pub soak_at_load: bool,
 }
 
+/// Watts a node of `product` draws under test, by the pool's `power` if
+/// set, else the defaults.
+pub fn node_watts(power: Option<&Power>, product: Option<&str>) -> u32 {
+    match power {
+        Some(p) => p.node_watts(product),
+        None => match product {
+            Some("NVIDIA-GB200") => GB200_NODE_WATTS,
+            _ => GB300_NODE_WATTS,
+        },
+    }
+}
+
 impl Power {
     /// Watts a node of `product` draws under test.
     pub fn node_watts(&self, product: Option<&str>) -> u32 {

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub batch_total_waves: Family<BatchLabels, Gauge>,
     pub batch_stalled: Family<BatchLabels, Gauge>,
     pub batch_ready: Family<BatchLabels, Gauge>,
+    pub batch_energy: Family<BatchLabels, Gauge>,
+    pub batch_gpus_online: Family<BatchLabels, Gauge>,
     pub wave_nodes_admitted: Family<WaveLabels, Gauge>,
     pub wave_nodes_failed: Family<WaveLabels, Gauge>,
     pub admissions: Family<BatchLabels, Counter>,
@@ -157,6 +159,8 @@ impl Metrics {
             pool_domains_total: Family::default(),
             pool_breaker_tripped: Family::default(),
             batch_current_wave: Family::default(),
+            batch_energy: Family::default(),
+            batch_gpus_online: Family::default(),
             batch_total_waves: Family::default(),
             batch_stalled: Family::default(),
             batch_ready: Family::default(),
@@ -231,6 +235,16 @@ impl Metrics {
             "pool_breaker_tripped",
             "1 while the pool's circuit breaker halts its rollouts",
             m.pool_breaker_tripped.clone(),
+        );
+        r.register(
+            "batch_energy_watt_hours",
+            "Energy a batch's nodes drew under test so far (watt-hours)",
+            m.batch_energy.clone(),
+        );
+        r.register(
+            "batch_gpus_online",
+            "GPUs of a batch admitted",
+            m.batch_gpus_online.clone(),
         );
         r.register(
             "batch_current_wave",
@@ -375,6 +389,14 @@ impl Metrics {
         self.batch_ready
             .get_or_create(&b())
             .set(i64::from(is_true(ConditionType::Ready)));
+        if let Some(energy) = &status.energy {
+            self.batch_energy
+                .get_or_create(&b())
+                .set(i64::try_from(energy.watt_hours).unwrap_or(i64::MAX));
+            self.batch_gpus_online
+                .get_or_create(&b())
+                .set(i64::from(energy.gpus_online));
+        }
         for wave in &status.waves {
             let w = WaveLabels {
                 pool: pool.into(),
@@ -428,6 +450,8 @@ impl Metrics {
             &self.batch_total_waves,
             &self.batch_stalled,
             &self.batch_ready,
+            &self.batch_energy,
+            &self.batch_gpus_online,
             &self.last_progress,
         ] {
             family.remove(&b);

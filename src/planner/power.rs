@@ -150,6 +150,67 @@ impl Planner<'_> {
     }
 }
 
+impl Planner<'_> {
+    /// Energy accounting: the load this batch's nodes had under test since
+    /// the status last counted (their states as this plan read them), times
+    /// the time since, added to each wave and the batch; and the GPUs
+    /// admitted. Counting pauses while nothing is under test.
+    pub(super) fn energy(
+        &self,
+        previous: &crate::api::RolloutBatchStatus,
+        waves: &mut [crate::api::WaveStatus],
+    ) -> crate::api::EnergyStatus {
+        let power = self.pool.spec.power.as_ref();
+        let soak_at_load = power.is_some_and(|p| p.soak_at_load);
+        let testing = |state: NodeState| {
+            state == NodeState::Validating || (soak_at_load && state == NodeState::Soaking)
+        };
+        let before = previous.energy.clone().unwrap_or_default();
+        let since = before.accounted_at.as_ref().map(|t| t.0);
+        let hours = since.map_or(0.0, |t| {
+            self.now.duration_since(t).as_secs_f64().max(0.0) / 3600.0
+        });
+        let mut added = vec![0.0f64; waves.len()];
+        for member in &self.members {
+            if testing(member.view.state()) {
+                let product = member
+                    .view
+                    .labels
+                    .get(keys::GPU_PRODUCT)
+                    .map(String::as_str);
+                let w = f64::from(crate::api::node_watts(power, product));
+                if let Some(slot) = added.get_mut(member.wave) {
+                    *slot += w * hours;
+                }
+            }
+        }
+        let mut total = before.watt_hours;
+        for (wave, add) in waves.iter_mut().zip(&added) {
+            let was = previous
+                .waves
+                .iter()
+                .find(|p| p.index == wave.index)
+                .map_or(0, |p| p.energy_watt_hours);
+            let add = add.round() as u64;
+            wave.energy_watt_hours = was.saturating_add(add);
+            total = total.saturating_add(add);
+        }
+        let still_testing = self.members.iter().any(|m| testing(m.state));
+        crate::api::EnergyStatus {
+            watt_hours: total,
+            accounted_at: still_testing.then_some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(self.now),
+            ),
+            gpus_online: self
+                .members
+                .iter()
+                .filter(|m| m.state == NodeState::Ready)
+                .map(|m| m.view.gpus())
+                .sum(),
+        }
+    }
+}
+
 /// The power drawn by the nodes under test of the pool that are not this
 /// batch's members (other batches'), the part of it started within the
 /// ramp window, and the earliest such start.

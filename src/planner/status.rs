@@ -169,6 +169,7 @@ impl Planner<'_> {
                 in_progress: count(NodeState::Validating) + count(NodeState::Soaking),
                 started_at,
                 completed_at,
+                energy_watt_hours: 0,
             });
         }
         waves
@@ -596,7 +597,8 @@ impl Planner<'_> {
     /// The batch's new status, and events for what changed.
     pub(super) fn status(&mut self, stop: Option<Stop>) -> RolloutBatchStatus {
         let previous = self.batch.status.clone().unwrap_or_default();
-        let waves = self.wave_statuses(&previous);
+        let mut waves = self.wave_statuses(&previous);
+        let energy = self.energy(&previous, &mut waves);
         let current_wave = waves
             .iter()
             .filter(|w| w.started_at.is_some())
@@ -637,6 +639,7 @@ impl Planner<'_> {
                 wave: verdict.wave,
                 message: verdict.message,
             }),
+            energy: Some(energy),
             conditions,
         }
     }

@@ -1738,6 +1738,7 @@ fn exported() -> Exported {
             index: 1,
             ..Default::default()
         }],
+        energy: Some(Default::default()),
         ..Default::default()
     };
     m.observe_batch("p", "b", &status);

@@ -338,3 +338,50 @@ proptest! {
         }
     }
 }
+
+/// Energy accounting: four GB200 trays (7.3 kW each) under test for a
+/// minute cost 486.7 Wh, counted to the wave and the batch; counting
+/// pauses while nothing is under test, and admitted GPUs count online.
+#[test]
+fn energy_is_the_load_under_test_times_its_time() {
+    let mut c = cluster(
+        Power {
+            budget_kilowatts: 1_000,
+            ramp_kilowatts_per_minute: None,
+            product_watts: BTreeMap::new(),
+            node_watts: None,
+            soak_at_load: false,
+        },
+        1,
+    );
+    let plan_once = |c: &mut Cluster| {
+        let cache = c.cache(0, 0);
+        let snapshot = c.snapshot(0, &cache).expect("a snapshot");
+        let plan = c.plan(0, &snapshot).expect("a plan");
+        for action in Cluster::writes_in_order(&plan) {
+            c.apply(0, action, Write::Merge, &snapshot);
+        }
+        c.set_status(0, &plan);
+        plan.status
+    };
+    let status = plan_once(&mut c);
+    let energy = status.energy.expect("energy");
+    assert_eq!(energy.watt_hours, 0, "nothing ran yet");
+    assert!(energy.accounted_at.is_some(), "four trays started");
+    c.advance(60);
+    let status = plan_once(&mut c);
+    let energy = status.energy.expect("energy");
+    assert_eq!(energy.watt_hours, 487, "4 x 7.3 kW for a minute");
+    assert_eq!(status.waves[0].energy_watt_hours, 487);
+    // The probes pass: nothing is under test during the soak (not at
+    // load), so the soak's half hour costs nothing.
+    c.finish_probes(|_| Outcome::Pass);
+    let status = plan_once(&mut c);
+    assert_eq!(status.energy.as_ref().expect("energy").watt_hours, 487);
+    assert_eq!(status.energy.as_ref().expect("energy").accounted_at, None);
+    c.advance(1800);
+    let status = plan_once(&mut c);
+    let energy = status.energy.expect("energy");
+    assert_eq!(energy.watt_hours, 487, "the soak drew nothing from checks");
+    assert_eq!(energy.gpus_online, 16, "four trays of 4 GPUs admitted");
+}
