@@ -615,7 +615,7 @@ pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>)
                 s.waves
                     .iter()
                     .filter(|w| w.energy_watt_hours > 0)
-                    .map(|w| format!("wave {} {}", w.index, energy_words(w.energy_watt_hours)))
+                    .map(|w| format!("wave {}: {}", w.index, energy_words(w.energy_watt_hours)))
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();

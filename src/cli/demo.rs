@@ -676,6 +676,10 @@ impl Session {
                     "firmware": {"driver": ["570.133.20"], "vbios": [simulate::SIM_DEFAULT_VBIOS]},
                 },
                 "circuitBreaker": {"maxFailedPercent": 15, "window": "1h"},
+                // Two GB200 racks under test draw 262.8 kW; two GB300 racks
+                // would draw 280.8 kW: the GB300 trays of the last wave
+                // wait a few seconds for power ("waits for power").
+                "power": {"budgetKilowatts": 270},
             },
         });
         let api: Api<GpuPool> = Api::all(self.client.clone());

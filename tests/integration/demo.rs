@@ -105,6 +105,16 @@ fn the_demo_rolls_out_a_small_fleet_on_an_existing_cluster() {
         out.contains("196 of 215 GPUs online: 49 of 54 nodes ready, 5 failed, 0 held, in"),
         "{out}"
     );
+    // The energy the checks drew, counted by the operator as it planned.
+    let energy = out
+        .lines()
+        .find(|l| l.starts_with("Energy spent in checks: "))
+        .unwrap_or_else(|| panic!("no energy line:\n{out}"));
+    assert!(
+        energy.contains(" Wh") || energy.contains(" kWh"),
+        "{energy}"
+    );
+    assert!(!energy.contains(": 0 Wh"), "no energy counted: {energy}");
     assert!(
         out.contains("Removed the demo's batch, pool, nodes and namespace from the cluster."),
         "{out}"
