@@ -524,6 +524,38 @@ fn two_batches_of_a_pool_share_the_power_budget() {
     );
 }
 
+/// A maintenance window in a time zone that does not exist passes the
+/// CRD (any name up to 64 characters) but cannot be read: the batch halts
+/// with a condition naming the field, and no node starts.
+#[test]
+fn a_window_in_an_unknown_time_zone_halts_naming_the_field() {
+    let name = "ro-tz";
+    let mut s = Scenario::new(name);
+    let batch = "ro-tz-b";
+    s.create_nodes(&s.fleet(batch, 1, 4));
+    s.apply(&s.pool_yaml(
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, windows: [{days: [Mon, Tue, Wed, Thu, Fri, Sat, Sun], start: \"00:00\", duration: 168h, timeZone: Mars/Olympus}]}",
+    ));
+    s.start_operator();
+    s.apply(&s.batch_yaml(batch, "spec: {waves: [{percent: 100}]}"));
+    let mut said = String::new();
+    s.wait_until("the batch halts naming the field", ROLLOUT, |s| {
+        match s.condition(batch, "Stalled") {
+            Some((status, reason, message)) if status == "True" && reason == "InvalidSpec" => {
+                said = message;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(
+        said.contains("spec.windows[0].timeZone: unknown time zone \"Mars/Olympus\""),
+        "{said}"
+    );
+    assert_eq!(s.count("validating"), 0, "{:?}", s.by_state());
+    assert_eq!(s.count("ready"), 0, "{:?}", s.by_state());
+}
+
 /// A new rack's nodes register before GPU Feature Discovery labels them:
 /// they wait in `pending` with a reason, spend no failure budget, and go on
 /// once labelled; one never labelled fails when its startup grace ends.
