@@ -391,27 +391,26 @@ impl Planner<'_> {
                     );
                     return verdict(Gate::RackTest, Some(wave), message);
                 }
-                if let Some(held) = &self.window_held {
+                // Starts the facility holds back: a window first, then power.
+                let facility = self
+                    .window_held
+                    .as_ref()
+                    .map(|held| (Gate::MaintenanceWindow, "waits", held))
+                    .or_else(|| {
+                        self.power_held
+                            .as_ref()
+                            .map(|held| (Gate::PowerBudget, "waits for power", held))
+                    });
+                if let Some((gate, waits, held)) = facility {
                     let message = format!(
-                        "wave {} of {} waits: {held} ({} validating, {} soaking, {} pending)",
+                        "wave {} of {} {waits}: {held} ({} validating, {} soaking, {} pending)",
                         current_wave.max(1),
                         self.wave_count,
                         counts.validating,
                         counts.soaking,
                         counts.pending
                     );
-                    return verdict(Gate::MaintenanceWindow, Some(wave), message);
-                }
-                if let Some(held) = &self.power_held {
-                    let message = format!(
-                        "wave {} of {} waits for power: {held} ({} validating, {} soaking, {} pending)",
-                        current_wave.max(1),
-                        self.wave_count,
-                        counts.validating,
-                        counts.soaking,
-                        counts.pending
-                    );
-                    return verdict(Gate::PowerBudget, Some(wave), message);
+                    return verdict(gate, Some(wave), message);
                 }
                 let gate = if counts.validating > 0 || counts.soaking == 0 {
                     Gate::Probes

@@ -18,7 +18,7 @@ use gpufleet::api::{GpuPool, Power, RolloutBatch, Weekday, Window};
 use gpufleet::keys;
 use gpufleet::planner::sim::{Cluster, Outcome, Write, healthy_node};
 use gpufleet::planner::windows::{Standing, standing};
-use gpufleet::planner::{Action, NodeState, NodeView};
+use gpufleet::planner::{Action, NodeState, NodeView, Plan, Snapshot};
 use gpufleet::vocabulary::Gate;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
@@ -61,6 +61,16 @@ fn cluster(power: Power, domains: usize) -> Cluster {
         nodes,
         t0(),
     )
+}
+
+/// Batch `b`'s plan over an up-to-date cache, a millisecond after the last
+/// (a real clock moves between two plans), with the snapshot it read.
+fn plan_of(c: &mut Cluster, b: usize) -> Option<(Snapshot, Plan)> {
+    let cache = c.cache(0, 0);
+    let snapshot = c.snapshot(b, &cache)?;
+    c.now += SignedDuration::from_millis(1);
+    let plan = c.plan(b, &snapshot)?;
+    Some((snapshot, plan))
 }
 
 /// Watts the pool's nodes under test draw in the live cluster.
@@ -129,10 +139,7 @@ proptest! {
         for step in steps {
             match step {
                 Step::Plan(b) => {
-                    let cache = c.cache(0, 0);
-                    let Some(snapshot) = c.snapshot(b, &cache) else { continue };
-                    c.now += SignedDuration::from_millis(1);
-                    let Some(plan) = c.plan(b, &snapshot) else { continue };
+                    let Some((snapshot, plan)) = plan_of(&mut c, b) else { continue };
                     let writes: Vec<Action> =
                         Cluster::writes_in_order(&plan).into_iter().cloned().collect();
                     for action in &writes {
@@ -209,9 +216,7 @@ fn two_batches_share_one_budget() {
         2,
     );
     for b in 0..2 {
-        let cache = c.cache(0, 0);
-        let snapshot = c.snapshot(b, &cache).expect("a snapshot");
-        let plan = c.plan(b, &snapshot).expect("a plan");
+        let (snapshot, plan) = plan_of(&mut c, b).expect("a plan");
         for action in Cluster::writes_in_order(&plan) {
             c.apply(b, action, Write::Merge, &snapshot);
         }
@@ -299,10 +304,7 @@ proptest! {
         for step in steps {
             match step {
                 Step::Plan(b) => {
-                    let cache = c.cache(0, 0);
-                    let Some(snapshot) = c.snapshot(b, &cache) else { continue };
-                    c.now += SignedDuration::from_millis(1);
-                    let Some(plan) = c.plan(b, &snapshot) else { continue };
+                    let Some((snapshot, plan)) = plan_of(&mut c, b) else { continue };
                     let open = standing(&windows, c.now) == Standing::Open;
                     for action in Cluster::writes_in_order(&plan) {
                         if let Action::PatchNode(p) = action {
@@ -355,9 +357,7 @@ fn energy_is_the_load_under_test_times_its_time() {
         1,
     );
     let plan_once = |c: &mut Cluster| {
-        let cache = c.cache(0, 0);
-        let snapshot = c.snapshot(0, &cache).expect("a snapshot");
-        let plan = c.plan(0, &snapshot).expect("a plan");
+        let (snapshot, plan) = plan_of(c, 0).expect("a plan");
         for action in Cluster::writes_in_order(&plan) {
             c.apply(0, action, Write::Merge, &snapshot);
         }
