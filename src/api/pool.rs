@@ -180,12 +180,14 @@ pub struct Power {
 /// Watts a node of `product` draws under test, by the pool's `power` if
 /// set, else the defaults.
 pub fn node_watts(power: Option<&Power>, product: Option<&str>) -> u32 {
-    match power {
-        Some(p) => p.node_watts(product),
-        None => match product {
-            Some("NVIDIA-GB200") => GB200_NODE_WATTS,
-            _ => GB300_NODE_WATTS,
-        },
+    power.map_or_else(|| default_node_watts(product), |p| p.node_watts(product))
+}
+
+/// Watts a node of `product` draws under test when the pool does not say.
+fn default_node_watts(product: Option<&str>) -> u32 {
+    match product {
+        Some("NVIDIA-GB200") => GB200_NODE_WATTS,
+        _ => GB300_NODE_WATTS,
     }
 }
 
@@ -195,10 +197,8 @@ impl Power {
         if let Some(w) = product.and_then(|p| self.product_watts.get(p)) {
             return *w;
         }
-        self.node_watts.unwrap_or(match product {
-            Some("NVIDIA-GB200") => GB200_NODE_WATTS,
-            _ => GB300_NODE_WATTS,
-        })
+        self.node_watts
+            .unwrap_or_else(|| default_node_watts(product))
     }
 }
 

@@ -84,9 +84,7 @@ impl GpuPool {
                 ));
             }
         }
-        if let crate::planner::windows::Standing::Invalid { field, problem } =
-            crate::planner::windows::standing(&spec.windows, jiff::Timestamp::UNIX_EPOCH)
-        {
+        if let Err((field, problem)) = crate::planner::windows::check(&spec.windows) {
             return Err(error(field, problem));
         }
         let checks = &spec.health_checks;

@@ -197,7 +197,7 @@ impl Planner<'_> {
         }
         match super::windows::standing(&self.pool.spec.windows, self.now) {
             super::windows::Standing::Open => {}
-            super::windows::Standing::Closed { opens } => {
+            super::windows::Standing::Closed { opens, time_zone } => {
                 let waiting = self
                     .members
                     .iter()
@@ -206,11 +206,7 @@ impl Planner<'_> {
                     self.window_held = Some(if opens < Timestamp::MAX {
                         format!(
                             "outside the pool's maintenance windows; the next opens {}",
-                            super::windows::describe_opening(
-                                &self.pool.spec.windows,
-                                opens,
-                                self.now
-                            )
+                            super::windows::describe_opening(&time_zone, opens, self.now)
                         )
                     } else {
                         "outside the pool's maintenance windows, and none opens again".into()

@@ -127,10 +127,6 @@ impl Labels {
         self.0.iter().map(|p| (&p.0, &p.1))
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &String> {
-        self.0.iter().map(|p| &p.0)
-    }
-
     /// Sets `key` to `value`, returning the value it replaced. Rebuilds the
     /// set: for tests and tools, not for hot paths.
     pub fn insert(&mut self, key: String, value: String) -> Option<String> {
@@ -284,7 +280,7 @@ mod tests {
         assert_eq!(a.get("b").map(String::as_str), Some("2"));
         assert_eq!(a.get("z"), None);
         assert_eq!(
-            a.keys().map(String::as_str).collect::<Vec<_>>(),
+            a.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
         let map: BTreeMap<String, String> = a.to_map();

@@ -35,14 +35,16 @@ pub(super) struct PowerUse {
     pub ramp_frees: Option<Timestamp>,
 }
 
-/// Is `node` under test in `state`, for a pool with `power`?
-fn under_test(power: &Power, state: NodeState) -> bool {
-    state == NodeState::Validating || (power.soak_at_load && state == NodeState::Soaking)
+/// Is a node in `state` under test, for a pool with `power` (or none)?
+fn under_test(power: Option<&Power>, state: NodeState) -> bool {
+    state == NodeState::Validating
+        || (power.is_some_and(|p| p.soak_at_load) && state == NodeState::Soaking)
 }
 
-/// Watts `node` draws under test.
-pub(super) fn watts(power: &Power, node: &NodeView) -> u64 {
-    u64::from(power.node_watts(node.labels.get(keys::GPU_PRODUCT).map(String::as_str)))
+/// Watts `node` draws under test, by the pool's `power` or the defaults.
+fn watts(power: Option<&Power>, node: &NodeView) -> u64 {
+    let product = node.labels.get(keys::GPU_PRODUCT).map(String::as_str);
+    u64::from(crate::api::node_watts(power, product))
 }
 
 /// `w` watts in the unit `scale` reads best in (MW from 1 MW, else kW),
@@ -79,8 +81,8 @@ impl Planner<'_> {
         let mut ramped = self.power_elsewhere.1 + self.power_started;
         let mut ramp_frees = self.power_elsewhere.2;
         for member in &self.members {
-            let w = watts(power, member.view);
-            if under_test(power, member.state) {
+            let w = watts(Some(power), member.view);
+            if under_test(Some(power), member.state) {
                 in_use += w;
             }
             // Every start within the window counts, whether its check is
@@ -111,7 +113,7 @@ impl Planner<'_> {
         let Some(power) = self.pool.spec.power.as_ref() else {
             return true;
         };
-        let w = watts(power, self.members[m].view);
+        let w = watts(Some(power), self.members[m].view);
         if use_.in_use + w > use_.budget {
             self.power_held = Some(if w > use_.budget {
                 format!(
@@ -161,10 +163,6 @@ impl Planner<'_> {
         waves: &mut [crate::api::WaveStatus],
     ) -> crate::api::EnergyStatus {
         let power = self.pool.spec.power.as_ref();
-        let soak_at_load = power.is_some_and(|p| p.soak_at_load);
-        let testing = |state: NodeState| {
-            state == NodeState::Validating || (soak_at_load && state == NodeState::Soaking)
-        };
         let before = previous.energy.clone().unwrap_or_default();
         let since = before.accounted_at.as_ref().map(|t| t.0);
         let hours = since.map_or(0.0, |t| {
@@ -172,16 +170,10 @@ impl Planner<'_> {
         });
         let mut added = vec![0.0f64; waves.len()];
         for member in &self.members {
-            if testing(member.view.state()) {
-                let product = member
-                    .view
-                    .labels
-                    .get(keys::GPU_PRODUCT)
-                    .map(String::as_str);
-                let w = f64::from(crate::api::node_watts(power, product));
-                if let Some(slot) = added.get_mut(member.wave) {
-                    *slot += w * hours;
-                }
+            if under_test(power, member.view.state())
+                && let Some(slot) = added.get_mut(member.wave)
+            {
+                *slot += watts(power, member.view) as f64 * hours;
             }
         }
         let mut total = before.watt_hours;
@@ -195,7 +187,7 @@ impl Planner<'_> {
             wave.energy_watt_hours = was.saturating_add(add);
             total = total.saturating_add(add);
         }
-        let still_testing = self.members.iter().any(|m| testing(m.state));
+        let still_testing = self.members.iter().any(|m| under_test(power, m.state));
         crate::api::EnergyStatus {
             watt_hours: total,
             accounted_at: still_testing.then_some(
@@ -225,8 +217,8 @@ pub(super) fn elsewhere<'a>(
     let since = later(now, -RAMP_WINDOW);
     let mut totals = (0, 0, None);
     for node in others {
-        let w = watts(power, node);
-        if under_test(power, node.state()) {
+        let w = watts(Some(power), node);
+        if under_test(Some(power), node.state()) {
             totals.0 += w;
         }
         if let Some(started) = node.started.filter(|s| *s > since) {

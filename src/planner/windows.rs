@@ -16,8 +16,9 @@ use crate::api::{Weekday, Window};
 pub enum Standing {
     /// No windows, or inside one.
     Open,
-    /// Outside every window; the next opens then.
-    Closed { opens: Timestamp },
+    /// Outside every window; the next opens then, in the time zone of the
+    /// window that opens.
+    Closed { opens: Timestamp, time_zone: String },
     /// A window cannot be read: the field and why.
     Invalid { field: String, problem: String },
 }
@@ -92,12 +93,20 @@ fn openings(w: &Read, from: Date, days: i64) -> impl Iterator<Item = Timestamp> 
     })
 }
 
+/// The first window that cannot be read, as (field, problem).
+pub fn check(windows: &[Window]) -> Result<(), (String, String)> {
+    windows
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, w)| read(i, w).map(|_| ()))
+}
+
 /// Where `now` stands against `windows`.
 pub fn standing(windows: &[Window], now: Timestamp) -> Standing {
     if windows.is_empty() {
         return Standing::Open;
     }
-    let mut next: Option<Timestamp> = None;
+    let mut next: Option<(Timestamp, &str)> = None;
     for (i, window) in windows.iter().enumerate() {
         let w = match read(i, window) {
             Ok(w) => w,
@@ -114,27 +123,23 @@ pub fn standing(windows: &[Window], now: Timestamp) -> Standing {
             if opens <= now && now < closes {
                 return Standing::Open;
             }
-            if opens > now {
-                next = Some(next.map_or(opens, |t| t.min(opens)));
+            if opens > now && next.is_none_or(|(t, _)| opens < t) {
+                next = Some((opens, &window.time_zone));
             }
         }
     }
-    match next {
-        Some(opens) => Standing::Closed { opens },
-        // Every window's days exist every week: only dates at the end of
-        // time have no next opening.
-        None => Standing::Closed {
-            opens: Timestamp::MAX,
-        },
+    // Every window's days exist every week: only dates at the end of time
+    // have no next opening.
+    let (opens, zone) = next.unwrap_or((Timestamp::MAX, "UTC"));
+    Standing::Closed {
+        opens,
+        time_zone: zone.to_string(),
     }
 }
 
-/// "Tue 2026-12-01 08:00 CST, in 9h 12m".
-pub fn describe_opening(windows: &[Window], opens: Timestamp, now: Timestamp) -> String {
-    let zone = windows
-        .iter()
-        .find_map(|w| TimeZone::get(&w.time_zone).ok())
-        .unwrap_or(TimeZone::UTC);
+/// "Thu 2026-12-03 08:00 CST (in 15h 0m)": `opens` in `time_zone`.
+pub fn describe_opening(time_zone: &str, opens: Timestamp, now: Timestamp) -> String {
+    let zone = TimeZone::get(time_zone).unwrap_or(TimeZone::UTC);
     let local = opens.to_zoned(zone);
     let wait = opens.duration_since(now);
     let (h, m) = (wait.as_secs() / 3600, (wait.as_secs() % 3600) / 60);
@@ -187,18 +192,39 @@ mod tests {
         assert_eq!(
             standing(&w, at("2026-12-02T23:00:00Z")),
             Standing::Closed {
-                opens: at("2026-12-03T14:00:00Z")
+                opens: at("2026-12-03T14:00:00Z"),
+                time_zone: "America/Chicago".into()
             }
         );
         // Saturday: closed until Monday.
         assert_eq!(
             standing(&w, at("2026-12-05T15:00:00Z")),
             Standing::Closed {
-                opens: at("2026-12-07T14:00:00Z")
+                opens: at("2026-12-07T14:00:00Z"),
+                time_zone: "America/Chicago".into()
             }
         );
-        let said = describe_opening(&w, at("2026-12-03T14:00:00Z"), at("2026-12-02T23:00:00Z"));
+        let said = describe_opening(
+            "America/Chicago",
+            at("2026-12-03T14:00:00Z"),
+            at("2026-12-02T23:00:00Z"),
+        );
         assert_eq!(said, "Thu 2026-12-03 08:00 CST (in 15h 0m)");
+    }
+
+    #[test]
+    fn the_next_opening_is_told_in_its_own_windows_zone() {
+        let w = [
+            window(&[Weekday::Mon], "08:00", "1h", "Asia/Tokyo"),
+            window(&[Weekday::Thu], "08:00", "1h", "America/Chicago"),
+        ];
+        // Wednesday 23:00 UTC: Chicago's Thursday 08:00 (14:00 UTC) comes
+        // before Tokyo's Monday.
+        let Standing::Closed { opens, time_zone } = standing(&w, at("2026-12-02T23:00:00Z")) else {
+            panic!("closed")
+        };
+        assert_eq!(time_zone, "America/Chicago");
+        assert_eq!(opens, at("2026-12-03T14:00:00Z"));
     }
 
     #[test]

@@ -63,6 +63,17 @@ fn cluster(power: Power, domains: usize) -> Cluster {
     )
 }
 
+/// A budget of `kw` kilowatts, no ramp, the default node figures.
+fn budget(kw: u32) -> Power {
+    Power {
+        budget_kilowatts: kw,
+        ramp_kilowatts_per_minute: None,
+        product_watts: BTreeMap::new(),
+        node_watts: None,
+        soak_at_load: false,
+    }
+}
+
 /// Batch `b`'s plan over an up-to-date cache, a millisecond after the last
 /// (a real clock moves between two plans), with the snapshot it read.
 fn plan_of(c: &mut Cluster, b: usize) -> Option<(Snapshot, Plan)> {
@@ -205,16 +216,7 @@ proptest! {
 /// held with the gate saying why.
 #[test]
 fn two_batches_share_one_budget() {
-    let mut c = cluster(
-        Power {
-            budget_kilowatts: 35,
-            ramp_kilowatts_per_minute: None,
-            product_watts: BTreeMap::new(),
-            node_watts: None,
-            soak_at_load: false,
-        },
-        2,
-    );
+    let mut c = cluster(budget(35), 2);
     for b in 0..2 {
         let (snapshot, plan) = plan_of(&mut c, b).expect("a plan");
         for action in Cluster::writes_in_order(&plan) {
@@ -291,13 +293,7 @@ proptest! {
         ),
     ) {
         let mut c = cluster(
-            Power {
-                budget_kilowatts: 1_000,
-                ramp_kilowatts_per_minute: None,
-                product_watts: BTreeMap::new(),
-                node_watts: None,
-                soak_at_load: false,
-            },
+            budget(1_000),
             4,
         );
         c.pools[0].spec.windows = windows.clone();
@@ -346,16 +342,7 @@ proptest! {
 /// pauses while nothing is under test, and admitted GPUs count online.
 #[test]
 fn energy_is_the_load_under_test_times_its_time() {
-    let mut c = cluster(
-        Power {
-            budget_kilowatts: 1_000,
-            ramp_kilowatts_per_minute: None,
-            product_watts: BTreeMap::new(),
-            node_watts: None,
-            soak_at_load: false,
-        },
-        1,
-    );
+    let mut c = cluster(budget(1_000), 1);
     let plan_once = |c: &mut Cluster| {
         let (snapshot, plan) = plan_of(c, 0).expect("a plan");
         for action in Cluster::writes_in_order(&plan) {
