@@ -17,6 +17,7 @@ mod plan;
 mod plugin;
 mod probe;
 mod run;
+mod schedule;
 mod status;
 
 /// gpufleet brings new NVIDIA GB200/GB300 nodes online in staged waves while

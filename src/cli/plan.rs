@@ -9,11 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
+
+use super::schedule;
 use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::planner::NodeView;
 use gpufleet::planner::preview::{Mismatch, Preview, preview};
+use gpufleet::planner::schedule::project;
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess};
 
@@ -28,9 +32,29 @@ pub struct Args {
     /// The nodes, as YAML or JSON: a `kubectl get nodes -o yaml` dump (a List
     /// or NodeList), a sequence of Nodes, or a stream of Node documents.
     /// Repeat for several files; `-` reads standard input.
-    #[arg(long, value_name = "FILE", required = true)]
+    #[arg(long, value_name = "FILE", required_unless_present = "trays")]
     nodes: Vec<PathBuf>,
-    /// How to print the preview.
+    /// Instead of --nodes: this many healthy compute trays that match the
+    /// pool and the batch, in NVL72 racks of the pool's domain size (the
+    /// last one partial), the pool's GPU products taking turns by rack.
+    #[arg(long, value_name = "N", conflicts_with = "nodes")]
+    trays: Option<u32>,
+    /// Project the rollout instead: run the planner in simulated time, every
+    /// check passing, and show when each wave starts and ends, the power in
+    /// use, the racks online and the energy.
+    #[arg(long)]
+    schedule: bool,
+    /// With --schedule: how long one probe (burn-in) takes, e.g. 4h or 90m.
+    #[arg(long, value_name = "DURATION", requires = "schedule")]
+    probe_duration: Option<SignedDuration>,
+    /// With --schedule: how long one rack test takes, e.g. 30m.
+    #[arg(long, value_name = "DURATION", requires = "schedule")]
+    rack_test_duration: Option<SignedDuration>,
+    /// With --schedule: when the rollout starts (RFC 3339); now if unset.
+    #[arg(long, value_name = "TIME", requires = "schedule")]
+    start: Option<Timestamp>,
+    /// How to print: a table for people, JSON, or (with --schedule) an SVG
+    /// chart of power in use and racks online.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
     output: Output,
 }
@@ -41,6 +65,8 @@ enum Output {
     Table,
     /// JSON for machines.
     Json,
+    /// With --schedule: an SVG chart.
+    Svg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -48,7 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_pool(&args.pool, &pool)?;
     let batch: RolloutBatch = load_object(&args.batch, "RolloutBatch")?;
     check_batch(&args.batch, &batch)?;
-    let mut nodes: Vec<NodeView> = Vec::new();
+    let mut nodes: Vec<NodeView> = match args.trays {
+        Some(n) => schedule::trays(&pool, &batch, n),
+        None => Vec::new(),
+    };
     let mut seen = BTreeSet::new();
     for path in &args.nodes {
         for node in load_nodes(path)? {
@@ -59,10 +88,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             nodes.push(view);
         }
     }
-    let preview = preview(&pool, &batch, &nodes);
-    let text = match args.output {
-        Output::Json => serde_json::to_string_pretty(&preview)? + "\n",
-        Output::Table => gpufleet::view::safe(&table(&preview)).into_owned(),
+    let text = if args.schedule {
+        let timing = schedule::timing(&pool, args.probe_duration, args.rack_test_duration)?;
+        let start = args.start.unwrap_or_else(Timestamp::now);
+        let projected = project(&pool, &batch, nodes, start, timing, schedule::OPTIONS);
+        match args.output {
+            Output::Json => serde_json::to_string_pretty(&projected)? + "\n",
+            Output::Svg => schedule::svg(&projected),
+            Output::Table => gpufleet::view::safe(&schedule::table(&projected)).into_owned(),
+        }
+    } else {
+        let preview = preview(&pool, &batch, &nodes);
+        match args.output {
+            Output::Json => serde_json::to_string_pretty(&preview)? + "\n",
+            Output::Table => gpufleet::view::safe(&table(&preview)).into_owned(),
+            Output::Svg => bail!("--output svg draws a schedule: add --schedule"),
+        }
     };
     match io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),

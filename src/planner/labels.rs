@@ -95,14 +95,23 @@ impl fmt::Display for Sym {
 /// One (key, value) pair, shared by every node that carries it.
 type Pair = ArcIntern<(String, String)>;
 
-/// A node's labels (or its conditions, type to status), sorted by key, each
-/// key once. Reads like the `BTreeMap<String, String>` it replaces.
+/// A node's labels (or its conditions, type to status), each key once, in
+/// [`key_order`]. Reads like the `BTreeMap<String, String>` it replaces.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Labels(Box<[Pair]>);
 
+/// The order pairs are kept (and searched) in: by the key's length, then
+/// the key. Most comparisons of a search end at the length, without
+/// comparing bytes: keys share long prefixes (`nvidia.com/gpu.`,
+/// `feature.node.kubernetes.io/`), and a plan reads a few labels of every
+/// node of the pool.
+pub fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
 impl Labels {
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|p| p.0.as_str().cmp(key))
+        self.0.binary_search_by(|p| key_order(&p.0, key))
     }
 
     /// The value of `key`.
@@ -122,7 +131,7 @@ impl Labels {
         self.0.is_empty()
     }
 
-    /// The pairs in key order.
+    /// The pairs in [`key_order`].
     pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
         self.0.iter().map(|p| (&p.0, &p.1))
     }
@@ -177,7 +186,7 @@ impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
             .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
             .collect();
         // Stable sort, then keep the last of each key.
-        owned.sort_by(|a, b| a.0.cmp(&b.0));
+        owned.sort_by(|a, b| key_order(&a.0, &b.0));
         let mut pairs: Vec<Pair> = Vec::with_capacity(owned.len());
         for pair in owned {
             match pairs.last() {
@@ -199,8 +208,10 @@ impl From<&BTreeMap<String, String>> for Labels {
 
 impl From<BTreeMap<String, String>> for Labels {
     fn from(map: BTreeMap<String, String>) -> Self {
-        // Already sorted, keys unique: intern the pairs as they come.
-        Labels(map.into_iter().map(ArcIntern::new).collect())
+        // Keys unique: intern the pairs, then put them in the search order.
+        let mut pairs: Vec<Pair> = map.into_iter().map(ArcIntern::new).collect();
+        pairs.sort_by(|a, b| key_order(&a.0, &b.0));
+        Labels(pairs.into_boxed_slice())
     }
 }
 

@@ -24,6 +24,7 @@
 //! | the pool's status and circuit breaker | `pool.rs` |
 //! | the power budget and ramp across the pool's batches | `power.rs` |
 //! | maintenance windows: when new nodes may start | `windows.rs` |
+//! | the projected schedule: this planner in simulated time | `schedule.rs` |
 //!
 //! A node's way through a rollout is `pending → validating → soaking → ready`,
 //! or `failed`, or `held` when its domain has too few healthy nodes. Writes
@@ -46,6 +47,7 @@ mod provenance;
 mod racktest;
 mod release;
 mod retry;
+pub mod schedule;
 mod selector;
 mod shortcircuit;
 pub mod sim;

@@ -15,7 +15,7 @@ use k8s_openapi::jiff;
 
 use super::snapshot::{NodeState, NodeView, later};
 use super::state::Planner;
-use crate::api::Power;
+use crate::api::{GpuPoolSpec, Power};
 use crate::keys;
 
 /// The window the ramp limit counts starts in.
@@ -35,10 +35,43 @@ pub(super) struct PowerUse {
     pub ramp_frees: Option<Timestamp>,
 }
 
-/// Is a node in `state` under test, for a pool with `power` (or none)?
+/// Is a node in `state` under test, for a pool with `power` (or none)? A
+/// soaking node only while its soak runs: see [`drawing`].
 fn under_test(power: Option<&Power>, state: NodeState) -> bool {
     state == NodeState::Validating
         || (power.is_some_and(|p| p.soak_at_load) && state == NodeState::Soaking)
+}
+
+/// When `node`'s soak ends, as the soak rule counts it: `soakSeconds` from
+/// the later of its `since` and the last change of a condition the pool
+/// watches (a recovery restarts the soak). `None` when it has no `since`.
+fn soak_ends(pool: &GpuPoolSpec, node: &NodeView) -> Option<Timestamp> {
+    let since = node.since?;
+    let watched = std::iter::once("Ready").chain(
+        pool.health_checks
+            .unhealthy_conditions
+            .iter()
+            .map(|u| u.type_.as_str()),
+    );
+    let start = watched
+        .filter_map(|t| node.condition_since.get(t).copied())
+        .fold(since, Timestamp::max);
+    let soak = SignedDuration::from_secs(i64::from(pool.health_checks.soak_seconds));
+    Some(later(start, soak))
+}
+
+/// Does `node` draw its test power at `now`? Validating; or soaking while
+/// its soak runs at load. A node whose soak is over waits for its domain
+/// idle: counting it would hold the rest of its domain back for ever under
+/// a budget smaller than the domain.
+pub(super) fn drawing(pool: &GpuPoolSpec, node: &NodeView, now: Timestamp) -> bool {
+    let power = pool.power.as_ref();
+    match node.state() {
+        NodeState::Soaking if under_test(power, NodeState::Soaking) => {
+            soak_ends(pool, node).is_none_or(|end| now < end)
+        }
+        state => state == NodeState::Validating && under_test(power, state),
+    }
 }
 
 /// Watts `node` draws under test, by the pool's `power` or the defaults.
@@ -81,9 +114,14 @@ impl Planner<'_> {
         let mut ramped = self.power_elsewhere.1 + self.power_started;
         let mut ramp_frees = self.power_elsewhere.2;
         for member in &self.members {
-            let w = watts(Some(power), member.view);
-            if under_test(Some(power), member.state) {
-                in_use += w;
+            // Most members are neither under test nor just started: their
+            // watts are not read.
+            let w = || watts(Some(power), member.view);
+            // A soak that passed (the soak rule ran before any start) waits
+            // for its domain idle.
+            let soaked = member.state == NodeState::Soaking && member.passed;
+            if under_test(Some(power), member.state) && !soaked {
+                in_use += w();
             }
             // Every start within the window counts, whether its check is
             // still running or not: the ramp limits the steps up. (This
@@ -91,7 +129,7 @@ impl Planner<'_> {
             // started again may count twice, which only errs on the safe
             // side.)
             if let Some(started) = member.view.started.filter(|s| *s > since) {
-                ramped += w;
+                ramped += w();
                 ramp_frees = Some(ramp_frees.map_or(started, |t: Timestamp| t.min(started)));
             }
         }
@@ -170,9 +208,23 @@ impl Planner<'_> {
         });
         let mut added = vec![0.0f64; waves.len()];
         for member in &self.members {
-            if under_test(power, member.view.state())
-                && let Some(slot) = added.get_mut(member.wave)
-            {
+            let state = member.view.state();
+            if !under_test(power, state) {
+                continue;
+            }
+            // A soak at load draws until it ends, not while the node then
+            // waits for its domain.
+            let hours = match (state, since, soak_ends(&self.pool.spec, member.view)) {
+                (NodeState::Soaking, Some(from), Some(end)) => {
+                    end.min(self.now)
+                        .duration_since(from)
+                        .as_secs_f64()
+                        .max(0.0)
+                        / 3600.0
+                }
+                _ => hours,
+            };
+            if let Some(slot) = added.get_mut(member.wave) {
                 *slot += watts(power, member.view) as f64 * hours;
             }
         }
@@ -187,7 +239,10 @@ impl Planner<'_> {
             wave.energy_watt_hours = was.saturating_add(add);
             total = total.saturating_add(add);
         }
-        let still_testing = self.members.iter().any(|m| under_test(power, m.state));
+        let still_testing = self
+            .members
+            .iter()
+            .any(|m| under_test(power, m.state) && !(m.state == NodeState::Soaking && m.passed));
         crate::api::EnergyStatus {
             watt_hours: total,
             accounted_at: still_testing.then_some(
@@ -207,26 +262,42 @@ impl Planner<'_> {
 /// batch's members (other batches'), the part of it started within the
 /// ramp window, and the earliest such start.
 pub(super) fn elsewhere<'a>(
-    power: Option<&Power>,
+    pool: &GpuPoolSpec,
     others: impl Iterator<Item = &'a NodeView>,
     now: Timestamp,
 ) -> (u64, u64, Option<Timestamp>) {
-    let Some(power) = power else {
+    let Some(power) = pool.power.as_ref() else {
         return (0, 0, None);
     };
     let since = later(now, -RAMP_WINDOW);
     let mut totals = (0, 0, None);
     for node in others {
-        let w = watts(Some(power), node);
-        if under_test(Some(power), node.state()) {
-            totals.0 += w;
+        let w = || watts(Some(power), node);
+        if drawing(pool, node, now) {
+            totals.0 += w();
         }
         if let Some(started) = node.started.filter(|s| *s > since) {
-            totals.1 += w;
+            totals.1 += w();
             totals.2 = Some(totals.2.map_or(started, |t: Timestamp| t.min(started)));
         }
     }
     totals
+}
+
+/// Watts drawn at `now` by `nodes` under test ([`drawing`]) and by
+/// `rack_testing` trays under a rack test: what the budget counts.
+pub(super) fn load<'a>(
+    pool: &GpuPoolSpec,
+    nodes: impl Iterator<Item = &'a NodeView>,
+    rack_testing: u32,
+    now: Timestamp,
+) -> u64 {
+    let power = pool.power.as_ref();
+    let under: u64 = nodes
+        .filter(|n| drawing(pool, n, now))
+        .map(|n| watts(power, n))
+        .sum();
+    under + u64::from(rack_testing) * u64::from(crate::api::node_watts(power, None))
 }
 
 #[cfg(test)]

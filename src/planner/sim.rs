@@ -156,26 +156,12 @@ impl Sim {
                                 .insert(req.pod_name.clone(), g.peer_nodes.clone());
                         }
                         let (containers, init_containers) = self.template_containers();
-                        self.snapshot.probes.push(ProbeView {
-                            name: req.pod_name.clone(),
-                            node: req.node.clone(),
-                            attempt: req.attempt,
-                            phase: ProbePhase::Pending,
-                            batch_uid: self.batch.metadata.uid.clone(),
-                            containers: containers.len() as u32,
-                            init_containers: init_containers.len() as u32,
-                            terminated: Vec::new(),
-                            message: None,
-                            created: Some(self.now),
-                            run: req.run,
-                            started_at: None,
-                            finished_at: None,
-                            not_running: None,
-                            evicted: false,
-                            deleting: false,
-                            verdict: crate::verdict::Read::Absent,
-                            group: req.group.as_ref().map(|g| g.group.clone()),
-                        });
+                        self.snapshot.probes.push(new_probe(
+                            req,
+                            self.batch.metadata.uid.clone(),
+                            (containers.len() as u32, init_containers.len() as u32),
+                            self.now,
+                        ));
                     }
                 }
                 Action::DeleteProbe { pod_name, run } => self
@@ -212,26 +198,9 @@ impl Sim {
     }
 
     /// The names of the pool's probe template's containers and init
-    /// containers (one `burn-in` container when the template names none).
+    /// containers (see [`template_containers`]).
     pub fn template_containers(&self) -> (Vec<String>, Vec<String>) {
-        let spec = self
-            .pool
-            .spec
-            .health_checks
-            .probe
-            .as_ref()
-            .and_then(|p| p.template.spec.as_ref());
-        let mut containers: Vec<String> = spec
-            .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
-            .unwrap_or_default();
-        if containers.is_empty() {
-            containers.push("burn-in".into());
-        }
-        let init = spec
-            .and_then(|s| s.init_containers.as_ref())
-            .map(|cs| cs.iter().map(|c| c.name.clone()).collect())
-            .unwrap_or_default();
-        (containers, init)
+        template_containers(&self.pool)
     }
 
     /// Runs every probe that has not finished to its outcome, as a kubelet
@@ -284,13 +253,7 @@ impl Sim {
             }
             probe.started_at.get_or_insert(self.now);
             match outcome {
-                Outcome::Pass => {
-                    probe.phase = ProbePhase::Succeeded;
-                    probe.finished_at = Some(self.now);
-                    probe.terminated = inits
-                        .chain(containers.iter().map(|c| ended(c, false, 0, None)))
-                        .collect();
-                }
+                Outcome::Pass => pass(probe, &containers, &init_containers, self.now),
                 Outcome::Fail { exit_code, message } => {
                     probe.phase = ProbePhase::Failed;
                     probe.finished_at = Some(self.now);
@@ -385,6 +348,82 @@ impl Sim {
             .find(|n| n.name == node)
             .map(|n| n.state())
     }
+}
+
+/// The names of `pool`'s probe template's containers and init containers
+/// (one `burn-in` container when the template names none).
+pub fn template_containers(pool: &GpuPool) -> (Vec<String>, Vec<String>) {
+    let spec = pool
+        .spec
+        .health_checks
+        .probe
+        .as_ref()
+        .and_then(|p| p.template.spec.as_ref());
+    let mut containers: Vec<String> = spec
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    if containers.is_empty() {
+        containers.push("burn-in".into());
+    }
+    let init = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .map(|cs| cs.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    (containers, init)
+}
+
+/// A probe pod just after `req` created it, before it runs: of the batch
+/// `batch_uid`, with (containers, init containers) from the template.
+pub fn new_probe(
+    req: &super::ProbeRequest,
+    batch_uid: Option<String>,
+    (containers, init_containers): (u32, u32),
+    now: Timestamp,
+) -> ProbeView {
+    ProbeView {
+        name: req.pod_name.clone(),
+        node: req.node.clone(),
+        attempt: req.attempt,
+        phase: ProbePhase::Pending,
+        batch_uid,
+        containers,
+        init_containers,
+        terminated: Vec::new(),
+        message: None,
+        created: Some(now),
+        run: req.run,
+        started_at: None,
+        finished_at: None,
+        not_running: None,
+        evicted: false,
+        deleting: false,
+        verdict: crate::verdict::Read::Absent,
+        group: req.group.as_ref().map(|g| g.group.clone()),
+    }
+}
+
+/// Ends `probe` as a kubelet ends a pod that passed at `now`: every
+/// container (init ones first) terminated with 0, the pod Succeeded.
+pub fn pass(
+    probe: &mut ProbeView,
+    containers: &[String],
+    init_containers: &[String],
+    now: Timestamp,
+) {
+    let ended = |name: &String, init: bool| Termination {
+        container: name.clone(),
+        init,
+        exit_code: 0,
+        message: None,
+    };
+    probe.started_at.get_or_insert(now);
+    probe.phase = ProbePhase::Succeeded;
+    probe.finished_at = Some(now);
+    probe.terminated = init_containers
+        .iter()
+        .map(|c| ended(c, true))
+        .chain(containers.iter().map(|c| ended(c, false)))
+        .collect();
 }
 
 /// Applies one patch to a node view, as the API server would.
@@ -892,25 +931,9 @@ impl Cluster {
                 let batch = &self.batches[b];
                 let record = PodRecord {
                     view: ProbeView {
-                        name: req.pod_name.clone(),
-                        node: req.node.clone(),
-                        attempt: req.attempt,
-                        phase: ProbePhase::Pending,
-                        batch_uid: batch.metadata.uid.clone(),
-                        containers: containers.0,
-                        init_containers: containers.1,
-                        terminated: Vec::new(),
-                        message: None,
-                        created: Some(self.now),
-                        run: req.run,
                         // This cluster's kubelets start a pod at once.
                         started_at: Some(self.now),
-                        finished_at: None,
-                        not_running: None,
-                        evicted: false,
-                        deleting: false,
-                        verdict: crate::verdict::Read::Absent,
-                        group: req.group.as_ref().map(|g| g.group.clone()),
+                        ..new_probe(req, batch.metadata.uid.clone(), containers, self.now)
                     },
                     batch: batch.metadata.name.clone(),
                     created_seq: self.seq + 1,

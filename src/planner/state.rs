@@ -185,7 +185,7 @@ impl<'a> Planner<'a> {
             })
             .count() as u32;
         let power_elsewhere = super::power::elsewhere(
-            pool_spec.power.as_ref(),
+            pool_spec,
             snapshot
                 .nodes
                 .iter()

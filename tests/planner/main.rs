@@ -15,4 +15,5 @@ mod properties;
 mod purity;
 mod racktest;
 mod rules;
+mod schedule;
 mod verdicts;

@@ -84,19 +84,21 @@ fn plan_of(c: &mut Cluster, b: usize) -> Option<(Snapshot, Plan)> {
     Some((snapshot, plan))
 }
 
-/// Watts the pool's nodes under test draw in the live cluster.
+/// Watts the pool's nodes under test draw in the live cluster: validating,
+/// or soaking at load while the soak runs (a soak that is over waits for
+/// its domain idle).
 fn in_use(cluster: &Cluster) -> u64 {
-    let power = cluster.pools[0]
-        .spec
-        .power
-        .as_ref()
-        .expect("a power budget");
+    let spec = &cluster.pools[0].spec;
+    let power = spec.power.as_ref().expect("a power budget");
+    let soak = SignedDuration::from_secs(i64::from(spec.health_checks.soak_seconds));
     cluster
         .nodes()
         .values()
         .filter(|n| {
             n.state == Some(NodeState::Validating)
-                || (power.soak_at_load && n.state == Some(NodeState::Soaking))
+                || (power.soak_at_load
+                    && n.state == Some(NodeState::Soaking)
+                    && n.since.is_none_or(|s| cluster.now < s + soak))
         })
         .map(|n| u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT).map(String::as_str))))
         .sum()
@@ -371,4 +373,40 @@ fn energy_is_the_load_under_test_times_its_time() {
     let energy = status.energy.expect("energy");
     assert_eq!(energy.watt_hours, 487, "the soak drew nothing from checks");
     assert_eq!(energy.gpus_online, 16, "four trays of 4 GPUs admitted");
+}
+
+#[test]
+fn a_soak_at_load_that_is_over_does_not_hold_its_domain_back() {
+    // The budget fits one tray; the soak runs at load for 30 s. A domain of
+    // four needs three healthy trays admitted together: the first tray's
+    // soak ends long before the others have run, and it then waits for its
+    // domain idle. Counted as under test it would hold the other three
+    // back for ever.
+    let mut c = cluster(
+        Power {
+            soak_at_load: true,
+            ..budget(8)
+        },
+        1,
+    );
+    let mut done = false;
+    for _ in 0..200 {
+        let (snapshot, plan) = plan_of(&mut c, 0).expect("a plan");
+        for action in Cluster::writes_in_order(&plan) {
+            c.apply(0, action, Write::Merge, &snapshot);
+        }
+        c.set_status(0, &plan);
+        assert!(in_use(&c) <= 8_000, "{} W under test", in_use(&c));
+        if plan.status.nodes.ready == 4 {
+            done = true;
+            break;
+        }
+        c.finish_probes(|_| Outcome::Pass);
+        c.advance(10);
+    }
+    assert!(
+        done,
+        "the domain was never admitted: {:?}",
+        c.batches[0].status
+    );
 }
