@@ -624,9 +624,17 @@ pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>)
         } else {
             format!(" ({})", waves.join(", "))
         };
+        let online = if energy.gpu_hours > 0 {
+            format!(
+                " Capacity online while it ran: {} GPU-hours.",
+                thousands(energy.gpu_hours)
+            )
+        } else {
+            String::new()
+        };
         lines.extend(wrap(
             &format!(
-                "Energy spent in checks: {}{by_wave}.",
+                "Energy spent in checks: {}{by_wave}.{online}",
                 energy_words(energy.watt_hours)
             ),
             WIDTH,
@@ -634,6 +642,19 @@ pub fn summary(batch: &RolloutBatch, nodes: &[NodeView], wall: Option<Duration>)
         ));
     }
     lines
+}
+
+/// `n` with thousands separated: "115,916,832".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Watt-hours in the unit that reads best: "740 Wh", "12.4 kWh", "3.1 MWh".

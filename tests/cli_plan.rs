@@ -418,3 +418,122 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
         output.status
     );
 }
+
+// ---- --schedule ----------------------------------------------------------
+
+const COLOSSUS_POOL: &str = "examples/gpupool-colossus2.yaml";
+const COLOSSUS_BATCH: &str = "examples/rolloutbatch-colossus2.yaml";
+
+/// The Colossus 2 example projected over `trays` made-up trays.
+fn schedule(trays: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "plan",
+        "--schedule",
+        "--pool",
+        COLOSSUS_POOL,
+        "--batch",
+        COLOSSUS_BATCH,
+        "--trays",
+        trays,
+        "--probe-duration",
+        "4h",
+        "--start",
+        "2026-12-07T00:00:00Z",
+    ];
+    args.extend_from_slice(extra);
+    gpufleet(&args, None)
+}
+
+#[test]
+fn the_schedule_shows_waves_power_and_racks_in_80_columns() {
+    let text = stdout(&schedule("3600", &[]));
+    for line in text.lines() {
+        assert!(line.chars().count() <= 80, "too wide: {line:?}");
+    }
+    assert!(
+        text.starts_with("Batch colossus2 of pool colossus2, projected: 3,600 trays in 200 racks"),
+        "{text}"
+    );
+    assert!(text.contains("Starts  2026-12-07 00:00Z"), "{text}");
+    assert!(text.contains("\nReady   "), "{text}");
+    assert!(text.contains("(budget 10.00 MW)"), "{text}");
+    let waves: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("WAVE"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(waves.len(), 4, "{text}");
+    assert!(
+        waves[0].starts_with("   1       18  2026-12-07 00:00Z"),
+        "{text}"
+    );
+    assert!(text.contains("Power under test (top: 10.00 MW)"), "{text}");
+    assert!(text.contains("Racks online (top: 200)"), "{text}");
+    assert!(text.contains('#'), "the charts are drawn: {text}");
+}
+
+#[test]
+fn the_schedule_as_json_admits_every_tray_within_the_budget() {
+    let v = json(&schedule("1800", &["-o", "json"]));
+    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(v["nodes"], 1800);
+    assert_eq!(v["admitted"], 1800);
+    assert_eq!(v["racks"], 100);
+    assert_eq!(v["budgetWatts"], 10_000_000);
+    assert!(v["peakWatts"].as_u64().unwrap() <= 10_000_000, "{v}");
+    assert!(v["energyWattHours"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["waves"].as_array().unwrap().len(), 4);
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.last().unwrap()["racksOnline"], 100);
+}
+
+#[test]
+fn the_schedule_as_svg_draws_both_panels() {
+    let svg = stdout(&schedule("360", &["-o", "svg"]));
+    assert!(
+        svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+        "{svg}"
+    );
+    assert!(svg.ends_with("</svg>\n"));
+    assert_eq!(svg.matches("<path ").count(), 2, "power and racks");
+    assert!(svg.contains("Power under test, MW"));
+    assert!(svg.contains("Racks online"));
+    assert!(svg.contains("stroke-dasharray"), "the budget line");
+}
+
+#[test]
+fn a_schedule_with_checks_it_could_never_pass_is_refused_with_the_field() {
+    let refused = |extra: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "--schedule",
+            "--pool",
+            COLOSSUS_POOL,
+            "--batch",
+            COLOSSUS_BATCH,
+            "--trays",
+            "18",
+        ];
+        args.extend_from_slice(extra);
+        let out = gpufleet(&args, None);
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = refused(&["--probe-duration", "6h"]);
+    assert!(e.contains("healthChecks.probe.timeoutSeconds"), "{e}");
+    assert!(e.contains("raise the timeout"), "{e}");
+    let e = refused(&[]);
+    assert!(e.contains("--probe-duration"), "{e}");
+    let e = refused(&["--probe-duration=-5m"]);
+    assert!(e.contains("--probe-duration"), "{e}");
+    let out = gpufleet(
+        &[
+            "plan", "--pool", POOL, "--batch", BATCH, "--nodes", NODES, "-o", "svg",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--schedule"));
+}

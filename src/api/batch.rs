@@ -245,12 +245,18 @@ pub struct EnergyStatus {
     /// watt-hours.
     #[serde(default)]
     pub watt_hours: u64,
-    /// Energy is counted up to this time; unset while nothing is under
-    /// test. (Each plan adds the load under test times the time since.)
+    /// Energy and GPU-hours are counted up to this time; unset while
+    /// nothing is under test and no admitted GPU counts (each plan adds the
+    /// load under test, and the GPUs online, times the time since).
     // Written as null when unset, so that the merge patch removes it.
     #[serde(default)]
     pub accounted_at: Option<Time>,
     /// GPUs of the batch admitted (capacity brought online).
     #[serde(default)]
     pub gpus_online: u32,
+    /// GPU-hours of the batch's admitted capacity while its rollout ran:
+    /// each GPU counts from its node's admission until every node of the
+    /// batch is decided. What a staged rollout gives before it ends.
+    #[serde(default)]
+    pub gpu_hours: u64,
 }

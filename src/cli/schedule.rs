@@ -9,7 +9,7 @@ use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::keys;
 use gpufleet::planner::NodeView;
 use gpufleet::planner::schedule::{Options, Sample, Schedule, Timing};
-use gpufleet::view::energy_words;
+use gpufleet::view::{energy_words, thousands};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// A projection gives up after far more plans than any real rollout needs
@@ -92,7 +92,9 @@ pub fn timing(
     let probe = match (&checks.probe, probe) {
         (None, _) => SignedDuration::ZERO,
         (Some(_), None) => {
-            bail!("--schedule needs --probe-duration: how long one probe (burn-in) takes, e.g. 4h")
+            bail!(
+                "--schedule needs --probe-duration:\n  how long one probe (burn-in) takes, e.g. 4h"
+            )
         }
         (Some(p), Some(d)) => within(
             d,
@@ -104,7 +106,9 @@ pub fn timing(
     let rack_test = match (&checks.domain_test, rack_test) {
         (None, _) => SignedDuration::ZERO,
         (Some(_), None) => {
-            bail!("--schedule needs --rack-test-duration: how long one rack test takes, e.g. 30m")
+            bail!(
+                "--schedule needs --rack-test-duration:\n  how long one rack test takes, e.g. 30m"
+            )
         }
         (Some(t), Some(d)) => within(
             d,
@@ -127,7 +131,7 @@ fn within(
     }
     if d >= SignedDuration::from_secs(i64::from(timeout)) {
         bail!(
-            "{flag} {} is not under the pool's {field} ({timeout} s): every check would time out; raise the timeout or shorten the duration",
+            "{flag} {} is not under the pool's\n  {field} ({timeout} s):\n  every check would time out; raise the timeout or shorten the duration",
             duration(d.as_secs())
         );
     }
@@ -142,13 +146,16 @@ const CHART_HEIGHT: usize = 8;
 /// The schedule as a table and two charts, 80 columns wide.
 pub fn table(s: &Schedule) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Projected rollout of batch {} (pool {}): {} trays in {} racks",
-        s.batch,
-        s.pool,
-        thousands(u64::from(s.nodes)),
-        thousands(u64::from(s.racks))
+    wrap(
+        &mut out,
+        "",
+        &format!(
+            "Batch {} of pool {}, projected: {} trays in {} racks",
+            s.batch,
+            s.pool,
+            thousands(u64::from(s.nodes)),
+            thousands(u64::from(s.racks))
+        ),
     );
     let _ = writeln!(out, "Starts  {}", when(&s.start));
     if s.complete {
@@ -179,22 +186,27 @@ pub fn table(s: &Schedule) -> String {
         out,
         "Energy  {} in checks; {} GPU-hours online by the end",
         energy_words(s.energy_watt_hours),
-        thousands(s.gpu_hours.round() as u64)
+        thousands(s.gpu_hours)
     );
     out.push('\n');
-    let _ = writeln!(
-        out,
-        "WAVE    NODES  STARTS             ENDS                 ENERGY"
-    );
-    for w in &s.waves {
+    let row = |out: &mut String, cells: [&str; 5]| {
+        let [wave, target, starts, ends, energy] = cells;
         let _ = writeln!(
             out,
-            "{:>4}  {:>7}  {:<17}  {:<17}  {:>9}",
-            w.index,
-            thousands(u64::from(w.target_nodes)),
-            w.started_at.as_deref().map_or("-".into(), when),
-            w.completed_at.as_deref().map_or("-".into(), when),
-            energy_words(w.energy_watt_hours)
+            "{wave:>4}  {target:>7}  {starts:<17}  {ends:<17}  {energy:>9}"
+        );
+    };
+    row(&mut out, ["WAVE", "TARGET", "STARTS", "ENDS", "ENERGY"]);
+    for w in &s.waves {
+        row(
+            &mut out,
+            [
+                &w.index.to_string(),
+                &thousands(u64::from(w.target_nodes)),
+                &w.started_at.as_deref().map_or("-".into(), when),
+                &w.completed_at.as_deref().map_or("-".into(), when),
+                &energy_words(w.energy_watt_hours),
+            ],
         );
     }
     let days = s.seconds as f64 / 86_400.0;
@@ -321,18 +333,6 @@ fn power(w: u64) -> String {
         w if w >= 1_000_000 => format!("{:.2} MW", w as f64 / 1e6),
         w => format!("{:.1} kW", w as f64 / 1e3),
     }
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Appends `text` wrapped at 80 columns, each line after `indent`.

@@ -91,6 +91,7 @@ pub struct Metrics {
     pub batch_ready: Family<BatchLabels, Gauge>,
     pub batch_energy: Family<BatchLabels, Gauge>,
     pub batch_gpus_online: Family<BatchLabels, Gauge>,
+    pub batch_gpu_hours: Family<BatchLabels, Gauge>,
     pub wave_nodes_admitted: Family<WaveLabels, Gauge>,
     pub wave_nodes_failed: Family<WaveLabels, Gauge>,
     pub admissions: Family<BatchLabels, Counter>,
@@ -161,6 +162,7 @@ impl Metrics {
             batch_current_wave: Family::default(),
             batch_energy: Family::default(),
             batch_gpus_online: Family::default(),
+            batch_gpu_hours: Family::default(),
             batch_total_waves: Family::default(),
             batch_stalled: Family::default(),
             batch_ready: Family::default(),
@@ -245,6 +247,11 @@ impl Metrics {
             "batch_gpus_online",
             "GPUs of a batch admitted",
             m.batch_gpus_online.clone(),
+        );
+        r.register(
+            "batch_gpu_hours",
+            "GPU-hours of a batch's admitted capacity while its rollout ran",
+            m.batch_gpu_hours.clone(),
         );
         r.register(
             "batch_current_wave",
@@ -396,6 +403,9 @@ impl Metrics {
             self.batch_gpus_online
                 .get_or_create(&b())
                 .set(i64::from(energy.gpus_online));
+            self.batch_gpu_hours
+                .get_or_create(&b())
+                .set(i64::try_from(energy.gpu_hours).unwrap_or(i64::MAX));
         }
         for wave in &status.waves {
             let w = WaveLabels {
@@ -452,6 +462,7 @@ impl Metrics {
             &self.batch_ready,
             &self.batch_energy,
             &self.batch_gpus_online,
+            &self.batch_gpu_hours,
             &self.last_progress,
         ] {
             family.remove(&b);

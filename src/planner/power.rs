@@ -193,8 +193,9 @@ impl Planner<'_> {
 impl Planner<'_> {
     /// Energy accounting: the load this batch's nodes had under test since
     /// the status last counted (their states as this plan read them), times
-    /// the time since, added to each wave and the batch; and the GPUs
-    /// admitted. Counting pauses while nothing is under test.
+    /// the time since, added to each wave and the batch; the GPUs admitted,
+    /// and the GPU-hours they were online. Counting pauses while nothing is
+    /// under test and no admitted GPU counts.
     pub(super) fn energy(
         &self,
         previous: &crate::api::RolloutBatchStatus,
@@ -243,17 +244,31 @@ impl Planner<'_> {
             .members
             .iter()
             .any(|m| under_test(power, m.state) && !(m.state == NodeState::Soaking && m.passed));
+        // GPU-hours: the GPUs online since the last count (admissions
+        // happen in plans, so between two plans the count held), while
+        // some node of the batch is still undecided.
+        let gpu_hours = before
+            .gpu_hours
+            .saturating_add((f64::from(before.gpus_online) * hours).round() as u64);
+        let open = self.members.iter().any(|m| {
+            matches!(
+                m.state,
+                NodeState::Pending | NodeState::Validating | NodeState::Soaking
+            )
+        });
+        let gpus_online: u32 = self
+            .members
+            .iter()
+            .filter(|m| m.state == NodeState::Ready)
+            .map(|m| m.view.gpus())
+            .sum();
         crate::api::EnergyStatus {
             watt_hours: total,
-            accounted_at: still_testing.then_some(
+            accounted_at: (still_testing || (open && gpus_online > 0)).then_some(
                 k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(self.now),
             ),
-            gpus_online: self
-                .members
-                .iter()
-                .filter(|m| m.state == NodeState::Ready)
-                .map(|m| m.view.gpus())
-                .sum(),
+            gpus_online,
+            gpu_hours,
         }
     }
 }

@@ -84,8 +84,9 @@ pub struct Schedule {
     pub peak_at: Option<String>,
     /// Energy spent in checks, as the batch status counts it.
     pub energy_watt_hours: u64,
-    /// GPU-hours of admitted capacity online between the start and the end.
-    pub gpu_hours: f64,
+    /// GPU-hours of admitted capacity online between the start and the
+    /// end, as the batch status counts them.
+    pub gpu_hours: u64,
     /// Waves held by `approvedWaves` that the projection approved, and when.
     pub approvals: Vec<(u32, String)>,
     /// Plans made: the work of the projection.
@@ -192,8 +193,6 @@ struct Run<'a> {
     ready_in: Vec<u32>,
     nodes_online: u32,
     racks_online: u32,
-    gpus_online: u32,
-    gpu_hours: f64,
     containers: (Vec<String>, Vec<String>),
     /// When each Certification ends, by name.
     cert_ends: HashMap<String, Timestamp>,
@@ -251,8 +250,6 @@ impl<'a> Run<'a> {
             ready_in: vec![0; domains.len()],
             nodes_online: 0,
             racks_online: 0,
-            gpus_online: 0,
-            gpu_hours: 0.0,
             containers: template_containers(pool),
             cert_ends: HashMap::new(),
             approvals: Vec::new(),
@@ -278,8 +275,7 @@ impl<'a> Run<'a> {
                     let was = node.state() == NodeState::Ready;
                     apply_patch(node, patch, &taint.key, taint.effect.as_str());
                     let is = node.state() == NodeState::Ready;
-                    let gpus = node.gpus();
-                    self.count_ready(i, gpus, was, is);
+                    self.count_ready(i, was, is);
                 }
                 Action::CreateProbe(req) => {
                     let mut probe = new_probe(
@@ -329,12 +325,11 @@ impl<'a> Run<'a> {
         self.sample();
     }
 
-    fn count_ready(&mut self, i: usize, gpus: u32, was: bool, is: bool) {
+    fn count_ready(&mut self, i: usize, was: bool, is: bool) {
         let d = self.domain_of[i];
         match (was, is) {
             (false, true) => {
                 self.nodes_online += 1;
-                self.gpus_online += gpus;
                 self.ready_in[d] += 1;
                 if self.ready_in[d] == 1 {
                     self.racks_online += 1;
@@ -342,7 +337,6 @@ impl<'a> Run<'a> {
             }
             (true, false) => {
                 self.nodes_online -= 1;
-                self.gpus_online -= gpus;
                 self.ready_in[d] -= 1;
                 if self.ready_in[d] == 0 {
                     self.racks_online -= 1;
@@ -415,11 +409,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Moves the clock to `to`, counting the GPU-hours online meanwhile,
-    /// and ends every check due by then as passed.
+    /// Moves the clock to `to` and ends every check due by then as passed.
     fn advance(&mut self, to: Timestamp) {
-        let hours = to.duration_since(self.now).as_secs_f64() / 3600.0;
-        self.gpu_hours += f64::from(self.gpus_online) * hours;
         self.now = to;
         let (probe_time, rack_time) = (self.timing.probe, self.timing.rack_test);
         for probe in &mut self.snapshot.probes {
@@ -485,7 +476,7 @@ impl<'a> Run<'a> {
             peak_watts: self.peak.0,
             peak_at: self.peak.1.map(|t| t.to_string()),
             energy_watt_hours: status.energy.as_ref().map_or(0, |e| e.watt_hours),
-            gpu_hours: self.gpu_hours,
+            gpu_hours: status.energy.as_ref().map_or(0, |e| e.gpu_hours),
             approvals: self.approvals,
             plans: self.plans,
             replans_changing: self.replans_changing,
