@@ -373,7 +373,7 @@ pub fn svg(s: &Schedule) -> String {
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let title = format!(
-        "Batch {} of pool {}: {} trays in {} racks, {} to {}",
+        "Batch {} of pool {}: {} trays in {} racks, {} after {}",
         s.batch,
         s.pool,
         thousands(u64::from(s.nodes)),
@@ -473,8 +473,9 @@ fn panel(
             trim(v / scale)
         );
     }
-    for i in 0..=6 {
-        let t = span * f64::from(i) / 6.0;
+    let step = tick_step(span / 6.0);
+    let mut t = 0.0;
+    while t <= span + 1e-9 {
         let _ = writeln!(
             out,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
@@ -482,6 +483,7 @@ fn panel(
             y0 + PANEL + 16.0,
             trim(t)
         );
+        t += step;
     }
     if let Some(l) = limit {
         let _ = writeln!(
@@ -511,6 +513,19 @@ fn panel(
         out,
         r#"<path d="{path}" fill="none" stroke="{colour}" stroke-width="1.5"/>"#
     );
+}
+
+/// A round step near `rough`: 1, 2 or 5 times a power of ten.
+fn tick_step(rough: f64) -> f64 {
+    if rough <= 0.0 || !rough.is_finite() {
+        return 1.0;
+    }
+    let power = 10f64.powf(rough.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|s| *s >= rough)
+        .unwrap_or(10.0 * power)
 }
 
 fn trim(v: f64) -> String {
