@@ -60,7 +60,8 @@ impl Planner<'_> {
             if healthy >= needed
                 && let Some(spec) = self.pool.spec.health_checks.domain_test.clone()
             {
-                let room = self.rack_room();
+                // Room under the concurrency caps and the power budget.
+                let room = self.rack_room().min(self.rack_power_room());
                 self.rack_figure = None;
                 let key = self.domains[d].key.clone();
                 let measured = |figure: Option<u32>| {

@@ -134,8 +134,15 @@ impl Planner<'_> {
             }
         }
         // Trays under a rack test draw as much as under a probe; counted
-        // at the pool's default node power (they are not validating).
-        in_use += u64::from(self.rack_testing()) * u64::from(power.node_watts(None));
+        // at the pool's default node power (they are not validating). Those
+        // whose test began within the window count against the ramp.
+        let tray = u64::from(power.node_watts(None));
+        in_use += u64::from(self.rack_testing()) * tray;
+        let (recent, earliest) = self.rack_started_since(since);
+        ramped += u64::from(recent) * tray;
+        if let Some(at) = earliest {
+            ramp_frees = Some(ramp_frees.map_or(at, |t: Timestamp| t.min(at)));
+        }
         Some(PowerUse {
             in_use,
             budget: u64::from(power.budget_kilowatts) * 1000,
@@ -191,6 +198,49 @@ impl Planner<'_> {
 }
 
 impl Planner<'_> {
+    /// Trays a new rack test round may occupy under the power budget and
+    /// ramp (each at the pool's node power); no limit without a budget.
+    pub(super) fn rack_power_room(&self) -> u32 {
+        let (Some(power), Some(use_)) = (self.pool.spec.power.as_ref(), self.power_use()) else {
+            return u32::MAX;
+        };
+        let tray = u64::from(power.node_watts(None)).max(1);
+        let mut room = use_.budget.saturating_sub(use_.in_use) / tray;
+        if let Some(ramp) = use_.ramp {
+            room = room.min(ramp.saturating_sub(use_.ramped) / tray);
+        }
+        u32::try_from(room).unwrap_or(u32::MAX)
+    }
+
+    /// A rack test round of `trays` waits for power: says so, and when the
+    /// ramp's minute frees room.
+    pub(super) fn rack_waits_for_power(&mut self, trays: u32) {
+        let (Some(power), Some(use_)) = (self.pool.spec.power.as_ref(), self.power_use()) else {
+            return;
+        };
+        let want = u64::from(trays) * u64::from(power.node_watts(None));
+        self.rack_power_held = Some(if want > use_.budget {
+            format!(
+                "power budget: a rack test round of {trays} trays draws {}, more than the whole budget of {}; raise spec.power.budgetKilowatts",
+                figure(want, want),
+                figure(use_.budget, use_.budget)
+            )
+        } else {
+            format!(
+                "power budget: {} in use; a rack test of {trays} trays needs {}",
+                megawatts(use_.in_use, use_.budget),
+                figure(want, use_.budget)
+            )
+        });
+        // Held by the ramp (the budget has room): look again as the
+        // minute frees some. Held by the budget: a check ending is news.
+        if use_.in_use + want <= use_.budget
+            && let (Some(_), Some(at)) = (use_.ramp, use_.ramp_frees)
+        {
+            self.wake_at(at);
+        }
+    }
+
     /// Energy accounting: the load this batch's nodes had under test since
     /// the status last counted (their states as this plan read them), times
     /// the time since, added to each wave and the batch; the GPUs admitted,

@@ -24,6 +24,8 @@ use k8s_openapi::jiff::SignedDuration;
 use crate::api::DomainTest;
 use crate::keys;
 
+use k8s_openapi::jiff::Timestamp;
+
 use super::health::{Failure, FailureCategory};
 use super::snapshot::{CertOutcome, ProbePhase, later};
 use super::state::Planner;
@@ -137,6 +139,40 @@ impl Planner<'_> {
         (running + asked + certs) as u32
     }
 
+    /// Trays whose rack test began after `since` (group pods and
+    /// Certifications created then, and those this plan asks for), and
+    /// the earliest such beginning: the power ramp counts them.
+    pub(super) fn rack_started_since(&self, since: Timestamp) -> (u32, Option<Timestamp>) {
+        let pods = self
+            .snapshot
+            .probes
+            .iter()
+            .filter(|p| p.group.is_some() && !p.deleting)
+            .filter_map(|p| p.created.filter(|c| *c > since).map(|c| (1, c)));
+        let certs = self
+            .snapshot
+            .certifications
+            .iter()
+            .filter(|c| !c.deleting)
+            .filter_map(|c| c.created.filter(|t| *t > since).map(|t| (c.size, t)));
+        let (mut trays, mut earliest) = (0u32, None);
+        for (n, at) in pods.chain(certs) {
+            trays = trays.saturating_add(n);
+            earliest = Some(earliest.map_or(at, |e: Timestamp| e.min(at)));
+        }
+        let asked = self.creates.iter().filter(|c| c.group.is_some()).count()
+            + self
+                .cert_creates
+                .iter()
+                .map(|c| c.nodes.len())
+                .sum::<usize>();
+        if asked > 0 {
+            trays = trays.saturating_add(asked as u32);
+            earliest = Some(earliest.map_or(self.now, |e: Timestamp| e.min(self.now)));
+        }
+        (trays, earliest)
+    }
+
     /// The rack test of a domain whose `passed` trays are ready for it.
     /// `room`: trays a new round may still occupy under the caps.
     pub(super) fn rack_test(&mut self, spec: &DomainTest, passed: &[usize], room: u32) -> RackTest {
@@ -162,6 +198,8 @@ impl Planner<'_> {
                     self.rack_too_big = Some(format!(
                         "a rack test round needs {trays} trays at once and maxConcurrent (the lower of the pool's and the batch's) is {cap}: raise it to at least the domain's size"
                     ));
+                } else if trays > self.rack_power_room() {
+                    self.rack_waits_for_power(trays);
                 }
                 self.groups_wanted.extend(keys_seen);
                 return RackTest::Running { round, testing: 0 };

@@ -4,7 +4,7 @@
 //! rule (its own file) reads and moves this state; `transition` is the only
 //! way a member changes state.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -75,6 +75,8 @@ pub(super) struct Planner<'a> {
     pub power_elsewhere: (u64, u64, Option<Timestamp>),
     /// A start the power budget or ramp held back, in words.
     pub power_held: Option<String>,
+    /// A rack test round the power budget or ramp held back, in words.
+    pub rack_power_held: Option<String>,
     /// Starts held until the next maintenance window, in words.
     pub window_held: Option<String>,
     /// A field of the pool that cannot be read, and why (the batch halts).
@@ -213,6 +215,7 @@ impl<'a> Planner<'a> {
             validating_elsewhere,
             power_elsewhere,
             power_held: None,
+            rack_power_held: None,
             window_held: None,
             spec_problem: None,
             power_started: 0,
@@ -236,13 +239,23 @@ impl<'a> Planner<'a> {
     }
 
     /// A fingerprint of how far this plan has moved the members.
-    pub fn progress(&self) -> (usize, usize) {
-        self.members.iter().fold((0, 0), |(moved, decided), m| {
+    pub fn progress(&self) -> (usize, usize, usize) {
+        let (moved, decided) = self.members.iter().fold((0, 0), |(moved, decided), m| {
             (
                 moved + usize::from(m.patch.is_some()),
                 decided + usize::from(m.state.is_verdict()),
             )
-        })
+        });
+        // A rack test asked for is progress too: what it draws changes
+        // what may start next. (Rules ask again for what they asked for
+        // in an earlier pass: distinct names count.)
+        let asked: HashSet<&str> = self
+            .creates
+            .iter()
+            .map(|c| c.pod_name.as_str())
+            .chain(self.cert_creates.iter().map(|c| c.name.as_str()))
+            .collect();
+        (moved, decided, asked.len())
     }
 
     pub fn batch_name(&self) -> &str {

@@ -377,8 +377,12 @@ impl Planner<'_> {
                 if counts.validating == 0 && !self.rack_running.is_empty() {
                     let rounds: std::collections::BTreeSet<u32> =
                         self.rack_running.iter().map(|(_, r, _, _)| *r).collect();
+                    let power = self
+                        .rack_power_held
+                        .as_ref()
+                        .map_or(String::new(), |held| format!("; waits for {held}"));
                     let message = format!(
-                        "wave {} of {}: {} domains under a rack test ({testing} trays; attribution rounds {}), {} pending",
+                        "wave {} of {}: {} domains under a rack test ({testing} trays; attribution rounds {}), {} pending{power}",
                         current_wave.max(1),
                         self.wave_count,
                         self.rack_running.len(),
