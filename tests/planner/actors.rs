@@ -11,7 +11,9 @@
 //!    it validating or soaking after that change, or started it in the same
 //!    patch);
 //! 2. gpufleet never takes a pool past its `maxConcurrent`, counting only the
-//!    nodes of the pool that a batch of the pool put into validating;
+//!    nodes of the pool that a batch of the pool put into validating, nor
+//!    past its power budget (`spec.power`), counting the watts of the same
+//!    nodes;
 //! 3. gpufleet never removes a taint it did not add to that node object;
 //! 4. gpufleet never un-cordons a node;
 //! 5. a node two pools claim is refused by both (released at most);
@@ -57,7 +59,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use gpufleet::api::{GpuPool, RolloutBatch};
+use gpufleet::api::{GpuPool, Power, RolloutBatch};
 use gpufleet::keys;
 use gpufleet::planner::sim::{Applied, Cache, Cluster, Outcome, Write, healthy_node};
 use gpufleet::planner::{
@@ -82,10 +84,16 @@ pub struct PoolCfg {
     per_domain: u32,
     min_healthy: u32,
     cap: Option<u32>,
+    /// A power budget that fits this many GB200 trays under test at once.
+    power_trays: Option<u32>,
     /// The pool's onboarding taint has a key of its own, else
     /// `gpufleet.io/onboarding` as the other pools.
     own_taint_key: bool,
 }
+
+/// What a GB200 tray draws under test by default (`healthy_node` makes
+/// GB200 trays).
+const GB200_WATTS: u32 = 7_300;
 
 #[derive(Clone, Debug)]
 pub struct BatchCfg {
@@ -205,15 +213,17 @@ fn pool_cfg() -> impl Strategy<Value = PoolCfg> {
         any::<u8>(),
         prop::option::of(1u32..4),
         prop::bool::weighted(0.3),
+        prop::option::of(1u32..5),
     )
         .prop_map(
-            |(probe, retries, soak, per_domain, min, cap, own_taint_key)| PoolCfg {
+            |(probe, retries, soak, per_domain, min, cap, own_taint_key, power_trays)| PoolCfg {
                 probe,
                 retries,
                 soak,
                 per_domain,
                 min_healthy: 1 + u32::from(min) % per_domain,
                 cap,
+                power_trays,
                 own_taint_key,
             },
         )
@@ -381,6 +391,14 @@ fn build_pool(p: usize, cfg: &PoolCfg, gaps: Gaps) -> GpuPool {
     }
     pool.spec.node_selector = selector(pool_label(p));
     pool.spec.max_concurrent = cfg.cap;
+    pool.spec.power = cfg.power_trays.map(|n| Power {
+        // Room for `n` trays, not one more.
+        budget_kilowatts: n * GB200_WATTS / 1000 + 1,
+        ramp_kilowatts_per_minute: None,
+        product_watts: Default::default(),
+        node_watts: None,
+        soak_at_load: false,
+    });
     if !cfg.probe {
         pool.spec.health_checks.probe = None;
     }
@@ -952,20 +970,37 @@ impl World {
 
     /// Nodes of pool `p` that a batch of `p` put into validating.
     fn validating(&self, p: usize) -> u32 {
+        self.validating_nodes(p).count() as u32
+    }
+
+    /// The nodes of pool `p` a batch of the pool put into validating.
+    fn validating_nodes(&self, p: usize) -> impl Iterator<Item = &Arc<NodeView>> {
         let pool = &self.cluster.pools[p];
         let pool_name = pool.metadata.name.clone().unwrap_or_default();
         self.cluster
             .nodes()
             .values()
             .filter(|n| n.state == Some(NodeState::Validating))
-            .filter(|n| matches(&pool.spec.node_selector, &n.labels))
-            .filter(|n| {
+            .filter(move |n| matches(&pool.spec.node_selector, &n.labels))
+            .filter(move |n| {
                 self.track
                     .get(&n.name)
                     .and_then(|t| t.label_by)
                     .is_some_and(|b| self.cluster.batches[b].spec.pool_ref == pool_name)
             })
-            .count() as u32
+    }
+
+    /// Watts under test in pool `p`: its nodes a batch of the pool put into
+    /// validating, at the pool's figures (0 without a budget).
+    fn power(&self, p: usize) -> u64 {
+        let Some(power) = self.cluster.pools[p].spec.power.as_ref() else {
+            return 0;
+        };
+        self.validating_nodes(p)
+            .map(|n| {
+                u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT).map(String::as_str)))
+            })
+            .sum()
     }
 
     /// Plans batch `b` on caches lagging `node_lag` node changes and
@@ -1035,6 +1070,7 @@ impl World {
         let pools = self.cluster.pools.len();
         for action in &writes[..n] {
             let before: Vec<u32> = (0..pools).map(|p| self.validating(p)).collect();
+            let watts_before: Vec<u64> = (0..pools).map(|p| self.power(p)).collect();
             let applied = self.cluster.apply(b, action, self.write, &snapshot);
             self.log.push(format!("  {}", describe(action, &applied)));
             if applied == Applied::Conflict {
@@ -1046,6 +1082,24 @@ impl World {
             if let (Action::PatchNode(patch), Applied::Node { before, after }) = (action, &applied)
             {
                 self.check_patch(b, patch, before, after, &snapshot, &cache)?;
+            }
+            for (p, was) in watts_before.iter().enumerate() {
+                let Some(budget) = self.cluster.pools[p].spec.power.as_ref() else {
+                    continue;
+                };
+                let budget = u64::from(budget.budget_kilowatts) * 1000;
+                let now = self.power(p);
+                if now + u64::from(GB200_WATTS) > budget && now > *was {
+                    self.count("a pool filled to its power budget");
+                }
+                if now > budget && now > *was {
+                    return Err(fail(
+                        self,
+                        format!(
+                            "b{b} took pool p{p} to {now} W under test, past its budget {budget} W"
+                        ),
+                    ));
+                }
             }
             for (p, was) in before.iter().enumerate() {
                 let now = self.validating(p);
@@ -1475,7 +1529,8 @@ proptest! {
 
 /// The properties above reach what they check: over a few fixed cases, the
 /// generated runs admit nodes after foreign changes, plan on lagging caches,
-/// are cut short, fill pools to their caps, meet nodes two pools claim, and
+/// are cut short, fill pools to their caps and power budgets, meet nodes
+/// two pools claim, and
 /// hit conflicts. A guard against a generator that quietly stops reaching
 /// them.
 #[test]
@@ -1501,6 +1556,7 @@ fn the_actor_properties_reach_what_they_check() {
         "plans on a lagging pod cache",
         "plans cut short",
         "a pool filled to its cap",
+        "a pool filled to its power budget",
         "plans seeing a node two pools claim",
         "conflicts",
         "taints removed",
