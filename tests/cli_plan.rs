@@ -424,8 +424,9 @@ fn a_reader_that_stops_early_ends_the_command_quietly() {
 const COLOSSUS_POOL: &str = "examples/gpupool-colossus2.yaml";
 const COLOSSUS_BATCH: &str = "examples/rolloutbatch-colossus2.yaml";
 
-/// The Colossus 2 example projected over `trays` made-up trays.
-fn schedule(trays: &str, extra: &[&str]) -> Output {
+/// `gpufleet plan --schedule` of the Colossus 2 example over `trays`
+/// made-up trays, with `extra` arguments.
+fn schedule_args<'a>(trays: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "plan",
         "--schedule",
@@ -435,13 +436,16 @@ fn schedule(trays: &str, extra: &[&str]) -> Output {
         COLOSSUS_BATCH,
         "--trays",
         trays,
-        "--probe-duration",
-        "4h",
-        "--start",
-        "2026-12-07T00:00:00Z",
     ];
     args.extend_from_slice(extra);
-    gpufleet(&args, None)
+    args
+}
+
+/// The Colossus 2 example projected over `trays` made-up trays.
+fn schedule(trays: &str, extra: &[&str]) -> Output {
+    let mut timing = vec!["--probe-duration", "4h", "--start", "2026-12-07T00:00:00Z"];
+    timing.extend_from_slice(extra);
+    gpufleet(&schedule_args(trays, &timing), None)
 }
 
 #[test]
@@ -505,18 +509,7 @@ fn the_schedule_as_svg_draws_both_panels() {
 #[test]
 fn a_schedule_with_checks_it_could_never_pass_is_refused_with_the_field() {
     let refused = |extra: &[&str]| {
-        let mut args = vec![
-            "plan",
-            "--schedule",
-            "--pool",
-            COLOSSUS_POOL,
-            "--batch",
-            COLOSSUS_BATCH,
-            "--trays",
-            "18",
-        ];
-        args.extend_from_slice(extra);
-        let out = gpufleet(&args, None);
+        let out = gpufleet(&schedule_args("18", extra), None);
         assert!(!out.status.success());
         assert!(out.stdout.is_empty());
         String::from_utf8_lossy(&out.stderr).to_string()

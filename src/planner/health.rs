@@ -182,6 +182,17 @@ pub enum Standing {
 /// been bad for its timeout (`conditionTimeoutSeconds`, or the condition's
 /// own), counted from its lastTransitionTime; without one, at once. Every
 /// other check fails at once.
+/// The condition types whose changes restart a soak: Ready and the pool's
+/// unhealthy conditions.
+pub(super) fn watched_conditions(pool: &GpuPoolSpec) -> impl Iterator<Item = &str> {
+    std::iter::once("Ready").chain(
+        pool.health_checks
+            .unhealthy_conditions
+            .iter()
+            .map(|u| u.type_.as_str()),
+    )
+}
+
 pub fn standing(pool: &GpuPoolSpec, node: &NodeView, now: Timestamp) -> Standing {
     let mut tolerated: Option<(Timestamp, String)> = None;
     for bad in bad_conditions(pool, node) {
@@ -219,13 +230,7 @@ pub fn standing(pool: &GpuPoolSpec, node: &NodeView, now: Timestamp) -> Standing
     if let Some((until, message)) = tolerated {
         return Standing::Tolerated { until, message };
     }
-    let watched = std::iter::once("Ready").chain(
-        pool.health_checks
-            .unhealthy_conditions
-            .iter()
-            .map(|u| u.type_.as_str()),
-    );
-    let recovered = watched
+    let recovered = watched_conditions(pool)
         .filter_map(|t| node.condition_since.get(t))
         .max()
         .copied();

@@ -47,13 +47,7 @@ fn under_test(power: Option<&Power>, state: NodeState) -> bool {
 /// watches (a recovery restarts the soak). `None` when it has no `since`.
 fn soak_ends(pool: &GpuPoolSpec, node: &NodeView) -> Option<Timestamp> {
     let since = node.since?;
-    let watched = std::iter::once("Ready").chain(
-        pool.health_checks
-            .unhealthy_conditions
-            .iter()
-            .map(|u| u.type_.as_str()),
-    );
-    let start = watched
+    let start = super::health::watched_conditions(pool)
         .filter_map(|t| node.condition_since.get(t).copied())
         .fold(since, Timestamp::max);
     let soak = SignedDuration::from_secs(i64::from(pool.health_checks.soak_seconds));

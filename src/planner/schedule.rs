@@ -19,9 +19,9 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::jiff;
 use serde::Serialize;
 
-use super::sim::{apply_patch, new_probe, pass, template_containers};
+use super::sim::{apply_patch, new_certification, new_probe, pass, template_containers};
 use super::snapshot::later;
-use super::{Action, CertOutcome, CertView, NodeState, NodeView, Plan, ProbePhase, Snapshot, plan};
+use super::{Action, CertOutcome, NodeState, NodeView, Plan, ProbePhase, Snapshot, plan};
 use crate::api::{GpuPool, RolloutBatch};
 use crate::vocabulary::{ConditionType, Gate};
 
@@ -295,15 +295,11 @@ impl<'a> Run<'a> {
                 Action::CreateCertification(req) => {
                     self.cert_ends
                         .insert(req.name.clone(), later(self.now, self.timing.rack_test));
-                    self.snapshot.certifications.push(CertView {
-                        name: req.name.clone(),
-                        group: Some(req.group.clone()),
-                        batch_uid: self.batch.metadata.uid.clone(),
-                        created: Some(self.now),
-                        size: req.nodes.len() as u32,
-                        deleting: false,
-                        outcome: CertOutcome::Running,
-                    });
+                    self.snapshot.certifications.push(new_certification(
+                        req,
+                        self.batch.metadata.uid.clone(),
+                        self.now,
+                    ));
                 }
                 Action::DeleteCertification { name } => certs_deleted.push(name),
                 Action::Event(_) => {}

@@ -176,15 +176,11 @@ impl Sim {
                         .all(|c| c.name != req.name)
                     {
                         self.cert_nodes.insert(req.name.clone(), req.nodes.clone());
-                        self.snapshot.certifications.push(super::CertView {
-                            name: req.name.clone(),
-                            group: Some(req.group.clone()),
-                            batch_uid: self.batch.metadata.uid.clone(),
-                            created: Some(self.now),
-                            size: req.nodes.len() as u32,
-                            deleting: false,
-                            outcome: super::CertOutcome::Running,
-                        });
+                        self.snapshot.certifications.push(new_certification(
+                            req,
+                            self.batch.metadata.uid.clone(),
+                            self.now,
+                        ));
                     }
                 }
                 Action::DeleteCertification { name } => {
@@ -399,6 +395,23 @@ pub fn new_probe(
         deleting: false,
         verdict: crate::verdict::Read::Absent,
         group: req.group.as_ref().map(|g| g.group.clone()),
+    }
+}
+
+/// An NVCRE Certification just after `req` created it, running.
+pub fn new_certification(
+    req: &super::CertRequest,
+    batch_uid: Option<String>,
+    now: Timestamp,
+) -> super::CertView {
+    super::CertView {
+        name: req.name.clone(),
+        group: Some(req.group.clone()),
+        batch_uid,
+        created: Some(now),
+        size: req.nodes.len() as u32,
+        deleting: false,
+        outcome: super::CertOutcome::Running,
     }
 }
 
