@@ -6,8 +6,8 @@ use gpufleet::api::{GpuPool, RolloutBatch};
 use gpufleet::keys;
 use gpufleet::planner::sim::{Outcome, Sim, healthy_node};
 use gpufleet::planner::{
-    Action, EventTarget, NodeState, NodeView, ProbePhase, ProbeView, Snapshot, Termination, plan,
-    probe_pod_name,
+    Action, EventTarget, GROUP_POD_PREFIX, NodeState, NodeView, ProbePhase, ProbeView, Snapshot,
+    Termination, plan, probe_pod_name,
 };
 use gpufleet::vocabulary::EventReason;
 use proptest::prelude::*;
@@ -652,9 +652,27 @@ proptest! {
             match op {
                 Op::Step => {
                     let first = sim.step();
-                    let again = sim.plan();
+                    let mut again = sim.plan();
+                    // By design, a rack test a plan deletes (one that timed
+                    // out, say) holds its room until it is gone: the next
+                    // plan may then start another one. Only that may follow.
+                    let deleted_rack_test = first.changes().any(|a| match a {
+                        Action::DeleteCertification { .. } => true,
+                        Action::DeleteProbe { pod_name, .. } => pod_name.starts_with(GROUP_POD_PREFIX),
+                        _ => false,
+                    });
+                    if deleted_rack_test {
+                        let starts_a_rack_test = |a: &Action| matches!(a, Action::CreateCertification(_))
+                            || matches!(a, Action::CreateProbe(r) if r.group.is_some());
+                        if again.changes().all(starts_a_rack_test) && again.changes().count() > 0 {
+                            sim.apply(&again);
+                            again = sim.plan();
+                        }
+                    }
                     prop_assert_eq!(again.changes().count(), 0, "after {:?}\nagain: {:?}", first.changes().collect::<Vec<_>>(), again.changes().collect::<Vec<_>>());
-                    prop_assert_eq!(&again.status, &first.status);
+                    if !deleted_rack_test {
+                        prop_assert_eq!(&again.status, &first.status);
+                    }
                 }
                 Op::FinishProbes => {
                     sim.finish_probes();
