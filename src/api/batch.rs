@@ -92,6 +92,12 @@ pub struct RolloutBatchSpec {
     /// Start nothing new; probes already running finish.
     #[serde(default)]
     pub paused: bool,
+    /// When this batch's nodes may start their checks, besides the pool's
+    /// windows (both must be open): a crew's shifts for this delivery, say.
+    /// Empty: whenever the pool allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub windows: Vec<super::Window>,
 }
 
 fn default_max_concurrent() -> u32 {

@@ -161,6 +161,9 @@ impl RolloutBatch {
                 _ => {}
             }
         }
+        if let Err((field, problem)) = crate::planner::windows::check(&self.spec.windows) {
+            return Err(error(field, problem));
+        }
         Ok(())
     }
 }

@@ -195,34 +195,43 @@ impl Planner<'_> {
         if let Some(stop) = self.gate(wave) {
             return Some(stop);
         }
-        match super::windows::standing(&self.pool.spec.windows, self.now) {
-            super::windows::Standing::Open => {}
-            super::windows::Standing::Closed { opens, time_zone } => {
-                let waiting = self
-                    .members
-                    .iter()
-                    .any(|m| m.state == NodeState::Pending && m.wave == wave);
-                if waiting {
-                    self.window_held = Some(if opens < Timestamp::MAX {
-                        format!(
-                            "outside the pool's maintenance windows; the next opens {}",
-                            super::windows::describe_opening(&time_zone, opens, self.now)
-                        )
-                    } else {
-                        "outside the pool's maintenance windows, and none opens again".into()
-                    });
-                    if opens < Timestamp::MAX {
-                        self.wake_at(opens);
+        // The pool's windows, then the batch's: both must be open.
+        let pool_windows = &self.pool.spec.windows;
+        let batch_windows = &self.batch.spec.windows;
+        let kinds = [
+            (pool_windows, "pool's", "pool"),
+            (batch_windows, "batch's", "batch"),
+        ];
+        for (windows, whose, object) in kinds {
+            match super::windows::standing(windows, self.now) {
+                super::windows::Standing::Open => {}
+                super::windows::Standing::Closed { opens, time_zone } => {
+                    let waiting = self
+                        .members
+                        .iter()
+                        .any(|m| m.state == NodeState::Pending && m.wave == wave);
+                    if waiting {
+                        self.window_held = Some(if opens < Timestamp::MAX {
+                            format!(
+                                "outside the {whose} maintenance windows; the next opens {}",
+                                super::windows::describe_opening(&time_zone, opens, self.now)
+                            )
+                        } else {
+                            format!("outside the {whose} maintenance windows, and none opens again")
+                        });
+                        if opens < Timestamp::MAX {
+                            self.wake_at(opens);
+                        }
                     }
+                    return None;
                 }
-                return None;
-            }
-            super::windows::Standing::Invalid { field, problem } => {
-                self.spec_problem = Some(format!("{field}: {problem}"));
-                return Some(Stop {
-                    gate: Gate::InvalidSpec,
-                    wave,
-                });
+                super::windows::Standing::Invalid { field, problem } => {
+                    self.spec_problem = Some(format!("{object}: {field}: {problem}"));
+                    return Some(Stop {
+                        gate: Gate::InvalidSpec,
+                        wave,
+                    });
+                }
             }
         }
         let probe_timeout = self

@@ -341,7 +341,7 @@ impl Planner<'_> {
                 Gate::InvalidSpec,
                 Some(wave),
                 format!(
-                    "wave {} of {} halted: the pool cannot be read: {}; no node starts until the pool is fixed",
+                    "wave {} of {} halted: cannot read the {}; no node starts until it is fixed",
                     wave + 1,
                     self.wave_count,
                     self.spec_problem.as_deref().unwrap_or_default()

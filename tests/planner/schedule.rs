@@ -321,3 +321,43 @@ fn gpu_hours_are_the_gpus_online_times_the_time_until_the_end() {
         );
     }
 }
+
+#[test]
+fn a_batch_window_holds_its_nodes_until_both_windows_are_open() {
+    // The pool allows weekdays 06:00-18:00 UTC; the batch's crew works
+    // Mondays from 14:00 Tokyo (05:00 UTC). t0 is a Friday: the first start
+    // is Monday 06:00 UTC, when both are open.
+    let mut pool = pool(None, 60);
+    pool.spec.windows = vec![Window {
+        days: vec![
+            Weekday::Mon,
+            Weekday::Tue,
+            Weekday::Wed,
+            Weekday::Thu,
+            Weekday::Fri,
+        ],
+        start: "06:00".into(),
+        duration: "12h".into(),
+        time_zone: "UTC".into(),
+    }];
+    let mut batch = batch(8);
+    batch.spec.windows = vec![Window {
+        days: vec![Weekday::Mon],
+        start: "14:00".into(),
+        duration: "8h".into(),
+        time_zone: "Asia/Tokyo".into(),
+    }];
+    let s = run(&pool, &batch, nodes(3), 30);
+    assert!(s.complete, "stopped: {:?}", s.stopped);
+    assert_eq!(
+        s.waves[0].started_at.as_deref(),
+        Some("2026-11-30T06:00:00Z"),
+        "the first start is when both are open"
+    );
+    // Every wave starts inside both.
+    for w in &s.waves {
+        let at: Timestamp = w.started_at.as_deref().unwrap().parse().unwrap();
+        assert_eq!(standing(&pool.spec.windows, at), Standing::Open, "{w:?}");
+        assert_eq!(standing(&batch.spec.windows, at), Standing::Open, "{w:?}");
+    }
+}
