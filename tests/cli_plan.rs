@@ -530,3 +530,31 @@ fn a_schedule_with_checks_it_could_never_pass_is_refused_with_the_field() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--schedule"));
 }
+
+#[test]
+fn a_window_in_an_unknown_time_zone_is_refused_naming_the_field() {
+    // In the batch: its windows sit beside the pool's.
+    let batch = scratch(
+        "batch-mars.yaml",
+        &(example(COLOSSUS_BATCH)
+            + "  windows: [{days: [Mon], start: \"08:00\", duration: 8h, timeZone: Mars/Olympus}]\n"),
+    );
+    let batch = batch.to_str().unwrap();
+    let e = error_of(
+        &[
+            "plan",
+            "--schedule",
+            "--pool",
+            COLOSSUS_POOL,
+            "--batch",
+            batch,
+            "--trays",
+            "18",
+            "--probe-duration",
+            "4h",
+        ],
+        Path::new(batch),
+    );
+    assert!(e.contains("spec.windows[0].timeZone"), "{e}");
+    assert!(e.contains("Mars/Olympus"), "{e}");
+}
