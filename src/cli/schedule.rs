@@ -174,6 +174,18 @@ pub fn table(s: &Schedule) -> String {
         );
         wrap(&mut out, "  ", s.stopped.as_deref().unwrap_or_default());
     }
+    let _ = writeln!(
+        out,
+        "Nodes   {} admitted, {} failed, {} held{}",
+        thousands(u64::from(s.admitted)),
+        thousands(u64::from(s.failed)),
+        thousands(u64::from(s.held)),
+        if s.failed + s.held > 0 {
+            " (see gpufleet plan without --schedule)"
+        } else {
+            ""
+        }
+    );
     let budget = s.budget_watts.map_or("no power budget".to_string(), |b| {
         format!("budget {}", power(b))
     });
@@ -243,8 +255,13 @@ pub fn table(s: &Schedule) -> String {
             &mut out,
             "",
             &format!(
-                "Assumed: approvedWaves raised for wave {} as soon as each was asked for.",
-                waves.join(", ")
+                "Assumed: approvedWaves raised for wave {} as soon as {} asked for.",
+                waves.join(", "),
+                if waves.len() == 1 {
+                    "it was"
+                } else {
+                    "each was"
+                }
             ),
         );
     }
@@ -304,6 +321,11 @@ fn chart(out: &mut String, columns: &[f64], top: f64, span: f64, axis: &str) {
     }
     let _ = writeln!(out, "  +{}", "-".repeat(CHART_WIDTH));
     let end = format!("{span:.0} {axis}");
+    let end = if end.starts_with("1 ") {
+        end.trim_end_matches('s').to_string()
+    } else {
+        end
+    };
     let _ = writeln!(out, "   0{:>width$}", end, width = CHART_WIDTH - 1);
 }
 
