@@ -273,6 +273,17 @@ impl Planner<'_> {
                 *slot += watts(power, member.view) as f64 * hours;
             }
         }
+        // Trays under a rack test draw as under a probe, at the pool's node
+        // power as the budget counts them, for the wave of their domain.
+        if let Some(from) = since {
+            let tray = f64::from(crate::api::node_watts(power, None));
+            let fallback = self.open_wave().unwrap_or(added.len().saturating_sub(1));
+            for (wave, hours) in self.rack_test_hours(from, fallback) {
+                if let Some(slot) = added.get_mut(wave) {
+                    *slot += tray * hours;
+                }
+            }
+        }
         let mut total = before.watt_hours;
         for (wave, add) in waves.iter_mut().zip(&added) {
             let was = previous
@@ -284,10 +295,10 @@ impl Planner<'_> {
             wave.energy_watt_hours = was.saturating_add(add);
             total = total.saturating_add(add);
         }
-        let still_testing = self
-            .members
-            .iter()
-            .any(|m| under_test(power, m.state) && !(m.state == NodeState::Soaking && m.passed));
+        let still_testing = self.rack_testing() > 0
+            || self.members.iter().any(|m| {
+                under_test(power, m.state) && !(m.state == NodeState::Soaking && m.passed)
+            });
         // GPU-hours: the GPUs online since the last count (admissions
         // happen in plans, so between two plans the count held), while
         // some node of the batch is still undecided.

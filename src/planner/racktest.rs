@@ -173,6 +173,46 @@ impl Planner<'_> {
         (trays, earliest)
     }
 
+    /// Tray-hours under a rack test between `from` and now, by the wave of
+    /// the domain tested: each group pod from its start (or creation) to
+    /// its end (or now); each of this batch's Certifications still there
+    /// from its creation to now, all its trays (NVCRE does not say when it
+    /// finished; the plan that reads it finished deletes it). A group this
+    /// plan did not look at counts for `fallback`.
+    pub(super) fn rack_test_hours(&self, from: Timestamp, fallback: usize) -> Vec<(usize, f64)> {
+        let hours = |start: Option<Timestamp>, end: Timestamp| {
+            let start = start.map_or(from, |s| s.max(from));
+            end.min(self.now)
+                .duration_since(start)
+                .as_secs_f64()
+                .max(0.0)
+                / 3600.0
+        };
+        let wave = |group: &str| self.group_waves.get(group).copied().unwrap_or(fallback);
+        let pods = self.snapshot.probes.iter().filter_map(|p| {
+            let group = p.group.as_deref()?;
+            Some((
+                wave(group),
+                hours(
+                    p.started_at.or(p.created),
+                    p.finished_at.unwrap_or(self.now),
+                ),
+            ))
+        });
+        let certs = self
+            .snapshot
+            .certifications
+            .iter()
+            .filter(|c| c.batch_uid == self.batch.metadata.uid)
+            .map(|c| {
+                (
+                    c.group.as_deref().map_or(fallback, wave),
+                    f64::from(c.size) * hours(c.created, self.now),
+                )
+            });
+        pods.chain(certs).filter(|(_, h)| *h > 0.0).collect()
+    }
+
     /// The rack test of a domain whose `passed` trays are ready for it.
     /// `room`: trays a new round may still occupy under the caps.
     pub(super) fn rack_test(&mut self, spec: &DomainTest, passed: &[usize], room: u32) -> RackTest {
@@ -208,6 +248,9 @@ impl Planner<'_> {
             for test in &frontier {
                 let members = test.members();
                 let key = self.group_key(&members);
+                if let Some(&m) = members.first() {
+                    self.group_waves.insert(key.clone(), self.members[m].wave);
+                }
                 keys_seen.push(key.clone());
                 results.push(self.group_result(spec, &key, &members));
             }

@@ -101,6 +101,8 @@ pub(super) struct Planner<'a> {
     pub cert_deletes: BTreeSet<String>,
     /// Rack test groups some domain's test still reads (`racktest.rs`).
     pub groups_wanted: BTreeSet<String>,
+    /// The wave of each rack test group this plan looked at.
+    pub group_waves: HashMap<String, usize>,
     /// Domains under a rack test: key, round, trays under test, the lowest
     /// bus bandwidth its groups reported so far (GB/s).
     pub rack_running: Vec<(String, u32, u32, Option<u32>)>,
@@ -226,6 +228,7 @@ impl<'a> Planner<'a> {
             creates: Vec::new(),
             deletes: BTreeMap::new(),
             groups_wanted: BTreeSet::new(),
+            group_waves: HashMap::new(),
             cert_creates: Vec::new(),
             cert_deletes: BTreeSet::new(),
             rack_running: Vec::new(),
