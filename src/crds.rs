@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::api::{GpuPool, RolloutBatch};
+use crate::api::{ClusterProfile, FleetRollout, GpuPool, RolloutBatch};
 
 /// One rendered CRD: the file it is committed as and its YAML.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +17,18 @@ pub struct RenderedCrd {
 
 /// Every CRD gpufleet owns, in a fixed order.
 pub fn definitions() -> Vec<CustomResourceDefinition> {
-    vec![tidy(GpuPool::crd()), tidy(RolloutBatch::crd())]
+    vec![
+        tidy(GpuPool::crd()),
+        tidy(RolloutBatch::crd()),
+        tidy(FleetRollout::crd()),
+    ]
+}
+
+/// The CRDs of other projects that the test bed stands in for: the
+/// SIG-Multicluster ClusterProfile, written from its public API (the part
+/// gpufleet reads). Committed under `tests/integration/crds/`.
+pub fn test_bed_definitions() -> Vec<CustomResourceDefinition> {
+    vec![tidy(ClusterProfile::crd())]
 }
 
 /// Drops the integer formats schemars derives from Rust types (`uint32`),
@@ -97,6 +108,32 @@ mod tests {
 
     const REGENERATE: &str = "run `cargo run -- crds --out-dir crds` and commit the result";
 
+    /// The test bed's ClusterProfile CRD is what the renderer prints; with
+    /// GPUFLEET_REGENERATE=1 this test writes it.
+    #[test]
+    fn the_test_beds_clusterprofile_crd_matches_the_renderer() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/crds");
+        for crd in test_bed_definitions() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let path = dir.join(format!("{name}.yaml"));
+            let yaml = format!(
+                "# A stand-in for the test bed, rendered by gpufleet from the part of\n\
+                 # the SIG-Multicluster ClusterProfile API (KEP-4322, KEP-5339) it reads.\n\
+                 # Regenerate: GPUFLEET_REGENERATE=1 cargo test --lib crds\n{}",
+                serde_norway::to_string(&crd).expect("renders")
+            );
+            if std::env::var_os("GPUFLEET_REGENERATE").is_some() {
+                std::fs::write(&path, &yaml).expect("writing the test bed CRD");
+            }
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == yaml,
+                "{} is stale: GPUFLEET_REGENERATE=1 cargo test --lib crds",
+                path.display()
+            );
+        }
+    }
+
     /// The committed `crds/` folder is exactly what the renderer prints.
     #[test]
     fn committed_crds_match_the_renderer() {
@@ -149,9 +186,16 @@ mod tests {
     }
 
     #[test]
-    fn both_kinds_are_cluster_scoped_with_status_and_category() {
+    fn every_kind_has_its_scope_a_status_and_the_category() {
         for crd in definitions() {
-            assert_eq!(crd.spec.scope, "Cluster");
+            // FleetRollout lives on a hub beside the ClusterProfiles it reads,
+            // which are namespaced; the node-side kinds are cluster-scoped.
+            let scope = if crd.spec.names.kind == "FleetRollout" {
+                "Namespaced"
+            } else {
+                "Cluster"
+            };
+            assert_eq!(crd.spec.scope, scope);
             assert_eq!(
                 crd.spec.names.categories.as_deref(),
                 Some(&["gpufleet".to_string()][..])

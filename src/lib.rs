@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod crds;
+pub mod fleet;
 pub mod keys;
 pub mod node_probe;
 pub mod operator;

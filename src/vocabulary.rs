@@ -121,6 +121,16 @@ pub enum Reason {
     WaitingForPower,
     /// Nodes wait for the pool's next maintenance window (`spec.windows`).
     OutsideMaintenanceWindow,
+    /// FleetRollout: a stage's member clusters are rolling.
+    StageInProgress,
+    /// FleetRollout: a member cluster did not answer; the fleet waits.
+    MemberUnreachable,
+    /// FleetRollout: a member cluster has no usable credentials.
+    NoCredentials,
+    /// FleetRollout: a member cluster has no batch of that name.
+    BatchMissing,
+    /// FleetRollout: more member clusters failed than allowed.
+    FleetHalted,
 }
 
 impl Reason {
@@ -155,6 +165,11 @@ impl Reason {
             Reason::RackTestUnreadable => "RackTestUnreadable",
             Reason::WaitingForPower => "WaitingForPower",
             Reason::OutsideMaintenanceWindow => "OutsideMaintenanceWindow",
+            Reason::StageInProgress => "StageInProgress",
+            Reason::MemberUnreachable => "MemberUnreachable",
+            Reason::NoCredentials => "NoCredentials",
+            Reason::BatchMissing => "BatchMissing",
+            Reason::FleetHalted => "FleetHalted",
         }
     }
 }

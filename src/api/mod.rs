@@ -1,8 +1,10 @@
-//! The public API: group `gpufleet.io`, version `v1alpha1`, both kinds
-//! cluster-scoped. Doc comments here become `kubectl explain` text.
+//! The public API: group `gpufleet.io`, version `v1alpha1`, RolloutBatch and
+//! GpuPool cluster-scoped, FleetRollout namespaced (on a hub, beside the
+//! ClusterProfiles it reads). Doc comments here become `kubectl explain` text.
 
 mod batch;
 mod common;
+mod fleet;
 mod pool;
 mod validate;
 
@@ -13,6 +15,11 @@ pub use batch::{
 pub use common::{
     ConditionMatch, ConditionStatus, DomainCounts, GROUP, GpuCounts, NodeCounts, TaintEffect,
     TaintSpec, VERSION,
+};
+pub use fleet::{
+    AccessProvider, ClusterManager, ClusterProfile, ClusterProfileSpec, ClusterProfileStatus,
+    FleetApproval, FleetClusterStatus, FleetMode, FleetRollout, FleetRolloutSpec,
+    FleetRolloutStatus, FleetStage, NamedExtension, ProfileCluster,
 };
 pub use pool::{
     BreakerFailure, BreakerStatus, CircuitBreaker, DomainTest, FabricGate, FirmwareGate,

@@ -12,6 +12,7 @@ mod controlplane;
 mod crds;
 #[cfg(feature = "dev")]
 mod demo;
+mod fleet;
 mod logging;
 mod plan;
 mod plugin;
@@ -57,6 +58,9 @@ enum Command {
     Demo(demo::Args),
     /// Where rollouts stand: every pool and batch, or one batch wave by wave.
     Status(status::Args),
+    /// Many clusters: `fleet status` over a hub's ClusterProfiles or
+    /// kubeconfig contexts, and `fleet run`, the FleetRollout controller.
+    Fleet(fleet::Args),
     /// Let a batch start more waves (raises spec.approvedWaves).
     Approve(plugin::ApproveArgs),
     /// Start no more nodes of a batch; probes in flight finish.
@@ -85,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "dev")]
         Command::Demo(args) => demo::run(args),
         Command::Status(args) => status::run(args),
+        Command::Fleet(args) => fleet::run(args),
         Command::Approve(args) => plugin::approve(args),
         Command::Pause(args) => plugin::pause(args),
         Command::Resume(args) => plugin::resume(args),

@@ -7,6 +7,7 @@ mod bench;
 mod chart;
 mod crds;
 mod demo;
+mod fleet;
 mod gitops;
 mod operations;
 mod plugin;

@@ -2,13 +2,11 @@
 //! takeover, an API server outage, someone undoing gpufleet's work, a node
 //! that disappears, and the metrics and health endpoints.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::scenario::{Scenario, free_addr, http_get};
-use crate::support::{repo, testbed};
+use crate::support::{OwnControlPlane, testbed};
 
 const ROLLOUT: Duration = Duration::from_secs(150);
 
@@ -140,116 +138,6 @@ fn a_standby_takes_over_when_the_leader_dies() {
     for (_, mut child) in replicas {
         let _ = child.kill();
         let _ = child.wait();
-    }
-}
-
-/// A control plane of a test's own, for faults the shared one must not see.
-struct OwnControlPlane {
-    kubeconfig: PathBuf,
-    apiserver_pid: u32,
-    restarted: Option<Child>,
-    _watcher: Child,
-}
-
-impl OwnControlPlane {
-    fn start() -> OwnControlPlane {
-        let mut watcher = Command::new("python3")
-            .arg(repo().join("tests/testbed/controlplane.py"))
-            .args(["up", "--kwok", "--json", "--watch-pid"])
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting a control plane");
-        let mut line = String::new();
-        BufReader::new(watcher.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("its JSON line");
-        let info: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-        let kubeconfig = PathBuf::from(info["kubeconfig"].as_str().unwrap());
-        let apiserver_pid = info["pids"]["kube-apiserver"].as_u64().unwrap() as u32;
-        testbed()
-            .kubectl_with(&kubeconfig, &["apply", "-f"])
-            .arg(repo().join("crds"))
-            .succeeds();
-        testbed()
-            .kubectl_with(
-                &kubeconfig,
-                &[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/rolloutbatches.gpufleet.io",
-                    "crd/gpupools.gpufleet.io",
-                ],
-            )
-            .succeeds();
-        OwnControlPlane {
-            kubeconfig,
-            apiserver_pid,
-            restarted: None,
-            _watcher: watcher,
-        }
-    }
-
-    /// Stops kube-apiserver for `outage`, then starts it again with the same
-    /// command line (same ports, certificates and etcd).
-    fn outage(&mut self, outage: Duration) {
-        let argv: Vec<String> = std::fs::read(format!("/proc/{}/cmdline", self.apiserver_pid))
-            .expect("apiserver command line")
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        Command::new("kill")
-            .arg(self.apiserver_pid.to_string())
-            .status()
-            .expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::path::Path::new(&format!("/proc/{}", self.apiserver_pid)).exists()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(outage);
-        let log = std::fs::File::create(
-            self.kubeconfig
-                .parent()
-                .unwrap()
-                .join("logs/kube-apiserver-restarted.log"),
-        )
-        .unwrap();
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("restarting kube-apiserver");
-        self.apiserver_pid = child.id();
-        self.restarted = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if testbed()
-                .kubectl_with(&self.kubeconfig, &["get", "--raw", "/readyz"])
-                .run()
-                .ok
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!("kube-apiserver did not come back");
-    }
-}
-
-impl Drop for OwnControlPlane {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.restarted.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A running cluster the tests may use.
 pub struct Testbed {
@@ -130,6 +131,8 @@ impl Testbed {
             "crd/rolloutbatches.gpufleet.io",
             "crd/computedomains.resource.nvidia.com",
             "crd/certifications.nvcre.nvidia.com",
+            "crd/clusterprofiles.multicluster.x-k8s.io",
+            "crd/fleetrollouts.gpufleet.io",
         ])
         .succeeds();
     }
@@ -273,6 +276,8 @@ pub struct Kubectl {
 pub struct Ran {
     pub what: String,
     pub ok: bool,
+    /// The exit code (None when a signal ended it).
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -324,6 +329,7 @@ impl Kubectl {
         Ran {
             what,
             ok: status.success(),
+            code: status.code(),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         }
@@ -391,4 +397,134 @@ pub fn etcd_edit(key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
         "/v3/kv/put",
         &serde_json::json!({"key": b64.encode(key), "value": b64.encode(object.to_string())}),
     );
+}
+
+/// A control plane of a test's own, for faults the shared one must not see.
+pub struct OwnControlPlane {
+    pub kubeconfig: PathBuf,
+    apiserver_pid: u32,
+    argv: Vec<String>,
+    restarted: Option<Child>,
+    _watcher: Child,
+}
+
+impl OwnControlPlane {
+    pub fn start() -> OwnControlPlane {
+        let mut watcher = Command::new("python3")
+            .arg(repo().join("tests/testbed/controlplane.py"))
+            .args(["up", "--kwok", "--json", "--watch-pid"])
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting a control plane");
+        let mut line = String::new();
+        BufReader::new(watcher.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("its JSON line");
+        let info: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        let kubeconfig = PathBuf::from(info["kubeconfig"].as_str().unwrap());
+        let apiserver_pid = info["pids"]["kube-apiserver"].as_u64().unwrap() as u32;
+        testbed()
+            .kubectl_with(&kubeconfig, &["apply", "-f"])
+            .arg(repo().join("crds"))
+            .succeeds();
+        testbed()
+            .kubectl_with(
+                &kubeconfig,
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/rolloutbatches.gpufleet.io",
+                    "crd/gpupools.gpufleet.io",
+                ],
+            )
+            .succeeds();
+        let argv: Vec<String> = std::fs::read(format!("/proc/{apiserver_pid}/cmdline"))
+            .expect("apiserver command line")
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        OwnControlPlane {
+            kubeconfig,
+            apiserver_pid,
+            argv,
+            restarted: None,
+            _watcher: watcher,
+        }
+    }
+
+    /// Stops kube-apiserver for `outage`, then starts it again with the same
+    /// command line (same ports, certificates and etcd).
+    pub fn outage(&mut self, outage: Duration) {
+        self.stop_apiserver();
+        std::thread::sleep(outage);
+        self.start_apiserver();
+    }
+
+    /// Stops kube-apiserver (SIGTERM) and waits until it is gone.
+    pub fn stop_apiserver(&mut self) {
+        Command::new("kill")
+            .arg(self.apiserver_pid.to_string())
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::path::Path::new(&format!("/proc/{}", self.apiserver_pid)).exists()
+            && Instant::now() < deadline
+        {
+            if let Some(child) = self.restarted.as_mut() {
+                let _ = child.try_wait();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts kube-apiserver again as it first ran and waits until ready.
+    pub fn start_apiserver(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(
+                self.kubeconfig
+                    .parent()
+                    .unwrap()
+                    .join("logs/kube-apiserver-restarted.log"),
+            )
+            .unwrap();
+        let child = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("restarting kube-apiserver");
+        self.apiserver_pid = child.id();
+        if let Some(mut old) = self.restarted.replace(child) {
+            let _ = old.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if testbed()
+                .kubectl_with(&self.kubeconfig, &["get", "--raw", "/readyz"])
+                .run()
+                .ok
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("kube-apiserver did not come back");
+    }
+}
+
+impl Drop for OwnControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.restarted.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -1,0 +1,255 @@
+//! The hub controller of FleetRollouts (`gpufleet fleet run`): every
+//! interval, for each FleetRollout, it reads the ClusterProfiles of its
+//! namespace, looks at every member of the rollout at once (each within a
+//! deadline, so a slow one never holds the others up), decides
+//! ([`super::decide`]), raises the approved member batches'
+//! `spec.approvedWaves` (mode `Approve`) and writes the status on the hub.
+//!
+//! It keeps nothing but member clients between looks: killed at any
+//! instant, it decides the same again from what the clusters say. A member
+//! write carries the batch's `resourceVersion` from this look, so a batch
+//! changed since (by a person, Git or another hub controller) is not
+//! overwritten; the next look decides again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::access::{self, Providers};
+use super::decide::{self, Member, Seen};
+use super::observe;
+use crate::api::{ClusterProfile, FleetMode, FleetRollout, RolloutBatch};
+
+/// The field manager of every write the hub controller makes.
+pub const FIELD_MANAGER: &str = "gpufleet-fleet";
+
+/// How the hub controller runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Only FleetRollouts of this namespace; None: every namespace.
+    pub namespace: Option<String>,
+    pub providers: Providers,
+    /// Time between looks.
+    pub interval: Duration,
+    /// How long a member has to answer a look.
+    pub deadline: Duration,
+    pub user_agent: String,
+}
+
+/// Member clients, kept while their ClusterProfile does not change.
+#[derive(Default)]
+struct Clients {
+    by_profile: HashMap<(String, String), (String, kube::Client)>,
+}
+
+/// Runs until the process ends; a hub outage or a failing member is
+/// logged and looked at again next interval.
+pub async fn run(hub: kube::Client, config: Config) -> anyhow::Result<()> {
+    let clients = Arc::new(Mutex::new(Clients::default()));
+    loop {
+        if let Err(e) = look_all(&hub, &config, &clients).await {
+            warn!(error = %e, "fleet: the hub did not answer; trying again");
+        }
+        tokio::time::sleep(config.interval).await;
+    }
+}
+
+async fn look_all(
+    hub: &kube::Client,
+    config: &Config,
+    clients: &Arc<Mutex<Clients>>,
+) -> anyhow::Result<()> {
+    let api: Api<DeserializeGuard<FleetRollout>> = match &config.namespace {
+        Some(ns) => Api::namespaced(hub.clone(), ns),
+        None => Api::all(hub.clone()),
+    };
+    for item in api.list(&ListParams::default()).await?.items {
+        match item.0 {
+            Ok(rollout) => {
+                if let Err(e) = reconcile(hub, config, clients, &rollout).await {
+                    warn!(
+                        fleetrollout = %rollout.name_any(),
+                        error = %e,
+                        "fleet: look failed; trying again"
+                    );
+                }
+            }
+            // The schema refuses what does not decode; one written around
+            // it is left alone, with a line in the log.
+            Err(e) => warn!(
+                fleetrollout = %e.metadata.name.unwrap_or_default(),
+                error = %e.error,
+                "fleet: a FleetRollout does not decode; fix or delete it"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// One look at one FleetRollout.
+async fn reconcile(
+    hub: &kube::Client,
+    config: &Config,
+    clients: &Arc<Mutex<Clients>>,
+    rollout: &FleetRollout,
+) -> anyhow::Result<()> {
+    let namespace = rollout.namespace().unwrap_or_default();
+    let name = rollout.name_any();
+    let profiles: Vec<ClusterProfile> =
+        Api::<DeserializeGuard<ClusterProfile>>::namespaced(hub.clone(), &namespace)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.0.ok())
+            .collect();
+    let members: Vec<Member> = profiles
+        .iter()
+        .map(|p| Member {
+            name: p.name_any(),
+            labels: p.labels().clone(),
+        })
+        .collect();
+    let in_rollout: Vec<String> = decide::resolve(&rollout.spec, &members)
+        .map(|stages| stages.into_iter().flatten().collect())
+        .unwrap_or_default();
+    let looks = in_rollout.iter().map(|member| {
+        let profile = profiles.iter().find(|p| &p.name_any() == member).cloned();
+        let namespace = namespace.clone();
+        async move {
+            let Some(profile) = profile else {
+                return (
+                    member.clone(),
+                    Seen::Unreachable("no ClusterProfile".into()),
+                    None,
+                );
+            };
+            let (seen, version) =
+                look_member(config, clients, &namespace, &profile, &rollout.spec.batch).await;
+            (member.clone(), seen, version)
+        }
+    });
+    let results = join_all(looks).await;
+    let mut seen = BTreeMap::new();
+    let mut versions = BTreeMap::new();
+    for (member, s, version) in results {
+        if let Some(v) = version {
+            versions.insert(member.clone(), v);
+        }
+        seen.insert(member, s);
+    }
+    let previous = rollout.status.clone().unwrap_or_default();
+    let decision = decide::decide(
+        &rollout.spec,
+        rollout.metadata.generation,
+        &previous,
+        &members,
+        &seen,
+        Timestamp::now(),
+    );
+    if rollout.spec.mode == FleetMode::Approve {
+        for approval in &decision.approvals {
+            let Some((client, rv)) = versions.get(&approval.cluster) else {
+                continue;
+            };
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": rv},
+                "spec": {"approvedWaves": approval.to},
+            });
+            let batches: Api<RolloutBatch> = Api::all(client.clone());
+            match batches
+                .patch(&rollout.spec.batch, &params(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => info!(
+                    fleetrollout = %name,
+                    cluster = %approval.cluster,
+                    approved_waves = approval.to,
+                    "fleet: approved the member batch's waves"
+                ),
+                Err(e) => warn!(
+                    fleetrollout = %name,
+                    cluster = %approval.cluster,
+                    error = %observe::describe(&e),
+                    "fleet: approving failed; deciding again next look"
+                ),
+            }
+        }
+    }
+    let api: Api<FleetRollout> = Api::namespaced(hub.clone(), &namespace);
+    api.patch_status(
+        &name,
+        &params(),
+        &Patch::Merge(&serde_json::json!({ "status": decision.status })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Looks at one member: what it says of the batch, and a client with the
+/// batch's resourceVersion for a write.
+async fn look_member(
+    config: &Config,
+    clients: &Arc<Mutex<Clients>>,
+    namespace: &str,
+    profile: &ClusterProfile,
+    batch: &str,
+) -> (Seen, Option<(kube::Client, String)>) {
+    let key = (namespace.to_string(), profile.name_any());
+    let version = profile.resource_version().unwrap_or_default();
+    let cached = clients
+        .lock()
+        .await
+        .by_profile
+        .get(&key)
+        .filter(|(v, _)| *v == version)
+        .map(|(_, c)| c.clone());
+    let client = match cached {
+        Some(c) => c,
+        None => {
+            let access = access::profile_access(profile, &config.providers);
+            match access::client(&access, &config.user_agent, config.deadline).await {
+                Ok(c) => {
+                    clients
+                        .lock()
+                        .await
+                        .by_profile
+                        .insert(key.clone(), (version, c.clone()));
+                    c
+                }
+                Err(e) => return (Seen::NoCredentials(e.to_string()), None),
+            }
+        }
+    };
+    match observe::look(&client, config.deadline).await {
+        Ok(report) => {
+            let rv = report
+                .batches
+                .iter()
+                .find(|b| b.name_any() == batch)
+                .and_then(|b| b.resource_version());
+            let seen = observe::seen_batch(&report, batch);
+            (seen, rv.map(|rv| (client, rv)))
+        }
+        Err(e) => {
+            // Credentials may have expired or moved: make a new client next look.
+            clients.lock().await.by_profile.remove(&key);
+            (Seen::Unreachable(e), None)
+        }
+    }
+}
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}

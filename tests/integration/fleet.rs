@@ -1,0 +1,511 @@
+//! Beyond one cluster: three real control planes (the shared test bed as
+//! the hub, two members of the test's own), members listed as
+//! ClusterProfiles whose access provider is an exec credential plugin, a
+//! gpufleet operator in each member and the FleetRollout controller on the
+//! hub.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gpufleet::simulate::SimNode;
+
+use crate::support::scenario::Scenario;
+use crate::support::{OwnControlPlane, repo, scratch_dir, testbed};
+
+const HUB_NS: &str = "fl-hub";
+const ROLLOUT: Duration = Duration::from_secs(150);
+
+/// A member: its control plane and the scenario (namespace, nodes, pool,
+/// operator) on it.
+struct MemberCluster {
+    plane: OwnControlPlane,
+    s: Scenario,
+}
+
+impl MemberCluster {
+    /// A member whose probes take `probe` each.
+    fn start(name: &str, probe: Duration) -> MemberCluster {
+        let plane = OwnControlPlane::start();
+        let mut s = Scenario::with_probe_delay(name, &plane.kubeconfig, probe);
+        s.apply(&s.pool_yaml(""));
+        s.start_operator();
+        MemberCluster { plane, s }
+    }
+
+    /// The member batch's `spec.approvedWaves`.
+    fn approved(&self, batch: &str) -> Option<u32> {
+        self.s.batch(batch).spec.approved_waves
+    }
+
+    fn ready(&self, batch: &str) -> bool {
+        self.s
+            .condition(batch, "Ready")
+            .is_some_and(|(status, _, _)| status == "True")
+    }
+}
+
+/// A ClusterProfile for the member at `kubeconfig`, as a cluster manager
+/// would publish it: the server and CA under the access provider
+/// `provider`, and (for the stand-in plugin) the file holding its client
+/// credentials in the cluster's exec extension.
+fn profile(name: &str, kubeconfig: &Path, provider: &str, region: &str) {
+    let text = std::fs::read_to_string(kubeconfig).expect("member kubeconfig");
+    let config: serde_json::Value = serde_norway::from_str(&text).expect("kubeconfig YAML");
+    let cluster = &config["clusters"][0]["cluster"];
+    let user = &config["users"][0]["user"];
+    let pem = |field: &str| {
+        use base64::Engine;
+        let b64 = user[field]
+            .as_str()
+            .expect("client credentials in the kubeconfig");
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let creds = scratch_dir().join(format!("fleet-creds-{name}.json"));
+    std::fs::write(
+        &creds,
+        serde_json::json!({
+            "clientCertificateData": pem("client-certificate-data"),
+            "clientKeyData": pem("client-key-data"),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let hub = testbed();
+    hub.kubectl(&["apply", "-f", "-"])
+        .stdin(
+            serde_json::json!({
+                "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+                "kind": "ClusterProfile",
+                "metadata": {"name": name, "namespace": HUB_NS,
+                             "labels": {"region": region, "x-k8s.io/cluster-manager": "test-bed"}},
+                "spec": {"displayName": name, "clusterManager": {"name": "test-bed"}},
+            })
+            .to_string(),
+        )
+        .succeeds();
+    let status = serde_json::json!({"status": {"accessProviders": [{
+        "name": provider,
+        "cluster": {
+            "server": cluster["server"],
+            "certificate-authority-data": cluster["certificate-authority-data"],
+            "extensions": [{"name": "client.authentication.k8s.io/exec",
+                            "extension": {"credentialsFile": creds}}],
+        },
+    }]}});
+    hub.kubectl(&[
+        "-n",
+        HUB_NS,
+        "patch",
+        "clusterprofile",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ])
+    .succeeds();
+}
+
+/// The access provider file gpufleet is given: one provider, the stand-in
+/// plugin.
+fn providers() -> PathBuf {
+    let path = scratch_dir().join("fleet-access-providers.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({"providers": [{
+            "name": "test-bed-files",
+            "execConfig": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": repo().join("tests/integration/support/access-provider.py"),
+                "interactiveMode": "Never",
+                "provideClusterInfo": true,
+            },
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    path
+}
+
+struct Hub {
+    controller: Child,
+    log: PathBuf,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        let _ = self.controller.kill();
+        let _ = self.controller.wait();
+    }
+}
+
+fn start_hub(providers: &Path) -> Hub {
+    let log = scratch_dir().join("fleet-hub.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let controller = Command::new(env!("CARGO_BIN_EXE_gpufleet"))
+        .args(["fleet", "run", "--kubeconfig"])
+        .arg(&testbed().kubeconfig)
+        .args(["--namespace", HUB_NS, "--access-providers"])
+        .arg(providers)
+        .args(["--interval", "0.5", "--deadline", "2"])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("starting gpufleet fleet run");
+    Hub { controller, log }
+}
+
+/// A FleetRollout's condition as (status, reason, message).
+fn condition(name: &str, type_: &str) -> Option<(String, String, String)> {
+    let out = testbed()
+        .kubectl(&["-n", HUB_NS, "get", "fleetrollout", name, "-o", "json"])
+        .run();
+    if !out.ok {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    json["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+fn wait(what: &str, timeout: Duration, hub: &Hub, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = std::fs::read_to_string(&hub.log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    panic!(
+        "timed out after {timeout:?} waiting until {what}\nhub log (newest first):\n{}",
+        tail.join("\n")
+    );
+}
+
+fn apply_hub(yaml: &str) {
+    testbed()
+        .kubectl(&["apply", "-f", "-"])
+        .stdin(yaml.to_string())
+        .succeeds();
+}
+
+fn fleet_status(providers: &Path) -> (crate::support::Ran, Duration) {
+    let start = Instant::now();
+    let ran = crate::support::command(
+        env!("CARGO_BIN_EXE_gpufleet"),
+        &[
+            "fleet",
+            "status",
+            "--namespace",
+            HUB_NS,
+            "--deadline",
+            "1.5",
+        ],
+    )
+    .arg("--kubeconfig")
+    .arg(&testbed().kubeconfig)
+    .arg("--access-providers")
+    .arg(providers)
+    .args([
+        "--h100-factor",
+        "NVIDIA-GB200=2.5",
+        "--h100-factor",
+        "NVIDIA-GB300=2.5",
+    ])
+    .run();
+    (ran, start.elapsed())
+}
+
+/// The issue's acceptance, end to end: bad input halts with a condition and
+/// writes nothing; stage 2 waits at approvedWaves 0 until stage 1's batch is
+/// Ready; a member down for 30 s shows as unreachable in `fleet status`
+/// within the deadline and the rollout waits, then resumes; a tripped
+/// breaker in a member halts the fleet naming it.
+#[test]
+fn a_fleet_rollout_promotes_a_batch_cluster_by_cluster() {
+    let hub = testbed();
+    hub.kubectl(&["create", "namespace", HUB_NS]).run();
+    // member-a's probes take 12 s: its rollout lasts long enough to watch
+    // member-b wait, then to take member-b down while member-a still rolls.
+    let a = MemberCluster::start("fla", Duration::from_secs(12));
+    let mut b = MemberCluster::start("flb", Duration::from_millis(500));
+    // Both members run a batch of the same name: the one the rollout names.
+    for m in [&a, &b] {
+        let nodes: Vec<SimNode> = (0..18)
+            .map(|n| {
+                m.s.labelled(
+                    SimNode::gb200(
+                        format!("{}-f0-n{n:02}", m.s.name),
+                        format!("{}-cf", m.s.name),
+                    ),
+                    "fleet-b",
+                )
+            })
+            .collect();
+        m.s.create_nodes(&nodes);
+        m.s.apply(&m.s.batch_yaml("fleet-b", "spec: {waves: [{nodes: 18}], approvedWaves: 0}"));
+    }
+    profile("member-a", &a.plane.kubeconfig, "test-bed-files", "east");
+    profile("member-b", &b.plane.kubeconfig, "test-bed-files", "west");
+    profile("member-x", &a.plane.kubeconfig, "ocm", "north");
+    let providers = providers();
+    let hub_run = start_hub(&providers);
+
+    // Bad input: each halts with a condition naming what is wrong, and no
+    // member batch is approved.
+    apply_hub(&format!(
+        r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: FleetRollout
+metadata: {{name: bad-creds, namespace: {HUB_NS}}}
+spec:
+  batch: fleet-b
+  stages: [{{name: one, clusters: [member-a]}}, {{name: two, clusters: [member-x]}}]
+---
+apiVersion: gpufleet.io/v1alpha1
+kind: FleetRollout
+metadata: {{name: bad-stage, namespace: {HUB_NS}}}
+spec:
+  batch: fleet-b
+  stages:
+  - {{name: one, clusters: [member-a]}}
+  - {{name: south, clusterSelector: {{matchLabels: {{region: south}}}}}}
+---
+apiVersion: gpufleet.io/v1alpha1
+kind: FleetRollout
+metadata: {{name: bad-batch, namespace: {HUB_NS}}}
+spec:
+  batch: no-such-batch
+  stages: [{{name: one, clusters: [member-a]}}, {{name: two, clusters: [member-b]}}]
+"#
+    ));
+    for (name, reason, says) in [
+        (
+            "bad-creds",
+            "NoCredentials",
+            "member-x: its ClusterProfile offers access providers ocm and gpufleet knows test-bed-files",
+        ),
+        (
+            "bad-stage",
+            "InvalidSpec",
+            "spec.stages[1] (south) names no cluster",
+        ),
+        (
+            "bad-batch",
+            "BatchMissing",
+            "member-a: has no RolloutBatch no-such-batch",
+        ),
+    ] {
+        wait(
+            &format!("{name} is Stalled ({reason})"),
+            Duration::from_secs(30),
+            &hub_run,
+            || {
+                condition(name, "Stalled")
+                    .is_some_and(|(s, r, m)| s == "True" && r == reason && m.contains(says))
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        a.approved("fleet-b"),
+        Some(0),
+        "nothing written to member-a"
+    );
+    assert_eq!(
+        b.approved("fleet-b"),
+        Some(0),
+        "nothing written to member-b"
+    );
+    hub.kubectl(&[
+        "-n",
+        HUB_NS,
+        "delete",
+        "fleetrollout",
+        "bad-creds",
+        "bad-stage",
+        "bad-batch",
+    ])
+    .succeeds();
+    hub.kubectl(&["-n", HUB_NS, "delete", "clusterprofile", "member-x"])
+        .succeeds();
+    // The hub is a cluster of the inventory too: three clusters in all.
+    profile("hub", &hub.kubeconfig, "test-bed-files", "hub");
+
+    // The rollout: member-a, then member-b.
+    apply_hub(&format!(
+        r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: FleetRollout
+metadata: {{name: fleet, namespace: {HUB_NS}}}
+spec:
+  batch: fleet-b
+  stages: [{{name: canary, clusters: [member-a]}}, {{name: west, clusterSelector: {{matchLabels: {{region: west}}}}}}]
+"#
+    ));
+    wait(
+        "member-a is approved",
+        Duration::from_secs(30),
+        &hub_run,
+        || a.approved("fleet-b") == Some(1),
+    );
+    // member-b waits at approvedWaves 0 while member-a rolls (member-b read
+    // first: member-a's Ready only ever comes later).
+    let watching = Instant::now();
+    while watching.elapsed() < Duration::from_secs(5) {
+        let b_approved = b.approved("fleet-b");
+        assert!(!a.ready("fleet-b"), "member-a's probes take 12 s");
+        assert_eq!(
+            b_approved,
+            Some(0),
+            "member-b approved before member-a was Ready"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // member-b goes down for 30 s while member-a still rolls.
+    b.plane.stop_apiserver();
+    let down_at = Instant::now();
+    let (ran, took) = fleet_status(&providers);
+    assert_eq!(
+        ran.code,
+        Some(3),
+        "exit 3 when a member is down:\n{}{}",
+        ran.stdout,
+        ran.stderr
+    );
+    assert!(
+        ran.stdout.contains("member-b       UNREACHABLE after"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("member-a "), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("2 of 3 clusters answered"),
+        "{}",
+        ran.stdout
+    );
+    eprintln!(
+        "fleet status over 3 clusters, one down, answered in {took:?}:\n{}",
+        ran.stdout
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "bounded by the deadline: {took:?}"
+    );
+    for line in ran.stdout.lines() {
+        assert!(line.chars().count() <= 80, "{line:?}");
+    }
+    wait("member-a's batch is Ready", ROLLOUT, &hub_run, || {
+        a.ready("fleet-b")
+    });
+    wait(
+        "the rollout waits for member-b",
+        Duration::from_secs(20),
+        &hub_run,
+        || {
+            condition("fleet", "Reconciling")
+                .is_some_and(|(_, r, m)| r == "MemberUnreachable" && m.contains("member-b"))
+        },
+    );
+    let rest = Duration::from_secs(30).saturating_sub(down_at.elapsed());
+    std::thread::sleep(rest);
+    b.plane.start_apiserver();
+    // member-b was not approved while down; it is after.
+    wait(
+        "member-b is approved",
+        Duration::from_secs(60),
+        &hub_run,
+        || b.approved("fleet-b") == Some(1),
+    );
+    assert!(
+        a.ready("fleet-b"),
+        "stage 2 started only after stage 1 was Ready"
+    );
+    wait("member-b's batch is Ready", ROLLOUT, &hub_run, || {
+        b.ready("fleet-b")
+    });
+    wait(
+        "the fleet rollout is Ready",
+        Duration::from_secs(30),
+        &hub_run,
+        || condition("fleet", "Ready").is_some_and(|(s, _, _)| s == "True"),
+    );
+    let (ran, _) = fleet_status(&providers);
+    assert_eq!(ran.code, Some(0), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("3 of 3 clusters answered"),
+        "{}",
+        ran.stdout
+    );
+
+    // A breaker trips in member-a: the fleet halts naming it, and member-b
+    // is not approved.
+    for m in [&a, &b] {
+        let nodes: Vec<SimNode> = (0..18)
+            .map(|n| {
+                let mut node = m.s.labelled(
+                    SimNode::gb200(
+                        format!("{}-g0-n{n:02}", m.s.name),
+                        format!("{}-cg", m.s.name),
+                    ),
+                    "fleet-c",
+                );
+                if m.s.name == "fla" && n < 3 {
+                    node.probe_failure = Some("GPU fell off the bus".into());
+                }
+                node
+            })
+            .collect();
+        m.s.create_nodes(&nodes);
+        m.s.apply(&m.s.batch_yaml(
+            "fleet-c",
+            "spec: {waves: [{nodes: 18}], approvedWaves: 0, maxFailuresPerWave: 5}",
+        ));
+    }
+    a.s.apply(&a.s.pool_yaml("spec: {circuitBreaker: {maxFailedPercent: 5}}"));
+    apply_hub(&format!(
+        r#"
+apiVersion: gpufleet.io/v1alpha1
+kind: FleetRollout
+metadata: {{name: fleet-c, namespace: {HUB_NS}}}
+spec:
+  batch: fleet-c
+  stages: [{{name: canary, clusters: [member-a]}}, {{name: rest, clusters: [member-b]}}]
+"#
+    ));
+    wait(
+        "the fleet halts on member-a's breaker",
+        ROLLOUT,
+        &hub_run,
+        || {
+            condition("fleet-c", "Stalled").is_some_and(|(s, r, m)| {
+                s == "True"
+                    && r == "FleetHalted"
+                    && m.contains("member-a: batch fleet-c: its pool's circuit breaker tripped")
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.approved("fleet-c"), Some(0), "member-b is not approved");
+    let log = std::fs::read_to_string(&hub_run.log).unwrap_or_default();
+    assert!(!log.contains("panicked"), "{log}");
+    drop(b);
+}
