@@ -206,10 +206,21 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             let factors = &factors;
             async move {
                 let begun = Instant::now();
-                let result = match access::client(&t.access, client::PLUGIN_AGENT, deadline).await {
-                    Err(e) => Err((true, e.to_string())),
-                    Ok(c) => observe::look(&c, deadline).await.map_err(|e| (false, e)),
+                // One deadline for the whole look: credentials and reads.
+                let look = async {
+                    match access::client(&t.access, client::PLUGIN_AGENT, deadline).await {
+                        Err(e) => Err((true, e.to_string())),
+                        Ok(c) => observe::look(&c, deadline).await.map_err(|e| (false, e)),
+                    }
                 };
+                let result = tokio::time::timeout(deadline, look)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err((
+                            false,
+                            format!("no answer within {:.1} s", deadline.as_secs_f64()),
+                        ))
+                    });
                 let took = begun.elapsed().as_secs_f64();
                 let state = match result {
                     Ok(report) => State::Up(summary::summarize(&report, factors, took)),

@@ -176,9 +176,11 @@ pub async fn client(
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
         .map_err(|e| ClientError::Credentials(format!("its kubeconfig does not load: {e}")))?;
-    config.connect_timeout = Some(deadline);
-    config.read_timeout = Some(deadline);
-    config.write_timeout = Some(deadline);
+    // The caller bounds each look by `deadline` as a whole; the client's
+    // own timeouts only catch what outlives that (a connection left open).
+    config.connect_timeout = Some(deadline * 2);
+    config.read_timeout = Some(deadline * 2);
+    config.write_timeout = Some(deadline * 2);
     if let Ok(agent) = http::HeaderValue::from_str(user_agent) {
         config.headers.push((http::header::USER_AGENT, agent));
     }

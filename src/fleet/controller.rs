@@ -132,8 +132,16 @@ async fn reconcile(
                     None,
                 );
             };
-            let (seen, version) =
-                look_member(config, clients, &namespace, &profile, &rollout.spec.batch).await;
+            let look = look_member(config, clients, &namespace, &profile, &rollout.spec.batch);
+            let (seen, version) = tokio::time::timeout(config.deadline, look)
+                .await
+                .unwrap_or_else(|_| {
+                    let secs = config.deadline.as_secs_f64();
+                    (
+                        Seen::Unreachable(format!("no answer within {secs:.1} s")),
+                        None,
+                    )
+                });
             (member.clone(), seen, version)
         }
     });

@@ -465,6 +465,22 @@ impl OwnControlPlane {
         self.start_apiserver();
     }
 
+    /// Freezes kube-apiserver (SIGSTOP): connections open, nothing answers,
+    /// as a hung or partitioned control plane. `thaw` undoes it.
+    pub fn freeze_apiserver(&self) {
+        Command::new("kill")
+            .args(["-STOP", &self.apiserver_pid.to_string()])
+            .status()
+            .expect("kill -STOP");
+    }
+
+    pub fn thaw_apiserver(&self) {
+        Command::new("kill")
+            .args(["-CONT", &self.apiserver_pid.to_string()])
+            .status()
+            .expect("kill -CONT");
+    }
+
     /// Stops kube-apiserver (SIGTERM) and waits until it is gone.
     pub fn stop_apiserver(&mut self) {
         Command::new("kill")
