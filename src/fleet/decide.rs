@@ -419,6 +419,9 @@ pub fn decide(
 /// The clusters of each stage, in order: names as given, then the
 /// selector's matches by name. An error names the stage and what is wrong.
 pub fn resolve(spec: &FleetRolloutSpec, members: &[Member]) -> Result<Vec<Vec<String>>, String> {
+    if spec.stages.is_empty() {
+        return Err("spec.stages is empty: name at least one stage".into());
+    }
     let known: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
     let mut placed: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = vec![];

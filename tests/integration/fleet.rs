@@ -49,33 +49,13 @@ impl MemberCluster {
 /// would publish it: the server and CA under the access provider
 /// `provider`, and (for the stand-in plugin) the file holding its client
 /// credentials in the cluster's exec extension.
-fn profile(name: &str, kubeconfig: &Path, provider: &str, region: &str) {
+fn profile(name: &str, kubeconfig: &Path, provider: &str, region: &str, creds: serde_json::Value) {
     let text = std::fs::read_to_string(kubeconfig).expect("member kubeconfig");
     let config: serde_json::Value = serde_norway::from_str(&text).expect("kubeconfig YAML");
     let cluster = &config["clusters"][0]["cluster"];
-    let user = &config["users"][0]["user"];
-    let pem = |field: &str| {
-        use base64::Engine;
-        let b64 = user[field]
-            .as_str()
-            .expect("client credentials in the kubeconfig");
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap(),
-        )
-        .unwrap()
-    };
-    let creds = scratch_dir().join(format!("fleet-creds-{name}.json"));
-    std::fs::write(
-        &creds,
-        serde_json::json!({
-            "clientCertificateData": pem("client-certificate-data"),
-            "clientKeyData": pem("client-key-data"),
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let path = scratch_dir().join(format!("fleet-creds-{name}.json"));
+    std::fs::write(&path, creds.to_string()).unwrap();
+    let creds = path;
     let hub = testbed();
     hub.kubectl(&["apply", "-f", "-"])
         .stdin(
@@ -138,6 +118,55 @@ fn merged_kubeconfig(members: &[(&str, &Path)]) -> PathBuf {
     path
 }
 
+/// The admin's client certificate of a test bed kubeconfig, as an
+/// ExecCredential status.
+fn admin_creds(kubeconfig: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(kubeconfig).expect("kubeconfig");
+    let config: serde_json::Value = serde_norway::from_str(&text).expect("kubeconfig YAML");
+    let user = &config["users"][0]["user"];
+    let pem = |field: &str| {
+        use base64::Engine;
+        let b64 = user[field].as_str().expect("client credentials");
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    serde_json::json!({
+        "clientCertificateData": pem("client-certificate-data"),
+        "clientKeyData": pem("client-key-data"),
+    })
+}
+
+/// The identity `examples/fleet/member-rbac.yaml` grants in a member: its
+/// ServiceAccount's token, as an ExecCredential status. The hub controller
+/// runs on a member with exactly those rights.
+fn member_creds(kubeconfig: &Path) -> serde_json::Value {
+    let tb = testbed();
+    tb.kubectl_with(kubeconfig, &["apply", "-f"])
+        .arg(repo().join("examples/fleet/member-rbac.yaml"))
+        .succeeds();
+    let token = tb
+        .kubectl_with(
+            kubeconfig,
+            &[
+                "create",
+                "token",
+                "gpufleet-fleet",
+                "-n",
+                "gpufleet-fleet",
+                "--duration=1h",
+            ],
+        )
+        .succeeds()
+        .stdout
+        .trim()
+        .to_string();
+    serde_json::json!({"token": token})
+}
+
 /// The access provider file gpufleet is given: one provider, the stand-in
 /// plugin.
 fn providers() -> PathBuf {
@@ -174,9 +203,16 @@ impl Drop for Hub {
 fn start_hub(providers: &Path) -> Hub {
     let log = scratch_dir().join("fleet-hub.log");
     let file = std::fs::File::create(&log).unwrap();
+    // As the hub's ServiceAccount of examples/fleet/hub-rbac.yaml: exactly
+    // the rights that file grants.
+    testbed()
+        .kubectl(&["-n", HUB_NS, "apply", "-f"])
+        .arg(repo().join("examples/fleet/hub-rbac.yaml"))
+        .succeeds();
+    let kubeconfig = testbed().service_account_kubeconfig(HUB_NS, "gpufleet-fleet");
     let controller = Command::new(env!("CARGO_BIN_EXE_gpufleet"))
         .args(["fleet", "run", "--kubeconfig"])
-        .arg(&testbed().kubeconfig)
+        .arg(&kubeconfig)
         .args(["--namespace", HUB_NS, "--access-providers"])
         .arg(providers)
         .args(["--interval", "0.5", "--deadline", "2"])
@@ -297,16 +333,17 @@ fn a_fleet_rollout_promotes_a_batch_cluster_by_cluster() {
                         format!("{}-f0-n{n:02}", m.s.name),
                         format!("{}-cf", m.s.name),
                     ),
-                    "fleet-b",
+                    "row12",
                 )
             })
             .collect();
         m.s.create_nodes(&nodes);
-        m.s.apply(&m.s.batch_yaml("fleet-b", "spec: {waves: [{nodes: 18}], approvedWaves: 0}"));
+        m.s.apply(&m.s.batch_yaml("row12", "spec: {waves: [{nodes: 18}], approvedWaves: 0}"));
     }
-    profile("member-a", &a.plane.kubeconfig, "test-bed-files", "east");
-    profile("member-b", &b.plane.kubeconfig, "test-bed-files", "west");
-    profile("member-x", &a.plane.kubeconfig, "ocm", "north");
+    let (ka, kb) = (&a.plane.kubeconfig, &b.plane.kubeconfig);
+    profile("member-a", ka, "test-bed-files", "east", member_creds(ka));
+    profile("member-b", kb, "test-bed-files", "west", member_creds(kb));
+    profile("member-x", ka, "ocm", "north", member_creds(ka));
     let providers = providers();
     let hub_run = start_hub(&providers);
 
@@ -318,14 +355,14 @@ apiVersion: gpufleet.io/v1alpha1
 kind: FleetRollout
 metadata: {{name: bad-creds, namespace: {HUB_NS}}}
 spec:
-  batch: fleet-b
+  batch: row12
   stages: [{{name: one, clusters: [member-a]}}, {{name: two, clusters: [member-x]}}]
 ---
 apiVersion: gpufleet.io/v1alpha1
 kind: FleetRollout
 metadata: {{name: bad-stage, namespace: {HUB_NS}}}
 spec:
-  batch: fleet-b
+  batch: row12
   stages:
   - {{name: one, clusters: [member-a]}}
   - {{name: south, clusterSelector: {{matchLabels: {{region: south}}}}}}
@@ -366,16 +403,8 @@ spec:
         );
     }
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        a.approved("fleet-b"),
-        Some(0),
-        "nothing written to member-a"
-    );
-    assert_eq!(
-        b.approved("fleet-b"),
-        Some(0),
-        "nothing written to member-b"
-    );
+    assert_eq!(a.approved("row12"), Some(0), "nothing written to member-a");
+    assert_eq!(b.approved("row12"), Some(0), "nothing written to member-b");
     hub.kubectl(&[
         "-n",
         HUB_NS,
@@ -389,31 +418,30 @@ spec:
     hub.kubectl(&["-n", HUB_NS, "delete", "clusterprofile", "member-x"])
         .succeeds();
     // The hub is a cluster of the inventory too: three clusters in all.
-    profile("hub", &hub.kubeconfig, "test-bed-files", "hub");
+    profile(
+        "hub",
+        &hub.kubeconfig,
+        "test-bed-files",
+        "hub",
+        admin_creds(&hub.kubeconfig),
+    );
 
-    // The rollout: member-a, then member-b.
-    apply_hub(&format!(
-        r#"
-apiVersion: gpufleet.io/v1alpha1
-kind: FleetRollout
-metadata: {{name: fleet, namespace: {HUB_NS}}}
-spec:
-  batch: fleet-b
-  stages: [{{name: canary, clusters: [member-a]}}, {{name: west, clusterSelector: {{matchLabels: {{region: west}}}}}}]
-"#
-    ));
+    // The rollout: member-a, then member-b (region west): the example.
+    hub.kubectl(&["-n", HUB_NS, "apply", "-f"])
+        .arg(repo().join("examples/fleet/fleetrollout.yaml"))
+        .succeeds();
     wait(
         "member-a is approved",
         Duration::from_secs(30),
         &hub_run,
-        || a.approved("fleet-b") == Some(1),
+        || a.approved("row12") == Some(1),
     );
     // member-b waits at approvedWaves 0 while member-a rolls (member-b read
     // first: member-a's Ready only ever comes later).
     let watching = Instant::now();
     while watching.elapsed() < Duration::from_secs(5) {
-        let b_approved = b.approved("fleet-b");
-        assert!(!a.ready("fleet-b"), "member-a's probes take 12 s");
+        let b_approved = b.approved("row12");
+        assert!(!a.ready("row12"), "member-a's probes take 12 s");
         assert_eq!(
             b_approved,
             Some(0),
@@ -465,14 +493,14 @@ spec:
         assert!(line.chars().count() <= 80, "{line:?}");
     }
     wait("member-a's batch is Ready", ROLLOUT, &hub_run, || {
-        a.ready("fleet-b")
+        a.ready("row12")
     });
     wait(
         "the rollout waits for member-b",
         Duration::from_secs(20),
         &hub_run,
         || {
-            condition("fleet", "Reconciling")
+            condition("row12", "Reconciling")
                 .is_some_and(|(_, r, m)| r == "MemberUnreachable" && m.contains("member-b"))
         },
     );
@@ -484,23 +512,23 @@ spec:
         "member-b is approved",
         Duration::from_secs(60),
         &hub_run,
-        || b.approved("fleet-b") == Some(1),
+        || b.approved("row12") == Some(1),
     );
     assert!(
-        a.ready("fleet-b"),
+        a.ready("row12"),
         "stage 2 started only after stage 1 was Ready"
     );
     wait("member-b's batch is Ready", ROLLOUT, &hub_run, || {
-        b.ready("fleet-b")
+        b.ready("row12")
     });
     wait(
         "the fleet rollout is Ready",
         Duration::from_secs(30),
         &hub_run,
-        || condition("fleet", "Ready").is_some_and(|(s, _, _)| s == "True"),
+        || condition("row12", "Ready").is_some_and(|(s, _, _)| s == "True"),
     );
     assert_eq!(
-        kstatus("fleet"),
+        kstatus("row12"),
         "Current",
         "kstatus (Flux, kpt) reads it done"
     );
