@@ -140,7 +140,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn run_hub(args: RunArgs) -> anyhow::Result<ExitCode> {
-    args.log.init()?;
+    // A member that does not answer is said on the FleetRollout (and in
+    // the log when a look fails); kube's client would add an error line per
+    // request on top.
+    args.log.init_quieting(&["kube_client::client::builder"])?;
     let interval = seconds(args.interval, "--interval")?;
     let deadline = seconds(args.deadline, "--deadline")?;
     let providers = Providers::read(&args.access_providers)?;

@@ -23,7 +23,20 @@ pub struct LogArgs {
 
 impl LogArgs {
     pub fn init(&self) -> anyhow::Result<()> {
-        let filter = EnvFilter::try_new(&self.log_level)
+        self.init_quieting(&[])
+    }
+
+    /// Like `init`, with these targets off unless the filter names them:
+    /// libraries that log an error per failed request where the caller
+    /// reports the failure itself.
+    pub fn init_quieting(&self, quiet: &[&str]) -> anyhow::Result<()> {
+        let mut directives = self.log_level.clone();
+        for target in quiet {
+            if !directives.contains(target) {
+                directives.push_str(&format!(",{target}=off"));
+            }
+        }
+        let filter = EnvFilter::try_new(&directives)
             .map_err(|e| anyhow::anyhow!("--log-level {:?}: {e}", self.log_level))?;
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)

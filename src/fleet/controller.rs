@@ -163,6 +163,30 @@ async fn reconcile(
         &seen,
         Timestamp::now(),
     );
+    // A member's reachability in the log when it changes, not every look.
+    for line in &decision.status.clusters {
+        let before = previous
+            .clusters
+            .iter()
+            .find(|c| c.name == line.name)
+            .map(|c| c.phase.as_str());
+        let down = |p: &str| p == "Unreachable" || p == "NoCredentials";
+        match (before, line.phase.as_str()) {
+            (b, now) if down(now) && b != Some(now) => warn!(
+                fleetrollout = %name,
+                cluster = %line.name,
+                phase = now,
+                error = %line.message,
+                "fleet: a member cannot be read; the rollout waits for it"
+            ),
+            (Some(b), now) if down(b) && !down(now) => info!(
+                fleetrollout = %name,
+                cluster = %line.name,
+                "fleet: the member answers again"
+            ),
+            _ => {}
+        }
+    }
     if rollout.spec.mode == FleetMode::Approve {
         for approval in &decision.approvals {
             let Some((client, rv)) = versions.get(&approval.cluster) else {
@@ -191,6 +215,9 @@ async fn reconcile(
                 ),
             }
         }
+    }
+    if !worth_writing(&previous, &decision.status) {
+        return Ok(());
     }
     let api: Api<FleetRollout> = Api::namespaced(hub.clone(), &namespace);
     api.patch_status(
@@ -255,9 +282,70 @@ async fn look_member(
     }
 }
 
+/// Is the new status worth a write? Not when only the members' `lastSeen`
+/// moved and the last write is under a minute old: a look every few
+/// seconds would otherwise write every few seconds.
+fn worth_writing(
+    previous: &crate::api::FleetRolloutStatus,
+    next: &crate::api::FleetRolloutStatus,
+) -> bool {
+    let strip = |s: &crate::api::FleetRolloutStatus| {
+        let mut s = s.clone();
+        for c in &mut s.clusters {
+            c.last_seen = None;
+        }
+        s
+    };
+    if strip(previous) != strip(next) {
+        return true;
+    }
+    let oldest = previous
+        .clusters
+        .iter()
+        .zip(&next.clusters)
+        .filter_map(|(p, n)| Some((p.last_seen.as_ref()?.0, n.last_seen.as_ref()?.0)))
+        .map(|(p, n)| n.as_second() - p.as_second())
+        .max();
+    oldest.is_some_and(|age| age >= 60)
+}
+
 fn params() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{FleetClusterStatus, FleetRolloutStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn status(seen: &str, phase: &str) -> FleetRolloutStatus {
+        FleetRolloutStatus {
+            clusters: vec![FleetClusterStatus {
+                name: "a".into(),
+                phase: phase.into(),
+                last_seen: Some(Time(seen.parse().unwrap())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_last_seen_moving_is_written_once_a_minute() {
+        let t0 = status("2026-12-03T10:00:00Z", "Rolling");
+        assert!(!worth_writing(
+            &t0,
+            &status("2026-12-03T10:00:30Z", "Rolling")
+        ));
+        assert!(worth_writing(
+            &t0,
+            &status("2026-12-03T10:01:00Z", "Rolling")
+        ));
+        assert!(worth_writing(&t0, &status("2026-12-03T10:00:05Z", "Ready")));
+        assert!(worth_writing(&Default::default(), &t0));
     }
 }

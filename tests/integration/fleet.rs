@@ -200,8 +200,8 @@ impl Drop for Hub {
     }
 }
 
-fn start_hub(providers: &Path) -> Hub {
-    let log = scratch_dir().join("fleet-hub.log");
+fn start_hub(providers: &Path, log: &str) -> Hub {
+    let log = scratch_dir().join(log);
     let file = std::fs::File::create(&log).unwrap();
     // As the hub's ServiceAccount of examples/fleet/hub-rbac.yaml: exactly
     // the rights that file grants.
@@ -345,7 +345,7 @@ fn a_fleet_rollout_promotes_a_batch_cluster_by_cluster() {
     profile("member-b", kb, "test-bed-files", "west", member_creds(kb));
     profile("member-x", ka, "ocm", "north", member_creds(ka));
     let providers = providers();
-    let hub_run = start_hub(&providers);
+    let first_hub = start_hub(&providers, "fleet-hub-1.log");
 
     // Bad input: each halts with a condition naming what is wrong, and no
     // member batch is approved.
@@ -395,7 +395,7 @@ spec:
         wait(
             &format!("{name} is Stalled ({reason})"),
             Duration::from_secs(30),
-            &hub_run,
+            &first_hub,
             || {
                 condition(name, "Stalled")
                     .is_some_and(|(s, r, m)| s == "True" && r == reason && m.contains(says))
@@ -433,9 +433,12 @@ spec:
     wait(
         "member-a is approved",
         Duration::from_secs(30),
-        &hub_run,
+        &first_hub,
         || a.approved("row12") == Some(1),
     );
+    // A second hub controller, as a careless redeploy leaves behind: both
+    // decide alike, and a member write carries the resourceVersion read.
+    let hub_run = start_hub(&providers, "fleet-hub-2.log");
     // member-b waits at approvedWaves 0 while member-a rolls (member-b read
     // first: member-a's Ready only ever comes later).
     let watching = Instant::now();
@@ -449,6 +452,9 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The first controller is killed (SIGKILL) mid-rollout; the second
+    // carries on from what the clusters say.
+    drop(first_hub);
     // member-b goes down for 30 s while member-a still rolls.
     b.plane.stop_apiserver();
     let down_at = Instant::now();
