@@ -209,21 +209,21 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             let factors = &factors;
             async move {
                 let begun = Instant::now();
-                // One deadline for the whole look: credentials and reads.
-                let look = async {
-                    match access::client(&t.access, client::PLUGIN_AGENT, deadline).await {
-                        Err(e) => Err((true, e.to_string())),
-                        Ok(c) => observe::look(&c, deadline).await.map_err(|e| (false, e)),
-                    }
-                };
-                let result = tokio::time::timeout(deadline, look)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err((
-                            false,
-                            format!("no answer within {:.1} s", deadline.as_secs_f64()),
-                        ))
-                    });
+                // One deadline for the whole look: the credentials first
+                // (a plugin that does not answer is a lack of credentials),
+                // then the reads in what is left.
+                let said = format!("no answer within {:.1} s", deadline.as_secs_f64());
+                let result = async {
+                    let c = access::client(&t.access, client::PLUGIN_AGENT, deadline)
+                        .await
+                        .map_err(|e| (true, e.to_string()))?;
+                    let left = deadline.saturating_sub(begun.elapsed());
+                    tokio::time::timeout(left, observe::look(&c, deadline))
+                        .await
+                        .map_err(|_| (false, said.clone()))?
+                        .map_err(|e| (false, e))
+                }
+                .await;
                 let took = begun.elapsed().as_secs_f64();
                 let state = match result {
                     Ok(report) => State::Up(summary::summarize(&report, factors, took)),
@@ -243,6 +243,9 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         });
         Ok(join_all(looks).await)
     })?;
+    // A credential plugin that hangs holds a blocking thread no timeout
+    // can stop; dropping the runtime would wait for it. Leave it behind.
+    runtime.shutdown_background();
     let mut lines = lines;
     remember(&mut lines);
     let took = started.elapsed().as_secs_f64();

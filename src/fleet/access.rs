@@ -184,10 +184,36 @@ pub async fn client(
     if let Ok(agent) = http::HeaderValue::from_str(user_agent) {
         config.headers.push((http::header::USER_AGENT, agent));
     }
-    let build = tokio::task::spawn_blocking(move || kube::Client::try_from(config));
+    // The plugin runs on a blocking thread that no timeout can stop: one
+    // that hangs keeps its thread (and process) until it returns. Only one
+    // run at a time per member, so a hung plugin costs one thread, not one
+    // a look.
+    let key = format!(
+        "{}|{}",
+        config.cluster_url,
+        options.context.unwrap_or_default()
+    );
+    if !PLUGINS_RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.clone())
+    {
+        return Err(ClientError::Credentials(
+            "its credential plugin has not returned from an earlier run".into(),
+        ));
+    }
+    let build = tokio::task::spawn_blocking(move || {
+        let client = kube::Client::try_from(config);
+        PLUGINS_RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        client
+    });
     match tokio::time::timeout(deadline, build).await {
         Err(_) => Err(ClientError::Credentials(format!(
-            "its credential plugin did not answer within {deadline:?}"
+            "its credential plugin did not answer within {:.1} s",
+            deadline.as_secs_f64()
         ))),
         Ok(Err(e)) => Err(ClientError::Credentials(format!("{e}"))),
         Ok(Ok(Err(e))) => Err(ClientError::Credentials(format!(
@@ -197,6 +223,10 @@ pub async fn client(
         Ok(Ok(Ok(client))) => Ok(client),
     }
 }
+
+/// Members whose credential plugin runs now.
+static PLUGINS_RUNNING: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// Why a member has no client.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -682,3 +682,76 @@ spec:
     assert!(!log.contains("panicked"), "{log}");
     drop(b);
 }
+
+/// A credential plugin that never returns costs a member its line, not the
+/// command its answer: `fleet status` says the member has no credentials
+/// after the deadline and exits, leaving the plugin behind.
+#[test]
+fn a_hanging_credential_plugin_does_not_hold_fleet_status() {
+    let hub = testbed();
+    let ns = "fl-hang";
+    hub.kubectl(&["create", "namespace", ns]).run();
+    let text = std::fs::read_to_string(&hub.kubeconfig).expect("kubeconfig");
+    let config: serde_json::Value = serde_norway::from_str(&text).expect("YAML");
+    let cluster = &config["clusters"][0]["cluster"];
+    hub.kubectl(&["apply", "-f", "-"])
+        .stdin(
+            serde_json::json!({
+                "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+                "kind": "ClusterProfile",
+                "metadata": {"name": "stuck", "namespace": ns},
+                "spec": {"clusterManager": {"name": "test-bed"}},
+            })
+            .to_string(),
+        )
+        .succeeds();
+    let status = serde_json::json!({"status": {"accessProviders": [{
+        "name": "hangs",
+        "cluster": {"server": cluster["server"],
+                    "certificate-authority-data": cluster["certificate-authority-data"]},
+    }]}});
+    hub.kubectl(&[
+        "-n",
+        ns,
+        "patch",
+        "clusterprofile",
+        "stuck",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ])
+    .succeeds();
+    let providers = scratch_dir().join("fleet-hanging-providers.json");
+    std::fs::write(
+        &providers,
+        serde_json::json!({"providers": [{"name": "hangs", "execConfig": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "sleep", "args": ["60"], "interactiveMode": "Never",
+        }}]})
+        .to_string(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let ran = crate::support::command(
+        env!("CARGO_BIN_EXE_gpufleet"),
+        &["fleet", "status", "--namespace", ns, "--deadline", "1"],
+    )
+    .arg("--kubeconfig")
+    .arg(&hub.kubeconfig)
+    .arg("--access-providers")
+    .arg(&providers)
+    .run();
+    let took = start.elapsed();
+    assert_eq!(ran.code, Some(3), "{}{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stdout.contains("stuck          NO CREDENTIALS")
+            && ran.stdout.contains("did not answer within 1.0"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the plugin held the command: {took:?}"
+    );
+}
