@@ -46,24 +46,10 @@ const FILES: &[(&str, &str)] = testbed_files![
     "go/kwok/tools.go",
 ];
 
-/// gpufleet's cache: $GPUFLEET_CACHE, else $XDG_CACHE_HOME/gpufleet, else
-/// ~/.cache/gpufleet (where the test bed's scripts keep their builds too).
-fn cache_root() -> PathBuf {
-    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dir) = var("GPUFLEET_CACHE") {
-        return dir.into();
-    }
-    let base = var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| var("HOME").map(|home| Path::new(&home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("gpufleet")
-}
-
 /// The folder holding the test bed's scripts, written there on first use:
 /// `<cache>/testbed/scripts-<hash of the files>`.
 fn scripts() -> anyhow::Result<PathBuf> {
-    scripts_in(&cache_root().join("testbed"))
+    scripts_in(&super::cache_root().join("testbed"))
 }
 
 fn scripts_in(root: &Path) -> anyhow::Result<PathBuf> {

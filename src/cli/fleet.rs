@@ -14,8 +14,9 @@ use anyhow::{Context as _, bail};
 use futures::future::join_all;
 use gpufleet::api::ClusterProfile;
 use gpufleet::fleet::access::{self, Access, Providers};
+use gpufleet::fleet::controller;
+use gpufleet::fleet::observe::{self, Down};
 use gpufleet::fleet::summary::{self, ClusterLine, State};
-use gpufleet::fleet::{controller, observe};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
@@ -39,19 +40,29 @@ enum Command {
     Run(RunArgs),
 }
 
-/// Where the members are listed.
+/// The hub: the cluster whose ClusterProfiles list the members, and where
+/// FleetRollouts live.
 #[derive(clap::Args, Debug, Clone)]
-struct Inventory {
-    /// The hub's kubeconfig, whose ClusterProfiles list the members
-    /// (default: $KUBECONFIG unless --member-context is given).
+struct Hub {
+    /// The hub's kubeconfig (default: $KUBECONFIG, then ~/.kube/config,
+    /// then the in-cluster service account). `fleet status` with only
+    /// --member-context reads no hub.
     #[arg(long, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
     /// The hub's kubeconfig context.
     #[arg(long)]
     context: Option<String>,
-    /// Only ClusterProfiles of this namespace (default: every namespace).
+    /// Only ClusterProfiles and FleetRollouts of this namespace (default:
+    /// every namespace).
     #[arg(long, short = 'n')]
     namespace: Option<String>,
+}
+
+/// Where the members are listed.
+#[derive(clap::Args, Debug, Clone)]
+struct Inventory {
+    #[command(flatten)]
+    hub: Hub,
     /// The access provider file (KEP-5339): which exec plugin gives
     /// credentials for each provider a ClusterProfile lists.
     #[arg(long, value_name = "FILE", env = "GPUFLEET_ACCESS_PROVIDERS")]
@@ -89,16 +100,8 @@ enum Output {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// The hub's kubeconfig (default: $KUBECONFIG, then the in-cluster
-    /// service account).
-    #[arg(long, value_name = "FILE")]
-    kubeconfig: Option<PathBuf>,
-    /// The hub's kubeconfig context.
-    #[arg(long)]
-    context: Option<String>,
-    /// Only FleetRollouts of this namespace (default: every namespace).
-    #[arg(long, short = 'n')]
-    namespace: Option<String>,
+    #[command(flatten)]
+    hub: Hub,
     /// The access provider file (KEP-5339).
     #[arg(long, value_name = "FILE", env = "GPUFLEET_ACCESS_PROVIDERS")]
     access_providers: PathBuf,
@@ -153,17 +156,17 @@ fn run_hub(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async move {
         let hub = client::builder(client::OPERATOR_AGENT)
-            .kubeconfig(args.kubeconfig.as_deref())
-            .context(args.context.as_deref())
+            .kubeconfig(args.hub.kubeconfig.as_deref())
+            .context(args.hub.context.as_deref())
             .build()
             .await?;
         tracing::info!(
-            namespace = args.namespace.as_deref().unwrap_or("(all)"),
+            namespace = args.hub.namespace.as_deref().unwrap_or("(all)"),
             providers = providers.providers.len(),
             "fleet: the hub controller is running"
         );
         let config = controller::Config {
-            namespace: args.namespace,
+            namespace: args.hub.namespace,
             providers,
             interval,
             deadline,
@@ -199,6 +202,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "no member clusters: the hub has no ClusterProfile{} and no \
                  --member-context was given",
                 args.inventory
+                    .hub
                     .namespace
                     .as_deref()
                     .map(|n| format!(" in namespace {n}"))
@@ -209,30 +213,23 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             let factors = &factors;
             async move {
                 let begun = Instant::now();
-                // One deadline for the whole look: the credentials first
-                // (a plugin that does not answer is a lack of credentials),
-                // then the reads in what is left.
-                let said = format!("no answer within {:.1} s", deadline.as_secs_f64());
-                let result = async {
-                    let c = access::client(&t.access, client::PLUGIN_AGENT, deadline)
-                        .await
-                        .map_err(|e| (true, e.to_string()))?;
-                    let left = deadline.saturating_sub(begun.elapsed());
-                    tokio::time::timeout(left, observe::look(&c, deadline))
-                        .await
-                        .map_err(|_| (false, said.clone()))?
-                        .map_err(|e| (false, e))
-                }
-                .await;
+                let client = access::client(&t.access, client::PLUGIN_AGENT, deadline);
+                let result = observe::look(deadline, client).await;
                 let took = begun.elapsed().as_secs_f64();
                 let state = match result {
-                    Ok(report) => State::Up(summary::summarize(&report, factors, took)),
-                    Err((no_credentials, error)) => State::Down {
-                        no_credentials,
-                        error,
-                        last_seen: None,
-                        seconds: took,
-                    },
+                    Ok((_, report)) => State::Up(summary::summarize(&report, factors, took)),
+                    Err(down) => {
+                        let (no_credentials, error) = match down {
+                            Down::NoCredentials(e) => (true, e),
+                            Down::Unreachable(e) => (false, e),
+                        };
+                        State::Down {
+                            no_credentials,
+                            error,
+                            last_seen: None,
+                            seconds: took,
+                        }
+                    }
                 };
                 ClusterLine {
                     name: t.name,
@@ -277,20 +274,20 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 async fn targets(inv: &Inventory, deadline: Duration) -> anyhow::Result<Vec<Target>> {
     let mut out = vec![];
     let use_hub =
-        inv.kubeconfig.is_some() || inv.context.is_some() || inv.member_contexts.is_empty();
+        inv.hub.kubeconfig.is_some() || inv.hub.context.is_some() || inv.member_contexts.is_empty();
     if use_hub {
         let providers = match &inv.access_providers {
             Some(path) => Providers::read(path)?,
             None => Providers::default(),
         };
         let hub = client::builder(client::PLUGIN_AGENT)
-            .kubeconfig(inv.kubeconfig.as_deref())
-            .context(inv.context.as_deref())
+            .kubeconfig(inv.hub.kubeconfig.as_deref())
+            .context(inv.hub.context.as_deref())
             .read_timeout(deadline.max(Duration::from_secs(5)))
             .build()
             .await
             .context("reaching the hub (--kubeconfig, --context)")?;
-        let api: Api<ClusterProfile> = match &inv.namespace {
+        let api: Api<ClusterProfile> = match &inv.hub.namespace {
             Some(ns) => Api::namespaced(hub, ns),
             None => Api::all(hub),
         };
@@ -347,9 +344,7 @@ fn read_kubeconfig(path: &Path) -> anyhow::Result<Kubeconfig> {
 /// (`fleet-last-seen.json`). A cache that cannot be read or written only
 /// loses the "last seen" figure.
 fn remember(lines: &mut [ClusterLine]) {
-    let Some(path) = cache_dir().map(|d| d.join("fleet-last-seen.json")) else {
-        return;
-    };
+    let path = super::cache_root().join("fleet-last-seen.json");
     let mut seen: BTreeMap<String, Timestamp> = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -372,15 +367,4 @@ fn remember(lines: &mut [ClusterLine]) {
             let _ = std::fs::rename(&tmp, &path);
         }
     }
-}
-
-fn cache_dir() -> Option<PathBuf> {
-    let var = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("GPUFLEET_CACHE")
-        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("gpufleet")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache/gpufleet")))
 }

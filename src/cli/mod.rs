@@ -80,6 +80,20 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// gpufleet's cache: $GPUFLEET_CACHE, else $XDG_CACHE_HOME/gpufleet, else
+/// ~/.cache/gpufleet (where the test bed's scripts keep their builds too).
+pub(crate) fn cache_root() -> std::path::PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("GPUFLEET_CACHE") {
+        return dir.into();
+    }
+    let base = var("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|home| std::path::Path::new(&home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("gpufleet")
+}
+
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use super::access::{self, Providers};
 use super::decide::{self, Member, Seen};
-use super::observe;
+use super::observe::{self, Down};
 use crate::api::{ClusterProfile, FleetMode, FleetRollout, RolloutBatch};
 
 /// The field manager of every write the hub controller makes.
@@ -132,16 +132,8 @@ async fn reconcile(
                     None,
                 );
             };
-            let look = look_member(config, clients, &namespace, &profile, &rollout.spec.batch);
-            let (seen, version) = tokio::time::timeout(config.deadline, look)
-                .await
-                .unwrap_or_else(|_| {
-                    let secs = config.deadline.as_secs_f64();
-                    (
-                        Seen::Unreachable(format!("no answer within {secs:.1} s")),
-                        None,
-                    )
-                });
+            let (seen, version) =
+                look_member(config, clients, &namespace, &profile, &rollout.spec.batch).await;
             (member.clone(), seen, version)
         }
     });
@@ -177,7 +169,7 @@ async fn reconcile(
                 cluster = %line.name,
                 phase = now,
                 error = %line.message,
-                "fleet: a member cannot be read; the rollout waits for it"
+                "fleet: a member cannot be read; nothing is approved until it can be"
             ),
             (Some(b), now) if down(b) && !down(now) => info!(
                 fleetrollout = %name,
@@ -240,32 +232,28 @@ async fn look_member(
 ) -> (Seen, Option<(kube::Client, String)>) {
     let key = (namespace.to_string(), profile.name_any());
     let version = profile.resource_version().unwrap_or_default();
-    let cached = clients
-        .lock()
-        .await
-        .by_profile
-        .get(&key)
-        .filter(|(v, _)| *v == version)
-        .map(|(_, c)| c.clone());
-    let client = match cached {
-        Some(c) => c,
-        None => {
-            let access = access::profile_access(profile, &config.providers);
-            match access::client(&access, &config.user_agent, config.deadline).await {
-                Ok(c) => {
-                    clients
-                        .lock()
-                        .await
-                        .by_profile
-                        .insert(key.clone(), (version, c.clone()));
-                    c
-                }
-                Err(e) => return (Seen::NoCredentials(e.to_string()), None),
-            }
+    let client = async {
+        let cached = clients
+            .lock()
+            .await
+            .by_profile
+            .get(&key)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, c)| c.clone());
+        if let Some(c) = cached {
+            return Ok(c);
         }
+        let access = access::profile_access(profile, &config.providers);
+        let c = access::client(&access, &config.user_agent, config.deadline).await?;
+        clients
+            .lock()
+            .await
+            .by_profile
+            .insert(key.clone(), (version.clone(), c.clone()));
+        Ok(c)
     };
-    match observe::look(&client, config.deadline).await {
-        Ok(report) => {
+    match observe::look(config.deadline, client).await {
+        Ok((client, report)) => {
             let rv = report
                 .batches
                 .iter()
@@ -274,7 +262,8 @@ async fn look_member(
             let seen = observe::seen_batch(&report, batch);
             (seen, rv.map(|rv| (client, rv)))
         }
-        Err(e) => {
+        Err(Down::NoCredentials(e)) => (Seen::NoCredentials(e), None),
+        Err(Down::Unreachable(e)) => {
             // Credentials may have expired or moved: make a new client next look.
             clients.lock().await.by_profile.remove(&key);
             (Seen::Unreachable(e), None)

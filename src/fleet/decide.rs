@@ -93,8 +93,9 @@ pub struct Decision {
     pub status: FleetRolloutStatus,
 }
 
-/// Decides one look. `last_seen` carries each member's last contact from
-/// the previous status; `now` stamps this one.
+/// Decides one look. `previous` is the status written last (its
+/// conditions keep their transition times, its members their `lastSeen`
+/// while unreachable); `now` stamps this look.
 pub fn decide(
     spec: &FleetRolloutSpec,
     generation: Option<i64>,
@@ -104,32 +105,51 @@ pub fn decide(
     now: Timestamp,
 ) -> Decision {
     let total = spec.stages.len() as u32;
-    let cond = |t: ConditionType, status: bool, reason: Reason, message: String| {
-        condition(
-            &previous.conditions,
-            t,
-            status,
-            reason,
-            message,
-            generation,
-            now,
-        )
+    // The status with Ready, Reconciling and Stalled as (status, reason,
+    // message) each.
+    type Said = (bool, Reason, String);
+    let status = |stage: u32,
+                  clusters: Vec<FleetClusterStatus>,
+                  next: Vec<FleetApproval>,
+                  [ready, reconciling, stalled]: [Said; 3]| {
+        let cond = |t: ConditionType, (status, reason, message): Said| {
+            condition(
+                &previous.conditions,
+                t,
+                status,
+                reason,
+                message,
+                generation,
+                now,
+            )
+        };
+        FleetRolloutStatus {
+            observed_generation: generation,
+            current_stage: stage,
+            stage_progress: Some(format!("{stage}/{total}")),
+            clusters,
+            next,
+            conditions: vec![
+                cond(ConditionType::Ready, ready),
+                cond(ConditionType::Reconciling, reconciling),
+                cond(ConditionType::Stalled, stalled),
+            ],
+        }
     };
+    // Halted: nothing approved, waiting on a person.
     let stopped =
         |reason: Reason, message: String, stage: u32, clusters: Vec<FleetClusterStatus>| Decision {
             approvals: vec![],
-            status: FleetRolloutStatus {
-                observed_generation: generation,
-                current_stage: stage,
-                stage_progress: Some(format!("{stage}/{total}")),
+            status: status(
+                stage,
                 clusters,
-                next: vec![],
-                conditions: vec![
-                    cond(ConditionType::Ready, false, reason, message.clone()),
-                    cond(ConditionType::Reconciling, false, reason, String::new()),
-                    cond(ConditionType::Stalled, true, reason, message),
+                vec![],
+                [
+                    (false, reason, message.clone()),
+                    (false, reason, String::new()),
+                    (true, reason, message),
                 ],
-            },
+            ),
         };
 
     // 1. The stages.
@@ -269,23 +289,16 @@ pub fn decide(
     }
     let reconciling = |reason: Reason, message: String, clusters, next| Decision {
         approvals: vec![],
-        status: FleetRolloutStatus {
-            observed_generation: generation,
-            current_stage: stage_now,
-            stage_progress: Some(format!("{stage_now}/{total}")),
+        status: status(
+            stage_now,
             clusters,
             next,
-            conditions: vec![
-                cond(ConditionType::Ready, false, reason, message.clone()),
-                cond(ConditionType::Reconciling, true, reason, message),
-                cond(
-                    ConditionType::Stalled,
-                    false,
-                    Reason::NotStalled,
-                    String::new(),
-                ),
+            [
+                (false, reason, message.clone()),
+                (true, reason, message),
+                (false, Reason::NotStalled, String::new()),
             ],
-        },
+        ),
     };
     // 5. Every member answered.
     let unreachable = named("Unreachable", &clusters);
@@ -308,28 +321,16 @@ pub fn decide(
         );
         return Decision {
             approvals: vec![],
-            status: FleetRolloutStatus {
-                observed_generation: generation,
-                current_stage: total,
-                stage_progress: Some(format!("{total}/{total}")),
+            status: status(
+                total,
                 clusters,
-                next: vec![],
-                conditions: vec![
-                    cond(ConditionType::Ready, true, Reason::RolloutComplete, message),
-                    cond(
-                        ConditionType::Reconciling,
-                        false,
-                        Reason::RolloutComplete,
-                        String::new(),
-                    ),
-                    cond(
-                        ConditionType::Stalled,
-                        false,
-                        Reason::NotStalled,
-                        String::new(),
-                    ),
+                vec![],
+                [
+                    (true, Reason::RolloutComplete, message),
+                    (false, Reason::RolloutComplete, String::new()),
+                    (false, Reason::NotStalled, String::new()),
                 ],
-            },
+            ),
         };
     };
     // 6. Paused.
@@ -483,8 +484,8 @@ fn matches(sel: &LabelSelector, members: &[Member]) -> Result<Vec<String>, Strin
         .collect())
 }
 
-/// The member batch's approval, as a condition list reads it: its Stalled
-/// condition when it means a failure.
+/// A member batch's Stalled condition when it means a failure (not a
+/// pause, not waiting for approval), in words.
 pub fn stalled_failure(conditions: &[Condition]) -> Option<String> {
     conditions
         .iter()

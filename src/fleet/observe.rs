@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 
+use super::access::ClientError;
 use super::decide::{MemberBatch, Seen, stalled_failure};
 use crate::api::{GpuPool, RolloutBatch};
 
@@ -19,39 +20,65 @@ pub struct MemberReport {
     pub unreadable: Vec<(String, String)>,
 }
 
-/// Reads a member's pools and batches, giving up after `deadline`.
-pub async fn look(client: &kube::Client, deadline: Duration) -> Result<MemberReport, String> {
-    let read = async {
-        let pools = Api::<DeserializeGuard<GpuPool>>::all(client.clone());
-        let batches = Api::<DeserializeGuard<RolloutBatch>>::all(client.clone());
-        let lp = ListParams::default();
-        let (pools, batches) = tokio::try_join!(pools.list(&lp), batches.list(&lp))?;
-        let mut report = MemberReport::default();
-        for item in pools.items {
-            match item.0 {
-                Ok(p) => report.pools.push(p),
-                Err(e) => report.unreadable.push((
-                    format!("gpupool/{}", e.metadata.name.unwrap_or_default()),
-                    e.error,
-                )),
-            }
-        }
-        for item in batches.items {
-            match item.0 {
-                Ok(b) => report.batches.push(b),
-                Err(e) => report.unreadable.push((
-                    format!("rolloutbatch/{}", e.metadata.name.unwrap_or_default()),
-                    e.error,
-                )),
-            }
-        }
-        Ok::<_, kube::Error>(report)
-    };
-    match tokio::time::timeout(deadline, read).await {
-        Err(_) => Err(format!("no answer within {}", seconds(deadline))),
-        Ok(Err(e)) => Err(describe(&e)),
-        Ok(Ok(report)) => Ok(report),
+/// Why a look at a member found nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Down {
+    /// No usable credentials: none configured, or the plugin failed or did
+    /// not answer.
+    NoCredentials(String),
+    /// Credentials, but no answer within the deadline, or a refusal.
+    Unreachable(String),
+}
+
+/// One look at a member within `deadline` as a whole: first its client
+/// (`client`, which runs the credential plugin, bounded by the same
+/// deadline), then its pools and batches in the time left. `fleet status`
+/// and the FleetRollout controller both look this way.
+pub async fn look(
+    deadline: Duration,
+    client: impl std::future::Future<Output = Result<kube::Client, ClientError>>,
+) -> Result<(kube::Client, MemberReport), Down> {
+    let begun = std::time::Instant::now();
+    let client = client
+        .await
+        .map_err(|e| Down::NoCredentials(e.to_string()))?;
+    let left = deadline.saturating_sub(begun.elapsed());
+    match tokio::time::timeout(left, read(&client)).await {
+        Err(_) => Err(Down::Unreachable(format!(
+            "no answer within {}",
+            seconds(deadline)
+        ))),
+        Ok(Err(e)) => Err(Down::Unreachable(describe(&e))),
+        Ok(Ok(report)) => Ok((client, report)),
     }
+}
+
+/// Reads a member's pools and batches.
+async fn read(client: &kube::Client) -> Result<MemberReport, kube::Error> {
+    let pools = Api::<DeserializeGuard<GpuPool>>::all(client.clone());
+    let batches = Api::<DeserializeGuard<RolloutBatch>>::all(client.clone());
+    let lp = ListParams::default();
+    let (pools, batches) = tokio::try_join!(pools.list(&lp), batches.list(&lp))?;
+    let mut report = MemberReport::default();
+    for item in pools.items {
+        match item.0 {
+            Ok(p) => report.pools.push(p),
+            Err(e) => report.unreadable.push((
+                format!("gpupool/{}", e.metadata.name.unwrap_or_default()),
+                e.error,
+            )),
+        }
+    }
+    for item in batches.items {
+        match item.0 {
+            Ok(b) => report.batches.push(b),
+            Err(e) => report.unreadable.push((
+                format!("rolloutbatch/{}", e.metadata.name.unwrap_or_default()),
+                e.error,
+            )),
+        }
+    }
+    Ok(report)
 }
 
 /// What the fleet decider needs of the batch `name` in this report.

@@ -73,7 +73,10 @@ fn cached_kubectl() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("kubectl"))
 }
 
-fn start_control_plane() -> Testbed {
+/// `controlplane.py up --kwok --json --watch-pid <this process>`: the
+/// watcher (which stops the control plane once this process exits) and
+/// the JSON line it printed.
+fn spawn_control_plane() -> (Child, serde_json::Value) {
     let script = repo().join("tests/testbed/controlplane.py");
     let mut child = Command::new("python3")
         .arg(&script)
@@ -95,6 +98,11 @@ fn start_control_plane() -> Testbed {
             script.display()
         )
     });
+    (child, info)
+}
+
+fn start_control_plane() -> Testbed {
+    let (child, info) = spawn_control_plane();
     let field = |name: &str| -> PathBuf {
         info[name]
             .as_str()
@@ -410,20 +418,7 @@ pub struct OwnControlPlane {
 
 impl OwnControlPlane {
     pub fn start() -> OwnControlPlane {
-        let mut watcher = Command::new("python3")
-            .arg(repo().join("tests/testbed/controlplane.py"))
-            .args(["up", "--kwok", "--json", "--watch-pid"])
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting a control plane");
-        let mut line = String::new();
-        BufReader::new(watcher.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("its JSON line");
-        let info: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        let (watcher, info) = spawn_control_plane();
         let kubeconfig = PathBuf::from(info["kubeconfig"].as_str().unwrap());
         let apiserver_pid = info["pids"]["kube-apiserver"].as_u64().unwrap() as u32;
         testbed()
