@@ -208,25 +208,20 @@ impl Groups {
 #[derive(Clone, Copy)]
 struct Candidate<'a> {
     group: u32,
-    name: (u128, u128),
+    name: [u8; 32],
     view: &'a NodeView,
     state: NodeState,
     foreign: Option<NodeState>,
 }
 
-/// The first 32 bytes of a name, zero-padded, as two big-endian numbers.
-/// Wherever two prefixes differ, they order as the names do; where they are
-/// equal, the names decide.
-fn name_prefix(name: &str) -> (u128, u128) {
+/// The first 32 bytes of a name, zero-padded. Wherever two prefixes
+/// differ, they order as the names do; where they are equal, the names
+/// decide. (Bytes, not numbers: a record aligned to 8 bytes is smaller.)
+fn name_prefix(name: &str) -> [u8; 32] {
     let mut prefix = [0u8; 32];
     let n = name.len().min(32);
     prefix[..n].copy_from_slice(&name.as_bytes()[..n]);
-    let (high, low) = prefix.split_at(16);
-    let mut h = [0u8; 16];
-    let mut l = [0u8; 16];
-    h.copy_from_slice(high);
-    l.copy_from_slice(low);
-    (u128::from_be_bytes(h), u128::from_be_bytes(l))
+    prefix
 }
 
 impl<'a> Membership<'a> {
@@ -250,13 +245,16 @@ impl<'a> Membership<'a> {
         let batch_name = batch.metadata.name.as_deref().unwrap_or_default();
         let batch_uid = batch.metadata.uid.as_deref();
         let domain_label = &pool.spec.topology.domain_label;
-        let mut pool_nodes = Vec::new();
+        let mut pool_nodes = Vec::with_capacity(nodes.len());
         let mut is_member = vec![false; nodes.len()];
         let mut conflicts = Vec::new();
         let mut lost = Vec::new();
         let mut outsiders = Vec::new();
         let mut groups = Groups::default();
-        let mut candidates: Vec<Candidate> = Vec::new();
+        // At most one candidate a node: reserved once, not grown by
+        // doubling (a grown vector of a 137,500-node pool held room for
+        // 262,144 and copied itself on the way).
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
             let node: &'a NodeView = node.borrow();
             let in_pool = !node.deleting && matches(&pool.spec.node_selector, &node.labels);
