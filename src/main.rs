@@ -9,12 +9,11 @@ mod cli;
 fn main() -> ExitCode {
     // One malloc arena for the whole process, set before any thread starts.
     // glibc gives each thread that meets a locked arena one of its own (up
-    // to eight a core), and memory freed in one is never reused by another:
-    // the operator's node cache is built on one thread while plans and
-    // watches allocate and free on others, and each arena kept its own high
-    // water mark. One arena: 14 % less peak memory at 30,006 nodes
-    // (BENCHMARKS.md, "Memory a node"). Small allocations still go through
-    // each thread's cache without a lock.
+    // to eight a core), and memory freed in an arena serves only the
+    // threads using that arena, so each kept its own high-water mark. One
+    // arena: 14 % less peak memory at 30,006 nodes, about 13 % more CPU at
+    // 1,000 (BENCHMARKS.md, "Memory a node"). Small allocations still go
+    // through each thread's cache without a lock.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: a plain setting of the C allocator, made before any thread
     // exists.
