@@ -147,11 +147,7 @@ impl Planner<'_> {
     /// under a rack test.
     pub(super) fn rack_room(&self) -> u32 {
         let cap = self.concurrency_cap();
-        let validating = self
-            .members
-            .iter()
-            .filter(|m| m.state == NodeState::Validating)
-            .count() as u32;
+        let validating = self.members.iter().filter(|m| m.holds_a_slot()).count() as u32;
         cap.saturating_sub(self.validating_elsewhere + validating + self.rack_testing())
     }
 
@@ -244,10 +240,10 @@ impl Planner<'_> {
         let mut validating_here = 0u32;
         let mut pending: Vec<usize> = Vec::new();
         for (m, member) in self.members.iter().enumerate() {
-            match member.state {
-                NodeState::Validating => validating_here += 1,
-                NodeState::Pending if member.wave == wave => pending.push(m),
-                _ => {}
+            if member.holds_a_slot() {
+                validating_here += 1;
+            } else if member.state == NodeState::Pending && member.wave == wave {
+                pending.push(m);
             }
         }
         // Both caps count every node of the pool in validation; the pool's

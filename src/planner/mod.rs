@@ -31,7 +31,9 @@
 //! per node from pending to ready: one to start it (state label, onboarding
 //! taint, batch/wave/since annotations), one when its probe passed (its
 //! soak counted from the probe's finish), one to admit it (taint removed).
-//! Without a probe, two.
+//! Without a probe, two; with a soak of at most 30 s, two when the domain
+//! is admitted within 30 s of the probe's finish (the pass is written with
+//! the admission: `state::PASS_IN_POD`).
 
 mod admission;
 mod conditions;
@@ -279,6 +281,17 @@ pub fn plan(pool: &GpuPool, batch: &RolloutBatch, snapshot: &Snapshot, now: Time
 /// The plan's actions in order: node patches (members', then released ones),
 /// probe creations, probe deletions, events.
 fn finish(mut planner: Planner, status: RolloutBatchStatus, departed: Vec<NodePatch>) -> Plan {
+    // A pass this plan read and did nothing else with (the node neither
+    // admitted, held nor failed) stays in its pod for now: no node write,
+    // the pod kept, a plan when its time is up (`state::PASS_IN_POD`).
+    for (m, until) in std::mem::take(&mut planner.passes_in_pod) {
+        let member = &mut planner.members[m];
+        if member.state == NodeState::Soaking {
+            member.patch = None;
+            planner.deletes.remove(&probes::awaited_probe(member.view));
+            planner.wake_at(until);
+        }
+    }
     if let (true, Some(at)) = (planner.breaker.tripped, planner.breaker.next_change) {
         planner.wake_at(at);
     }

@@ -114,7 +114,9 @@ impl Planner<'_> {
             // A soak that passed (the soak rule ran before any start) waits
             // for its domain idle.
             let soaked = member.state == NodeState::Soaking && member.passed;
-            if under_test(Some(power), member.state) && !soaked {
+            // A pass not yet written draws as in validation (state.rs,
+            // `PASS_IN_POD`): the node may be probed again.
+            if member.holds_a_slot() || (under_test(Some(power), member.state) && !soaked) {
                 in_use += w();
             }
             // Every start within the window counts, whether its check is

@@ -17,7 +17,7 @@ use crate::vocabulary::EventReason;
 
 use super::health::{Failure, FailureCategory};
 use super::snapshot::{NodeState, ProbePhase, ProbeView, Termination, later};
-use super::state::Planner;
+use super::state::{PASS_IN_POD, Planner};
 use super::verdicts::{as_failure, judge};
 use super::{EventTarget, ProbeRequest};
 use crate::verdict::Read;
@@ -179,6 +179,9 @@ impl Planner<'_> {
             },
             other => other,
         };
+        // Nothing else to write on the node: its pass may wait for the
+        // write that admits it (`PASS_IN_POD`).
+        let quiet = self.members[m].patch.is_none();
         if let Some(record) = record {
             self.patch_of(m)
                 .annotations
@@ -193,6 +196,13 @@ impl Planner<'_> {
                     annotations.push((keys::SINCE, Some(from.to_string())));
                 }
                 self.transition(m, NodeState::Soaking, &annotations);
+                if quiet
+                    && let Some(until) =
+                        current.and_then(|p| self.pass_in_pod_until(m, p, probe_spec))
+                {
+                    self.members[m].pass_in_pod = true;
+                    self.passes_in_pod.push((m, until));
+                }
                 self.check_soaking_or_held(m);
             }
             Verdict::NotRun(why) => self.not_run(m, attempt, &why),
@@ -358,6 +368,30 @@ impl Planner<'_> {
     fn soak_start(&self, m: usize, p: &ProbeView) -> Option<Timestamp> {
         let finished = p.finished_at.filter(|f| *f <= self.now)?;
         Some(finished.max(self.since(m)))
+    }
+
+    /// Until when the pass of member `m`'s probe `p` may stay unwritten
+    /// ([`PASS_IN_POD`] from its finish), if it may: the pool's soak is
+    /// no longer than that (so that admission can record it), no rack test
+    /// follows, and the time is up before either of the node's probe
+    /// deadlines (a pod cache behind the last plan's may show the pod
+    /// running or missing; before a deadline, that fails nothing).
+    fn pass_in_pod_until(
+        &self,
+        m: usize,
+        p: &ProbeView,
+        probe: &crate::api::Probe,
+    ) -> Option<Timestamp> {
+        let checks = &self.pool.spec.health_checks;
+        let window = PASS_IN_POD;
+        if i64::from(checks.soak_seconds) > window.as_secs() || checks.domain_test.is_some() {
+            return None;
+        }
+        let until = later(p.finished_at?, window);
+        let since = self.members[m].view.since?;
+        let deadline = probe.timeout_seconds.min(probe.start_timeout());
+        let deadline = later(since, SignedDuration::from_secs(i64::from(deadline)));
+        (self.now < until && until <= deadline).then_some(until)
     }
 
     /// Probes that belong to no node in validation: read already, stale

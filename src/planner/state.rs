@@ -23,6 +23,26 @@ use super::{Event, EventTarget, NodePatch, ProbeRequest, TaintChange, matches};
 pub const FUTURE_SKEW: k8s_openapi::jiff::SignedDuration =
     k8s_openapi::jiff::SignedDuration::from_secs(600);
 
+/// How long a probe's pass may go unwritten on its node, from the probe's
+/// finish: a pool whose soak is no longer may admit the node in the same
+/// write that records its pass (one node write fewer), the passed pod
+/// being the record meanwhile. The node stays labelled `validating` and
+/// counted in `maxConcurrent` and the power budget as in validation, so a
+/// pod that goes meanwhile (deleted, garbage-collected) costs a probe run,
+/// never a budget. Longer soaks are written when read: a pod is no record
+/// to keep for hours (docs/notes/soak-without-a-write.md).
+pub const PASS_IN_POD: k8s_openapi::jiff::SignedDuration =
+    k8s_openapi::jiff::SignedDuration::from_secs(30);
+
+impl Member<'_> {
+    /// Holds a slot of the concurrency caps: in validation, or passed with
+    /// its pass not yet written ([`PASS_IN_POD`]).
+    pub fn holds_a_slot(&self) -> bool {
+        self.state == NodeState::Validating
+            || (self.pass_in_pod && self.state == NodeState::Soaking)
+    }
+}
+
 /// One member node of the batch, and what this plan does to it.
 pub(super) struct Member<'a> {
     pub view: &'a NodeView,
@@ -42,6 +62,11 @@ pub(super) struct Member<'a> {
     pub standing: Option<Standing>,
     /// Soaking and its soak is over (or held): passed, waiting for its domain.
     pub passed: bool,
+    /// Its probe's pass was read by this plan and may stay unwritten (the
+    /// passed pod its only record, the node still labelled validating):
+    /// counted in every cap and budget as in validation until written.
+    /// See [`PASS_IN_POD`].
+    pub pass_in_pod: bool,
     /// Boxed: most members have none, and the planner makes several passes
     /// over all members, which a small `Member` keeps fast.
     pub patch: Option<Box<NodePatch>>,
@@ -89,6 +114,9 @@ pub(super) struct Planner<'a> {
     /// nodes in flight are settled together (`shortcircuit.rs`).
     pub deferring: bool,
     pub deferred: Vec<(usize, Failure)>,
+    /// Members whose pass this plan read and may leave unwritten, with
+    /// when that time is up ([`PASS_IN_POD`]).
+    pub passes_in_pod: Vec<(usize, Timestamp)>,
     /// Why the batch is halted as a suspected misconfiguration under the
     /// pool's current generation, if it is.
     pub suspected: Option<String>,
@@ -161,6 +189,7 @@ impl<'a> Planner<'a> {
                     untainted: held_back && !p.view.has_taint(&taint.key, taint.effect.as_str()),
                     standing: held_back.then(|| standing(pool_spec, p.view, now)),
                     passed: false,
+                    pass_in_pod: false,
                     patch: None,
                 }
             })
@@ -224,6 +253,7 @@ impl<'a> Planner<'a> {
             breaker,
             deferring: false,
             deferred: Vec::new(),
+            passes_in_pod: Vec::new(),
             suspected: None,
             creates: Vec::new(),
             deletes: BTreeMap::new(),

@@ -1,7 +1,7 @@
 //! The benchmark harness as a CI smoke test: `gpufleet bench` at 1,000
 //! nodes (probes on, short delays) on its own control plane. It checks that
 //! the rollout completes, that gpufleet's node writes per admitted node
-//! stay within the target of 3 and its requests of every kind within 4.2
+//! stay within the target of 3 and its requests of every kind within 3.1
 //! (from the API server's audit log), and that the operator's own work per
 //! admitted node does not grow from 1,000 to 3,000 nodes (its counter):
 //! counts, never timings (BENCHMARKS.md).
@@ -33,17 +33,19 @@ fn a_thousand_node_rollout_completes_within_three_node_writes_a_node() {
         per_node <= 3.0,
         "{per_node:.2} node writes per admitted node ({writes} writes), over the target of 3"
     );
-    // All of gpufleet's requests, every kind: three node writes and a probe
-    // create a node, finished probe pods many at once (deletecollection):
-    // about 4.1 a node (5.1 when each pod went on its own), 3.2 to 3.6 when
-    // the soak is over before a plan reads the probe (soaked and admitted in
-    // one write). The 3.1 needs the soak without a node write; see
-    // BENCHMARKS.md for why that is not done.
+    // All of gpufleet's requests, every kind: a node write to start a node,
+    // its probe's create, and one write that records its pass and admits
+    // it (a soak of 30 s or less: the pass waits in its pod for the
+    // admission, `PASS_IN_POD`); finished probe pods many at once
+    // (deletecollection); the batch's status, events and watches besides.
+    // About 3.08 a node here (3.25 when each pass was written on its own,
+    // 5.1 when each pod was deleted on its own). Long soaks still cost a
+    // write of their own: docs/notes/soak-without-a-write.md.
     let requests = rollout["requests"]["total"].as_u64().expect("requests");
     let per_node = requests as f64 / nodes as f64;
     assert!(
-        per_node <= 4.2,
-        "{per_node:.2} API requests per admitted node ({requests}), over 4.2: {}",
+        per_node <= 3.1,
+        "{per_node:.2} API requests per admitted node ({requests}), over 3.1: {}",
         rollout["requests"]
     );
     // Every node got its probe. (Create requests can exceed the nodes: a

@@ -9,6 +9,7 @@ mod fuzz;
 mod index;
 mod known_bugs;
 mod no_panic;
+mod pass_in_pod;
 mod power;
 mod probes;
 mod properties;
