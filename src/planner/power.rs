@@ -313,12 +313,12 @@ impl Planner<'_> {
                 NodeState::Pending | NodeState::Validating | NodeState::Soaking
             )
         });
+        // Saturating: a node's allocatable may say anything up to u32::MAX.
         let gpus_online: u32 = self
             .members
             .iter()
             .filter(|m| m.state == NodeState::Ready)
-            .map(|m| m.view.gpus())
-            .sum();
+            .fold(0u32, |sum, m| sum.saturating_add(m.view.gpus()));
         crate::api::EnergyStatus {
             watt_hours: total,
             accounted_at: (still_testing || (open && gpus_online > 0)).then_some(
