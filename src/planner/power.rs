@@ -242,6 +242,18 @@ impl Planner<'_> {
     /// the time since, added to each wave and the batch; the GPUs admitted,
     /// and the GPU-hours they were online. Counting pauses while nothing is
     /// under test and no admitted GPU counts.
+    /// When the probe `view` awaits, this batch's for its current run,
+    /// finished with a pass; `None` while it runs (or is no pass).
+    fn probe_finished(&self, view: &NodeView) -> Option<Timestamp> {
+        let name = super::probes::awaited_probe(view);
+        let probe = self.probe_named.get(name.as_str())?;
+        let ours = probe.made_by(self.batch.metadata.uid.as_deref())
+            && probe.node == view.name
+            && probe.run == view.started
+            && probe.phase == super::snapshot::ProbePhase::Succeeded;
+        probe.finished_at.filter(|_| ours)
+    }
+
     pub(super) fn energy(
         &self,
         previous: &crate::api::RolloutBatchStatus,
@@ -253,6 +265,7 @@ impl Planner<'_> {
         let hours = since.map_or(0.0, |t| {
             self.now.duration_since(t).as_secs_f64().max(0.0) / 3600.0
         });
+        let soak = SignedDuration::from_secs(i64::from(self.pool.spec.health_checks.soak_seconds));
         let mut added = vec![0.0f64; waves.len()];
         for member in &self.members {
             let state = member.view.state();
@@ -260,9 +273,22 @@ impl Planner<'_> {
                 continue;
             }
             // A soak at load draws until it ends, not while the node then
-            // waits for its domain.
-            let hours = match (state, since, soak_ends(&self.pool.spec, member.view)) {
-                (NodeState::Soaking, Some(from), Some(end)) => {
+            // waits for its domain; a probe until it finished, not while
+            // its pass waits to be read or written (`PASS_IN_POD`).
+            let end =
+                match state {
+                    NodeState::Soaking => soak_ends(&self.pool.spec, member.view),
+                    // A pass not yet written soaks from the probe's finish.
+                    NodeState::Validating => self.probe_finished(member.view).map(|finished| {
+                        match power.is_some_and(|p| p.soak_at_load) {
+                            true => later(finished, soak),
+                            false => finished,
+                        }
+                    }),
+                    _ => None,
+                };
+            let hours = match (since, end) {
+                (Some(from), Some(end)) => {
                     end.min(self.now)
                         .duration_since(from)
                         .as_secs_f64()

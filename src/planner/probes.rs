@@ -373,9 +373,11 @@ impl Planner<'_> {
     /// Until when the pass of member `m`'s probe `p` may stay unwritten
     /// ([`PASS_IN_POD`] from its finish), if it may: the pool's soak is
     /// no longer than that (so that admission can record it), no rack test
-    /// follows, and the time is up before either of the node's probe
-    /// deadlines (a pod cache behind the last plan's may show the pod
-    /// running or missing; before a deadline, that fails nothing).
+    /// follows, no member of its domain waits to start, and the time is up before either of the probe's deadlines:
+    /// its run's (from when the pod began to run) and its start's (from
+    /// the node's start). A pod cache behind the last plan's may show the
+    /// pod running, not started or missing; before a deadline, that fails
+    /// nothing.
     fn pass_in_pod_until(
         &self,
         m: usize,
@@ -387,11 +389,25 @@ impl Planner<'_> {
         if i64::from(checks.soak_seconds) > window.as_secs() || checks.domain_test.is_some() {
             return None;
         }
+        // Every other member of its domain already started: admission
+        // waits only for checks that run. A member still pending may need
+        // this node's slot to start, and would wait for the 30 s.
+        let d = self.domains.partition_point(|d| d.members.end <= m);
+        let domain = &self.domains.get(d)?.members;
+        if domain
+            .clone()
+            .any(|o| self.members[o].state == NodeState::Pending)
+        {
+            return None;
+        }
         let until = later(p.finished_at?, window);
         let since = self.members[m].view.since?;
-        let deadline = probe.timeout_seconds.min(probe.start_timeout());
-        let deadline = later(since, SignedDuration::from_secs(i64::from(deadline)));
-        (self.now < until && until <= deadline).then_some(until)
+        let seconds = |s: u32| SignedDuration::from_secs(i64::from(s));
+        // The run's deadline (from when the pod began to run), and the
+        // deadline of a pod missing or not yet started (from the start).
+        let run = later(p.started_at?.max(since), seconds(probe.timeout_seconds));
+        let start = later(since, seconds(probe.start_timeout()));
+        (self.now < until && until <= run.min(start)).then_some(until)
     }
 
     /// Probes that belong to no node in validation: read already, stale

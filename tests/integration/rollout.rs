@@ -735,8 +735,10 @@ fn a_condition_blip_during_the_soak_fails_nobody() {
     s.create_nodes(&s.fleet(batch, 1, 4));
     let blip = format!("{name}-d0-n01");
     s.apply(&s.pool_yaml(
-        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, healthChecks: {unhealthyConditions: [{type: GpuXidError}, {type: NVLinkDown}], soakSeconds: 15}}",
+        "spec: {topology: {nodesPerDomain: 4, minHealthyNodesPerDomain: 4}, healthChecks: {unhealthyConditions: [{type: GpuXidError}, {type: NVLinkDown}], soakSeconds: 31}}",
     ));
+    // 31 s: a soak of 30 s or less may keep its pass in the probe pod and
+    // be admitted without a soaking label ever written (PASS_IN_POD).
     s.start_operator();
     s.apply(&s.batch_yaml(
         batch,

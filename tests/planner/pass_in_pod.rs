@@ -103,8 +103,24 @@ fn a_pass_its_domain_does_not_admit_within_thirty_seconds_is_written_soaking() {
 
 #[test]
 fn an_unwritten_pass_holds_its_slot_under_max_concurrent() {
-    let mut s = sim_soaking(5, "spec: {maxConcurrent: 2, waves: [{nodes: 4}]}", &[]);
-    s.step();
+    // Two domains of 4, four at once: the first domain's passes, not
+    // written, keep the second from starting.
+    let two = |soak: u32| {
+        sim_with(
+            with_pool(&format!(
+                "spec: {{healthChecks: {{soakSeconds: {soak}, probe: {{retries: 0}}}}}}"
+            )),
+            with_batch("spec: {maxConcurrent: 4, waves: [{nodes: 8}]}"),
+            nodes(2),
+            |_, _| Outcome::Pass,
+        )
+    };
+    let creates = |plan: &Plan| {
+        plan.actions
+            .iter()
+            .filter(|a| matches!(a, Action::CreateProbe(_)))
+            .count()
+    };
     let validating = |s: &Sim| {
         s.snapshot
             .nodes
@@ -112,34 +128,18 @@ fn an_unwritten_pass_holds_its_slot_under_max_concurrent() {
             .filter(|n| n.state() == Validating)
             .count()
     };
-    assert_eq!(validating(&s), 2);
+    let mut s = two(5);
+    assert_eq!(creates(&s.step()), 4);
     s.finish_probes();
-    // Two passes read, not written: no slot is free, nobody starts.
     let read = s.step();
-    assert!(
-        !read
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::CreateProbe(_))),
-        "{:?}",
-        read.actions
-    );
-    assert_eq!(validating(&s), 2);
-    // With a 60 s soak the same plan records the passes and starts two more.
-    let mut long = sim_soaking(60, "spec: {maxConcurrent: 2, waves: [{nodes: 4}]}", &[]);
+    assert_eq!(creates(&read), 0, "{:?}", read.actions);
+    assert_eq!(patched(&read), Vec::<&str>::new(), "{:?}", read.actions);
+    // With a 60 s soak the same plan records the passes and starts four.
+    let mut long = two(60);
     long.step();
     long.finish_probes();
-    let read = long.step();
-    assert_eq!(
-        read.actions
-            .iter()
-            .filter(|a| matches!(a, Action::CreateProbe(_)))
-            .count(),
-        2,
-        "{:?}",
-        read.actions
-    );
-    // Run to the end: every node admitted, never more than two labelled
+    assert_eq!(creates(&long.step()), 4);
+    // Run to the end: every node admitted, never more than four labelled
     // validating (the cap, counted as the cluster shows it).
     let mut most = 0;
     for _ in 0..40 {
@@ -154,10 +154,38 @@ fn an_unwritten_pass_holds_its_slot_under_max_concurrent() {
         }
     }
     assert!(
-        most <= 2,
-        "{most} nodes validating at once, over the cap of 2"
+        most <= 4,
+        "{most} nodes validating at once, over the cap of 4"
     );
-    assert_eq!(s.state(NODE), Some(Ready));
+    assert!(s.snapshot.nodes.iter().all(|n| n.state() == Ready));
+    assert!(
+        s.node_writes.values().all(|w| *w == 2),
+        "{:?}",
+        s.node_writes
+    );
+}
+
+#[test]
+fn a_pass_whose_domain_still_has_nodes_to_start_is_written_at_once() {
+    // Two at once in a domain of 4: the passes free the slots the other
+    // two need, so they are written when read (no wait of 30 s).
+    let mut s = sim_soaking(5, "spec: {maxConcurrent: 2, waves: [{nodes: 4}]}", &[]);
+    s.step();
+    s.finish_probes();
+    let read = s.step();
+    assert_eq!(
+        patched(&read).len(),
+        4,
+        "two soaking, two started: {:?}",
+        read.actions
+    );
+    assert!(
+        read.actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateProbe(_))),
+        "{:?}",
+        read.actions
+    );
 }
 
 #[test]
@@ -186,4 +214,45 @@ fn a_passed_pod_gone_before_its_pass_is_written_is_made_again_and_fails_nothing(
     for n in 0..4 {
         assert_eq!(s.state(&format!("n-d000-n0{n}")), Some(Ready));
     }
+}
+
+#[test]
+fn a_pass_whose_thirty_seconds_would_outlast_a_probe_deadline_is_written_at_once() {
+    // A 60 s run deadline; the pod ran for 40 s of it: 30 s more would end
+    // past the deadline, where a pod cache behind this plan's (showing the
+    // pod still running) would time the probe out.
+    let mut s = sim_with(
+        with_pool(
+            "spec: {healthChecks: {soakSeconds: 10, probe: {retries: 0, timeoutSeconds: 60}}}",
+        ),
+        with_batch("spec: {}"),
+        nodes(1),
+        |_, _| Outcome::Pass,
+    );
+    s.step();
+    s.advance(40);
+    for p in &mut s.snapshot.probes {
+        p.started_at = Some(t0());
+    }
+    s.finish_probes();
+    let read = s.step();
+    assert_eq!(patched(&read).len(), 4, "{:?}", read.actions);
+    assert_eq!(s.state(NODE), Some(Soaking));
+    // A run of 25 s leaves room: nothing written.
+    let mut s = sim_with(
+        with_pool(
+            "spec: {healthChecks: {soakSeconds: 10, probe: {retries: 0, timeoutSeconds: 60}}}",
+        ),
+        with_batch("spec: {}"),
+        nodes(1),
+        |_, _| Outcome::Pass,
+    );
+    s.step();
+    s.advance(25);
+    for p in &mut s.snapshot.probes {
+        p.started_at = Some(t0());
+    }
+    s.finish_probes();
+    let read = s.step();
+    assert_eq!(patched(&read), Vec::<&str>::new(), "{:?}", read.actions);
 }
