@@ -373,11 +373,11 @@ impl Planner<'_> {
     /// Until when the pass of member `m`'s probe `p` may stay unwritten
     /// ([`PASS_IN_POD`] from its finish), if it may: the pool's soak is
     /// no longer than that (so that admission can record it), no rack test
-    /// follows, no member of its domain waits to start, and the time is up before either of the probe's deadlines:
-    /// its run's (from when the pod began to run) and its start's (from
-    /// the node's start). A pod cache behind the last plan's may show the
-    /// pod running, not started or missing; before a deadline, that fails
-    /// nothing.
+    /// follows, no member of its domain waits to start, and the time is up
+    /// before either of the probe's deadlines: its run's (from when the
+    /// pod began to run) and its start's (from the node's start). A pod
+    /// cache behind the last plan's may show the pod running, not started
+    /// or missing; before a deadline, that fails nothing.
     fn pass_in_pod_until(
         &self,
         m: usize,

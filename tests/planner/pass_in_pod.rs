@@ -218,41 +218,33 @@ fn a_passed_pod_gone_before_its_pass_is_written_is_made_again_and_fails_nothing(
 
 #[test]
 fn a_pass_whose_thirty_seconds_would_outlast_a_probe_deadline_is_written_at_once() {
-    // A 60 s run deadline; the pod ran for 40 s of it: 30 s more would end
-    // past the deadline, where a pod cache behind this plan's (showing the
-    // pod still running) would time the probe out.
-    let mut s = sim_with(
-        with_pool(
-            "spec: {healthChecks: {soakSeconds: 10, probe: {retries: 0, timeoutSeconds: 60}}}",
-        ),
-        with_batch("spec: {}"),
-        nodes(1),
-        |_, _| Outcome::Pass,
-    );
-    s.step();
-    s.advance(40);
-    for p in &mut s.snapshot.probes {
-        p.started_at = Some(t0());
-    }
-    s.finish_probes();
-    let read = s.step();
+    // A 60 s run deadline; a probe that ran `seconds` of it, then passed.
+    let read_after = |seconds: i64| {
+        let mut s = sim_with(
+            with_pool(
+                "spec: {healthChecks: {soakSeconds: 10, probe: {retries: 0, timeoutSeconds: 60}}}",
+            ),
+            with_batch("spec: {}"),
+            nodes(1),
+            |_, _| Outcome::Pass,
+        );
+        s.step();
+        s.advance(seconds);
+        for p in &mut s.snapshot.probes {
+            p.started_at = Some(t0());
+        }
+        s.finish_probes();
+        let plan = s.step();
+        (s, plan)
+    };
+    // 40 s: 30 s more would end past the deadline, where a pod cache
+    // behind this plan's (showing the pod still running) would time the
+    // probe out. Written when read.
+    let (s, read) = read_after(40);
     assert_eq!(patched(&read).len(), 4, "{:?}", read.actions);
     assert_eq!(s.state(NODE), Some(Soaking));
-    // A run of 25 s leaves room: nothing written.
-    let mut s = sim_with(
-        with_pool(
-            "spec: {healthChecks: {soakSeconds: 10, probe: {retries: 0, timeoutSeconds: 60}}}",
-        ),
-        with_batch("spec: {}"),
-        nodes(1),
-        |_, _| Outcome::Pass,
-    );
-    s.step();
-    s.advance(25);
-    for p in &mut s.snapshot.probes {
-        p.started_at = Some(t0());
-    }
-    s.finish_probes();
-    let read = s.step();
+    // 25 s leaves room: nothing written.
+    let (s, read) = read_after(25);
     assert_eq!(patched(&read), Vec::<&str>::new(), "{:?}", read.actions);
+    assert_eq!(s.state(NODE), Some(Validating));
 }
