@@ -18,8 +18,8 @@ DATA = os.path.join(HERE, "..", "docs", "benchmarks", "scaling.json")
 OUT = os.path.join(HERE, "..", "docs", "benchmarks", "scaling.svg")
 
 PANELS = [("wall", "wall time (s)"), ("cpu", "operator CPU (s)"), ("rss", "operator peak RSS (MiB)")]
-COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-DASHES = ["", "6,4", "2,3", "8,3,2,3"]
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+DASHES = ["", "6,4", "2,3", "8,3,2,3", "1,2", "10,2"]
 W, H = 300, 230  # one panel
 LEFT, RIGHT, TOP, BOTTOM = 52, 12, 28, 40
 
