@@ -237,23 +237,22 @@ impl Planner<'_> {
         }
     }
 
-    /// Energy accounting: the load this batch's nodes had under test since
-    /// the status last counted (their states as this plan read them), times
-    /// the time since, added to each wave and the batch; the GPUs admitted,
-    /// and the GPU-hours they were online. Counting pauses while nothing is
-    /// under test and no admitted GPU counts.
     /// When the probe `view` awaits, this batch's for its current run,
     /// finished with a pass; `None` while it runs (or is no pass).
     fn probe_finished(&self, view: &NodeView) -> Option<Timestamp> {
         let name = super::probes::awaited_probe(view);
         let probe = self.probe_named.get(name.as_str())?;
-        let ours = probe.made_by(self.batch.metadata.uid.as_deref())
-            && probe.node == view.name
-            && probe.run == view.started
-            && probe.phase == super::snapshot::ProbePhase::Succeeded;
-        probe.finished_at.filter(|_| ours)
+        let passed = probe.phase == super::snapshot::ProbePhase::Succeeded;
+        probe
+            .finished_at
+            .filter(|_| passed && self.made_for_run(probe, view))
     }
 
+    /// Energy accounting: the load this batch's nodes had under test since
+    /// the status last counted (their states as this plan read them), times
+    /// the time since, added to each wave and the batch; the GPUs admitted,
+    /// and the GPU-hours they were online. Counting pauses while nothing is
+    /// under test and no admitted GPU counts.
     pub(super) fn energy(
         &self,
         previous: &crate::api::RolloutBatchStatus,
@@ -275,18 +274,18 @@ impl Planner<'_> {
             // A soak at load draws until it ends, not while the node then
             // waits for its domain; a probe until it finished, not while
             // its pass waits to be read or written (`PASS_IN_POD`).
-            let end =
-                match state {
-                    NodeState::Soaking => soak_ends(&self.pool.spec, member.view),
-                    // A pass not yet written soaks from the probe's finish.
-                    NodeState::Validating => self.probe_finished(member.view).map(|finished| {
-                        match power.is_some_and(|p| p.soak_at_load) {
-                            true => later(finished, soak),
-                            false => finished,
-                        }
-                    }),
-                    _ => None,
-                };
+            let end = match state {
+                NodeState::Soaking => soak_ends(&self.pool.spec, member.view),
+                // A pass not yet written soaks from the probe's finish.
+                NodeState::Validating => self.probe_finished(member.view).map(|finished| {
+                    if power.is_some_and(|p| p.soak_at_load) {
+                        later(finished, soak)
+                    } else {
+                        finished
+                    }
+                }),
+                _ => None,
+            };
             let hours = match (since, end) {
                 (Some(from), Some(end)) => {
                     end.min(self.now)

@@ -96,7 +96,6 @@ impl Planner<'_> {
         // refused too (gpufleet has always set its controller owner
         // reference, which stands in for the label on older probes): safer
         // than taking a verdict nobody can vouch for.
-        let batch_uid = self.batch.metadata.uid.as_deref();
         let (current, squatter) = match self
             .probe_named
             .get(name.as_str())
@@ -107,9 +106,7 @@ impl Planner<'_> {
             // run at the same name (a plan cut short before deleting it, or
             // a pod cache behind) is no verdict for this one. A pod without
             // a run (made by an older gpufleet) is made again.
-            Some(p) if p.made_by(batch_uid) && p.node == view.name && p.run == view.started => {
-                (Some(p), None)
-            }
+            Some(p) if self.made_for_run(p, view) => (Some(p), None),
             Some(p) => (None, Some(p)),
             None => (None, None),
         };
@@ -368,6 +365,14 @@ impl Planner<'_> {
     fn soak_start(&self, m: usize, p: &ProbeView) -> Option<Timestamp> {
         let finished = p.finished_at.filter(|f| *f <= self.now)?;
         Some(finished.max(self.since(m)))
+    }
+
+    /// Did this batch make `p` for `view`'s current run (its node, its
+    /// `gpufleet.io/started`)? Only such a pod is a verdict on the node.
+    pub(super) fn made_for_run(&self, p: &ProbeView, view: &super::NodeView) -> bool {
+        p.made_by(self.batch.metadata.uid.as_deref())
+            && p.node == view.name
+            && p.run == view.started
     }
 
     /// Until when the pass of member `m`'s probe `p` may stay unwritten
