@@ -530,6 +530,33 @@ spec:
         }
         Some(creates)
     }
+
+    /// The probe pods of this scenario that ran, from the audit log: those
+    /// whose status the probe stand-in wrote (so the pod existed and its
+    /// probe ran), however their create ended. A create can be cut short
+    /// by its client being killed (504) or by the API server stopping, and
+    /// still make the pod the next replica adopts.
+    pub fn probes_that_ran(&self) -> Option<std::collections::BTreeSet<String>> {
+        let text = self.audit_text()?;
+        let mut ran = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let object = &entry["objectRef"];
+            let code = entry["responseStatus"]["code"].as_u64().unwrap_or(u64::MAX);
+            if entry["stage"] == "ResponseComplete"
+                && object["resource"] == "pods"
+                && object["subresource"] == "status"
+                && object["namespace"] == self.probe_namespace.as_str()
+                && matches!(entry["verb"].as_str(), Some("patch" | "update"))
+                && code < 300
+            {
+                ran.insert(object["name"].as_str().unwrap_or_default().to_string());
+            }
+        }
+        Some(ran)
+    }
 }
 
 impl Drop for Scenario {
