@@ -121,7 +121,7 @@ fn scenario(total: usize) -> Scenario {
         let mut last = None;
         for name in &waves[wave].nodes {
             let i = index[name];
-            let clique = nodes[i].labels["nvidia.com/gpu.clique"].clone();
+            let clique = nodes[i].labels["nvidia.com/gpu.clique"].to_owned();
             if last.as_ref() != Some(&clique) {
                 domains.push(Vec::new());
                 last = Some(clique);

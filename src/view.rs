@@ -827,10 +827,10 @@ pub fn why(
         .conditions
         .iter()
         .filter(|(t, s)| {
-            if t.as_str() == "Ready" {
-                s.as_str() != "True"
+            if *t == "Ready" {
+                *s != "True"
             } else {
-                s.as_str() != "False"
+                *s != "False"
             }
         })
         .map(|(t, s)| format!("{t}={s}"))
@@ -1015,7 +1015,7 @@ pub fn domain_gates(pool: &GpuPool, nodes: &[NodeView], limit: usize) -> Vec<Str
         let domain = if label.is_empty() {
             node.name.clone()
         } else {
-            node.labels.get(label).cloned().unwrap_or_default()
+            node.labels.get(label).map(str::to_owned).unwrap_or_default()
         };
         let c = by_domain.entry(domain).or_default();
         c.trays += 1;

@@ -328,7 +328,7 @@ async fn cleanup(batch: &RolloutBatch, ctx: &Context) -> Result<Action, Error> {
             .stores
             .nodes
             .select(|node| {
-                let state = node.labels.get(keys::STATE).map(String::as_str);
+                let state = node.labels.get(keys::STATE);
                 node.batch.as_deref() == Some(name.as_str())
                     && state.is_some_and(|s| s != planner::NodeState::Ready.as_str())
             })

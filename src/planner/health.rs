@@ -133,7 +133,7 @@ fn bad_conditions<'a>(
 ) -> impl Iterator<Item = BadCondition<'a>> + 'a {
     use FailureCategory::*;
     let default = pool.health_checks.condition_timeout();
-    let ready = match node.conditions.get("Ready").map(String::as_str) {
+    let ready = match node.conditions.get("Ready") {
         Some("True") => None,
         Some(status) => Some(Failure::booting(
             NotReady,
@@ -153,7 +153,7 @@ fn bad_conditions<'a>(
         .health_checks
         .unhealthy_conditions
         .iter()
-        .filter(|u| node.conditions.get(&u.type_).map(String::as_str) == Some(u.status.as_str()))
+        .filter(|u| node.conditions.get(&u.type_) == Some(u.status.as_str()))
         .map(move |u| BadCondition {
             type_: &u.type_,
             failure: Failure::new(

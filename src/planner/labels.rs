@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::CompactString;
 use internment::ArcIntern;
 use k8s_openapi::jiff::Timestamp;
 
@@ -28,7 +29,7 @@ pub trait LabelSource {
 
 impl LabelSource for Labels {
     fn label(&self, key: &str) -> Option<&str> {
-        self.get(key).map(String::as_str)
+        self.get(key)
     }
 }
 
@@ -92,8 +93,16 @@ impl fmt::Display for Sym {
     }
 }
 
-/// One (key, value) pair, shared by every node that carries it.
-type Pair = ArcIntern<(String, String)>;
+/// One (key, value) pair, shared by every node that carries it. The key
+/// is interned on its own (a pair unique to one node, its hostname say,
+/// shares its key with every other node's), and a value of up to 24 bytes
+/// is held inline: such a pair is one 40-byte allocation, not three
+/// (128 bytes with the allocator's headers, as two `String`s).
+type Pair = ArcIntern<(Sym, CompactString)>;
+
+fn pair(key: &str, value: &str) -> Pair {
+    ArcIntern::new((sym(key), CompactString::new(value)))
+}
 
 /// A node's labels (or its conditions, type to status), each key once, in
 /// [`key_order`]. Reads like the `BTreeMap<String, String>` it replaces.
@@ -115,8 +124,8 @@ impl Labels {
     }
 
     /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&String> {
-        self.find(key).ok().map(|i| &self.0[i].1)
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.find(key).ok().map(|i| self.0[i].1.as_str())
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -132,17 +141,17 @@ impl Labels {
     }
 
     /// The pairs in [`key_order`].
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.0.iter().map(|p| (&p.0, &p.1))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|p| (&*p.0, p.1.as_str()))
     }
 
     /// Sets `key` to `value`, returning the value it replaced. Rebuilds the
     /// set: for tests and tools, not for hot paths.
     pub fn insert(&mut self, key: String, value: String) -> Option<String> {
         let mut pairs = self.0.to_vec();
-        let pair = ArcIntern::new((key, value));
-        let old = match self.find(&pair.0) {
-            Ok(i) => Some(std::mem::replace(&mut pairs[i], pair).1.clone()),
+        let pair = pair(&key, &value);
+        let old = match self.find(&key) {
+            Ok(i) => Some(std::mem::replace(&mut pairs[i], pair).1.to_string()),
             Err(i) => {
                 pairs.insert(i, pair);
                 None
@@ -156,13 +165,13 @@ impl Labels {
     pub fn remove(&mut self, key: &str) -> Option<String> {
         let i = self.find(key).ok()?;
         let mut pairs = self.0.to_vec();
-        let old = pairs.remove(i).1.clone();
+        let old = pairs.remove(i).1.to_string();
         self.0 = pairs.into_boxed_slice();
         Some(old)
     }
 
     /// Keeps the pairs `keep` accepts (for tests and tools).
-    pub fn retain(&mut self, mut keep: impl FnMut(&String, &String) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
         let pairs: Vec<Pair> = self
             .0
             .iter()
@@ -174,26 +183,22 @@ impl Labels {
 
     /// The labels as an owned map (for writing them back to the API).
     pub fn to_map(&self) -> BTreeMap<String, String> {
-        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
     }
 }
 
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
     /// The last value of a key repeated wins, as in a map.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut owned: Vec<(String, String)> = iter
-            .into_iter()
-            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
-            .collect();
+        let mut given: Vec<(K, V)> = iter.into_iter().collect();
         // Stable sort, then keep the last of each key.
-        owned.sort_by(|a, b| key_order(&a.0, &b.0));
-        let mut pairs: Vec<Pair> = Vec::with_capacity(owned.len());
-        for pair in owned {
-            match pairs.last() {
-                Some(last) if last.0 == pair.0 => {
-                    *pairs.last_mut().expect("a last pair") = ArcIntern::new(pair)
-                }
-                _ => pairs.push(ArcIntern::new(pair)),
+        given.sort_by(|a, b| key_order(a.0.as_ref(), b.0.as_ref()));
+        let mut pairs: Vec<Pair> = Vec::with_capacity(given.len());
+        for (k, v) in &given {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            match pairs.last_mut() {
+                Some(last) if *last.0 == *k => *last = pair(k, v),
+                _ => pairs.push(pair(k, v)),
             }
         }
         Labels(pairs.into_boxed_slice())
@@ -209,17 +214,17 @@ impl From<&BTreeMap<String, String>> for Labels {
 impl From<BTreeMap<String, String>> for Labels {
     fn from(map: BTreeMap<String, String>) -> Self {
         // Keys unique: intern the pairs, then put them in the search order.
-        let mut pairs: Vec<Pair> = map.into_iter().map(ArcIntern::new).collect();
+        let mut pairs: Vec<Pair> = map.iter().map(|(k, v)| pair(k, v)).collect();
         pairs.sort_by(|a, b| key_order(&a.0, &b.0));
         Labels(pairs.into_boxed_slice())
     }
 }
 
 impl std::ops::Index<&str> for Labels {
-    type Output = String;
+    type Output = str;
     /// The value of `key`; panics when absent, as a map's index does (for
     /// tests and tools).
-    fn index(&self, key: &str) -> &String {
+    fn index(&self, key: &str) -> &str {
         self.get(key).expect("no such label")
     }
 }
@@ -288,10 +293,10 @@ mod tests {
         let a: Labels = [("b", "2"), ("a", "1"), ("c", "3")].into_iter().collect();
         let b: Labels = [("c", "3"), ("a", "1"), ("b", "2")].into_iter().collect();
         assert_eq!(a, b);
-        assert_eq!(a.get("b").map(String::as_str), Some("2"));
+        assert_eq!(a.get("b"), Some("2"));
         assert_eq!(a.get("z"), None);
         assert_eq!(
-            a.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            a.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
         let map: BTreeMap<String, String> = a.to_map();
@@ -303,7 +308,7 @@ mod tests {
     fn the_last_value_of_a_repeated_key_wins() {
         let l: Labels = [("a", "1"), ("a", "2")].into_iter().collect();
         assert_eq!(l.len(), 1);
-        assert_eq!(l.get("a").map(String::as_str), Some("2"));
+        assert_eq!(l.get("a"), Some("2"));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub(super) fn drawing(pool: &GpuPoolSpec, node: &NodeView, now: Timestamp) -> bo
 
 /// Watts `node` draws under test, by the pool's `power` or the defaults.
 fn watts(power: Option<&Power>, node: &NodeView) -> u64 {
-    let product = node.labels.get(keys::GPU_PRODUCT).map(String::as_str);
+    let product = node.labels.get(keys::GPU_PRODUCT);
     u64::from(crate::api::node_watts(power, product))
 }
 

@@ -515,7 +515,7 @@ type Provenance = (
 
 fn provenance(node: &NodeView) -> Provenance {
     (
-        node.labels.get(keys::STATE).cloned(),
+        node.labels.get(keys::STATE).map(str::to_owned),
         node.recorded_state,
         node.batch.as_deref().map(String::from),
         node.batch_uid.as_deref().map(String::from),
@@ -998,7 +998,7 @@ impl World {
         };
         self.validating_nodes(p)
             .map(|n| {
-                u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT).map(String::as_str)))
+                u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT)))
             })
             .sum()
     }

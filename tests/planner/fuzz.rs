@@ -476,8 +476,8 @@ fn node_object(view: &NodeView) -> Node {
                 view.conditions
                     .iter()
                     .map(|(t, s)| NodeCondition {
-                        type_: t.clone(),
-                        status: s.clone(),
+                        type_: t.to_string(),
+                        status: s.to_string(),
                         ..Default::default()
                     })
                     .collect(),

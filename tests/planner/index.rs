@@ -137,10 +137,10 @@ proptest! {
     ) {
         let interned = Labels::from(&map);
         prop_assert_eq!(interned.len(), map.len());
-        prop_assert_eq!(interned.get(&probe), map.get(&probe));
+        prop_assert_eq!(interned.get(&probe), map.get(&probe).map(String::as_str));
         let mut pairs: Vec<_> = interned.iter().collect();
         pairs.sort();
-        prop_assert!(pairs.into_iter().eq(map.iter()));
+        prop_assert!(pairs.into_iter().eq(map.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
         prop_assert_eq!(interned.to_map(), map.clone());
         prop_assert_eq!(matches(&selector, &interned), matches(&selector, &map));
         let rebuilt: Labels = map.iter().rev().collect();

@@ -362,7 +362,7 @@ fn shuffle<T>(items: &mut [T], mut seed: u64) {
 fn domain_of(node: &NodeView) -> String {
     node.labels
         .get("nvidia.com/gpu.clique")
-        .cloned()
+        .map(str::to_owned)
         .unwrap_or_default()
 }
 

@@ -101,7 +101,7 @@ fn power(budget_kw: u32, ramp_kw: Option<u32>, soak_at_load: bool) -> Power {
 }
 
 fn watts_of(node: &NodeView, power: &Power) -> u64 {
-    u64::from(power.node_watts(node.labels.get(keys::GPU_PRODUCT).map(String::as_str)))
+    u64::from(power.node_watts(node.labels.get(keys::GPU_PRODUCT)))
 }
 
 fn seconds(t: &Option<String>) -> i64 {
