@@ -691,7 +691,7 @@ fn patch_body(
     let version = patch
         .resource_version
         .clone()
-        .or_else(|| cached.and_then(|v| v.resource_version.clone()));
+        .or_else(|| cached.and_then(|v| v.resource_version.as_deref().map(str::to_owned)));
     if let Some(version) = &version {
         metadata.insert("resourceVersion".into(), json!(version));
     }
@@ -699,7 +699,7 @@ fn patch_body(
     let Some(taint) = taint.filter(|_| patch.taint != TaintChange::Keep) else {
         return Some(body);
     };
-    let view = cached.filter(|v| v.resource_version == version)?;
+    let view = cached.filter(|v| v.resource_version.as_deref() == version.as_deref())?;
     let mut taints = taints_of(view);
     let ours = |t: &Taint| t.key == taint.key && t.effect == taint.effect.as_str();
     match patch.taint {

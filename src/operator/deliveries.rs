@@ -88,7 +88,7 @@ impl Deliveries {
         if deleted {
             entry.deleted = true;
         } else if let Some(version) = &node.resource_version {
-            entry.versions.insert(version.clone());
+            entry.versions.insert(version.to_string());
         }
     }
 

@@ -43,7 +43,7 @@ impl Planner<'_> {
                 taint_removals: Vec::new(),
                 failure: None,
                 leave_state: true,
-                resource_version: view.resource_version.clone(),
+                resource_version: view.resource_version.as_deref().map(str::to_owned),
             });
             self.event(
                 EventTarget::Node(view.name.clone()),

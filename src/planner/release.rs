@@ -36,7 +36,7 @@ pub fn release(node: &NodeView) -> NodePatch {
         taint_removals: Vec::new(),
         failure: None,
         leave_state: false,
-        resource_version: node.resource_version.clone(),
+        resource_version: node.resource_version.as_deref().map(str::to_owned),
     }
 }
 

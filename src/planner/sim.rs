@@ -732,7 +732,7 @@ impl Cluster {
 
     /// Stores a changed node under the next change number.
     fn put_node(&mut self, mut node: NodeView) -> Arc<NodeView> {
-        node.resource_version = Some((self.seq + 1).to_string());
+        node.resource_version = Some(compact_str::format_compact!("{}", self.seq + 1));
         let node = Arc::new(node);
         self.nodes.insert(node.name.clone(), node.clone());
         self.node_changed();

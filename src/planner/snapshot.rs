@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::{self as jiff, Timestamp};
 
+use compact_str::CompactString;
+
 use super::labels::{Labels, Stamps, Sym, sym};
 use crate::keys;
 
@@ -98,8 +100,9 @@ pub struct TaintView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
     pub name: String,
-    /// `metadata.resourceVersion`: the version this view was built from.
-    pub resource_version: Option<String>,
+    /// `metadata.resourceVersion`: the version this view was built from
+    /// (held inline: etcd's are a number of up to 20 digits).
+    pub resource_version: Option<CompactString>,
     /// Every label (selectors need them all), interned.
     pub labels: Labels,
     /// Parsed `gpufleet.io/state`; `None` when absent or unknown.
@@ -308,7 +311,7 @@ impl From<&Node> for NodeView {
         let spec = node.spec.as_ref();
         NodeView {
             name: meta.name.clone().unwrap_or_default(),
-            resource_version: meta.resource_version.clone(),
+            resource_version: meta.resource_version.as_deref().map(CompactString::new),
             labels: meta.labels.as_ref().map(Labels::from).unwrap_or_default(),
             state: meta
                 .labels

@@ -323,7 +323,7 @@ impl<'a> Planner<'a> {
                 taint_removals: Vec::new(),
                 failure: None,
                 leave_state: false,
-                resource_version: view.resource_version.clone(),
+                resource_version: view.resource_version.as_deref().map(str::to_owned),
             })
         })
     }
