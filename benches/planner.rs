@@ -80,7 +80,7 @@ fn start(node: &mut NodeView, state: NodeState, wave: u32, now: Timestamp, ago: 
         .insert("gpufleet.io/state".into(), state.as_str().into());
     node.batch = Some("delivery".into());
     node.wave = Some(wave);
-    node.since = Some(now - SignedDuration::from_secs(ago));
+    node.since = Some(now - SignedDuration::from_secs(ago)).into();
     if state != NodeState::Ready {
         node.taints.push(TaintView {
             key: "gpufleet.io/onboarding".into(),

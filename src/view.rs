@@ -808,7 +808,7 @@ pub fn why(
             membership.map_or("none yet".into(), |m| m.to_string()),
         ),
     }
-    if let Some(since) = node.since {
+    if let Some(since) = node.since.get() {
         field("since", format!("{since} ({})", ago(now, since)));
     }
     if node.attempt > 0 {
@@ -1015,7 +1015,10 @@ pub fn domain_gates(pool: &GpuPool, nodes: &[NodeView], limit: usize) -> Vec<Str
         let domain = if label.is_empty() {
             node.name.clone()
         } else {
-            node.labels.get(label).map(str::to_owned).unwrap_or_default()
+            node.labels
+                .get(label)
+                .map(str::to_owned)
+                .unwrap_or_default()
         };
         let c = by_domain.entry(domain).or_default();
         c.trays += 1;
@@ -1552,7 +1555,7 @@ status:
             Some("condition GpuXidError is True"),
             4,
         );
-        n.since = Some("2026-01-01T00:02:00Z".parse().unwrap());
+        n.since = Some("2026-01-01T00:02:00Z".parse().unwrap()).into();
         n.conditions.insert("Ready".into(), "True".into());
         n.conditions.insert("GpuXidError".into(), "True".into());
         let events = [EventLine {

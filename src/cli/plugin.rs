@@ -406,7 +406,7 @@ async fn rack_test_line(client: &kube::Client, node: &NodeView) -> Option<String
         .ok()??;
     let label = &pool.spec.topology.domain_label;
     let domain = node.labels.get(label)?;
-    let test = tests.iter().find(|t| &t.domain == domain)?;
+    let test = tests.iter().find(|t| t.domain == domain)?;
     let line = match (test.round, test.trays) {
         (_, 0) => "  rack test   its domain's waits for room under maxConcurrent".into(),
         (0, trays) => format!("  rack test   running over its domain's {trays} trays"),

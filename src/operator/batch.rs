@@ -477,7 +477,7 @@ fn record(
                 Ok(i) => Some(&snapshot.nodes[i]),
                 Err(_) => snapshot.nodes.iter().find(|n| n.name == patch.node),
             };
-            let started = found.and_then(|n| n.started);
+            let started = found.and_then(|n| n.started.get());
             if let Some(started) = started {
                 let seconds = now.duration_since(started).as_secs_f64().max(0.0);
                 ctx.metrics

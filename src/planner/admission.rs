@@ -166,7 +166,7 @@ impl Planner<'_> {
         if unchanged {
             return;
         }
-        let since = member.view.since;
+        let since = member.view.since.get();
         let was_held = member.state == NodeState::Held;
         self.transition(m, NodeState::Held, &[(keys::REASON, Some(reason.into()))]);
         if was_held {

@@ -31,7 +31,7 @@ impl Planner<'_> {
             SignedDuration::from_secs(i64::from(self.pool.spec.health_checks.startup_timeout()));
         // A node without a creation time (a view built by hand, never one
         // from the API server) gets no grace.
-        let Some(deadline) = view.created.map(|c| later(c, grace)) else {
+        let Some(deadline) = view.created.get().map(|c| later(c, grace)) else {
             return false;
         };
         if self.now >= deadline {

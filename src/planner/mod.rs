@@ -72,7 +72,7 @@ use crate::vocabulary::EventReason;
 
 pub use conditions::{condition, is_true};
 pub use health::{Failure, FailureCategory, compare_versions, static_failure};
-pub use labels::{LabelSource, Labels, Stamps, Sym, sym};
+pub use labels::{LabelSource, Labels, Stamp, Stamps, Sym, sym};
 pub use membership::{Mismatch, claimants, needed_healthy};
 pub use pool::{
     Breaker, LEDGER_MAX, PoolPlan, breaker, invalid_pool_status, parse_window, plan_pool,

@@ -108,7 +108,7 @@ fn counted_failures<'a>(
     let remembered = failures.len();
     let mut sinceless: Vec<&str> = Vec::new();
     for node in pool_nodes.iter().filter(|n| n.state() == NodeState::Failed) {
-        match node.since {
+        match node.since.get() {
             Some(since) => {
                 let at = to_second(since);
                 if at > start {

@@ -46,7 +46,7 @@ fn under_test(power: Option<&Power>, state: NodeState) -> bool {
 /// the later of its `since` and the last change of a condition the pool
 /// watches (a recovery restarts the soak). `None` when it has no `since`.
 fn soak_ends(pool: &GpuPoolSpec, node: &NodeView) -> Option<Timestamp> {
-    let since = node.since?;
+    let since = node.since.get()?;
     let start = super::health::watched_conditions(pool)
         .filter_map(|t| node.condition_since.get(t).copied())
         .fold(since, Timestamp::max);
@@ -124,7 +124,7 @@ impl Planner<'_> {
             // plan's starts are in `power_started`; a retried node this plan
             // started again may count twice, which only errs on the safe
             // side.)
-            if let Some(started) = member.view.started.filter(|s| *s > since) {
+            if let Some(started) = member.view.started.get().filter(|s| *s > since) {
                 ramped += w();
                 ramp_frees = Some(ramp_frees.map_or(started, |t: Timestamp| t.min(started)));
             }
@@ -373,7 +373,7 @@ pub(super) fn elsewhere<'a>(
         if drawing(pool, node, now) {
             totals.0 += w();
         }
-        if let Some(started) = node.started.filter(|s| *s > since) {
+        if let Some(started) = node.started.get().filter(|s| *s > since) {
             totals.1 += w();
             totals.2 = Some(totals.2.map_or(started, |t: Timestamp| t.min(started)));
         }

@@ -139,7 +139,7 @@ impl Planner<'_> {
                             pod_name: name.clone(),
                             node: view.name.clone(),
                             attempt,
-                            run: view.started,
+                            run: view.started.get(),
                             group: None,
                         }),
                     }
@@ -219,7 +219,7 @@ impl Planner<'_> {
                     pod_name: probe_run_pod_name(&node, next, view.probe_misses),
                     node,
                     attempt: next,
-                    run: view.started,
+                    run: view.started.get(),
                     group: None,
                 });
                 self.wake_at(later(self.now, start_timeout));
@@ -372,7 +372,7 @@ impl Planner<'_> {
     pub(super) fn made_for_run(&self, p: &ProbeView, view: &super::NodeView) -> bool {
         p.made_by(self.batch.metadata.uid.as_deref())
             && p.node == view.name
-            && p.run == view.started
+            && p.run == view.started.get()
     }
 
     /// Until when the pass of member `m`'s probe `p` may stay unwritten
@@ -406,7 +406,7 @@ impl Planner<'_> {
             return None;
         }
         let until = later(p.finished_at?, window);
-        let since = self.members[m].view.since?;
+        let since = self.members[m].view.since.get()?;
         let seconds = |s: u32| SignedDuration::from_secs(i64::from(s));
         // The run's deadline (from when the pod began to run), and the
         // deadline of a pod missing or not yet started (from the start).

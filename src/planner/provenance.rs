@@ -27,7 +27,10 @@ impl Planner<'_> {
         for view in self.lost.clone() {
             let reason = format!(
                 "admitted at {}, then its state label became {}: left in service, untouched; label it {}=ready to keep it, or annotate {} to validate it again",
-                view.admitted.map(|t| t.to_string()).unwrap_or_default(),
+                view.admitted
+                    .get()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
                 view.state.map_or("absent", |s| s.as_str()),
                 keys::STATE,
                 keys::RETRY,

@@ -404,7 +404,7 @@ impl Planner<'_> {
             match written {
                 Some(value) => text.push_str(value.as_deref().unwrap_or_default()),
                 None => {
-                    if let Some(started) = view.started {
+                    if let Some(started) = view.started.get() {
                         text.push_str(&started.to_string());
                     }
                 }

@@ -464,12 +464,12 @@ pub fn apply_patch(
             keys::BATCH => node.batch = value.map(super::sym),
             keys::BATCH_UID => node.batch_uid = value.map(super::sym),
             keys::WAVE => node.wave = value.and_then(|v| v.parse().ok()),
-            keys::SINCE => node.since = value.and_then(|v| v.parse().ok()),
-            keys::STARTED => node.started = value.and_then(|v| v.parse().ok()),
+            keys::SINCE => node.since = value.and_then(|v| v.parse().ok()).into(),
+            keys::STARTED => node.started = value.and_then(|v| v.parse().ok()).into(),
             keys::REASON => node.reason = value.map(super::sym),
             keys::ATTEMPT => node.attempt = value.and_then(|v| v.parse().ok()).unwrap_or(0),
             keys::RETRY => node.retry = value.is_some(),
-            keys::ADMITTED => node.admitted = value.and_then(|v| v.parse().ok()),
+            keys::ADMITTED => node.admitted = value.and_then(|v| v.parse().ok()).into(),
             keys::RECORDED_STATE => node.recorded_state = value.and_then(|v| v.parse().ok()),
             keys::SUSPECT => node.suspect = value.and_then(|v| v.parse().ok()),
             keys::PROBE_MISSES => {
@@ -742,7 +742,9 @@ impl Cluster {
     /// Registers a node (replacing none: remove the old one first). A node
     /// without a creation time is created now.
     pub fn add_node(&mut self, mut node: NodeView) -> Arc<NodeView> {
-        node.created.get_or_insert(self.now);
+        if node.created.is_none() {
+            node.created = self.now.into();
+        }
         node.state = node.labels.get(keys::STATE).and_then(|s| s.parse().ok());
         self.put_node(node)
     }

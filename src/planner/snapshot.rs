@@ -12,7 +12,7 @@ use k8s_openapi::jiff::{self as jiff, Timestamp};
 
 use compact_str::CompactString;
 
-use super::labels::{Labels, Stamps, Sym, sym};
+use super::labels::{Labels, Stamp, Stamps, Sym, sym};
 use crate::keys;
 
 /// A node's place in the rollout, as the `gpufleet.io/state` label says.
@@ -114,9 +114,9 @@ pub struct NodeView {
     /// `gpufleet.io/wave`.
     pub wave: Option<u32>,
     /// `gpufleet.io/since`.
-    pub since: Option<Timestamp>,
+    pub since: Stamp,
     /// `gpufleet.io/started`.
-    pub started: Option<Timestamp>,
+    pub started: Stamp,
     /// `gpufleet.io/reason`.
     pub reason: Option<Sym>,
     /// `gpufleet.io/attempt` (0 when absent).
@@ -133,7 +133,7 @@ pub struct NodeView {
     /// interned as labels are.
     pub conditions: Labels,
     /// `gpufleet.io/admitted`: when gpufleet admitted the node.
-    pub admitted: Option<Timestamp>,
+    pub admitted: Stamp,
     /// `gpufleet.io/recorded-state`: the state gpufleet last wrote.
     pub recorded_state: Option<NodeState>,
     /// `gpufleet.io/suspect`: the pool generation of a short-circuit.
@@ -155,7 +155,7 @@ pub struct NodeView {
     /// `spec.unschedulable`: cordoned (gpufleet never cordons).
     pub unschedulable: bool,
     /// When the Node registered (`metadata.creationTimestamp`).
-    pub created: Option<Timestamp>,
+    pub created: Stamp,
     /// The Node is being deleted.
     pub deleting: bool,
 }
@@ -235,15 +235,15 @@ impl NodeView {
             batch: None,
             batch_uid: None,
             wave: None,
-            since: None,
-            started: None,
+            since: Stamp::NONE,
+            started: Stamp::NONE,
             reason: None,
             attempt: 0,
             taints_added: None,
             retry: false,
             ready: None,
             conditions: Labels::default(),
-            admitted: None,
+            admitted: Stamp::NONE,
             recorded_state: None,
             suspect: None,
             probe_misses: 0,
@@ -253,7 +253,7 @@ impl NodeView {
             allocatable_gpus_raw: None,
             taints: Vec::new(),
             unschedulable: false,
-            created: None,
+            created: Stamp::NONE,
             deleting: false,
         }
     }
@@ -323,8 +323,10 @@ impl From<&Node> for NodeView {
                 .and_then(|a| a.get(keys::BATCH_UID))
                 .map(|v| sym(v)),
             wave: annotation(keys::WAVE).and_then(|w| w.parse().ok()),
-            since: annotation(keys::SINCE).and_then(|s| s.parse().ok()),
-            started: annotation(keys::STARTED).and_then(|s| s.parse().ok()),
+            since: annotation(keys::SINCE).and_then(|s| s.parse().ok()).into(),
+            started: annotation(keys::STARTED)
+                .and_then(|s| s.parse().ok())
+                .into(),
             reason: annotations
                 .and_then(|a| a.get(keys::REASON))
                 .map(|v| sym(v)),
@@ -335,7 +337,9 @@ impl From<&Node> for NodeView {
             retry: annotation(keys::RETRY).is_some(),
             ready: conditions.get("Ready").map(|s| s == "True"),
             conditions,
-            admitted: annotation(keys::ADMITTED).and_then(|s| s.parse().ok()),
+            admitted: annotation(keys::ADMITTED)
+                .and_then(|s| s.parse().ok())
+                .into(),
             recorded_state: annotation(keys::RECORDED_STATE).and_then(|s| s.parse().ok()),
             suspect: annotation(keys::SUSPECT).and_then(|s| s.parse().ok()),
             probe_misses: annotation(keys::PROBE_MISSES)
@@ -361,7 +365,7 @@ impl From<&Node> for NodeView {
                 })
                 .unwrap_or_default(),
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
-            created: meta.creation_timestamp.as_ref().map(|t| t.0),
+            created: meta.creation_timestamp.as_ref().map(|t| t.0).into(),
             deleting: meta.deletion_timestamp.is_some(),
         }
     }

@@ -374,6 +374,7 @@ impl<'a> Planner<'a> {
         let skewed = self.members[m]
             .view
             .since
+            .get()
             .is_some_and(|s| s > super::snapshot::later(self.now, FUTURE_SKEW));
         if (self.members[m].view.since.is_none() || skewed) && self.members[m].patch.is_none() {
             let stamp = self.stamp();
@@ -397,7 +398,7 @@ impl<'a> Planner<'a> {
             return at;
         }
         let written = written.is_some();
-        match self.members[m].view.since {
+        match self.members[m].view.since.get() {
             Some(since) if !written => since,
             _ => self.now,
         }

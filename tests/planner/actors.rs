@@ -597,7 +597,7 @@ impl World {
         for (i, cfg) in case.nodes.iter().enumerate() {
             let name = format!("n{i}");
             let mut node = fresh_node(&name, cfg.domain, &cfg.place, cfg.tainted, &pools, &batches);
-            node.created = Some(t0() - k8s_openapi::jiff::SignedDuration::from_hours(1));
+            node.created = (Some(t0() - k8s_openapi::jiff::SignedDuration::from_hours(1))).into();
             nodes.push(node);
             fates.insert(name.clone(), cfg.fate);
             names.push(name);
@@ -745,7 +745,7 @@ impl World {
             Foreign::Recreate(place, tainted) => {
                 self.cluster.remove_node(name);
                 let mut node = fresh_node(name, domain, place, *tainted, &pools, &batches);
-                node.created = Some(self.cluster.now);
+                node.created = (Some(self.cluster.now)).into();
                 self.cluster.add_node(node);
                 self.track.insert(
                     name.to_string(),
@@ -818,9 +818,11 @@ impl World {
                     3 => {
                         let at = self.cluster.now
                             - k8s_openapi::jiff::SignedDuration::from_secs(i64::from(v) * 60);
-                        edited.since = (v % 3 != 0 || !self.gaps.since_removed).then_some(at)
+                        edited.since = (v % 3 != 0 || !self.gaps.since_removed)
+                            .then_some(at)
+                            .into()
                     }
-                    4 => edited.started = (v % 2 == 1).then_some(self.cluster.now),
+                    4 => edited.started = (v % 2 == 1).then_some(self.cluster.now).into(),
                     5 => edited.attempt = u32::from(v % 4),
                     6 => edited.reason = (v % 2 == 1).then(|| "someone wrote this".into()),
                     7 => edited.retry = v % 2 == 1,
@@ -997,9 +999,7 @@ impl World {
             return 0;
         };
         self.validating_nodes(p)
-            .map(|n| {
-                u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT)))
-            })
+            .map(|n| u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT))))
             .sum()
     }
 

@@ -25,7 +25,7 @@ fn at(minutes: i64) -> Timestamp {
 fn fail(nodes: &mut [NodeView], name: &str, since: Option<Timestamp>) {
     let n = view_mut(nodes, name);
     n.state = Some(Failed);
-    n.since = since;
+    n.since = (since).into();
     n.batch = Some("older".into());
     n.labels.insert("gpufleet.io/batch".into(), "older".into());
 }
@@ -131,7 +131,7 @@ fn a_tripped_breaker_stays_tripped_when_its_failed_nodes_are_relabelled_retried_
     relabelled.labels.remove("gpufleet.io/state");
     let retried = view_mut(&mut nodes, "n-d005-n01");
     retried.state = Some(Pending);
-    retried.since = Some(at(10));
+    retried.since = (Some(at(10))).into();
     nodes.retain(|n| n.name != "n-d005-n02");
     let later = reconcile(&mut pool, &nodes, at(10));
     let breaker = later.status.breaker.as_ref().unwrap();
@@ -254,7 +254,7 @@ fn the_ledger_stays_bounded_and_keeps_the_most_recent_failures() {
     let mut nodes = nodes(1100);
     for (i, n) in nodes.iter_mut().enumerate() {
         n.state = Some(Failed);
-        n.since = Some(t0() + SignedDuration::from_secs(i as i64 / 2));
+        n.since = (Some(t0() + SignedDuration::from_secs(i as i64 / 2))).into();
     }
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let plan = reconcile(&mut pool, &nodes, at(40));
@@ -272,7 +272,7 @@ fn the_ledger_stays_bounded_and_keeps_the_most_recent_failures() {
     // newest, all remembered though no other node is failed any more.
     for (i, n) in nodes.iter_mut().enumerate() {
         n.state = Some(if i < 200 { Failed } else { Pending });
-        n.since = Some(if i < 200 { at(45) } else { at(41) });
+        n.since = (Some(if i < 200 { at(45) } else { at(41) })).into();
     }
     let plan = reconcile(&mut pool, &nodes, at(45));
     let kept = ledger(&plan);

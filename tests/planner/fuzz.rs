@@ -816,7 +816,7 @@ fn build_pod(case: &PodCase, nodes: &[Arc<NodeView>]) -> Pod {
         annotations.insert(keys::ATTEMPT.to_string(), a.clone());
     }
     let run = match &case.run {
-        None => view.and_then(|v| v.started).map(|t| t.to_string()),
+        None => view.and_then(|v| v.started.get()).map(|t| t.to_string()),
         Some(run) => run.clone(),
     };
     if let Some(run) = run {

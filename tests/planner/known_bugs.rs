@@ -95,7 +95,7 @@ fn a_soak_ends_though_someone_removed_when_it_began() {
     );
     sim.step();
     assert_eq!(sim.state("n0"), Some(NodeState::Soaking));
-    node_mut(&mut sim.snapshot.nodes, "n0").since = None;
+    node_mut(&mut sim.snapshot.nodes, "n0").since = (None).into();
     let settled = sim.run(50);
     assert!(
         settled.is_some() && sim.state("n0").is_some_and(NodeState::is_verdict),
@@ -125,7 +125,7 @@ fn a_probe_left_from_an_earlier_run_is_no_verdict_for_a_new_one() {
     // n0 is deleted and registers again: a fresh node, never validated.
     sim.advance(30);
     let mut fresh = healthy_node("n0", "clique-0", "east", "row1");
-    fresh.created = Some(sim.now);
+    fresh.created = (Some(sim.now)).into();
     *node_mut(&mut sim.snapshot.nodes, "n0") = fresh;
 
     // Started again at attempt 1; the plan deletes the old pod (and so

@@ -64,10 +64,10 @@ proptest! {
         for (n, (mut node, (since, started, created, changed, probe_created, state))) in
             nodes(1).into_iter().zip(times).enumerate()
         {
-            node.since = since;
-            node.started = started;
-            node.created = created;
-            node.admitted = changed;
+            node.since = (since).into();
+            node.started = (started).into();
+            node.created = (created).into();
+            node.admitted = (changed).into();
             if let Some(state) = state {
                 node.state = Some(state);
                 node.labels.insert(keys::STATE.into(), state.as_str().into());

@@ -98,7 +98,7 @@ fn in_use(cluster: &Cluster) -> u64 {
             n.state == Some(NodeState::Validating)
                 || (power.soak_at_load
                     && n.state == Some(NodeState::Soaking)
-                    && n.since.is_none_or(|s| cluster.now < s + soak))
+                    && n.since.get().is_none_or(|s| cluster.now < s + soak))
         })
         .map(|n| u64::from(power.node_watts(n.labels.get(keys::GPU_PRODUCT))))
         .sum()

@@ -205,7 +205,7 @@ fn a_node_still_starting_waits_pending_until_its_startup_grace_ends() {
     // over, unless it came up in time.
     let mut nodes = nodes(1);
     for n in nodes.iter_mut() {
-        n.created = Some(t0());
+        n.created = (Some(t0())).into();
     }
     let slow = "n-d000-n00";
     let late = "n-d000-n01";
@@ -256,7 +256,7 @@ fn a_node_that_is_wrong_rather_than_starting_fails_at_once() {
     // Three GPUs reported is a fault, not a node still starting.
     let mut nodes = nodes(1);
     for n in nodes.iter_mut() {
-        n.created = Some(t0());
+        n.created = (Some(t0())).into();
     }
     let n = view_mut(&mut nodes, "n-d000-n00");
     n.allocatable_gpus = Some(3);
@@ -441,7 +441,8 @@ fn a_failed_probe_uses_a_retry_then_fails_the_node_with_its_message() {
                     .iter()
                     .find(|n| n.name == "n-d000-n02")
                     .unwrap()
-                    .started,
+                    .started
+                    .get(),
                 group: None,
             }))
     );
@@ -899,7 +900,7 @@ fn a_node_moved_from_another_batch_is_validated_again() {
         n.state = Some(Soaking);
         n.batch = Some("row0".into());
         n.batch_uid = Some("uid-row0".into());
-        n.since = Some(t0());
+        n.since = (Some(t0())).into();
     }
     let mut b = batch();
     b.metadata.uid = Some("uid-row1".into());
@@ -1283,7 +1284,7 @@ fn the_circuit_breaker_halts_every_batch_of_the_pool_and_clears_with_time() {
     for name in ["n-d005-n00", "n-d005-n01", "n-d005-n02"] {
         let n = view_mut(&mut nodes, name);
         n.state = Some(Failed);
-        n.since = Some(t0());
+        n.since = (Some(t0())).into();
         n.batch = Some("older".into());
         n.labels.insert("gpufleet.io/batch".into(), "older".into());
     }
@@ -1469,7 +1470,7 @@ fn a_since_in_the_far_future_is_written_again_and_the_rollout_goes_on() {
     s.step();
     assert_eq!(in_state(&s, Validating).len(), 4);
     let forged: k8s_openapi::jiff::Timestamp = "9999-12-30T21:59:00Z".parse().unwrap();
-    node_mut(&mut s.snapshot.nodes, "n-d000-n00").since = Some(forged);
+    node_mut(&mut s.snapshot.nodes, "n-d000-n00").since = (Some(forged)).into();
     let plan = s.step();
     let patch = plan
         .node_patches()
@@ -1481,7 +1482,7 @@ fn a_since_in_the_far_future_is_written_again_and_the_rollout_goes_on() {
     );
     s.finish_probes();
     s.step();
-    node_mut(&mut s.snapshot.nodes, "n-d000-n01").since = Some(forged);
+    node_mut(&mut s.snapshot.nodes, "n-d000-n01").since = (Some(forged)).into();
     s.run(50);
     assert_eq!(in_state(&s, Ready).len(), 4);
 }
