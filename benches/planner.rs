@@ -114,7 +114,7 @@ fn scenario(total: usize) -> Scenario {
     let index: std::collections::HashMap<String, usize> = nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| (n.name.clone(), i))
+        .map(|(i, n)| (n.name.to_string(), i))
         .collect();
     let domains_of = |wave: usize| -> Vec<Vec<usize>> {
         let mut domains: Vec<Vec<usize>> = Vec::new();
@@ -160,7 +160,7 @@ fn scenario(total: usize) -> Scenario {
                 let passed = validating.is_multiple_of(50);
                 probes.push(ProbeView {
                     name: probe_pod_name(&nodes[i].name, 1),
-                    node: nodes[i].name.clone(),
+                    node: nodes[i].name.to_string(),
                     attempt: 1,
                     phase: if passed {
                         ProbePhase::Succeeded

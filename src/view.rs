@@ -1013,7 +1013,7 @@ pub fn domain_gates(pool: &GpuPool, nodes: &[NodeView], limit: usize) -> Vec<Str
     let mut by_domain: BTreeMap<String, Counts> = BTreeMap::new();
     for node in nodes {
         let domain = if label.is_empty() {
-            node.name.clone()
+            node.name.to_string()
         } else {
             node.labels
                 .get(label)

@@ -82,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for path in &args.nodes {
         for node in load_nodes(path)? {
             let view = NodeView::from(&node);
-            if !seen.insert(view.name.clone()) {
+            if !seen.insert(view.name.to_string()) {
                 bail!("{}: node {} appears more than once", name(path), view.name);
             }
             nodes.push(view);

@@ -559,7 +559,7 @@ pub async fn batch_nodes(
             None => pool.is_none_or(|p| matches(&p.spec.node_selector, &view.labels)),
         };
         if ours {
-            seen.insert(view.name.clone(), view);
+            seen.insert(view.name.to_string(), view);
         }
     }
     Ok(seen.into_values().collect())

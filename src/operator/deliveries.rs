@@ -82,7 +82,7 @@ impl Deliveries {
             _ => return,
         };
         let mut nodes = self.lock();
-        let Some(entry) = nodes.get_mut(&node.name) else {
+        let Some(entry) = nodes.get_mut(node.name.as_str()) else {
             return;
         };
         if deleted {

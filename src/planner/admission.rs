@@ -95,7 +95,7 @@ impl Planner<'_> {
                     RackTest::Done { faulty, good } => {
                         let names: Vec<String> = faulty
                             .iter()
-                            .map(|(m, _)| self.members[*m].view.name.clone())
+                            .map(|(m, _)| self.members[*m].view.name.to_string())
                             .collect();
                         let (warning, reason, words) = if faulty.is_empty() {
                             (false, EventReason::RackTestPassed, "passed".to_string())
@@ -178,7 +178,7 @@ impl Planner<'_> {
             }
         } else {
             self.patch_of(m).failure = Some(FailureCategory::DomainIncomplete);
-            let node = self.members[m].view.name.clone();
+            let node = self.members[m].view.name.to_string();
             self.event(
                 EventTarget::Node(node),
                 true,

@@ -137,7 +137,7 @@ impl Planner<'_> {
                         .unwrap_or_default()
                         .to_string(),
                 };
-                (member.view.name.clone(), reason)
+                (member.view.name.to_string(), reason)
             })
         })
     }
@@ -318,7 +318,7 @@ impl Planner<'_> {
             if let Some(timeout) = probe_timeout {
                 slots -= 1;
                 self.transition(m, NodeState::Validating, &annotations);
-                let node = self.members[m].view.name.clone();
+                let node = self.members[m].view.name.to_string();
                 self.creates.push(ProbeRequest {
                     pod_name: probe_pod_name(&node, 1),
                     node,

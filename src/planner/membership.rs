@@ -317,7 +317,7 @@ impl<'a> Membership<'a> {
             }
             let claimed_by = claimants(pool_name, &node.labels, other_pools, other_batches);
             if !claimed_by.is_empty() {
-                conflicts.push((node.name.clone(), claimed_by.join(", ")));
+                conflicts.push((node.name.to_string(), claimed_by.join(", ")));
                 continue;
             }
             if admitted_once && !node.retry {

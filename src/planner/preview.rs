@@ -178,7 +178,7 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
         .outsiders
         .iter()
         .map(|&(i, m)| Unmatched {
-            node: nodes[i].borrow().name.clone(),
+            node: nodes[i].borrow().name.to_string(),
             matches: m,
             reason: m.reason(),
         })
@@ -237,11 +237,11 @@ pub fn preview(pool: &GpuPool, batch: &RolloutBatch, nodes: &[impl Borrow<NodeVi
             held: false,
         };
         for m in members {
-            wave.nodes.push(m.view.name.clone());
+            wave.nodes.push(m.view.name.to_string());
             if let Some((category, reason)) = &m.failure {
                 domain.rejected += 1;
                 rejected.push(Rejected {
-                    node: m.view.name.clone(),
+                    node: m.view.name.to_string(),
                     domain: name.clone(),
                     wave: w as u32 + 1,
                     category,
@@ -335,7 +335,7 @@ fn held_domains(
             .filter(|m| m.failure.is_none() && m.view.state() != NodeState::Ready)
             .map(|m| {
                 m.held = true;
-                m.view.name.clone()
+                m.view.name.to_string()
             })
             .collect();
         held.push(HeldDomain {

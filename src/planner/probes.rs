@@ -137,7 +137,7 @@ impl Planner<'_> {
                         }
                         None => self.creates.push(ProbeRequest {
                             pod_name: name.clone(),
-                            node: view.name.clone(),
+                            node: view.name.to_string(),
                             attempt,
                             run: view.started.get(),
                             group: None,
@@ -214,7 +214,7 @@ impl Planner<'_> {
                         (keys::REASON, Some(reason)),
                     ],
                 );
-                let node = view.name.clone();
+                let node = view.name.to_string();
                 self.creates.push(ProbeRequest {
                     pod_name: probe_run_pod_name(&node, next, view.probe_misses),
                     node,
@@ -328,7 +328,7 @@ impl Planner<'_> {
         if misses >= limit {
             reason.push_str("; the batch starts no new node until probes run");
         }
-        let node = self.members[m].view.name.clone();
+        let node = self.members[m].view.name.to_string();
         self.transition(
             m,
             NodeState::Validating,

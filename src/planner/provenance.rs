@@ -39,7 +39,7 @@ impl Planner<'_> {
                 continue;
             }
             patches.push(NodePatch {
-                node: view.name.clone(),
+                node: view.name.to_string(),
                 state: view.state,
                 annotations: [(keys::REASON, Some(reason.clone()))].into_iter().collect(),
                 taint: TaintChange::Keep,
@@ -49,7 +49,7 @@ impl Planner<'_> {
                 resource_version: view.resource_version.as_deref().map(str::to_owned),
             });
             self.event(
-                EventTarget::Node(view.name.clone()),
+                EventTarget::Node(view.name.to_string()),
                 true,
                 EventReason::StateLost,
                 reason,
@@ -81,7 +81,7 @@ impl Planner<'_> {
                 ],
             );
             self.event(
-                EventTarget::Node(view.name.clone()),
+                EventTarget::Node(view.name.to_string()),
                 true,
                 EventReason::ForeignState,
                 reason,

@@ -602,7 +602,7 @@ impl Planner<'_> {
                     .or(pod.message.as_deref())
                     .unwrap_or("no reason given");
                 not_run = Some((
-                    node.clone(),
+                    node.to_string(),
                     format!(
                         "its rack test pod did not run (evicted, refused, or not running within {start_timeout}s): {}",
                         crate::verdict::clip(why, 200)
@@ -644,13 +644,13 @@ impl Planner<'_> {
                 .find_map(|(rank, p)| {
                     let p = (*p)?;
                     Some((
-                        self.members[members[rank]].view.name.clone(),
+                        self.members[members[rank]].view.name.to_string(),
                         p.not_running.clone()?,
                     ))
                 })
                 .unwrap_or_else(|| {
                     (
-                        self.members[members[0]].view.name.clone(),
+                        self.members[members[0]].view.name.to_string(),
                         "not running yet".into(),
                     )
                 });
@@ -676,10 +676,7 @@ impl Planner<'_> {
                 self.rack_figure = Some(self.rack_figure.map_or(bw, |f: u32| f.min(bw)));
             }
             for name in &result.blame {
-                let Some(&m) = members
-                    .iter()
-                    .find(|&&m| &self.members[m].view.name == name)
-                else {
+                let Some(&m) = members.iter().find(|&&m| self.members[m].view.name == name) else {
                     continue;
                 };
                 if blamed.iter().all(|(b, _)| *b != m) {
@@ -772,7 +769,7 @@ impl Planner<'_> {
             group: key.to_string(),
             nodes: members
                 .iter()
-                .map(|&m| self.members[m].view.name.clone())
+                .map(|&m| self.members[m].view.name.to_string())
                 .collect(),
         });
     }
@@ -784,7 +781,7 @@ impl Planner<'_> {
             .collect();
         let peer_nodes: Vec<String> = members
             .iter()
-            .map(|&m| self.members[m].view.name.clone())
+            .map(|&m| self.members[m].view.name.to_string())
             .collect();
         for &rank in ranks {
             self.creates.push(ProbeRequest {

@@ -17,7 +17,7 @@ use super::{NodePatch, TaintChange};
 /// is conditional on the version of `node` seen.
 pub fn release(node: &NodeView) -> NodePatch {
     NodePatch {
-        node: node.name.clone(),
+        node: node.name.to_string(),
         state: None,
         annotations: [
             keys::BATCH,

@@ -36,7 +36,7 @@ impl Planner<'_> {
                     format!("node {} goes through validation again", view.name),
                 );
                 self.event(
-                    EventTarget::Node(view.name.clone()),
+                    EventTarget::Node(view.name.to_string()),
                     false,
                     EventReason::NodeRetried,
                     "a person asked for a retry: the node goes through validation again".into(),

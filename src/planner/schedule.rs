@@ -229,7 +229,7 @@ impl<'a> Run<'a> {
         let index = nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.name.clone(), i))
+            .map(|(i, n)| (n.name.to_string(), i))
             .collect();
         Run {
             pool,

@@ -110,7 +110,7 @@ impl Planner<'_> {
             ],
         );
         self.members[m].passed = false;
-        let name = self.members[m].view.name.clone();
+        let name = self.members[m].view.name.to_string();
         for probe in self.probes.get(name.as_str()).into_iter().flatten() {
             self.deletes.insert(probe.name.clone(), probe.run);
         }

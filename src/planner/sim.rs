@@ -734,7 +734,7 @@ impl Cluster {
     fn put_node(&mut self, mut node: NodeView) -> Arc<NodeView> {
         node.resource_version = Some(compact_str::format_compact!("{}", self.seq + 1));
         let node = Arc::new(node);
-        self.nodes.insert(node.name.clone(), node.clone());
+        self.nodes.insert(node.name.to_string(), node.clone());
         self.node_changed();
         node
     }
@@ -995,7 +995,7 @@ impl Cluster {
             .values()
             .filter(|p| !matches!(p.view.phase, ProbePhase::Succeeded | ProbePhase::Failed))
             .filter(|p| self.nodes.contains_key(&p.view.node))
-            .map(|p| p.view.name.clone())
+            .map(|p| p.view.name.to_string())
             .collect();
         let mut ended = Vec::new();
         for name in names {

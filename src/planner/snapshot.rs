@@ -99,7 +99,8 @@ pub struct TaintView {
 /// operator's node cache holds one per node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeView {
-    pub name: String,
+    /// The node's name (held inline up to 24 bytes).
+    pub name: CompactString,
     /// `metadata.resourceVersion`: the version this view was built from
     /// (held inline: etcd's are a number of up to 20 digits).
     pub resource_version: Option<CompactString>,
@@ -228,7 +229,7 @@ impl NodeView {
     /// tools that build views by hand.
     pub fn named(name: impl Into<String>) -> Self {
         NodeView {
-            name: name.into(),
+            name: CompactString::new(name.into()),
             resource_version: None,
             labels: Labels::default(),
             state: None,
@@ -310,7 +311,11 @@ impl From<&Node> for NodeView {
             .map(|q| sym(&q.0));
         let spec = node.spec.as_ref();
         NodeView {
-            name: meta.name.clone().unwrap_or_default(),
+            name: meta
+                .name
+                .as_deref()
+                .map(CompactString::new)
+                .unwrap_or_default(),
             resource_version: meta.resource_version.as_deref().map(CompactString::new),
             labels: meta.labels.as_ref().map(Labels::from).unwrap_or_default(),
             state: meta

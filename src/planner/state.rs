@@ -316,7 +316,7 @@ impl<'a> Planner<'a> {
         let view = member.view;
         member.patch.get_or_insert_with(|| {
             Box::new(NodePatch {
-                node: view.name.clone(),
+                node: view.name.to_string(),
                 state: view.state,
                 annotations: BTreeMap::new(),
                 taint: TaintChange::Keep,
@@ -446,7 +446,7 @@ impl<'a> Planner<'a> {
             self.deferred.push((m, failure));
             return;
         }
-        let name = self.members[m].view.name.clone();
+        let name = self.members[m].view.name.to_string();
         self.transition(
             m,
             NodeState::Failed,

@@ -105,7 +105,7 @@ impl Planner<'_> {
             .members
             .iter()
             .filter(|m| m.wave == wave && m.state == NodeState::Failed)
-            .map(|m| m.view.name.clone())
+            .map(|m| m.view.name.to_string())
             .collect();
         bounded_list(&names)
     }
@@ -541,7 +541,7 @@ impl Planner<'_> {
                     "no admitted node lost its ready label".into(),
                 )
             } else {
-                let named: Vec<String> = self.lost.iter().map(|n| n.name.clone()).collect();
+                let named: Vec<String> = self.lost.iter().map(|n| n.name.to_string()).collect();
                 c(
                     ConditionType::LostState,
                     true,

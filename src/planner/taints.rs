@@ -79,7 +79,7 @@ impl Planner<'_> {
             self.patch_of(m);
             self.set_taint(m, true);
             self.event(
-                EventTarget::Node(view.name.clone()),
+                EventTarget::Node(view.name.to_string()),
                 true,
                 EventReason::TaintRestored,
                 format!(

@@ -986,7 +986,7 @@ impl World {
             .filter(move |n| matches(&pool.spec.node_selector, &n.labels))
             .filter(move |n| {
                 self.track
-                    .get(&n.name)
+                    .get(n.name.as_str())
                     .and_then(|t| t.label_by)
                     .is_some_and(|b| self.cluster.batches[b].spec.pool_ref == pool_name)
             })
@@ -1372,7 +1372,7 @@ impl World {
                     NodeState::Ready | NodeState::Failed | NodeState::Held
                 )
             })
-            .map(|n| (n.name.clone(), n.state()))
+            .map(|n| (n.name.to_string(), n.state()))
             .collect()
     }
 }

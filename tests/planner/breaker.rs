@@ -256,7 +256,7 @@ fn the_ledger_stays_bounded_and_keeps_the_most_recent_failures() {
         n.state = Some(Failed);
         n.since = (Some(t0() + SignedDuration::from_secs(i as i64 / 2))).into();
     }
-    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let names: Vec<String> = nodes.iter().map(|n| n.name.to_string()).collect();
     let plan = reconcile(&mut pool, &nodes, at(40));
     let kept = ledger(&plan);
     assert_eq!(kept.len(), gpufleet::planner::LEDGER_MAX);

@@ -152,7 +152,7 @@ pub fn in_state(sim: &Sim, state: NodeState) -> Vec<String> {
         .nodes
         .iter()
         .filter(|n| n.state() == state)
-        .map(|n| n.name.clone())
+        .map(|n| n.name.to_string())
         .collect();
     names.sort();
     names

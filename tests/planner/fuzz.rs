@@ -466,7 +466,7 @@ fn node_case() -> BoxedStrategy<NodeCase> {
 fn node_object(view: &NodeView) -> Node {
     Node {
         metadata: ObjectMeta {
-            name: Some(view.name.clone()),
+            name: Some(view.name.to_string()),
             labels: Some(view.labels.to_map()),
             ..Default::default()
         },
@@ -800,7 +800,7 @@ fn build_pod(case: &PodCase, nodes: &[Arc<NodeView>]) -> Pod {
         (false, false) => Some(&nodes[case.node.index(nodes.len())]),
         (false, true) => None,
     };
-    let node_name = view.map_or("n-00".to_string(), |v| v.name.clone());
+    let node_name = view.map_or("n-00".to_string(), |v| v.name.to_string());
     let attempt = case
         .attempt
         .as_deref()

@@ -81,7 +81,7 @@ proptest! {
             }
             snapshot.probes.push(ProbeView {
                 name: probe_pod_name(&node.name, 1),
-                node: node.name.clone(),
+                node: node.name.to_string(),
                 attempt: 1,
                 phase: if n % 2 == 0 { ProbePhase::Running } else { ProbePhase::Pending },
                 batch_uid: batch.metadata.uid.clone(),

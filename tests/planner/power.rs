@@ -161,7 +161,7 @@ proptest! {
                             .nodes()
                             .values()
                             .filter(|n| n.state == Some(NodeState::Validating))
-                            .map(|n| n.name.clone())
+                            .map(|n| n.name.to_string())
                             .collect();
                         c.apply(b, action, Write::Merge, &snapshot);
                         let after = in_use(&c);

@@ -422,7 +422,7 @@ fn check(
             // Admitted only after a group with it passed.
             let proven = groups
                 .iter()
-                .any(|g| g.contains(&node.name) && group_passes(faults, g));
+                .any(|g| g.iter().any(|n| *n == node.name) && group_passes(faults, g));
             prop_assert!(
                 proven,
                 "node {} admitted without a passed rack test",
@@ -435,15 +435,15 @@ fn check(
                 || reason.starts_with("rack test (attribution round")
             {
                 prop_assert!(
-                    matches!(faults.get(&node.name), Some(Fault::NvlinkPort)),
+                    matches!(faults.get(node.name.as_str()), Some(Fault::NvlinkPort)),
                     "healthy node {} blamed by attribution: {reason}",
                     node.name
                 );
             }
             if reason.starts_with("rack test") {
-                let passed_a_group = groups
-                    .iter()
-                    .any(|g| g.contains(&node.name) && group_passes(faults, g) && g.len() > 1);
+                let passed_a_group = groups.iter().any(|g| {
+                    g.iter().any(|n| *n == node.name) && group_passes(faults, g) && g.len() > 1
+                });
                 prop_assert!(
                     !passed_a_group || reason.contains("rack itself") || reason.contains("cap"),
                     "node {} passed in a group that passed, then failed: {reason}",
@@ -453,7 +453,7 @@ fn check(
         }
     }
     for node in nodes.iter().filter(|n| n.state() == NodeState::Ready) {
-        let fault = &faults[&node.name];
+        let fault = &faults[node.name.as_str()];
         let probe_fault = case.probe && matches!(fault, Fault::ProbeFails | Fault::ProbeHangs);
         prop_assert!(
             !matches!(fault, Fault::Static(_)) && !probe_fault,
@@ -461,7 +461,7 @@ fn check(
             node.name
         );
         prop_assert!(
-            !ever_failed.contains(&node.name),
+            !ever_failed.contains(node.name.as_str()),
             "failed node {} was admitted",
             node.name
         );
@@ -617,12 +617,12 @@ proptest! {
                 }
                 Op::Advance(s) => sim.advance(*s),
             }
-            ever_failed.extend(sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Failed).map(|n| n.name.clone()));
+            ever_failed.extend(sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Failed).map(|n| n.name.to_string()));
             check(&sim, &case, &faults, &ever_failed)?;
         }
         // And to the end.
         sim.run(500);
-        ever_failed.extend(sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Failed).map(|n| n.name.clone()));
+        ever_failed.extend(sim.snapshot.nodes.iter().filter(|n| n.state() == NodeState::Failed).map(|n| n.name.to_string()));
         check(&sim, &case, &faults, &ever_failed)?;
         if !case.paused && case.approved.is_none() {
             // Unless halted by failures, every node reaches a verdict.
@@ -638,9 +638,9 @@ proptest! {
             // (A probe may also time out when the clock jumps past it: a retry.)
             // So may a run that never started (the clock jumped past its
             // start deadline): one write each, to count it.
-            let not_run = sim.log.iter().filter(|a| matches!(a, Action::Event(e) if e.reason == EventReason::ProbeNotRun && e.target == EventTarget::Node(node.name.clone()))).count() as u32;
-            if matches!(faults[&node.name], Fault::None) && node.attempt <= 1 {
-                prop_assert!(sim.node_writes.get(&node.name).copied().unwrap_or(0) <= 3 + not_run, "{} took {:?} writes", node.name, sim.node_writes.get(&node.name));
+            let not_run = sim.log.iter().filter(|a| matches!(a, Action::Event(e) if e.reason == EventReason::ProbeNotRun && e.target == EventTarget::Node(node.name.to_string()))).count() as u32;
+            if matches!(faults[node.name.as_str()], Fault::None) && node.attempt <= 1 {
+                prop_assert!(sim.node_writes.get(node.name.as_str()).copied().unwrap_or(0) <= 3 + not_run, "{} took {:?} writes", node.name, sim.node_writes.get(node.name.as_str()));
             }
         }
     }
@@ -800,11 +800,11 @@ proptest! {
                         .snapshot
                         .nodes
                         .iter()
-                        .map(|n| (n.name.clone(), (n.state(), a_passing_probe(&sim, n))))
+                        .map(|n| (n.name.to_string(), (n.state(), a_passing_probe(&sim, n))))
                         .collect();
                     sim.step();
                     for node in sim.snapshot.nodes.iter() {
-                        let (was, passing) = before[&node.name];
+                        let (was, passing) = before[node.name.as_str()];
                         let forward = matches!(
                             node.state(),
                             NodeState::Soaking | NodeState::Ready | NodeState::Held
@@ -842,7 +842,7 @@ proptest! {
                     sim.snapshot.probes.retain(|p| p.name != name);
                     sim.snapshot.probes.push(ProbeView {
                         name,
-                        node: node.name.clone(),
+                        node: node.name.to_string(),
                         attempt: node.attempt.max(1),
                         phase: ProbePhase::Succeeded,
                         batch_uid: other_batch.then(|| "0d0e0a0d-0000-4000-8000-00000000beef".into()),

@@ -711,7 +711,7 @@ fn many_nodes_failing_the_same_way_at_once_halt_as_a_suspected_misconfiguration(
     assert_eq!(in_state(&s, Failed), Vec::<String>::new());
     assert_eq!(in_state(&s, Pending).len(), 8);
     for node in &started {
-        let view = s.snapshot.nodes.iter().find(|n| &n.name == node).unwrap();
+        let view = s.snapshot.nodes.iter().find(|n| n.name == node).unwrap();
         assert_eq!(view.suspect, Some(1), "{node}");
     }
     assert_eq!(
