@@ -35,10 +35,11 @@ impl Cli {
     /// head`)? Everything but the long-running operator, the demo and the
     /// probe (which must write its verdict whatever happens to stdout).
     pub fn prints_for_people(&self) -> bool {
-        !matches!(
-            self.command,
-            Command::Run(_) | Command::Demo(_) | Command::Probe(_)
-        )
+        #[cfg(feature = "dev")]
+        if matches!(self.command, Command::Demo(_)) {
+            return false;
+        }
+        !matches!(self.command, Command::Run(_) | Command::Probe(_))
     }
 }
 
