@@ -69,8 +69,8 @@ pub struct Args {
     health_addr: String,
     /// Write requests per second to the API server (client-side limit; the
     /// API server's priority and fairness protects it too). A node costs
-    /// about four writes, so a 1,000-node wave takes at least 4,000 / this
-    /// many seconds of writing.
+    /// three writes (four when its soak is over 30 s), so a 1,000-node wave
+    /// takes at least 3,000 to 4,000 / this many seconds of writing.
     #[arg(long, env = "GPUFLEET_QPS", default_value_t = 200.0)]
     qps: f64,
     /// Writes allowed in a burst above --qps.
